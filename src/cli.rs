@@ -1,0 +1,271 @@
+//! Command-line flags for every role. Each flag also reads an environment variable (`HELLO_SIDECAR_…`), as a
+//! container wants; a bad value stops the process with one line naming the flag and exit code 2.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::discovery::Target;
+
+/// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
+#[derive(Debug, Parser)]
+#[command(name = "hello-sidecar", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "HELLO_SIDECAR_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The roles of the one binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar proxy: take gRPC calls on loopback and spread them over the target's endpoints.
+    Sidecar(SidecarArgs),
+    /// Run the backend HelloService (the test fixture and the demo's pods).
+    Server(ServerArgs),
+    /// Call HelloService once or many times and print the outcome.
+    Call(CallArgs),
+    /// Simulate a whole cluster on this machine: API stand-in, pods, sidecar and traffic.
+    Demo(DemoArgs),
+}
+
+/// Flags of `sidecar`.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    /// Address the app calls (loopback only by default).
+    #[arg(long, env = "HELLO_SIDECAR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Admin address: /live, /ready, /metrics, /debug/endpoints.
+    #[arg(long, env = "HELLO_SIDECAR_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+    /// Where the backends are: `kubernetes:///svc.ns:port` or `static:///host:port,host:port`.
+    #[arg(long, env = "HELLO_SIDECAR_TARGET", value_parser = parse_target)]
+    pub target: Target,
+    /// Deadline applied to (and forwarded with) a call that carries no grpc-timeout.
+    #[arg(long, env = "HELLO_SIDECAR_DEFAULT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub default_timeout: Duration,
+    /// How long a call waits for a usable endpoint before UNAVAILABLE (never longer than its deadline).
+    #[arg(long, env = "HELLO_SIDECAR_FAILFAST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub failfast_timeout: Duration,
+    /// Timeout of one TCP connect + HTTP/2 handshake to a backend.
+    #[arg(long, env = "HELLO_SIDECAR_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_CALLS", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_calls: u32,
+    /// Largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HELLO_SIDECAR_MAX_MESSAGE_BYTES", default_value = "4194304", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_message_bytes: u64,
+    /// Retries allowed as a fraction of calls (≈20% extra load at most), on top of a small floor.
+    #[arg(long, env = "HELLO_SIDECAR_RETRY_BUDGET", default_value = "0.2", value_parser = parse_ratio)]
+    pub retry_budget: f64,
+    /// Consecutive failures (connects or calls) after which an endpoint is ejected for a while.
+    #[arg(long, env = "HELLO_SIDECAR_EJECT_AFTER", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+    /// How long a shutdown waits for calls in flight before closing.
+    #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
+    #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
+    pub ewma_decay: Duration,
+}
+
+/// Flags of `server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address HelloService listens on.
+    #[arg(long, env = "HELLO_SIDECAR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Optional admin address (/live, /ready, /metrics with accepted-connection counts).
+    #[arg(long, env = "HELLO_SIDECAR_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Name reported in the `x-hello-pod` response header (defaults to $POD_NAME, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub id: Option<String>,
+    /// Fault: delay every call by this much.
+    #[arg(long, env = "HELLO_SIDECAR_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Fault: add a random extra delay, uniform between 0 and this.
+    #[arg(long, env = "HELLO_SIDECAR_DELAY_JITTER", default_value = "0s", value_parser = parse_duration)]
+    pub delay_jitter: Duration,
+    /// Fault: fraction of calls (0 to 1) answered with --error-code.
+    #[arg(long, env = "HELLO_SIDECAR_ERROR_RATE", default_value = "0", value_parser = parse_ratio)]
+    pub error_rate: f64,
+    /// Fault: the status injected by --error-rate (name or number).
+    #[arg(long, env = "HELLO_SIDECAR_ERROR_CODE", default_value = "UNAVAILABLE", value_parser = parse_code)]
+    pub error_code: tonic::Code,
+    /// How long SIGTERM waits for calls in flight before closing.
+    #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Flags of `call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// Where to call: the sidecar (default) or a backend.
+    #[arg(long, env = "HELLO_SIDECAR_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The name to greet.
+    #[arg(long, default_value = "world")]
+    pub name: String,
+    /// Number of calls.
+    #[arg(short = 'n', long, default_value = "1", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Calls in flight at once.
+    #[arg(short = 'c', long, default_value = "1", value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+    /// Deadline of each call (sent as grpc-timeout); none means the sidecar's default applies.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print one JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Backend pods at the start.
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub pods: u32,
+    /// How long the demo runs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+/// Parses `5s`, `100ms`, `250us`, `1m`, `1h`, `1500ns` or a sum such as `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("'{s}' is not a duration (try 5s, 250ms, 1m30s)");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let value: f64 = num.parse().map_err(|_| err())?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        let secs = value * scale;
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(err());
+        }
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Ok(total)
+}
+
+/// Parses a fraction between 0 and 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number between 0 and 1")),
+    }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse::<Target>().map_err(|e| e.to_string())
+}
+
+fn parse_code(s: &str) -> Result<tonic::Code, String> {
+    crate::grpc::parse_code(s)
+        .ok_or_else(|| format!("'{s}' is not a gRPC status code (name or 0-16)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_units_and_sums() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "banana", "5", "5x", "s", "-1s", "1e99h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ratios_stay_between_zero_and_one() {
+        assert_eq!(parse_ratio("0.2"), Ok(0.2));
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("NaN").is_err());
+    }
+
+    #[test]
+    fn flags_parse_into_a_sidecar_config() {
+        let cli = Cli::try_parse_from([
+            "hello-sidecar",
+            "sidecar",
+            "--target",
+            "static:///127.0.0.1:8080",
+        ]);
+        let Ok(Cli {
+            command: Command::Sidecar(args),
+            ..
+        }) = cli
+        else {
+            panic!("did not parse: {cli:?}")
+        };
+        assert_eq!(args.default_timeout, Duration::from_secs(5));
+        assert_eq!(
+            args.listen,
+            "127.0.0.1:50051".parse::<SocketAddr>().unwrap()
+        );
+        let bad = Cli::try_parse_from([
+            "hello-sidecar",
+            "sidecar",
+            "--target",
+            "static:///127.0.0.1:8080",
+            "--default-timeout",
+            "banana",
+        ]);
+        let msg = bad.expect_err("banana is no duration").to_string();
+        assert!(
+            msg.lines()
+                .next()
+                .unwrap_or("")
+                .contains("--default-timeout"),
+            "{msg}"
+        );
+    }
+}

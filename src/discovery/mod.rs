@@ -1,0 +1,83 @@
+//! The control path: where the backends are.
+//!
+//! Every source produces whole endpoint sets on a channel: the balancer diffs each set against the one it has, so
+//! a source never has to compute additions and removals, and a re-list is just another set. The first set marks
+//! the sidecar as synced (`/ready`).
+//!
+//! Static stability: a source that loses its upstream (DNS, the API server) sends nothing, and the last set stays
+//! in use. Only a new set can remove an endpoint.
+
+pub mod target;
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub use self::target::{PortRef, Target, TargetError};
+
+/// One usable endpoint as discovery sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// Address and port to connect to.
+    pub addr: SocketAddr,
+    /// The pod behind it, when known (`targetRef.name`).
+    pub pod: Option<String>,
+    /// It is terminating but still serving (used only when no ready endpoint is left).
+    pub terminating: bool,
+}
+
+impl Discovered {
+    /// An endpoint known only by address.
+    pub fn addr(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            pod: None,
+            terminating: false,
+        }
+    }
+}
+
+/// Starts discovery for `target`; endpoint sets arrive on the returned channel.
+pub fn spawn(target: Target) -> mpsc::Receiver<Vec<Discovered>> {
+    let (tx, rx) = mpsc::channel(16);
+    match target {
+        Target::Static(hosts) => {
+            tokio::spawn(resolve_static(hosts, tx));
+        }
+        Target::Kubernetes { .. } => {
+            warn!("kubernetes discovery is not built yet; no endpoints will be found");
+            tokio::spawn(async move { tx.closed().await });
+        }
+    }
+    rx
+}
+
+/// Resolves a static host list once (retrying with backoff until every name resolves), then holds the set.
+async fn resolve_static(hosts: Vec<String>, tx: mpsc::Sender<Vec<Discovered>>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut set = Vec::new();
+        let mut failed = None;
+        for host in &hosts {
+            match tokio::net::lookup_host(host.as_str()).await {
+                Ok(addrs) => set.extend(addrs.map(Discovered::addr)),
+                Err(e) => failed = Some(format!("{host}: {e}")),
+            }
+        }
+        if let Some(err) = failed {
+            warn!(error = %err, retry_in = ?delay, "static target did not resolve");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            continue;
+        }
+        set.sort_by_key(|d| d.addr);
+        set.dedup_by_key(|d| d.addr);
+        if tx.send(set).await.is_err() {
+            return;
+        }
+        // Keep the channel open: a closed channel would read as "discovery ended".
+        tx.closed().await;
+        return;
+    }
+}

@@ -1,0 +1,187 @@
+//! The `--target` URI: `static:///host:port,host:port` or `kubernetes:///service[.namespace]:port`.
+
+use std::fmt;
+
+/// Where the backends are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A fixed list of `host:port`.
+    Static(Vec<String>),
+    /// A Kubernetes Service's EndpointSlices.
+    Kubernetes {
+        /// Service name.
+        service: String,
+        /// Namespace; `None` means the pod's own.
+        namespace: Option<String>,
+        /// The Service port, by name or number.
+        port: PortRef,
+    },
+}
+
+/// A port given by name (resolved per EndpointSlice) or number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    /// The port named so in the EndpointSlice (e.g. `grpc`).
+    Name(String),
+    /// The port number.
+    Number(u16),
+}
+
+/// A `--target` that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid target '{uri}': {why} (expected kubernetes:///svc.ns:port or static:///host:port,host:port)"
+)]
+pub struct TargetError {
+    uri: String,
+    why: &'static str,
+}
+
+impl std::str::FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(uri: &str) -> Result<Self, Self::Err> {
+        let err = |why| TargetError {
+            uri: uri.to_owned(),
+            why,
+        };
+        if let Some(rest) = uri.strip_prefix("static:///") {
+            let hosts: Vec<String> = rest.split(',').map(str::trim).map(str::to_owned).collect();
+            for h in &hosts {
+                let (host, port) = h
+                    .rsplit_once(':')
+                    .ok_or_else(|| err("each host needs a :port"))?;
+                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(err(
+                        "each entry must be host:port with a port from 1 to 65535",
+                    ));
+                }
+            }
+            return Ok(Target::Static(hosts));
+        }
+        if let Some(rest) = uri.strip_prefix("kubernetes:///") {
+            let (name, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| err("a port (name or number) is required"))?;
+            let (service, namespace) = match name.split_once('.') {
+                Some((s, ns)) => (s, Some(ns)),
+                None => (name, None),
+            };
+            if !is_dns_label(service) || namespace.is_some_and(|ns| !is_dns_label(ns)) {
+                return Err(err("service and namespace must be DNS labels"));
+            }
+            let port = match port.parse::<u16>() {
+                Ok(0) => return Err(err("port 0 is not a port")),
+                Ok(n) => PortRef::Number(n),
+                Err(_) if is_dns_label(port) && port.len() <= 15 => PortRef::Name(port.to_owned()),
+                Err(_) => return Err(err("the port must be a number or a port name")),
+            };
+            return Ok(Target::Kubernetes {
+                service: service.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                port,
+            });
+        }
+        Err(err("unknown scheme"))
+    }
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Name(n) => f.write_str(n),
+            PortRef::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    /// The name used in messages: `hello.default:grpc`, or the static list.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Static(hosts) => write!(f, "static:///{}", hosts.join(",")),
+            Target::Kubernetes {
+                service,
+                namespace,
+                port,
+            } => {
+                write!(
+                    f,
+                    "{service}.{}:{port}",
+                    namespace.as_deref().unwrap_or("default")
+                )
+            }
+        }
+    }
+}
+
+/// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric, at most 63.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_schemes() {
+        assert_eq!(
+            "kubernetes:///hello.default:grpc".parse(),
+            Ok(Target::Kubernetes {
+                service: "hello".into(),
+                namespace: Some("default".into()),
+                port: PortRef::Name("grpc".into())
+            })
+        );
+        assert_eq!(
+            "kubernetes:///hello:8080".parse(),
+            Ok(Target::Kubernetes {
+                service: "hello".into(),
+                namespace: None,
+                port: PortRef::Number(8080)
+            })
+        );
+        assert_eq!(
+            "static:///127.0.0.1:8080,localhost:9090".parse(),
+            Ok(Target::Static(vec![
+                "127.0.0.1:8080".into(),
+                "localhost:9090".into()
+            ]))
+        );
+        assert_eq!(
+            "static:///[::1]:8080".parse(),
+            Ok(Target::Static(vec!["[::1]:8080".into()]))
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        for bad in [
+            "http://x:1",
+            "static:///",
+            "static:///host",
+            "static:///host:0",
+            "static:///host:99999",
+            "kubernetes:///hello",
+            "kubernetes:///Hello.default:grpc",
+            "kubernetes:///hello.default:0",
+            "kubernetes:///hello.default:a-very-long-port-name",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn displays_the_service_name_used_in_errors() {
+        let t: Target = "kubernetes:///hello.default:grpc"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.to_string(), "hello.default:grpc");
+    }
+}

@@ -1,0 +1,231 @@
+//! Small pieces of the gRPC-over-HTTP/2 wire format that the proxy needs without decoding messages.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+/// The `grpc-timeout` header: an ASCII integer of at most 8 digits and a unit (`H M S m u n`).
+///
+/// Returns `None` for a malformed value, which gRPC servers answer with `INTERNAL`.
+pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes a duration as `grpc-timeout`, choosing the finest unit whose value fits in 8 digits.
+pub fn encode_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    for (unit, per) in [
+        ("n", 1u128),
+        ("u", 1_000),
+        ("m", 1_000_000),
+        ("S", 1_000_000_000),
+    ] {
+        // Round up so the forwarded deadline is never shorter than a sub-unit remainder would make it.
+        let v = nanos.div_ceil(per);
+        if v <= MAX {
+            return format!("{v}{unit}");
+        }
+    }
+    let minutes = nanos.div_ceil(60_000_000_000).min(MAX);
+    format!("{minutes}M")
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC spec asks (bytes outside 0x20..=0x7E, and `%`).
+pub fn encode_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parses a status code given as a number (`14`) or a name (`UNAVAILABLE`, `unavailable`, `Unavailable`).
+pub fn parse_code(s: &str) -> Option<Code> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (0..=16).contains(&n).then(|| Code::from_i32(n));
+    }
+    let norm: String = s
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (0..=16).map(Code::from_i32).find(|c| {
+        let name: String = format!("{c:?}").to_ascii_lowercase();
+        name == norm
+    })
+}
+
+/// The upper-case name gRPC documentation uses for a code (`DEADLINE_EXCEEDED`), for logs and metrics labels.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers).
+pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    let v = headers.get("grpc-status")?.to_str().ok()?;
+    v.parse::<i32>().ok().map(Code::from_i32)
+}
+
+/// Tracks gRPC message boundaries in a request body to enforce a per-message size limit, without copying.
+///
+/// Each message is a 5-byte prefix (compressed flag + big-endian u32 length) followed by that many bytes; the
+/// scanner only reads prefixes, so the proxy never decodes a body.
+#[derive(Debug, Default)]
+pub struct MessageScanner {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    remaining: u64,
+}
+
+impl MessageScanner {
+    /// Feeds the next chunk; returns the length of the first message that exceeds `limit`, if any.
+    pub fn feed(&mut self, mut chunk: &[u8], limit: u64) -> Option<u64> {
+        while !chunk.is_empty() {
+            if self.remaining > 0 {
+                let skip = self.remaining.min(chunk.len() as u64);
+                self.remaining -= skip;
+                chunk = &chunk[skip as usize..];
+                continue;
+            }
+            let take = (5 - self.prefix_len).min(chunk.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&chunk[..take]);
+            self.prefix_len += take;
+            chunk = &chunk[take..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]);
+                if u64::from(len) > limit {
+                    return Some(len.into());
+                }
+                self.remaining = len.into();
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_every_unit_and_reject_garbage() {
+        assert_eq!(parse_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout(b"3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_timeout(b"9n"), Some(Duration::from_nanos(9)));
+        for bad in [
+            &b""[..],
+            b"S",
+            b"5",
+            b"5s",
+            b"-5S",
+            b"123456789S",
+            b"1.5S",
+            b"\xff",
+        ] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_encode_within_eight_digits_and_round_trip() {
+        assert_eq!(encode_timeout(Duration::from_millis(5000)), "5000000u");
+        assert_eq!(encode_timeout(Duration::from_nanos(1500)), "1500n");
+        assert_eq!(encode_timeout(Duration::from_secs(3600)), "3600000m");
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_millis(1234),
+            Duration::from_secs(86_400 * 400),
+        ] {
+            let enc = encode_timeout(d);
+            let digits = enc.len() - 1;
+            assert!(digits <= 8, "{enc}");
+            assert!(
+                parse_timeout(enc.as_bytes())
+                    .is_some_and(|back| back >= d || d.as_secs() > 99_999_999),
+                "{enc}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(encode_message("name is required"), "name is required");
+        assert_eq!(encode_message("100% ok\n"), "100%25 ok%0A");
+        assert_eq!(encode_message("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn codes_parse_by_number_and_name() {
+        assert_eq!(parse_code("14"), Some(Code::Unavailable));
+        assert_eq!(parse_code("UNAVAILABLE"), Some(Code::Unavailable));
+        assert_eq!(
+            parse_code("deadline_exceeded"),
+            Some(Code::DeadlineExceeded)
+        );
+        assert_eq!(parse_code("Internal"), Some(Code::Internal));
+        assert_eq!(parse_code("17"), None);
+        assert_eq!(parse_code("nope"), None);
+        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn scanner_finds_oversized_messages_across_chunk_boundaries() {
+        let mut s = MessageScanner::default();
+        // A 3-byte message, then a prefix split over two chunks announcing 1000 bytes.
+        assert_eq!(s.feed(&[0, 0, 0, 0, 3, 1, 2, 3, 0, 0], 100), None);
+        assert_eq!(s.feed(&[0, 3, 0xe8], 100), Some(1000));
+        let mut ok = MessageScanner::default();
+        let mut body = vec![0, 0, 0, 0, 50];
+        body.extend([7u8; 50]);
+        body.extend([0, 0, 0, 0, 100]);
+        body.extend([7u8; 100]);
+        for chunk in body.chunks(7) {
+            assert_eq!(ok.feed(chunk, 100), None);
+        }
+    }
+}

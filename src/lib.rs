@@ -1,0 +1,48 @@
+//! hello-sidecar: a Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
+//!
+//! HTTP/2 keeps one long-lived connection, so kube-proxy balances connections, not calls. The sidecar runs next to
+//! the app, takes its calls on loopback, and spreads each one over a pool of HTTP/2 connections to the backend
+//! pods it discovers itself.
+//!
+//! # Where a call goes
+//!
+//! - [`proxy`]: the inbound HTTP/2 listener and the per-call policy — route by `:path`, apply the deadline, pick
+//!   an endpoint, forward frames untouched, retry only what is safe, and turn every failure into a gRPC status
+//!   ([`proxy::error`] is the one place that does that).
+//! - [`balance`]: the set of endpoints and the choice among them (power of two choices over Peak-EWMA latency),
+//!   with failure accrual (ejection).
+//! - [`pool`]: one multiplexed HTTP/2 connection per endpoint, kept up with backoff and keepalive, drained on
+//!   removal.
+//! - [`discovery`]: the control path. A stream of endpoint sets from a `static:///` list or from the Kubernetes
+//!   EndpointSlice watcher; the balancer diffs each set against what it has.
+//!
+//! # Around it
+//!
+//! - [`server`]: the backend `HelloService` with fault-injection knobs: the test fixture and the demo's pods.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/debug/endpoints`; [`telemetry`]: logs and Prometheus metrics.
+//! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers.
+
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod discovery;
+pub mod grpc;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod sidecar;
+pub mod telemetry;
+
+/// Generated HelloService types (package `hello.v1`).
+pub mod pb {
+    tonic::include_proto!("hello.v1");
+
+    /// The encoded descriptor set of every compiled `.proto`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hello_descriptor");
+}
+
+/// The boxed error type used where any error may appear (bodies, services).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

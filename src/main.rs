@@ -1,0 +1,85 @@
+//! The `hello-sidecar` binary: parse flags, start logging, run the chosen role.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hello_sidecar::{
+    cli::{Cli, Command},
+    client, demo, server, shutdown, sidecar, telemetry,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the flag; the full usage is one `--help` away.
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Sidecar(args) => match sidecar::start(args, shutdown::signal()).await {
+            Ok(running) => {
+                let _ = running.done.await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Server(args) => match server::run(args, shutdown::signal(), None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Call(args) => match client::run(&args).await {
+            Ok(summary) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                } else {
+                    print!("{summary}");
+                }
+                if summary.all_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo(args) => match demo::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,271 @@
+//! One multiplexed HTTP/2 connection per endpoint, kept up in the background.
+//!
+//! Each endpoint gets a connector task: connect (with a timeout), handshake HTTP/2 with keepalive pings, publish
+//! the request handle, drive the connection until it ends, then reconnect after an exponential backoff with full
+//! jitter. Calls never wait for a connect: the balancer only picks endpoints whose connection is up, so a dead pod
+//! costs nothing but its backoff timer.
+//!
+//! Draining: when discovery removes an endpoint, [`Connection::retire`] stops reconnects and drops the published
+//! handle. hyper closes an HTTP/2 client connection once every handle is gone and its last stream has finished,
+//! so calls in flight complete and no new call can start there.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng;
+use tokio::{net::TcpStream, sync::watch};
+use tracing::{debug, info, warn};
+
+use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics};
+
+/// Timings of the connector.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Timeout of TCP connect + HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`, with full jitter.
+    pub min_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+    /// Interval of HTTP/2 PINGs that detect a dead peer.
+    pub keepalive_interval: Duration,
+    /// A PING unanswered this long closes the connection.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the connection of an endpoint is doing now.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// A connect is under way.
+    Connecting,
+    /// Up: calls may use it.
+    Ready(SendRequest<ReplayBody>),
+    /// The last attempt failed; the next one starts after a backoff.
+    Backoff {
+        /// Why the last attempt failed.
+        error: String,
+    },
+    /// Retired by discovery: draining calls in flight, no reconnects.
+    Draining,
+}
+
+impl State {
+    /// A short name for metrics and `/debug/endpoints`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Ready(_) => "ready",
+            State::Backoff { .. } => "backoff",
+            State::Draining => "draining",
+        }
+    }
+}
+
+/// The connection of one endpoint, shared by the balancer and its connector task.
+pub struct Connection {
+    addr: SocketAddr,
+    state: RwLock<State>,
+    stop: watch::Sender<bool>,
+    /// Bumped on every state change, so callers waiting for a usable endpoint wake up.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Connection {
+    /// Creates the connection and starts its connector task.
+    pub fn spawn(
+        addr: SocketAddr,
+        settings: Settings,
+        breaker: Arc<Breaker>,
+        metrics: Arc<Metrics>,
+        changed: Arc<watch::Sender<u64>>,
+    ) -> Arc<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        let conn = Arc::new(Self {
+            addr,
+            state: RwLock::new(State::Connecting),
+            stop,
+            changed,
+        });
+        tokio::spawn(maintain(conn.clone(), settings, breaker, metrics, stop_rx));
+        conn
+    }
+
+    /// The request handle, if the connection is up.
+    pub fn sender(&self) -> Option<SendRequest<ReplayBody>> {
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            State::Ready(tx) if !tx.is_closed() => Some(tx.clone()),
+            _ => None,
+        }
+    }
+
+    /// The current state (for metrics and debugging).
+    pub fn state(&self) -> State {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether a call could be sent now.
+    pub fn is_ready(&self) -> bool {
+        matches!(&*self.state.read().unwrap_or_else(|e| e.into_inner()), State::Ready(tx) if !tx.is_closed())
+    }
+
+    /// Stops reconnecting and lets the connection close once its calls in flight finish.
+    pub fn retire(&self) {
+        self.stop.send_replace(true);
+        self.set(State::Draining);
+    }
+
+    fn set(&self, state: State) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+async fn maintain(
+    conn: Arc<Connection>,
+    settings: Settings,
+    breaker: Arc<Breaker>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let addr = conn.addr;
+    let mut failures: u32 = 0;
+    while !*stop.borrow() {
+        conn.set(State::Connecting);
+        match connect(addr, &settings).await {
+            Ok((tx, driver)) => {
+                metrics
+                    .connects_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                breaker.record_success();
+                failures = 0;
+                debug!(%addr, "connected");
+                conn.set(State::Ready(tx));
+                tokio::pin!(driver);
+                let retired = tokio::select! {
+                    res = &mut driver => {
+                        if let Err(e) = res { info!(%addr, error = %e, "connection closed") }
+                        false
+                    }
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if retired {
+                    // Our handle is gone (state is Draining); hyper finishes the streams in flight, then closes.
+                    let _ = driver.await;
+                    debug!(%addr, "drained");
+                    return;
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                // The peer went away (GOAWAY, reset, keepalive timeout): reconnect at once, once; a peer that is
+                // really gone refuses the connect and the backoff below takes over.
+                continue;
+            }
+            Err(e) => {
+                metrics
+                    .connects_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                breaker.record_failure();
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    warn!(%addr, error = %e, "connect failed");
+                } else {
+                    debug!(%addr, error = %e, failures, "connect failed");
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                conn.set(State::Backoff {
+                    error: e.to_string(),
+                });
+                let delay = backoff(&settings, failures);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms.
+fn backoff(settings: &Settings, failures: u32) -> Duration {
+    let exp = settings
+        .min_backoff
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let cap = exp.min(settings.max_backoff).as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(1..=cap))
+}
+
+/// Why a connect failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect + handshake took longer than the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// TCP connect failed (refused, unreachable…).
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/2 handshake failed.
+    #[error("http/2 handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
+
+async fn connect(
+    addr: SocketAddr,
+    settings: &Settings,
+) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (tx, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .adaptive_window(true)
+            .handshake(TokioIo::new(tcp))
+            .await?;
+        Ok::<_, ConnectError>((tx, driver))
+    };
+    tokio::time::timeout(settings.connect_timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout(settings.connect_timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let s = Settings::default();
+        for n in 1..40 {
+            let d = backoff(&s, n);
+            assert!(
+                d >= Duration::from_millis(1) && d <= s.max_backoff,
+                "{n}: {d:?}"
+            );
+        }
+        assert!(backoff(&s, 1) <= s.min_backoff);
+    }
+}

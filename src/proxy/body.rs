@@ -1,0 +1,202 @@
+//! The response body the client gets: either the backend's frames passed through, or a small local body.
+//!
+//! The passed-through body enforces the call's deadline to the last byte (a stalled stream ends with
+//! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
+//! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+use tonic::Code;
+
+use crate::{
+    BoxError,
+    grpc::{encode_message, status_of},
+    proxy::{call::CallRecord, replay::ReplayBody},
+};
+
+/// What the inbound server sends back.
+pub enum ResponseBody {
+    /// The backend's body, passed through.
+    Upstream(Box<UpstreamBody>),
+    /// A body made here (local services, errors).
+    Local(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ResponseBody {
+    /// No body (Trailers-Only responses).
+    pub fn empty() -> Self {
+        Self::Local(
+            http_body_util::Empty::new()
+                .map_err(|e: Infallible| match e {})
+                .boxed_unsync(),
+        )
+    }
+
+    /// A plain-text body.
+    pub fn text(s: String) -> Self {
+        Self::Local(
+            Full::new(Bytes::from(s))
+                .map_err(|e: Infallible| match e {})
+                .boxed_unsync(),
+        )
+    }
+
+    /// Any other body (tonic's local services).
+    pub fn local<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self::Local(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ResponseBody::Local(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The backend's response body with the call's deadline and accounting attached.
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+    header_code: Option<Code>,
+    record: CallRecord,
+    request: ReplayBody,
+    done: bool,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`; `header_code` is a `grpc-status` already seen in the response headers.
+    pub fn new(
+        inner: Incoming,
+        deadline: Pin<Box<Sleep>>,
+        timeout: Duration,
+        header_code: Option<Code>,
+        record: CallRecord,
+        request: ReplayBody,
+    ) -> Self {
+        Self {
+            inner: Some(inner),
+            deadline,
+            timeout,
+            header_code,
+            record,
+            request,
+            done: false,
+        }
+    }
+
+    fn end_with(
+        &mut self,
+        code: Code,
+        message: &str,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.inner = None;
+        self.done = true;
+        self.record.finish(code);
+        let mut t = HeaderMap::with_capacity(2);
+        t.insert("grpc-status", HeaderValue::from(code as i32));
+        if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
+            t.insert("grpc-message", v);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(t))))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let msg = format!(
+                "deadline exceeded after {:?} while streaming the response",
+                this.timeout
+            );
+            return this.end_with(Code::DeadlineExceeded, &msg);
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_of(trailers).unwrap_or(Code::Unknown);
+                    this.done = true;
+                    this.inner = None;
+                    this.record.finish(code);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some((size, limit)) = this.request.too_large() {
+                    let msg =
+                        format!("grpc: received message larger than max ({size} vs. {limit})");
+                    return this.end_with(Code::ResourceExhausted, &msg);
+                }
+                let msg = format!(
+                    "upstream {} failed mid-response: {e}",
+                    this.record.endpoint().addr
+                );
+                this.end_with(Code::Unavailable, &msg)
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.inner = None;
+                let code = this.header_code.unwrap_or(Code::Unknown);
+                this.record.finish(code);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,72 @@
+//! The retry budget: retries may add about `ratio` extra load (20% by default), plus a small floor so a quiet
+//! sidecar can still retry (linkerd's and Finagle's retry budget).
+//!
+//! Without a budget, retries multiply load exactly when backends are failing, which turns a partial outage into
+//! a full one.
+
+use std::{sync::Mutex, time::Instant};
+
+/// Retries allowed per second even with no traffic.
+const FLOOR_PER_SEC: f64 = 10.0;
+/// Most retries that can be saved up.
+const MAX_TOKENS: f64 = 100.0;
+
+/// A token bucket: each call deposits `ratio`, time deposits the floor, each retry withdraws one.
+pub struct RetryBudget {
+    ratio: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    /// A budget of `ratio` retries per call.
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            state: Mutex::new((FLOOR_PER_SEC, Instant::now())),
+        }
+    }
+
+    /// Records one call.
+    pub fn deposit(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = (s.0 + self.ratio).min(MAX_TOKENS);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn withdraw(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(s.1).as_secs_f64() * FLOOR_PER_SEC;
+        s.0 = (s.0 + refill).min(MAX_TOKENS);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_bounded_by_the_ratio_once_the_floor_is_spent() {
+        let b = RetryBudget::new(0.2);
+        let floor = (0..100).take_while(|_| b.withdraw()).count();
+        assert!(
+            (10..=11).contains(&floor),
+            "the floor allows about 10 at once, got {floor}"
+        );
+        for _ in 0..100 {
+            b.deposit();
+        }
+        let more = (0..100).take_while(|_| b.withdraw()).count();
+        assert!(
+            (20..=21).contains(&more),
+            "100 calls at 20% allow about 20 retries, got {more}"
+        );
+    }
+}

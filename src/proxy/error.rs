@@ -1,0 +1,112 @@
+//! Every way the sidecar itself answers a call, and the one place that turns them into responses.
+//!
+//! gRPC failures become Trailers-Only responses (HTTP 200, `grpc-status`, `grpc-message`), which every gRPC client
+//! reads as a status. Requests that are not gRPC at all get a plain HTTP status with a one-line text body.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use tonic::Code;
+
+use crate::{balance::NoEndpoint, grpc::encode_message, proxy::body::ResponseBody};
+
+/// What the sidecar answers instead of the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Nothing usable to send the call to.
+    #[error(transparent)]
+    NoEndpoint(#[from] NoEndpoint),
+    /// The call's deadline passed before the backend answered.
+    #[error("deadline exceeded after {0:?} (grpc-timeout or the sidecar's default)")]
+    DeadlineExceeded(Duration),
+    /// The backend's connection failed before it answered, and no retry was allowed.
+    #[error("upstream {addr}: {error}")]
+    Upstream {
+        /// The endpoint.
+        addr: std::net::SocketAddr,
+        /// What failed.
+        error: String,
+    },
+    /// A request message is larger than the limit.
+    #[error("grpc: received message larger than max ({size} vs. {limit})")]
+    TooLarge {
+        /// The message size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Too many calls in flight.
+    #[error("too many concurrent calls at the sidecar (limit {0})")]
+    Overloaded(u32),
+    /// A path the sidecar does not route.
+    #[error(
+        "unknown method {0}: the sidecar routes hello.v1.HelloService, grpc.health.v1.Health and reflection"
+    )]
+    Unimplemented(String),
+    /// A `grpc-timeout` header that does not parse.
+    #[error("malformed grpc-timeout {0:?}")]
+    MalformedTimeout(String),
+    /// The client's request body failed (it reset the stream) before the call could be sent.
+    #[error("request body: {0}")]
+    RequestBody(String),
+    /// Not a gRPC content-type.
+    #[error(
+        "unsupported content-type {0:?}: this port speaks gRPC (content-type: application/grpc)"
+    )]
+    NotGrpc(String),
+    /// gRPC over HTTP/1.1.
+    #[error(
+        "gRPC needs HTTP/2: this port speaks gRPC over HTTP/2 with prior knowledge (h2c), not HTTP/1.1"
+    )]
+    Http1,
+}
+
+impl ProxyError {
+    /// The gRPC status code of this answer. HTTP-level rejections (415, 426) count as `INTERNAL` in metrics.
+    pub fn code(&self) -> Code {
+        match self {
+            ProxyError::NoEndpoint(_) | ProxyError::Upstream { .. } => Code::Unavailable,
+            ProxyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
+            ProxyError::Unimplemented(_) => Code::Unimplemented,
+            ProxyError::MalformedTimeout(_) | ProxyError::NotGrpc(_) | ProxyError::Http1 => {
+                Code::Internal
+            }
+            ProxyError::RequestBody(_) => Code::Cancelled,
+        }
+    }
+
+    /// The response the client gets.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let http_status = match &self {
+            ProxyError::NotGrpc(_) => Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ProxyError::Http1 => Some(StatusCode::UPGRADE_REQUIRED),
+            _ => None,
+        };
+        if let Some(status) = http_status {
+            let mut res = Response::new(ResponseBody::text(format!("{self}\n")));
+            *res.status_mut() = status;
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return res;
+        }
+        status_response(self.code(), &self.to_string())
+    }
+}
+
+/// A Trailers-Only gRPC response carrying `code` and `message`.
+pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::empty());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
+        h.insert("grpc-message", v);
+    }
+    res
+}

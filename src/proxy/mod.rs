@@ -1,0 +1,199 @@
+//! The inbound side of the data path: the app's HTTP/2 connections on loopback, and each call's way through.
+//!
+//! ```text
+//! accept → route (:path, content-type) ─┬─ HelloService → forward (deadline, pick, retry) → pooled h2 → backend
+//!                                        ├─ grpc.health.v1 / reflection → answered here
+//!                                        └─ anything else → UNIMPLEMENTED / 415 / 426
+//! ```
+
+pub mod body;
+pub mod budget;
+pub mod call;
+pub mod error;
+mod forward;
+pub mod replay;
+pub mod route;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tower::{ServiceExt, util::BoxCloneSyncService};
+use tracing::{info, warn};
+
+use crate::{
+    balance::Balancer,
+    proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, route::Route},
+    telemetry::metrics::Metrics,
+};
+
+/// A gRPC service answered inside the sidecar (health, reflection).
+pub type LocalService =
+    BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
+
+/// Per-call policy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Deadline of a call that carries no `grpc-timeout`.
+    pub default_timeout: Duration,
+    /// Longest wait for a usable endpoint.
+    pub failfast_timeout: Duration,
+    /// Calls in flight at once.
+    pub max_concurrent_calls: u32,
+    /// Largest request message.
+    pub max_message_bytes: u64,
+    /// Retries as a fraction of calls.
+    pub retry_budget: f64,
+}
+
+/// The proxy: everything a call needs, shared by every connection.
+pub struct Proxy {
+    config: Config,
+    balancer: Arc<Balancer>,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    budget: RetryBudget,
+    health: LocalService,
+    reflection: LocalService,
+    reflection_v1alpha: LocalService,
+    methods: RwLock<HashMap<String, Arc<str>>>,
+}
+
+impl Proxy {
+    /// Builds the proxy over `balancer`, with the local services it answers itself.
+    pub fn new(
+        config: Config,
+        balancer: Arc<Balancer>,
+        metrics: Arc<Metrics>,
+        health: LocalService,
+        reflection: LocalService,
+        reflection_v1alpha: LocalService,
+    ) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+            budget: RetryBudget::new(config.retry_budget),
+            config,
+            balancer,
+            metrics,
+            health,
+            reflection,
+            reflection_v1alpha,
+            methods: RwLock::default(),
+        }
+    }
+
+    /// Answers one request. Never fails: every failure is a response.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let res = match route::route(&req) {
+            Ok(Route::Forward) => self.forward(req).await,
+            Ok(Route::Health) => local(&self.health, req).await,
+            Ok(Route::Reflection) if req.uri().path().contains(".v1alpha.") => {
+                local(&self.reflection_v1alpha, req).await
+            }
+            Ok(Route::Reflection) => local(&self.reflection, req).await,
+            Err(e) => {
+                if let ProxyError::Unimplemented(path) = &e {
+                    self.metrics
+                        .record_call(&self.method_label(path), e.code(), Duration::ZERO);
+                }
+                e.into_response()
+            }
+        };
+        Ok(res)
+    }
+
+    /// The interned metrics label of a method path: one allocation per distinct method, not per call.
+    fn method_label(&self, path: &str) -> Arc<str> {
+        if let Some(m) = self
+            .methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return m.clone();
+        }
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        if methods.len() >= 256 {
+            return Arc::from("other");
+        }
+        methods
+            .entry(path.to_owned())
+            .or_insert_with(|| Arc::from(path))
+            .clone()
+    }
+
+    /// Accepts connections until `shutdown` resolves, then waits up to `drain` for calls in flight.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.config.max_concurrent_calls.saturating_add(64))
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let proxy = self.clone();
+                        let svc = service_fn(move |req| proxy.clone().handle(req));
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "inbound connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        let started = Instant::now();
+        info!(
+            connections = graceful.count(),
+            "draining inbound connections"
+        );
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
+        }
+    }
+}
+
+async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseBody> {
+    match svc.clone().oneshot(req).await {
+        Ok(res) => res.map(ResponseBody::local),
+        Err(never) => match never {},
+    }
+}

@@ -1,0 +1,243 @@
+//! The `server` role: the backend HelloService pod, and the test fixture behind the sidecar.
+//!
+//! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else "Hello, <name>!" and code 200.
+//! - Every answer (errors too) carries `x-hello-pod` (which pod answered) and `x-hello-peer` (the caller's
+//!   address, i.e. which connection carried the call).
+//! - Fault knobs, off by default ([`faults`]): delay, jitter, error rate with a chosen status, and per-call
+//!   overrides by metadata.
+//! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
+
+pub mod faults;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tonic::{
+    Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo,
+};
+use tracing::info;
+
+use crate::{
+    admin::{self, AdminState},
+    cli::ServerArgs,
+    pb::{
+        HelloRequest, HelloResponse,
+        hello_service_server::{HelloService, HelloServiceServer},
+    },
+};
+
+use self::faults::Faults;
+
+/// Counters of the backend, on its optional admin port.
+#[derive(Default)]
+pub struct ServerStats {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Calls answered (any status).
+    pub calls: AtomicU64,
+}
+
+impl AdminState for ServerStats {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn metrics(&self) -> String {
+        format!(
+            "# HELP hello_server_connections_accepted_total TCP connections accepted.\n\
+             # TYPE hello_server_connections_accepted_total counter\n\
+             hello_server_connections_accepted_total {}\n\
+             # HELP hello_server_calls_total Calls answered.\n\
+             # TYPE hello_server_calls_total counter\n\
+             hello_server_calls_total {}\n",
+            self.connections.load(Relaxed),
+            self.calls.load(Relaxed)
+        )
+    }
+}
+
+struct Hello {
+    pod: MetadataValue<tonic::metadata::Ascii>,
+    faults: Faults,
+    stats: Arc<ServerStats>,
+}
+
+#[tonic::async_trait]
+impl HelloService for Hello {
+    async fn say_hello(
+        &self,
+        req: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
+        self.stats.calls.fetch_add(1, Relaxed);
+        let peer = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .and_then(|a| MetadataValue::try_from(a.to_string()).ok());
+        let plan = self.faults.plan(req.metadata());
+        if !plan.delay.is_zero() {
+            tokio::time::sleep(plan.delay).await;
+        }
+        let result = match plan.fail {
+            Some(status) => Err(status),
+            None if req.get_ref().name.is_empty() => {
+                Err(Status::invalid_argument("name is required"))
+            }
+            None => {
+                let name = &req.get_ref().name;
+                Ok(Response::new(HelloResponse {
+                    message: format!("Hello, {name}!"),
+                    code: 200,
+                }))
+            }
+        };
+        let stamp = |md: &mut tonic::metadata::MetadataMap| {
+            md.insert("x-hello-pod", self.pod.clone());
+            if let Some(p) = &peer {
+                md.insert("x-hello-peer", p.clone());
+            }
+        };
+        match result {
+            Ok(mut res) => {
+                stamp(res.metadata_mut());
+                Ok(res)
+            }
+            Err(mut status) => {
+                stamp(status.metadata_mut());
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The flag naming the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--id` or `POD_NAME` is not a valid header value.
+    #[error("--id {0:?} must be printable ASCII")]
+    BadId(String),
+    /// Reflection could not load the compiled descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server failed while running.
+    #[error("serve: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the backend until `shutdown`, then drains. Returns the bound address through `bound` once listening.
+pub async fn run(
+    args: ServerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), StartError> {
+    let id = args.id.clone().unwrap_or_else(default_id);
+    let pod = MetadataValue::try_from(id.as_str()).map_err(|_| StartError::BadId(id.clone()))?;
+    let stats = Arc::new(ServerStats::default());
+    let faults = Faults::new(
+        args.delay,
+        args.delay_jitter,
+        args.error_rate,
+        args.error_code,
+    );
+    let hello = Hello {
+        pod,
+        faults,
+        stats: stats.clone(),
+    };
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<HelloServiceServer<Hello>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            flag: "--listen",
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(args.listen);
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = args.admin {
+        let admin_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                flag: "--admin",
+                addr,
+                source,
+            })?;
+        tokio::spawn(admin::serve(admin_listener, stats.clone(), async move {
+            let _ = admin_stopped.await;
+        }));
+    }
+    info!(addr = %local, pod = %id, "server listening");
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+
+    let accept_stats = stats.clone();
+    let incoming = TcpListenerStream::new(listener).map(move |conn| {
+        if let Ok(stream) = &conn {
+            accept_stats.connections.fetch_add(1, Relaxed);
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let drain = args.drain_timeout;
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let start_drain = draining.clone();
+    let shutdown = async move {
+        shutdown.await;
+        start_drain.notify_one();
+        // Tell health checkers first, then stop accepting; tonic finishes the calls in flight (GOAWAY).
+        reporter
+            .set_not_serving::<HelloServiceServer<Hello>>()
+            .await;
+        info!(?drain, "draining");
+    };
+    let serve = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(HelloServiceServer::new(hello))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // The drain is bounded: a call that outlives it is cut when the process exits.
+    let result = tokio::select! {
+        r = serve => r,
+        () = async { draining.notified().await; tokio::time::sleep(drain).await } => Ok(()),
+    };
+    let _ = stop_admin.send(());
+    info!("server stopped");
+    Ok(result?)
+}
+
+fn default_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "hello-server".to_owned())
+}
