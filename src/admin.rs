@@ -29,11 +29,7 @@ pub trait AdminState: Send + Sync + 'static {
 }
 
 /// Serves the admin routes until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<dyn AdminState>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -76,18 +72,12 @@ fn answer(state: &dyn AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/debug/endpoints" => match state.debug_endpoints() {
             Some(v) => {
                 let mut res = text(StatusCode::OK, format!("{v:#}\n"));
-                res.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
+                res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                 res
             }
             None => text(StatusCode::NOT_FOUND, "no endpoints in this role\n".into()),
         },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /live, /ready, /metrics, /debug/endpoints\n".into(),
-        ),
+        _ => text(StatusCode::NOT_FOUND, "try /live, /ready, /metrics, /debug/endpoints\n".into()),
     }
 }
 

@@ -12,13 +12,7 @@ use crate::discovery::Target;
 #[command(name = "hello-sidecar", version, about)]
 pub struct Cli {
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "HELLO_SIDECAR_LOG_FORMAT",
-        value_enum,
-        default_value = "plain"
-    )]
+    #[arg(long, global = true, env = "HELLO_SIDECAR_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -163,13 +157,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         let (num, tail) = rest.split_at(digits);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let value: f64 = num.parse().map_err(|_| err())?;
         let scale = match unit {
@@ -204,8 +194,7 @@ fn parse_target(s: &str) -> Result<Target, String> {
 }
 
 fn parse_code(s: &str) -> Result<tonic::Code, String> {
-    crate::grpc::parse_code(s)
-        .ok_or_else(|| format!("'{s}' is not a gRPC status code (name or 0-16)"))
+    crate::grpc::parse_code(s).ok_or_else(|| format!("'{s}' is not a gRPC status code (name or 0-16)"))
 }
 
 #[cfg(test)]
@@ -233,24 +222,10 @@ mod tests {
 
     #[test]
     fn flags_parse_into_a_sidecar_config() {
-        let cli = Cli::try_parse_from([
-            "hello-sidecar",
-            "sidecar",
-            "--target",
-            "static:///127.0.0.1:8080",
-        ]);
-        let Ok(Cli {
-            command: Command::Sidecar(args),
-            ..
-        }) = cli
-        else {
-            panic!("did not parse: {cli:?}")
-        };
+        let cli = Cli::try_parse_from(["hello-sidecar", "sidecar", "--target", "static:///127.0.0.1:8080"]);
+        let Ok(Cli { command: Command::Sidecar(args), .. }) = cli else { panic!("did not parse: {cli:?}") };
         assert_eq!(args.default_timeout, Duration::from_secs(5));
-        assert_eq!(
-            args.listen,
-            "127.0.0.1:50051".parse::<SocketAddr>().unwrap()
-        );
+        assert_eq!(args.listen, "127.0.0.1:50051".parse::<SocketAddr>().unwrap());
         let bad = Cli::try_parse_from([
             "hello-sidecar",
             "sidecar",
@@ -260,12 +235,6 @@ mod tests {
             "banana",
         ]);
         let msg = bad.expect_err("banana is no duration").to_string();
-        assert!(
-            msg.lines()
-                .next()
-                .unwrap_or("")
-                .contains("--default-timeout"),
-            "{msg}"
-        );
+        assert!(msg.lines().next().unwrap_or("").contains("--default-timeout"), "{msg}");
     }
 }

@@ -64,48 +64,25 @@ pub struct BadAddr(String);
 
 /// A client over one lazily connected channel to `addr` (`host:port` or `http://host:port`).
 pub fn connect(addr: &str) -> Result<HelloServiceClient<Channel>, BadAddr> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
+    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let endpoint = Channel::from_shared(uri).map_err(|_| BadAddr(addr.to_owned()))?;
     Ok(HelloServiceClient::new(endpoint.connect_lazy()))
 }
 
 /// Makes one call.
-pub async fn call_once(
-    client: &mut HelloServiceClient<Channel>,
-    name: &str,
-    timeout: Option<Duration>,
-) -> Outcome {
-    let mut req = tonic::Request::new(HelloRequest {
-        name: name.to_owned(),
-    });
+pub async fn call_once(client: &mut HelloServiceClient<Channel>, name: &str, timeout: Option<Duration>) -> Outcome {
+    let mut req = tonic::Request::new(HelloRequest { name: name.to_owned() });
     if let Some(t) = timeout {
         req.set_timeout(t);
     }
     let start = Instant::now();
     let res = client.say_hello(req).await;
     let latency = start.elapsed();
-    let pod_of = |md: &tonic::metadata::MetadataMap| {
-        md.get("x-hello-pod")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let pod_of =
+        |md: &tonic::metadata::MetadataMap| md.get("x-hello-pod").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match res {
-        Ok(r) => Outcome {
-            code: Code::Ok,
-            pod: pod_of(r.metadata()),
-            message: r.into_inner().message,
-            latency,
-        },
-        Err(s) => Outcome {
-            code: s.code(),
-            pod: pod_of(s.metadata()),
-            message: s.message().to_owned(),
-            latency,
-        },
+        Ok(r) => Outcome { code: Code::Ok, pod: pod_of(r.metadata()), message: r.into_inner().message, latency },
+        Err(s) => Outcome { code: s.code(), pod: pod_of(s.metadata()), message: s.message().to_owned(), latency },
     }
 }
 
@@ -121,10 +98,7 @@ pub async fn run(args: &CallArgs) -> Result<Summary, BadAddr> {
         let (name, timeout) = (args.name.clone(), args.timeout);
         workers.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
-            while remaining
-                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-                .is_ok()
-            {
+            while remaining.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
                 outcomes.push(call_once(&mut client, &name, timeout).await);
             }
             outcomes
@@ -143,14 +117,9 @@ pub fn summarize(outcomes: &[Outcome], elapsed: Duration) -> Summary {
     let mut by_pod = BTreeMap::new();
     for o in outcomes {
         *by_status.entry(code_name(o.code).to_owned()).or_insert(0) += 1;
-        *by_pod
-            .entry(o.pod.clone().unwrap_or_else(|| "-".into()))
-            .or_insert(0) += 1;
+        *by_pod.entry(o.pod.clone().unwrap_or_else(|| "-".into())).or_insert(0) += 1;
     }
-    let mut lat: Vec<f64> = outcomes
-        .iter()
-        .map(|o| o.latency.as_secs_f64() * 1000.0)
-        .collect();
+    let mut lat: Vec<f64> = outcomes.iter().map(|o| o.latency.as_secs_f64() * 1000.0).collect();
     lat.sort_by(f64::total_cmp);
     let mut latency_ms = BTreeMap::new();
     if !lat.is_empty() {
@@ -161,12 +130,7 @@ pub fn summarize(outcomes: &[Outcome], elapsed: Duration) -> Summary {
     }
     let first = outcomes.first().map(|o| match o.code {
         Code::Ok => format!("{} (pod {})", o.message, o.pod.as_deref().unwrap_or("-")),
-        code => format!(
-            "{}: {} (pod {})",
-            code_name(code),
-            o.message,
-            o.pod.as_deref().unwrap_or("-")
-        ),
+        code => format!("{}: {} (pod {})", code_name(code), o.message, o.pod.as_deref().unwrap_or("-")),
     });
     Summary {
         calls: outcomes.len() as u64,
@@ -184,25 +148,13 @@ impl fmt::Display for Summary {
             return writeln!(f, "{}", self.first.as_deref().unwrap_or(""));
         }
         writeln!(f, "calls: {}  ({:.0}/s)", self.calls, self.rate)?;
-        let statuses: Vec<String> = self
-            .by_status
-            .iter()
-            .map(|(s, n)| format!("{s}={n}"))
-            .collect();
+        let statuses: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
         writeln!(f, "status: {}", statuses.join(" "))?;
         writeln!(f, "by pod:")?;
         for (pod, n) in &self.by_pod {
-            writeln!(
-                f,
-                "  {pod:<24} {n:>8}  {:5.1}%",
-                *n as f64 * 100.0 / self.calls.max(1) as f64
-            )?;
+            writeln!(f, "  {pod:<24} {n:>8}  {:5.1}%", *n as f64 * 100.0 / self.calls.max(1) as f64)?;
         }
-        let lat: Vec<String> = self
-            .latency_ms
-            .iter()
-            .map(|(k, v)| format!("{k}={v:.3}ms"))
-            .collect();
+        let lat: Vec<String> = self.latency_ms.iter().map(|(k, v)| format!("{k}={v:.3}ms")).collect();
         writeln!(f, "latency: {}", lat.join(" "))
     }
 }

@@ -97,14 +97,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
                 while tick.elapsed() < Duration::from_secs(1) {
-                    out.push(
-                        client::call_once(
-                            &mut c,
-                            &format!("demo-{w}"),
-                            Some(Duration::from_secs(2)),
-                        )
-                        .await,
-                    );
+                    out.push(client::call_once(&mut c, &format!("demo-{w}"), Some(Duration::from_secs(2))).await);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 out
@@ -142,11 +135,7 @@ fn report(second: u32, outcomes: &[Outcome]) {
     emit(&format!(
         "t={second:>3}s  {}  errors: {}",
         pods.join("  "),
-        if errs.is_empty() {
-            "0".into()
-        } else {
-            errs.join(" ")
-        }
+        if errs.is_empty() { "0".into() } else { errs.join(" ") }
     ));
 }
 

@@ -28,12 +28,7 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
 pub fn encode_timeout(d: Duration) -> String {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
-    for (unit, per) in [
-        ("n", 1u128),
-        ("u", 1_000),
-        ("m", 1_000_000),
-        ("S", 1_000_000_000),
-    ] {
+    for (unit, per) in [("n", 1u128), ("u", 1_000), ("m", 1_000_000), ("S", 1_000_000_000)] {
         // Round up so the forwarded deadline is never shorter than a sub-unit remainder would make it.
         let v = nanos.div_ceil(per);
         if v <= MAX {
@@ -62,11 +57,7 @@ pub fn parse_code(s: &str) -> Option<Code> {
     if let Ok(n) = s.parse::<i32>() {
         return (0..=16).contains(&n).then(|| Code::from_i32(n));
     }
-    let norm: String = s
-        .chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let norm: String = s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
     (0..=16).map(Code::from_i32).find(|c| {
         let name: String = format!("{c:?}").to_ascii_lowercase();
         name == norm
@@ -129,12 +120,7 @@ impl MessageScanner {
             chunk = &chunk[take..];
             if self.prefix_len == 5 {
                 self.prefix_len = 0;
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]);
+                let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
                 if u64::from(len) > limit {
                     return Some(len.into());
                 }
@@ -157,16 +143,7 @@ mod tests {
         assert_eq!(parse_timeout(b"3M"), Some(Duration::from_secs(180)));
         assert_eq!(parse_timeout(b"7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse_timeout(b"9n"), Some(Duration::from_nanos(9)));
-        for bad in [
-            &b""[..],
-            b"S",
-            b"5",
-            b"5s",
-            b"-5S",
-            b"123456789S",
-            b"1.5S",
-            b"\xff",
-        ] {
+        for bad in [&b""[..], b"S", b"5", b"5s", b"-5S", b"123456789S", b"1.5S", b"\xff"] {
             assert_eq!(parse_timeout(bad), None, "{bad:?}");
         }
     }
@@ -176,19 +153,11 @@ mod tests {
         assert_eq!(encode_timeout(Duration::from_millis(5000)), "5000000u");
         assert_eq!(encode_timeout(Duration::from_nanos(1500)), "1500n");
         assert_eq!(encode_timeout(Duration::from_secs(3600)), "3600000m");
-        for d in [
-            Duration::from_nanos(1),
-            Duration::from_millis(1234),
-            Duration::from_secs(86_400 * 400),
-        ] {
+        for d in [Duration::from_nanos(1), Duration::from_millis(1234), Duration::from_secs(86_400 * 400)] {
             let enc = encode_timeout(d);
             let digits = enc.len() - 1;
             assert!(digits <= 8, "{enc}");
-            assert!(
-                parse_timeout(enc.as_bytes())
-                    .is_some_and(|back| back >= d || d.as_secs() > 99_999_999),
-                "{enc}"
-            );
+            assert!(parse_timeout(enc.as_bytes()).is_some_and(|back| back >= d || d.as_secs() > 99_999_999), "{enc}");
         }
     }
 
@@ -203,10 +172,7 @@ mod tests {
     fn codes_parse_by_number_and_name() {
         assert_eq!(parse_code("14"), Some(Code::Unavailable));
         assert_eq!(parse_code("UNAVAILABLE"), Some(Code::Unavailable));
-        assert_eq!(
-            parse_code("deadline_exceeded"),
-            Some(Code::DeadlineExceeded)
-        );
+        assert_eq!(parse_code("deadline_exceeded"), Some(Code::DeadlineExceeded));
         assert_eq!(parse_code("Internal"), Some(Code::Internal));
         assert_eq!(parse_code("17"), None);
         assert_eq!(parse_code("nope"), None);

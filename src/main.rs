@@ -19,18 +19,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line naming the flag; the full usage is one `--help` away.
             let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            let first: Vec<&str> = text.split("\n\n").next().unwrap_or("").lines().map(str::trim).collect();
+            eprintln!("{}", first.join(" "));
             return ExitCode::from(2);
         }
     };
     telemetry::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -60,11 +55,7 @@ async fn run(command: Command) -> ExitCode {
                 } else {
                     print!("{summary}");
                 }
-                if summary.all_ok() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
+                if summary.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
             }
             Err(e) => {
                 eprintln!("error: {e}");

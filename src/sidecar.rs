@@ -70,10 +70,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     let settings = balance::Settings {
-        pool: pool::Settings {
-            connect_timeout: args.connect_timeout,
-            ..Default::default()
-        },
+        pool: pool::Settings { connect_timeout: args.connect_timeout, ..Default::default() },
         eject_after: args.eject_after,
         ewma_decay: args.ewma_decay,
     };
@@ -81,12 +78,8 @@ pub async fn start(
     let balancer = Arc::new(Balancer::new(target.to_string(), settings, metrics.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("hello.v1.HelloService", ServingStatus::NotServing)
-        .await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter.set_service_status("hello.v1.HelloService", ServingStatus::NotServing).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -95,21 +88,16 @@ pub async fn start(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            flag: "--listen",
-            addr: args.listen,
-            source,
-        })?;
-    let admin_listener =
-        TcpListener::bind(args.admin)
-            .await
-            .map_err(|source| StartError::Bind {
-                flag: "--admin",
-                addr: args.admin,
-                source,
-            })?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
+        flag: "--listen",
+        addr: args.listen,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(args.admin).await.map_err(|source| StartError::Bind {
+        flag: "--admin",
+        addr: args.admin,
+        source,
+    })?;
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
 
@@ -125,10 +113,7 @@ pub async fn start(
     let discovery_state = state.clone();
     tokio::spawn(async move {
         while let Some(set) = sets.recv().await {
-            discovery_state
-                .metrics
-                .discovery_updates
-                .fetch_add(1, Relaxed);
+            discovery_state.metrics.discovery_updates.fetch_add(1, Relaxed);
             discovery_state.balancer.update(set);
             discovery_state.synced.store(true, Relaxed);
         }
@@ -140,16 +125,11 @@ pub async fn start(
     tokio::spawn(async move {
         let mut last = None;
         loop {
-            let status = if health_balancer.ready_count() > 0 {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let status =
+                if health_balancer.ready_count() > 0 { ServingStatus::Serving } else { ServingStatus::NotServing };
             if last != Some(status) {
                 reporter.set_service_status("", status).await;
-                reporter
-                    .set_service_status("hello.v1.HelloService", status)
-                    .await;
+                reporter.set_service_status("hello.v1.HelloService", status).await;
                 last = Some(status);
             }
             if changes.changed().await.is_err() {
@@ -190,12 +170,7 @@ pub async fn start(
         let _ = stop_admin.send(());
         info!("sidecar stopped");
     });
-    Ok(Running {
-        listen,
-        admin: admin_addr,
-        state,
-        done,
-    })
+    Ok(Running { listen, admin: admin_addr, state, done })
 }
 
 impl AdminState for SidecarState {
@@ -208,31 +183,16 @@ impl AdminState for SidecarState {
         self.metrics.render(&mut out);
         let set = self.balancer.snapshot();
         let mut by_state: std::collections::BTreeMap<&str, u64> =
-            ["ready", "connecting", "backoff", "ejected", "draining"]
-                .into_iter()
-                .map(|s| (s, 0))
-                .collect();
+            ["ready", "connecting", "backoff", "ejected", "draining"].into_iter().map(|s| (s, 0)).collect();
         let now = std::time::Instant::now();
         let mut in_flight = 0u64;
         for e in set.iter() {
-            let state = if e.breaker.is_ejected(now) {
-                "ejected"
-            } else {
-                e.conn.state().name()
-            };
+            let state = if e.breaker.is_ejected(now) { "ejected" } else { e.conn.state().name() };
             *by_state.entry(state).or_default() += 1;
             in_flight += u64::from(e.load.pending());
         }
-        let samples: Vec<_> = by_state
-            .into_iter()
-            .map(|(s, n)| (format!("state=\"{s}\""), n))
-            .collect();
-        gauge(
-            &mut out,
-            "hello_sidecar_endpoints",
-            "Endpoints of the target, by state.",
-            &samples,
-        );
+        let samples: Vec<_> = by_state.into_iter().map(|(s, n)| (format!("state=\"{s}\""), n)).collect();
+        gauge(&mut out, "hello_sidecar_endpoints", "Endpoints of the target, by state.", &samples);
         let open = set.iter().filter(|e| e.conn.is_ready()).count() as u64;
         gauge(
             &mut out,

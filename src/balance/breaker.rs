@@ -38,13 +38,7 @@ struct Ejection {
 impl Breaker {
     /// A breaker that ejects after `threshold` consecutive failures; `label` names the endpoint in logs.
     pub fn new(label: String, threshold: u32, metrics: Arc<Metrics>) -> Self {
-        Self {
-            label,
-            threshold: threshold.max(1),
-            consecutive: AtomicU32::new(0),
-            ejected: Mutex::default(),
-            metrics,
-        }
+        Self { label, threshold: threshold.max(1), consecutive: AtomicU32::new(0), ejected: Mutex::default(), metrics }
     }
 
     /// A call or connect succeeded.
@@ -70,9 +64,7 @@ impl Breaker {
         if e.until.is_some_and(|u| u > now) {
             return;
         }
-        let period = BASE_EJECTION
-            .saturating_mul(1 << e.in_a_row.min(8))
-            .min(MAX_EJECTION);
+        let period = BASE_EJECTION.saturating_mul(1 << e.in_a_row.min(8)).min(MAX_EJECTION);
         e.in_a_row = e.in_a_row.saturating_add(1);
         e.until = Some(now + period);
         self.metrics.ejections.fetch_add(1, Relaxed);

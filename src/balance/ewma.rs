@@ -33,10 +33,7 @@ impl PeakEwma {
     pub fn new(decay: Duration) -> Self {
         Self {
             decay_ns: decay.as_nanos().max(1) as f64,
-            estimate: Mutex::new(Estimate {
-                rtt_ns: 0.0,
-                at: Instant::now(),
-            }),
+            estimate: Mutex::new(Estimate { rtt_ns: 0.0, at: Instant::now() }),
             pending: AtomicU32::new(0),
         }
     }

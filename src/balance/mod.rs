@@ -85,13 +85,7 @@ impl Balancer {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
-        Self {
-            target,
-            settings,
-            metrics,
-            endpoints: RwLock::default(),
-            changed: Arc::new(changed),
-        }
+        Self { target, settings, metrics, endpoints: RwLock::default(), changed: Arc::new(changed) }
     }
 
     /// The target's name.
@@ -101,10 +95,7 @@ impl Balancer {
 
     /// The current endpoints.
     pub fn snapshot(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A receiver that sees a new value on every change of the set or of a connection.
@@ -120,8 +111,7 @@ impl Balancer {
     /// Replaces the set: endpoints kept keep their connection and load; new ones connect; removed ones drain.
     pub fn update(&self, set: Vec<Discovered>) {
         let old = self.snapshot();
-        let mut by_addr: HashMap<SocketAddr, &Arc<Endpoint>> =
-            old.iter().map(|e| (e.addr, e)).collect();
+        let mut by_addr: HashMap<SocketAddr, &Arc<Endpoint>> = old.iter().map(|e| (e.addr, e)).collect();
         let mut next = Vec::with_capacity(set.len());
         let (mut added, mut kept) = (0, 0);
         for d in set {
@@ -146,11 +136,7 @@ impl Balancer {
     }
 
     fn endpoint(&self, d: Discovered) -> Endpoint {
-        let breaker = Arc::new(Breaker::new(
-            d.addr.to_string(),
-            self.settings.eject_after,
-            self.metrics.clone(),
-        ));
+        let breaker = Arc::new(Breaker::new(d.addr.to_string(), self.settings.eject_after, self.metrics.clone()));
         let conn = Connection::spawn(
             d.addr,
             self.settings.pool.clone(),
@@ -158,50 +144,30 @@ impl Balancer {
             self.metrics.clone(),
             self.changed.clone(),
         );
-        Endpoint {
-            addr: d.addr,
-            meta: RwLock::new(d),
-            conn,
-            load: PeakEwma::new(self.settings.ewma_decay),
-            breaker,
-        }
+        Endpoint { addr: d.addr, meta: RwLock::new(d), conn, load: PeakEwma::new(self.settings.ewma_decay), breaker }
     }
 
     /// Picks an endpoint for one attempt, skipping `exclude` (endpoints this call already failed on). Waits for
     /// one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
-    pub async fn pick(
-        &self,
-        exclude: &[SocketAddr],
-        wait_until: Instant,
-    ) -> Result<Picked, NoEndpoint> {
+    pub async fn pick(&self, exclude: &[SocketAddr], wait_until: Instant) -> Result<Picked, NoEndpoint> {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
             let set = self.snapshot();
             let now = Instant::now();
-            if let Some(p) =
-                choose(&set, exclude, now, false).or_else(|| choose(&set, exclude, now, true))
-            {
+            if let Some(p) = choose(&set, exclude, now, false).or_else(|| choose(&set, exclude, now, true)) {
                 return Ok(p);
             }
             let waited = tokio::time::timeout_at(wait_until.into(), changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
-                return Err(NoEndpoint {
-                    target: self.target.clone(),
-                    detail: describe(&set),
-                });
+                return Err(NoEndpoint { target: self.target.clone(), detail: describe(&set) });
             }
         }
     }
 }
 
 /// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
-fn choose(
-    set: &[Arc<Endpoint>],
-    exclude: &[SocketAddr],
-    now: Instant,
-    ejected_too: bool,
-) -> Option<Picked> {
+fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_too: bool) -> Option<Picked> {
     let usable = |e: &Endpoint| -> Option<SendRequest<ReplayBody>> {
         if exclude.contains(&e.addr) || (!ejected_too && e.breaker.is_ejected(now)) {
             return None;
@@ -223,11 +189,7 @@ fn choose(
     let mut seen = 0usize;
     for (i, e) in set.iter().enumerate() {
         let Some(tx) = usable(e) else { continue };
-        let slot = if seen < 2 {
-            seen
-        } else {
-            rng.random_range(0..=seen)
-        };
+        let slot = if seen < 2 { seen } else { rng.random_range(0..=seen) };
         if slot < 2 {
             picks[slot] = Some((i, tx));
         }
@@ -235,10 +197,7 @@ fn choose(
     }
     match picks {
         [Some((a, ta)), Some((b, tb))] => Some(cheaper(&mut rng, (&set[a], ta), (&set[b], tb))),
-        [Some((a, ta)), None] => Some(Picked {
-            endpoint: set[a].clone(),
-            sender: ta,
-        }),
+        [Some((a, ta)), None] => Some(Picked { endpoint: set[a].clone(), sender: ta }),
         _ => None,
     }
 }
@@ -258,10 +217,7 @@ fn cheaper(
     let (ca, cb) = (a.0.load.cost(), b.0.load.cost());
     let p_a = if ca + cb > 0.0 { cb / (ca + cb) } else { 0.5 };
     let (e, sender) = if rng.random::<f64>() < p_a { a } else { b };
-    Picked {
-        endpoint: e.clone(),
-        sender,
-    }
+    Picked { endpoint: e.clone(), sender }
 }
 
 /// A short account of why nothing was usable, for the `UNAVAILABLE` message.

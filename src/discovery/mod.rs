@@ -30,11 +30,7 @@ pub struct Discovered {
 impl Discovered {
     /// An endpoint known only by address.
     pub fn addr(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            pod: None,
-            terminating: false,
-        }
+        Self { addr, pod: None, terminating: false }
     }
 }
 

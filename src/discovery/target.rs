@@ -29,9 +29,7 @@ pub enum PortRef {
 
 /// A `--target` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid target '{uri}': {why} (expected kubernetes:///svc.ns:port or static:///host:port,host:port)"
-)]
+#[error("invalid target '{uri}': {why} (expected kubernetes:///svc.ns:port or static:///host:port,host:port)")]
 pub struct TargetError {
     uri: String,
     why: &'static str,
@@ -41,28 +39,19 @@ impl std::str::FromStr for Target {
     type Err = TargetError;
 
     fn from_str(uri: &str) -> Result<Self, Self::Err> {
-        let err = |why| TargetError {
-            uri: uri.to_owned(),
-            why,
-        };
+        let err = |why| TargetError { uri: uri.to_owned(), why };
         if let Some(rest) = uri.strip_prefix("static:///") {
             let hosts: Vec<String> = rest.split(',').map(str::trim).map(str::to_owned).collect();
             for h in &hosts {
-                let (host, port) = h
-                    .rsplit_once(':')
-                    .ok_or_else(|| err("each host needs a :port"))?;
+                let (host, port) = h.rsplit_once(':').ok_or_else(|| err("each host needs a :port"))?;
                 if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(err(
-                        "each entry must be host:port with a port from 1 to 65535",
-                    ));
+                    return Err(err("each entry must be host:port with a port from 1 to 65535"));
                 }
             }
             return Ok(Target::Static(hosts));
         }
         if let Some(rest) = uri.strip_prefix("kubernetes:///") {
-            let (name, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| err("a port (name or number) is required"))?;
+            let (name, port) = rest.rsplit_once(':').ok_or_else(|| err("a port (name or number) is required"))?;
             let (service, namespace) = match name.split_once('.') {
                 Some((s, ns)) => (s, Some(ns)),
                 None => (name, None),
@@ -100,16 +89,8 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Static(hosts) => write!(f, "static:///{}", hosts.join(",")),
-            Target::Kubernetes {
-                service,
-                namespace,
-                port,
-            } => {
-                write!(
-                    f,
-                    "{service}.{}:{port}",
-                    namespace.as_deref().unwrap_or("default")
-                )
+            Target::Kubernetes { service, namespace, port } => {
+                write!(f, "{service}.{}:{port}", namespace.as_deref().unwrap_or("default"))
             }
         }
     }
@@ -119,8 +100,7 @@ impl fmt::Display for Target {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -141,23 +121,13 @@ mod tests {
         );
         assert_eq!(
             "kubernetes:///hello:8080".parse(),
-            Ok(Target::Kubernetes {
-                service: "hello".into(),
-                namespace: None,
-                port: PortRef::Number(8080)
-            })
+            Ok(Target::Kubernetes { service: "hello".into(), namespace: None, port: PortRef::Number(8080) })
         );
         assert_eq!(
             "static:///127.0.0.1:8080,localhost:9090".parse(),
-            Ok(Target::Static(vec![
-                "127.0.0.1:8080".into(),
-                "localhost:9090".into()
-            ]))
+            Ok(Target::Static(vec!["127.0.0.1:8080".into(), "localhost:9090".into()]))
         );
-        assert_eq!(
-            "static:///[::1]:8080".parse(),
-            Ok(Target::Static(vec!["[::1]:8080".into()]))
-        );
+        assert_eq!("static:///[::1]:8080".parse(), Ok(Target::Static(vec!["[::1]:8080".into()])));
     }
 
     #[test]
@@ -179,9 +149,7 @@ mod tests {
 
     #[test]
     fn displays_the_service_name_used_in_errors() {
-        let t: Target = "kubernetes:///hello.default:grpc"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t: Target = "kubernetes:///hello.default:grpc".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.to_string(), "hello.default:grpc");
     }
 }

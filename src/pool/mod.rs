@@ -97,12 +97,7 @@ impl Connection {
         changed: Arc<watch::Sender<u64>>,
     ) -> Arc<Self> {
         let (stop, stop_rx) = watch::channel(false);
-        let conn = Arc::new(Self {
-            addr,
-            state: RwLock::new(State::Connecting),
-            stop,
-            changed,
-        });
+        let conn = Arc::new(Self { addr, state: RwLock::new(State::Connecting), stop, changed });
         tokio::spawn(maintain(conn.clone(), settings, breaker, metrics, stop_rx));
         conn
     }
@@ -150,9 +145,7 @@ async fn maintain(
         conn.set(State::Connecting);
         match connect(addr, &settings).await {
             Ok((tx, driver)) => {
-                metrics
-                    .connects_ok
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connects_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 breaker.record_success();
                 failures = 0;
                 debug!(%addr, "connected");
@@ -179,9 +172,7 @@ async fn maintain(
                 continue;
             }
             Err(e) => {
-                metrics
-                    .connects_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connects_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 breaker.record_failure();
                 failures = failures.saturating_add(1);
                 if failures == 1 {
@@ -192,9 +183,7 @@ async fn maintain(
                 if *stop.borrow() {
                     return;
                 }
-                conn.set(State::Backoff {
-                    error: e.to_string(),
-                });
+                conn.set(State::Backoff { error: e.to_string() });
                 let delay = backoff(&settings, failures);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -207,9 +196,7 @@ async fn maintain(
 
 /// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms.
 fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let exp = settings
-        .min_backoff
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let exp = settings.min_backoff.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let cap = exp.min(settings.max_backoff).as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(1..=cap))
 }
@@ -230,10 +217,7 @@ pub enum ConnectError {
 
 type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
 
-async fn connect(
-    addr: SocketAddr,
-    settings: &Settings,
-) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
+async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -261,10 +245,7 @@ mod tests {
         let s = Settings::default();
         for n in 1..40 {
             let d = backoff(&s, n);
-            assert!(
-                d >= Duration::from_millis(1) && d <= s.max_backoff,
-                "{n}: {d:?}"
-            );
+            assert!(d >= Duration::from_millis(1) && d <= s.max_backoff, "{n}: {d:?}");
         }
         assert!(backoff(&s, 1) <= s.min_backoff);
     }

@@ -37,20 +37,12 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// No body (Trailers-Only responses).
     pub fn empty() -> Self {
-        Self::Local(
-            http_body_util::Empty::new()
-                .map_err(|e: Infallible| match e {})
-                .boxed_unsync(),
-        )
+        Self::Local(http_body_util::Empty::new().map_err(|e: Infallible| match e {}).boxed_unsync())
     }
 
     /// A plain-text body.
     pub fn text(s: String) -> Self {
-        Self::Local(
-            Full::new(Bytes::from(s))
-                .map_err(|e: Infallible| match e {})
-                .boxed_unsync(),
-        )
+        Self::Local(Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed_unsync())
     }
 
     /// Any other body (tonic's local services).
@@ -67,10 +59,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
             ResponseBody::Local(b) => Pin::new(b).poll_frame(cx),
@@ -113,22 +102,10 @@ impl UpstreamBody {
         record: CallRecord,
         request: ReplayBody,
     ) -> Self {
-        Self {
-            inner: Some(inner),
-            deadline,
-            timeout,
-            header_code,
-            record,
-            request,
-            done: false,
-        }
+        Self { inner: Some(inner), deadline, timeout, header_code, record, request, done: false }
     }
 
-    fn end_with(
-        &mut self,
-        code: Code,
-        message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.inner = None;
         self.done = true;
         self.record.finish(code);
@@ -145,19 +122,13 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
-            let msg = format!(
-                "deadline exceeded after {:?} while streaming the response",
-                this.timeout
-            );
+            let msg = format!("deadline exceeded after {:?} while streaming the response", this.timeout);
             return this.end_with(Code::DeadlineExceeded, &msg);
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -176,14 +147,10 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some((size, limit)) = this.request.too_large() {
-                    let msg =
-                        format!("grpc: received message larger than max ({size} vs. {limit})");
+                    let msg = format!("grpc: received message larger than max ({size} vs. {limit})");
                     return this.end_with(Code::ResourceExhausted, &msg);
                 }
-                let msg = format!(
-                    "upstream {} failed mid-response: {e}",
-                    this.record.endpoint().addr
-                );
+                let msg = format!("upstream {} failed mid-response: {e}", this.record.endpoint().addr);
                 this.end_with(Code::Unavailable, &msg)
             }
             Poll::Ready(None) => {

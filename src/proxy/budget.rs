@@ -20,10 +20,7 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// A budget of `ratio` retries per call.
     pub fn new(ratio: f64) -> Self {
-        Self {
-            ratio,
-            state: Mutex::new((FLOOR_PER_SEC, Instant::now())),
-        }
+        Self { ratio, state: Mutex::new((FLOOR_PER_SEC, Instant::now())) }
     }
 
     /// Records one call.
@@ -56,17 +53,11 @@ mod tests {
     fn retries_are_bounded_by_the_ratio_once_the_floor_is_spent() {
         let b = RetryBudget::new(0.2);
         let floor = (0..100).take_while(|_| b.withdraw()).count();
-        assert!(
-            (10..=11).contains(&floor),
-            "the floor allows about 10 at once, got {floor}"
-        );
+        assert!((10..=11).contains(&floor), "the floor allows about 10 at once, got {floor}");
         for _ in 0..100 {
             b.deposit();
         }
         let more = (0..100).take_while(|_| b.withdraw()).count();
-        assert!(
-            (20..=21).contains(&more),
-            "100 calls at 20% allow about 20 retries, got {more}"
-        );
+        assert!((20..=21).contains(&more), "100 calls at 20% allow about 20 retries, got {more}");
     }
 }

@@ -22,10 +22,7 @@ impl Attempt {
     /// Counts a call in flight on `endpoint`.
     pub fn begin(endpoint: Arc<Endpoint>) -> Self {
         endpoint.load.start();
-        Self {
-            endpoint,
-            finished: false,
-        }
+        Self { endpoint, finished: false }
     }
 
     /// The endpoint tried.
@@ -72,13 +69,7 @@ impl CallRecord {
         metrics: Arc<Metrics>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        Self {
-            attempt,
-            method,
-            start,
-            metrics,
-            _permit: permit,
-        }
+        Self { attempt, method, start, metrics, _permit: permit }
     }
 
     /// The endpoint serving the call.
@@ -92,8 +83,7 @@ impl CallRecord {
             return;
         }
         self.attempt.finish(code);
-        self.metrics
-            .record_call(&self.method, code, self.start.elapsed());
+        self.metrics.record_call(&self.method, code, self.start.elapsed());
     }
 }
 

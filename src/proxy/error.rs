@@ -39,9 +39,7 @@ pub enum ProxyError {
     #[error("too many concurrent calls at the sidecar (limit {0})")]
     Overloaded(u32),
     /// A path the sidecar does not route.
-    #[error(
-        "unknown method {0}: the sidecar routes hello.v1.HelloService, grpc.health.v1.Health and reflection"
-    )]
+    #[error("unknown method {0}: the sidecar routes hello.v1.HelloService, grpc.health.v1.Health and reflection")]
     Unimplemented(String),
     /// A `grpc-timeout` header that does not parse.
     #[error("malformed grpc-timeout {0:?}")]
@@ -50,14 +48,10 @@ pub enum ProxyError {
     #[error("request body: {0}")]
     RequestBody(String),
     /// Not a gRPC content-type.
-    #[error(
-        "unsupported content-type {0:?}: this port speaks gRPC (content-type: application/grpc)"
-    )]
+    #[error("unsupported content-type {0:?}: this port speaks gRPC (content-type: application/grpc)")]
     NotGrpc(String),
     /// gRPC over HTTP/1.1.
-    #[error(
-        "gRPC needs HTTP/2: this port speaks gRPC over HTTP/2 with prior knowledge (h2c), not HTTP/1.1"
-    )]
+    #[error("gRPC needs HTTP/2: this port speaks gRPC over HTTP/2 with prior knowledge (h2c), not HTTP/1.1")]
     Http1,
 }
 
@@ -69,9 +63,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
             ProxyError::Unimplemented(_) => Code::Unimplemented,
-            ProxyError::MalformedTimeout(_) | ProxyError::NotGrpc(_) | ProxyError::Http1 => {
-                Code::Internal
-            }
+            ProxyError::MalformedTimeout(_) | ProxyError::NotGrpc(_) | ProxyError::Http1 => Code::Internal,
             ProxyError::RequestBody(_) => Code::Cancelled,
         }
     }
@@ -86,10 +78,7 @@ impl ProxyError {
         if let Some(status) = http_status {
             let mut res = Response::new(ResponseBody::text(format!("{self}\n")));
             *res.status_mut() = status;
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             return res;
         }
         status_response(self.code(), &self.to_string())
@@ -100,10 +89,7 @@ impl ProxyError {
 pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::empty());
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from(code as i32));
     if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
         h.insert("grpc-message", v);

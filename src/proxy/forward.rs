@@ -55,9 +55,8 @@ impl Proxy {
         start: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let timeout = match req.headers().get("grpc-timeout") {
-            Some(v) => parse_timeout(v.as_bytes()).ok_or_else(|| {
-                ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned())
-            })?,
+            Some(v) => parse_timeout(v.as_bytes())
+                .ok_or_else(|| ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned()))?,
             None => self.config.default_timeout,
         };
         let deadline = start + timeout;
@@ -72,14 +71,9 @@ impl Proxy {
         let wait_until = deadline.min(start + self.config.failfast_timeout);
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let Picked {
-                endpoint,
-                mut sender,
-            } = self.balancer.pick(&tried, wait_until).await?;
+            let Picked { endpoint, mut sender } = self.balancer.pick(&tried, wait_until).await?;
             let Some(view) = origin.replay() else {
-                return Err(ProxyError::RequestBody(
-                    "the request body could not be replayed".into(),
-                ));
+                return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
             let now = Instant::now();
             if now >= deadline {
@@ -95,8 +89,7 @@ impl Proxy {
             }
 
             let mut attempt = Attempt::begin(endpoint.clone());
-            let sent =
-                tokio::time::timeout_at(deadline.into(), sender.send_request(upstream)).await;
+            let sent = tokio::time::timeout_at(deadline.into(), sender.send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
                     endpoint.load.observe(now.elapsed());
@@ -114,10 +107,7 @@ impl Proxy {
                         tracing::debug!(endpoint = %endpoint.addr, error = %e, "retrying on another endpoint");
                         continue;
                     }
-                    return Err(ProxyError::Upstream {
-                        addr: endpoint.addr,
-                        error: error_chain(&e),
-                    });
+                    return Err(ProxyError::Upstream { addr: endpoint.addr, error: error_chain(&e) });
                 }
                 Ok(Ok(res)) => res,
             };
@@ -143,14 +133,7 @@ impl Proxy {
             let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
             let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
             return Ok(res.map(|body| {
-                ResponseBody::Upstream(Box::new(UpstreamBody::new(
-                    body,
-                    sleep,
-                    timeout,
-                    header_code,
-                    record,
-                    origin,
-                )))
+                ResponseBody::Upstream(Box::new(UpstreamBody::new(body, sleep, timeout, header_code, record, origin)))
             }));
         }
     }
@@ -163,10 +146,7 @@ impl Proxy {
         failed: SocketAddr,
         deadline: Instant,
     ) -> bool {
-        if tried.len() + 1 >= MAX_ATTEMPTS
-            || Instant::now() >= deadline
-            || origin.replay().is_none()
-        {
+        if tried.len() + 1 >= MAX_ATTEMPTS || Instant::now() >= deadline || origin.replay().is_none() {
             return false;
         }
         if !self.budget.withdraw() {

@@ -39,8 +39,7 @@ use crate::{
 };
 
 /// A gRPC service answered inside the sidecar (health, reflection).
-pub type LocalService =
-    BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
+pub type LocalService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
 
 /// Per-call policy.
 #[derive(Debug, Clone)]
@@ -94,10 +93,7 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every failure is a response.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
         let res = match route::route(&req) {
             Ok(Route::Forward) => self.forward(req).await,
             Ok(Route::Health) => local(&self.health, req).await,
@@ -107,8 +103,7 @@ impl Proxy {
             Ok(Route::Reflection) => local(&self.reflection, req).await,
             Err(e) => {
                 if let ProxyError::Unimplemented(path) = &e {
-                    self.metrics
-                        .record_call(&self.method_label(path), e.code(), Duration::ZERO);
+                    self.metrics.record_call(&self.method_label(path), e.code(), Duration::ZERO);
                 }
                 e.into_response()
             }
@@ -118,31 +113,18 @@ impl Proxy {
 
     /// The interned metrics label of a method path: one allocation per distinct method, not per call.
     fn method_label(&self, path: &str) -> Arc<str> {
-        if let Some(m) = self
-            .methods
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
+        if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(path) {
             return m.clone();
         }
         let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
         if methods.len() >= 256 {
             return Arc::from("other");
         }
-        methods
-            .entry(path.to_owned())
-            .or_insert_with(|| Arc::from(path))
-            .clone()
+        methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone()
     }
 
     /// Accepts connections until `shutdown` resolves, then waits up to `drain` for calls in flight.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-        drain: Duration,
-    ) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>, drain: Duration) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http2()
@@ -178,14 +160,8 @@ impl Proxy {
         }
         drop(listener);
         let started = Instant::now();
-        info!(
-            connections = graceful.count(),
-            "draining inbound connections"
-        );
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        info!(connections = graceful.count(), "draining inbound connections");
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
             warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
         }
     }

@@ -78,11 +78,7 @@ impl<B: Body> ReplayBody<B> {
             too_large: None,
             failed: false,
         };
-        Self {
-            shared: Arc::new(Mutex::new(shared)),
-            pos: 0,
-            trailers_sent: false,
-        }
+        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false }
     }
 
     /// A fresh view from the start, if everything read so far was kept; `None` when a retry is impossible.
@@ -114,10 +110,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
         if this.pos < s.read {
@@ -128,11 +121,7 @@ where
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if let Some(size) = s.too_large {
-            return Poll::Ready(Some(Err(ReplayError::TooLarge {
-                size,
-                limit: s.limit,
-            }
-            .into())));
+            return Poll::Ready(Some(Err(ReplayError::TooLarge { size, limit: s.limit }.into())));
         }
         if s.done {
             if !this.trailers_sent
@@ -153,9 +142,7 @@ where
                     if let Some(size) = s.scanner.feed(&data, limit) {
                         s.too_large = Some(size);
                         s.inner = None;
-                        return Poll::Ready(Some(
-                            Err(ReplayError::TooLarge { size, limit }.into()),
-                        ));
+                        return Poll::Ready(Some(Err(ReplayError::TooLarge { size, limit }.into())));
                     }
                     s.read += 1;
                     this.pos = s.read;
@@ -199,10 +186,7 @@ where
         // Asking the client's body too lets the last DATA frame carry END_STREAM, rather than an empty frame after
         // it (servers count empty frames as abuse).
         let ended = s.done || s.inner.as_ref().is_some_and(Body::is_end_stream);
-        ended
-            && self.pos >= s.read
-            && (self.trailers_sent || s.trailers.is_none())
-            && s.too_large.is_none()
+        ended && self.pos >= s.read && (self.trailers_sent || s.trailers.is_none()) && s.too_large.is_none()
     }
 }
 
@@ -218,10 +202,7 @@ mod tests {
     type TestBody = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
     fn body(chunks: &[&[u8]]) -> TestBody {
-        let frames: Vec<_> = chunks
-            .iter()
-            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
-            .collect();
+        let frames: Vec<_> = chunks.iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
         StreamBody::new(stream::iter(frames))
     }
 
@@ -258,10 +239,7 @@ mod tests {
         let frame = first.frame().await.expect("a frame").expect("ok");
         assert_eq!(frame.into_data().expect("data").len(), msg.len());
         assert!(first.replay().is_none());
-        assert!(
-            collect(copy).await.is_err(),
-            "the old view cannot see frames that were not kept"
-        );
+        assert!(collect(copy).await.is_err(), "the old view cannot see frames that were not kept");
     }
 
     #[tokio::test]
@@ -270,10 +248,7 @@ mod tests {
         let b = ReplayBody::new(body(&[&msg]), 64, 100);
         let probe = b.replay().expect("fresh");
         let err = collect(b).await.expect_err("too large");
-        assert!(
-            err.to_string().contains("larger than max (500 vs. 100)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("larger than max (500 vs. 100)"), "{err}");
         assert_eq!(probe.too_large(), Some((500, 100)));
         assert!(probe.replay().is_none());
     }

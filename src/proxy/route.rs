@@ -20,19 +20,12 @@ pub enum Route {
 
 /// Routes a request, or says why it cannot be served.
 pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("<not ascii>"));
+    let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not ascii>"));
     let is_grpc = content_type.is_some_and(|ct| {
-        ct == "application/grpc"
-            || ct.starts_with("application/grpc+")
-            || ct.starts_with("application/grpc;")
+        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;")
     });
     if !is_grpc {
-        return Err(ProxyError::NotGrpc(
-            content_type.unwrap_or("none").to_owned(),
-        ));
+        return Err(ProxyError::NotGrpc(content_type.unwrap_or("none").to_owned()));
     }
     if req.version() != Version::HTTP_2 {
         return Err(ProxyError::Http1);
@@ -66,25 +59,12 @@ mod tests {
     #[test]
     fn routes_by_path() {
         let g = Some("application/grpc");
-        assert_eq!(
-            route(&req("/hello.v1.HelloService/SayHello", g, Version::HTTP_2)).ok(),
-            Some(Route::Forward)
-        );
-        assert_eq!(
-            route(&req("/grpc.health.v1.Health/Check", g, Version::HTTP_2)).ok(),
-            Some(Route::Health)
-        );
-        let r = req(
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            g,
-            Version::HTTP_2,
-        );
+        assert_eq!(route(&req("/hello.v1.HelloService/SayHello", g, Version::HTTP_2)).ok(), Some(Route::Forward));
+        assert_eq!(route(&req("/grpc.health.v1.Health/Check", g, Version::HTTP_2)).ok(), Some(Route::Health));
+        let r = req("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", g, Version::HTTP_2);
         assert_eq!(route(&r).ok(), Some(Route::Reflection));
         let proto = Some("application/grpc+proto");
-        assert_eq!(
-            route(&req("/hello.v1.HelloService/Other", proto, Version::HTTP_2)).ok(),
-            Some(Route::Forward)
-        );
+        assert_eq!(route(&req("/hello.v1.HelloService/Other", proto, Version::HTTP_2)).ok(), Some(Route::Forward));
         assert!(
             matches!(route(&req("/x.Y/Z", g, Version::HTTP_2)), Err(ProxyError::Unimplemented(p)) if p == "/x.Y/Z")
         );
@@ -92,27 +72,12 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_grpc_over_http2() {
-        let json = req(
-            "/hello.v1.HelloService/SayHello",
-            Some("application/json"),
-            Version::HTTP_2,
-        );
+        let json = req("/hello.v1.HelloService/SayHello", Some("application/json"), Version::HTTP_2);
         assert!(matches!(route(&json), Err(ProxyError::NotGrpc(ct)) if ct == "application/json"));
-        assert!(matches!(
-            route(&req("/", None, Version::HTTP_2)),
-            Err(ProxyError::NotGrpc(_))
-        ));
-        let web = req(
-            "/hello.v1.HelloService/SayHello",
-            Some("application/grpc-web"),
-            Version::HTTP_2,
-        );
+        assert!(matches!(route(&req("/", None, Version::HTTP_2)), Err(ProxyError::NotGrpc(_))));
+        let web = req("/hello.v1.HelloService/SayHello", Some("application/grpc-web"), Version::HTTP_2);
         assert!(matches!(route(&web), Err(ProxyError::NotGrpc(_))));
-        let h1 = req(
-            "/hello.v1.HelloService/SayHello",
-            Some("application/grpc"),
-            Version::HTTP_11,
-        );
+        let h1 = req("/hello.v1.HelloService/SayHello", Some("application/grpc"), Version::HTTP_11);
         assert!(matches!(route(&h1), Err(ProxyError::Http1)));
     }
 }

@@ -33,31 +33,18 @@ pub struct Plan {
 impl Faults {
     /// Faults from the server's flags.
     pub fn new(delay: Duration, jitter: Duration, error_rate: f64, error_code: Code) -> Self {
-        Self {
-            delay,
-            jitter,
-            error_rate,
-            error_code,
-        }
+        Self { delay, jitter, error_rate, error_code }
     }
 
     /// Decides the delay and failure of one call.
     pub fn plan(&self, md: &MetadataMap) -> Plan {
         let mut rng = rand::rng();
-        let delay = match md
-            .get("x-hello-delay")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_duration(v).ok())
-        {
+        let delay = match md.get("x-hello-delay").and_then(|v| v.to_str().ok()).and_then(|v| parse_duration(v).ok()) {
             Some(d) => d,
             None if self.jitter.is_zero() => self.delay,
             None => self.delay + self.jitter.mul_f64(rng.random::<f64>()),
         };
-        let fail = match md
-            .get("x-hello-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_code)
-        {
+        let fail = match md.get("x-hello-status").and_then(|v| v.to_str().ok()).and_then(parse_code) {
             Some(Code::Ok) => None,
             Some(code) => Some(Status::new(code, "injected by x-hello-status")),
             None if self.error_rate > 0.0 && rng.random::<f64>() < self.error_rate => {
@@ -80,14 +67,8 @@ mod tests {
         assert!(plan.delay.is_zero() && plan.fail.is_none());
 
         let mut md = MetadataMap::new();
-        md.insert(
-            "x-hello-delay",
-            "20ms".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        md.insert(
-            "x-hello-status",
-            "INTERNAL".parse().unwrap_or_else(|_| unreachable!()),
-        );
+        md.insert("x-hello-delay", "20ms".parse().unwrap_or_else(|_| unreachable!()));
+        md.insert("x-hello-status", "INTERNAL".parse().unwrap_or_else(|_| unreachable!()));
         let plan = none.plan(&md);
         assert_eq!(plan.delay, Duration::from_millis(20));
         assert_eq!(plan.fail.map(|s| s.code()), Some(Code::Internal));
@@ -95,12 +76,7 @@ mod tests {
 
     #[test]
     fn error_rate_one_always_fails_with_the_chosen_code() {
-        let f = Faults::new(
-            Duration::from_millis(5),
-            Duration::ZERO,
-            1.0,
-            Code::ResourceExhausted,
-        );
+        let f = Faults::new(Duration::from_millis(5), Duration::ZERO, 1.0, Code::ResourceExhausted);
         for _ in 0..20 {
             let plan = f.plan(&MetadataMap::new());
             assert_eq!(plan.delay, Duration::from_millis(5));

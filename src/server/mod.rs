@@ -19,9 +19,7 @@ use std::{
 
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
-use tonic::{
-    Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo,
-};
+use tonic::{Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo};
 use tracing::info;
 
 use crate::{
@@ -71,10 +69,7 @@ struct Hello {
 
 #[tonic::async_trait]
 impl HelloService for Hello {
-    async fn say_hello(
-        &self,
-        req: Request<HelloRequest>,
-    ) -> Result<Response<HelloResponse>, Status> {
+    async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         self.stats.calls.fetch_add(1, Relaxed);
         let peer = req
             .extensions()
@@ -87,15 +82,10 @@ impl HelloService for Hello {
         }
         let result = match plan.fail {
             Some(status) => Err(status),
-            None if req.get_ref().name.is_empty() => {
-                Err(Status::invalid_argument("name is required"))
-            }
+            None if req.get_ref().name.is_empty() => Err(Status::invalid_argument("name is required")),
             None => {
                 let name = &req.get_ref().name;
-                Ok(Response::new(HelloResponse {
-                    message: format!("Hello, {name}!"),
-                    code: 200,
-                }))
+                Ok(Response::new(HelloResponse { message: format!("Hello, {name}!"), code: 200 }))
             }
         };
         let stamp = |md: &mut tonic::metadata::MetadataMap| {
@@ -150,17 +140,8 @@ pub async fn run(
     let id = args.id.clone().unwrap_or_else(default_id);
     let pod = MetadataValue::try_from(id.as_str()).map_err(|_| StartError::BadId(id.clone()))?;
     let stats = Arc::new(ServerStats::default());
-    let faults = Faults::new(
-        args.delay,
-        args.delay_jitter,
-        args.error_rate,
-        args.error_code,
-    );
-    let hello = Hello {
-        pod,
-        faults,
-        stats: stats.clone(),
-    };
+    let faults = Faults::new(args.delay, args.delay_jitter, args.error_rate, args.error_code);
+    let hello = Hello { pod, faults, stats: stats.clone() };
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<HelloServiceServer<Hello>>().await;
@@ -169,23 +150,16 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            flag: "--listen",
-            addr: args.listen,
-            source,
-        })?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
+        flag: "--listen",
+        addr: args.listen,
+        source,
+    })?;
     let local = listener.local_addr().unwrap_or(args.listen);
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = args.admin {
-        let admin_listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                flag: "--admin",
-                addr,
-                source,
-            })?;
+        let admin_listener =
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag: "--admin", addr, source })?;
         tokio::spawn(admin::serve(admin_listener, stats.clone(), async move {
             let _ = admin_stopped.await;
         }));
@@ -210,9 +184,7 @@ pub async fn run(
         shutdown.await;
         start_drain.notify_one();
         // Tell health checkers first, then stop accepting; tonic finishes the calls in flight (GOAWAY).
-        reporter
-            .set_not_serving::<HelloServiceServer<Hello>>()
-            .await;
+        reporter.set_not_serving::<HelloServiceServer<Hello>>().await;
         info!(?drain, "draining");
     };
     let serve = tonic::transport::Server::builder()
@@ -233,11 +205,7 @@ pub async fn run(
 fn default_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "hello-server".to_owned())
 }

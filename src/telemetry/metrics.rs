@@ -18,9 +18,7 @@ use tonic::Code;
 use crate::grpc::code_name;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Distinct method labels kept; past this, calls count under `other` so a client cannot blow up the registry.
 const MAX_METHODS: usize = 64;
 
@@ -63,11 +61,7 @@ impl Metrics {
     /// Records one finished call.
     pub fn record_call(&self, method: &str, code: Code, elapsed: Duration) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS {
-            method
-        } else {
-            "other"
-        };
+        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS { method } else { "other" };
         let entry = match calls.get_mut(key) {
             Some(e) => e,
             None => calls.entry(key.to_owned()).or_default(),
@@ -85,25 +79,19 @@ impl Metrics {
     /// Calls recorded for `method` with `code` (tests and the demo read this).
     pub fn calls(&self, method: &str, code: Code) -> u64 {
         let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        calls
-            .get(method)
-            .map_or(0, |m| m.by_status[(code as i32).clamp(0, 16) as usize])
+        calls.get(method).map_or(0, |m| m.by_status[(code as i32).clamp(0, 16) as usize])
     }
 
     /// Renders the call families and the plain counters; `extra` gauges come from the caller.
     pub fn render(&self, out: &mut String) {
         let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(
-            "# HELP hello_sidecar_requests_total gRPC calls handled, by method and grpc status.\n",
-        );
+        out.push_str("# HELP hello_sidecar_requests_total gRPC calls handled, by method and grpc status.\n");
         out.push_str("# TYPE hello_sidecar_requests_total counter\n");
         for (method, m) in calls.iter() {
             for (i, n) in m.by_status.iter().enumerate().filter(|(_, n)| **n > 0) {
                 let status = code_name(Code::from_i32(i as i32));
-                let _ = writeln!(
-                    out,
-                    "hello_sidecar_requests_total{{method=\"{method}\",grpc_status=\"{status}\"}} {n}"
-                );
+                let _ =
+                    writeln!(out, "hello_sidecar_requests_total{{method=\"{method}\",grpc_status=\"{status}\"}} {n}");
             }
         }
         out.push_str("# HELP hello_sidecar_request_duration_seconds Time from a call's arrival to its last byte.\n");
@@ -127,20 +115,11 @@ impl Metrics {
             );
         }
         drop(calls);
-        let retries = [
-            ("connect_error", &self.retries_connect),
-            ("unavailable", &self.retries_unavailable),
-        ];
-        out.push_str(
-            "# HELP hello_sidecar_retries_total Calls retried on another endpoint, by reason.\n",
-        );
+        let retries = [("connect_error", &self.retries_connect), ("unavailable", &self.retries_unavailable)];
+        out.push_str("# HELP hello_sidecar_retries_total Calls retried on another endpoint, by reason.\n");
         out.push_str("# TYPE hello_sidecar_retries_total counter\n");
         for (reason, n) in retries {
-            let _ = writeln!(
-                out,
-                "hello_sidecar_retries_total{{reason=\"{reason}\"}} {}",
-                n.load(Relaxed)
-            );
+            let _ = writeln!(out, "hello_sidecar_retries_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
         }
         counter(
             out,
@@ -148,47 +127,24 @@ impl Metrics {
             "Retries refused by the retry budget.",
             &self.retries_refused_by_budget,
         );
-        counter(
-            out,
-            "hello_sidecar_ejections_total",
-            "Endpoints ejected after consecutive failures.",
-            &self.ejections,
-        );
-        out.push_str(
-            "# HELP hello_sidecar_connects_total Connection attempts to endpoints, by result.\n",
-        );
+        counter(out, "hello_sidecar_ejections_total", "Endpoints ejected after consecutive failures.", &self.ejections);
+        out.push_str("# HELP hello_sidecar_connects_total Connection attempts to endpoints, by result.\n");
         out.push_str("# TYPE hello_sidecar_connects_total counter\n");
-        let _ = writeln!(
-            out,
-            "hello_sidecar_connects_total{{result=\"ok\"}} {}",
-            self.connects_ok.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "hello_sidecar_connects_total{{result=\"error\"}} {}",
-            self.connects_failed.load(Relaxed)
-        );
+        let _ = writeln!(out, "hello_sidecar_connects_total{{result=\"ok\"}} {}", self.connects_ok.load(Relaxed));
+        let _ =
+            writeln!(out, "hello_sidecar_connects_total{{result=\"error\"}} {}", self.connects_failed.load(Relaxed));
         counter(
             out,
             "hello_sidecar_discovery_updates_total",
             "Endpoint sets received from discovery.",
             &self.discovery_updates,
         );
-        counter(
-            out,
-            "hello_sidecar_overloaded_total",
-            "Calls refused at the concurrency limit.",
-            &self.overloaded,
-        );
+        counter(out, "hello_sidecar_overloaded_total", "Calls refused at the concurrency limit.", &self.overloaded);
     }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-        value.load(Relaxed)
-    );
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", value.load(Relaxed));
 }
 
 /// Appends one gauge family with labelled samples.
@@ -210,25 +166,21 @@ mod tests {
     #[test]
     fn renders_calls_by_method_and_status_with_a_cumulative_histogram() {
         let m = Metrics::default();
-        m.record_call(
-            "/hello.v1.HelloService/SayHello",
-            Code::Ok,
-            Duration::from_millis(2),
-        );
-        m.record_call(
-            "/hello.v1.HelloService/SayHello",
-            Code::InvalidArgument,
-            Duration::from_millis(20),
-        );
+        m.record_call("/hello.v1.HelloService/SayHello", Code::Ok, Duration::from_millis(2));
+        m.record_call("/hello.v1.HelloService/SayHello", Code::InvalidArgument, Duration::from_millis(20));
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains(
-            "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"OK\"} 1"
-        ));
+        assert!(
+            out.contains(
+                "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"OK\"} 1"
+            )
+        );
         assert!(out.contains("grpc_status=\"INVALID_ARGUMENT\"} 1"));
         assert!(out.contains("le=\"0.0025\"} 1"));
         assert!(out.contains("le=\"0.025\"} 2"));
-        assert!(out.contains("hello_sidecar_request_duration_seconds_count{method=\"/hello.v1.HelloService/SayHello\"} 2"));
+        assert!(
+            out.contains("hello_sidecar_request_duration_seconds_count{method=\"/hello.v1.HelloService/SayHello\"} 2")
+        );
     }
 
     #[test]

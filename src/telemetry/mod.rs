@@ -13,10 +13,6 @@ pub fn init_logging(format: LogFormat) {
     // A second init (tests, demo children in-process) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Plain => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
 }

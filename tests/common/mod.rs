@@ -27,12 +27,7 @@ pub fn fresh_ip() -> Ipv4Addr {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    Ipv4Addr::new(
-        127,
-        1 + ((pid >> 8) % 250) as u8,
-        (pid & 0xff) as u8,
-        (n % 250 + 1) as u8,
-    )
+    Ipv4Addr::new(127, 1 + ((pid >> 8) % 250) as u8, (pid & 0xff) as u8, (n % 250 + 1) as u8)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -42,10 +37,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -60,23 +52,13 @@ impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Self {
         let child = Command::new(BIN)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self {
-            child,
-            name: name.to_owned(),
-        }
+        Self { child, name: name.to_owned() }
     }
 
     pub fn kill(&mut self) {
@@ -86,9 +68,7 @@ impl Proc {
 
     /// SIGTERM, as Kubernetes sends.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -119,30 +99,16 @@ impl Backend {
         let addr = SocketAddr::from((ip, BACKEND_PORT));
         let admin = SocketAddr::from((ip, 9902));
         let (listen, admin_s) = (addr.to_string(), admin.to_string());
-        let mut args = vec![
-            "server", "--listen", &listen, "--admin", &admin_s, "--id", id,
-        ];
+        let mut args = vec!["server", "--listen", &listen, "--admin", &admin_s, "--id", id];
         args.extend_from_slice(extra);
         let proc = Proc::spawn(id, &args);
-        wait_for(
-            &format!("backend {id} at {addr}"),
-            Duration::from_secs(20),
-            || http_get(admin, "/ready"),
-        );
-        Self {
-            proc,
-            addr,
-            admin,
-            id: id.to_owned(),
-        }
+        wait_for(&format!("backend {id} at {addr}"), Duration::from_secs(20), || http_get(admin, "/ready"));
+        Self { proc, addr, admin, id: id.to_owned() }
     }
 
     /// TCP connections the backend accepted (from its admin metrics).
     pub fn connections(&self) -> u64 {
-        metric(
-            &http_get(self.admin, "/metrics").unwrap_or_default(),
-            "hello_server_connections_accepted_total",
-        )
+        metric(&http_get(self.admin, "/metrics").unwrap_or_default(), "hello_server_connections_accepted_total")
     }
 }
 
@@ -159,14 +125,10 @@ impl Sidecar {
         let addr = SocketAddr::from((ip, 50051));
         let admin = SocketAddr::from((ip, 9901));
         let (listen, admin_s) = (addr.to_string(), admin.to_string());
-        let mut args = vec![
-            "sidecar", "--listen", &listen, "--admin", &admin_s, "--target", target,
-        ];
+        let mut args = vec!["sidecar", "--listen", &listen, "--admin", &admin_s, "--target", target];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("sidecar", &args);
-        wait_for("sidecar admin", Duration::from_secs(20), || {
-            http_get(admin, "/live")
-        });
+        wait_for("sidecar admin", Duration::from_secs(20), || http_get(admin, "/live"));
         Self { proc, addr, admin }
     }
 
@@ -177,14 +139,10 @@ impl Sidecar {
 
     /// Waits until `n` endpoints have an open connection.
     pub fn wait_ready_endpoints(&self, n: u64) {
-        wait_for(
-            &format!("{n} ready endpoints"),
-            Duration::from_secs(20),
-            || {
-                let m = http_get(self.admin, "/metrics")?;
-                (metric(&m, "hello_sidecar_endpoints{state=\"ready\"}") == n).then_some(())
-            },
-        );
+        wait_for(&format!("{n} ready endpoints"), Duration::from_secs(20), || {
+            let m = http_get(self.admin, "/metrics")?;
+            (metric(&m, "hello_sidecar_endpoints{state=\"ready\"}") == n).then_some(())
+        });
     }
 
     pub fn metrics(&self) -> String {
@@ -200,11 +158,7 @@ impl Sidecar {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -268,19 +222,12 @@ impl RawResponse {
     /// `grpc-status`, from trailers or (Trailers-Only) headers.
     pub fn grpc_status(&self) -> Option<i32> {
         let from = |h: &http::HeaderMap| h.get("grpc-status")?.to_str().ok()?.parse().ok();
-        self.trailers
-            .as_ref()
-            .and_then(from)
-            .or_else(|| from(&self.headers))
+        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
     }
 
     pub fn grpc_message(&self) -> String {
         let from = |h: &http::HeaderMap| h.get("grpc-message")?.to_str().ok().map(str::to_owned);
-        self.trailers
-            .as_ref()
-            .and_then(from)
-            .or_else(|| from(&self.headers))
-            .unwrap_or_default()
+        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers)).unwrap_or_default()
     }
 }
 
@@ -295,10 +242,7 @@ pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
 /// The encoded `HelloRequest { name }`.
 pub fn hello_request(name: &str) -> Vec<u8> {
     use prost::Message;
-    hello_sidecar::pb::HelloRequest {
-        name: name.to_owned(),
-    }
-    .encode_to_vec()
+    hello_sidecar::pb::HelloRequest { name: name.to_owned() }.encode_to_vec()
 }
 
 /// Sends one request over a fresh HTTP/2 (or HTTP/1.1) connection, with any path, headers and body.
@@ -312,21 +256,16 @@ pub async fn raw_request(
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let mut req = http::Request::post(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(Full::new(bytes::Bytes::from(body)))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap_or_else(|e| panic!("{e}"));
     let res = if http2 {
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
         tokio::spawn(conn);
         tx.send_request(req).await
     } else {
@@ -339,16 +278,7 @@ pub async fn raw_request(
     let res = res.unwrap_or_else(|e| panic!("request: {e}"));
     let status = res.status().as_u16();
     let headers = res.headers().clone();
-    let collected = res
-        .into_body()
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("body: {e}"));
+    let collected = res.into_body().collect().await.unwrap_or_else(|e| panic!("body: {e}"));
     let trailers = collected.trailers().cloned();
-    RawResponse {
-        status,
-        headers,
-        body: collected.to_bytes(),
-        trailers,
-    }
+    RawResponse { status, headers, body: collected.to_bytes(), trailers }
 }

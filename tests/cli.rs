@@ -1,0 +1,50 @@
+//! Bad configuration: one line naming the flag, exit code 2.
+
+mod common;
+
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(common::BIN).args(args).envs(env.iter().copied()).output().expect("run the binary");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_values_exit_2_with_one_line_naming_the_flag() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["sidecar", "--target", "static:///127.0.0.1:1", "--default-timeout", "banana"], &[], "--default-timeout"),
+        (&["sidecar", "--target", "nope://x"], &[], "--target"),
+        (&["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "localhost"], &[], "--listen"),
+        (&["sidecar"], &[], "--target"),
+        (&["sidecar", "--target", "static:///127.0.0.1:1"], &[("HELLO_SIDECAR_RETRY_BUDGET", "3")], "--retry-budget"),
+        (&["server", "--error-rate", "2"], &[], "--error-rate"),
+        (&["server", "--error-code", "TEAPOT"], &[], "--error-code"),
+        (&["call", "-n", "0"], &[], "--count"),
+        (&["sidecar", "--target", "static:///127.0.0.1:1", "--log-format", "xml"], &[], "--log-format"),
+    ];
+    for (args, env, flag) in cases {
+        let (code, stderr) = run(args, env);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} printed more than one line: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr:?} does not name {flag}");
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [&["--help"][..], &["--version"], &["sidecar", "--help"]] {
+        let (code, _) = run(args, &[]);
+        assert_eq!(code, Some(0), "{args:?}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let (code, stderr) =
+        run(&["sidecar", "--target", "static:///127.0.0.1:1", "--listen", &addr, "--admin", "127.0.0.1:0"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--listen") && stderr.contains(&addr), "{stderr}");
+}
