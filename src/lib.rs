@@ -29,6 +29,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod grpc;
+pub mod kube_standin;
 pub mod pool;
 pub mod proxy;
 pub mod server;

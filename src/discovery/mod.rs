@@ -7,6 +7,8 @@
 //! Static stability: a source that loses its upstream (DNS, the API server) sends nothing, and the last set stays
 //! in use. Only a new set can remove an endpoint.
 
+pub mod kubernetes;
+pub mod slices;
 pub mod target;
 
 use std::{net::SocketAddr, time::Duration};
@@ -41,9 +43,8 @@ pub fn spawn(target: Target) -> mpsc::Receiver<Vec<Discovered>> {
         Target::Static(hosts) => {
             tokio::spawn(resolve_static(hosts, tx));
         }
-        Target::Kubernetes { .. } => {
-            warn!("kubernetes discovery is not built yet; no endpoints will be found");
-            tokio::spawn(async move { tx.closed().await });
+        Target::Kubernetes { service, namespace, port } => {
+            tokio::spawn(kubernetes::run(service, namespace, port, tx));
         }
     }
     rx

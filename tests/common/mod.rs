@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -50,8 +52,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Self {
+        Self::spawn_env(name, args, &[])
+    }
+
+    pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -121,13 +128,17 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn start(target: &str, extra: &[&str]) -> Self {
+        Self::start_env(target, extra, &[])
+    }
+
+    pub fn start_env(target: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let ip = fresh_ip();
         let addr = SocketAddr::from((ip, 50051));
         let admin = SocketAddr::from((ip, 9901));
         let (listen, admin_s) = (addr.to_string(), admin.to_string());
         let mut args = vec!["sidecar", "--listen", &listen, "--admin", &admin_s, "--target", target];
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("sidecar", &args);
+        let proc = Proc::spawn_env("sidecar", &args, env);
         wait_for("sidecar admin", Duration::from_secs(20), || http_get(admin, "/live"));
         Self { proc, addr, admin }
     }
