@@ -53,6 +53,10 @@ pub struct SidecarArgs {
     /// Where the backends are: `kubernetes:///svc.ns:port` or `static:///host:port,host:port`.
     #[arg(long, env = "HELLO_SIDECAR_TARGET", value_parser = parse_target)]
     pub target: Target,
+    /// Kubeconfig for `kubernetes:///` targets; without it: in-cluster service account, else KUBECONFIG or
+    /// ~/.kube/config.
+    #[arg(long, env = "HELLO_SIDECAR_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Deadline applied to (and forwarded with) a call that carries no grpc-timeout.
     #[arg(long, env = "HELLO_SIDECAR_DEFAULT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub default_timeout: Duration,

@@ -24,7 +24,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(cli.log_format);
+    // The demo's story is on stdout; its logs stay quiet unless RUST_LOG asks.
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    telemetry::init_logging(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

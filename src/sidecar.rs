@@ -109,7 +109,7 @@ pub async fn start(
     });
 
     // Control path: every endpoint set from discovery goes to the balancer.
-    let mut sets = discovery::spawn(target);
+    let mut sets = discovery::spawn(target, args.kubeconfig.clone());
     let discovery_state = state.clone();
     tokio::spawn(async move {
         while let Some(set) = sets.recv().await {

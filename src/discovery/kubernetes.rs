@@ -8,12 +8,17 @@
 //! Errors (API server down, 5xx, 410 Gone, dropped streams) never end the loop: the watcher retries with kube's
 //! default backoff, and the last set stays in use meanwhile (static stability).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
     Api, Client,
+    config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::sync::mpsc;
@@ -28,8 +33,14 @@ use super::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Watches `service` in `namespace` (the client's default namespace when `None`) and sends usable sets.
-pub async fn run(service: String, namespace: Option<String>, port: PortRef, tx: mpsc::Sender<Vec<Discovered>>) {
-    let client = connect().await;
+pub async fn run(
+    service: String,
+    namespace: Option<String>,
+    port: PortRef,
+    kubeconfig: Option<PathBuf>,
+    tx: mpsc::Sender<Vec<Discovered>>,
+) {
+    let client = connect(kubeconfig.as_deref()).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     info!(%service, %namespace, %port, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
@@ -90,16 +101,26 @@ pub async fn run(service: String, namespace: Option<String>, port: PortRef, tx: 
     }
 }
 
+async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let Some(path) = kubeconfig else { return Client::try_default().await.map_err(|e| e.to_string()) };
+    let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Client::try_from(config).map_err(|e| e.to_string())
+}
+
 fn name_of(s: &EndpointSlice) -> String {
     s.metadata.name.clone().unwrap_or_default()
 }
 
-/// The client from the standard places: in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
-/// Retries until it works: a sidecar that starts before its config is mounted should not crash-loop.
-async fn connect() -> Client {
+/// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
+/// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
+/// crash-loop.
+async fn connect(kubeconfig: Option<&Path>) -> Client {
     let mut delay = Duration::from_millis(200);
     loop {
-        match Client::try_default().await {
+        match client_from(kubeconfig).await {
             Ok(c) => return c,
             Err(e) => {
                 warn!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");

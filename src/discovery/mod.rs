@@ -11,7 +11,7 @@ pub mod kubernetes;
 pub mod slices;
 pub mod target;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -36,15 +36,16 @@ impl Discovered {
     }
 }
 
-/// Starts discovery for `target`; endpoint sets arrive on the returned channel.
-pub fn spawn(target: Target) -> mpsc::Receiver<Vec<Discovered>> {
+/// Starts discovery for `target`; endpoint sets arrive on the returned channel. `kubeconfig` overrides the
+/// standard Kubernetes client configuration.
+pub fn spawn(target: Target, kubeconfig: Option<PathBuf>) -> mpsc::Receiver<Vec<Discovered>> {
     let (tx, rx) = mpsc::channel(16);
     match target {
         Target::Static(hosts) => {
             tokio::spawn(resolve_static(hosts, tx));
         }
         Target::Kubernetes { service, namespace, port } => {
-            tokio::spawn(kubernetes::run(service, namespace, port, tx));
+            tokio::spawn(kubernetes::run(service, namespace, port, kubeconfig, tx));
         }
     }
     rx

@@ -6,9 +6,9 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::cli::LogFormat;
 
-/// Installs the global tracing subscriber. `RUST_LOG` filters; the default is `info`.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global tracing subscriber. `RUST_LOG` filters; `default` applies without it.
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests, demo children in-process) is harmless: keep the first subscriber.
     let _ = match format {

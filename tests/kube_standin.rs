@@ -1,0 +1,119 @@
+//! The API stand-in speaks the Kubernetes list/watch protocol as the real API server does.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hello_sidecar::kube_standin::{
+    StandIn,
+    controller::{Controller, Phase, Pod},
+};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+const BASE: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+async fn get(api: &StandIn, path_and_query: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(api.addr()).await.expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path_and_query).header("host", "standin").body(Empty::<Bytes>::new()).expect("req");
+    let res = tx.send_request(req).await.expect("response");
+    let status = res.status().as_u16();
+    let body = tokio::time::timeout(Duration::from_secs(10), res.into_body().collect()).await.expect("body ends");
+    (status, String::from_utf8_lossy(&body.map(|b| b.to_bytes()).unwrap_or_default()).into_owned())
+}
+
+fn events(body: &str) -> Vec<Value> {
+    body.lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect()
+}
+
+async fn with_pods(n: u8) -> (StandIn, Controller, Vec<Pod>) {
+    let api = StandIn::start(([127, 0, 0, 1], 0).into()).await.expect("start");
+    let mut c = Controller::new("hello", "default", "grpc", 8080);
+    let pods: Vec<Pod> =
+        (0..n).map(|i| Pod { name: format!("p{i}"), ip: [10, 0, 0, i + 1].into(), phase: Phase::Ready }).collect();
+    c.publish(&api, &pods);
+    (api, c, pods)
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_continue_and_filters_by_label() {
+    let (api, _, _) = with_pods(250).await;
+    let sel = "labelSelector=kubernetes.io%2Fservice-name%3Dhello";
+    let (code, body) = get(&api, &format!("{BASE}?&{sel}&limit=2")).await;
+    assert_eq!(code, 200);
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["kind"], "EndpointSliceList");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let token = page["metadata"]["continue"].as_str().expect("a continue token").to_owned();
+    assert!(page["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty()));
+    let (_, body) = get(&api, &format!("{BASE}?{sel}&limit=2&continue={token}")).await;
+    let rest: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1), "3 slices for 250 pods");
+    assert!(rest["metadata"].get("continue").is_none());
+    let (_, none) = get(&api, &format!("{BASE}?labelSelector=kubernetes.io%2Fservice-name%3Dother")).await;
+    assert_eq!(serde_json::from_str::<Value>(&none).expect("json")["items"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_resource_version_and_ends_at_its_timeout() {
+    let (api, mut c, mut pods) = with_pods(2).await;
+    let (_, list) = get(&api, BASE).await;
+    let rv: u64 = serde_json::from_str::<Value>(&list).expect("json")["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("rv");
+    pods[0].phase = Phase::Terminating;
+    c.publish(&api, &pods);
+    let (code, body) = get(&api, &format!("{BASE}?&watch=true&timeoutSeconds=1&resourceVersion={rv}")).await;
+    assert_eq!(code, 200);
+    let evs = events(&body);
+    assert_eq!(evs.len(), 1, "only what happened after {rv}: {evs:?}");
+    assert_eq!(evs[0]["type"], "MODIFIED");
+    let new_rv: u64 =
+        evs[0]["object"]["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("rv");
+    assert!(new_rv > rv);
+}
+
+#[tokio::test]
+async fn an_expired_resource_version_is_a_410_inside_a_200_stream() {
+    let (api, mut c, pods) = with_pods(1).await;
+    c.publish(&api, &pods);
+    api.compact();
+    let (code, body) = get(&api, &format!("{BASE}?watch=true&resourceVersion=1")).await;
+    assert_eq!(code, 200, "the real API server does not answer HTTP 410 here");
+    let evs = events(&body);
+    assert_eq!(evs[0]["type"], "ERROR");
+    assert_eq!(evs[0]["object"]["kind"], "Status");
+    assert_eq!(evs[0]["object"]["code"], 410);
+    assert_eq!(evs[0]["object"]["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn bookmarks_come_when_asked_for() {
+    let (api, _, _) = with_pods(1).await;
+    let (_, body) =
+        get(&api, &format!("{BASE}?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&resourceVersion=2")).await;
+    let evs = events(&body);
+    assert!(
+        evs.iter().any(|e| e["type"] == "BOOKMARK" && e["object"]["metadata"]["resourceVersion"].is_string()),
+        "{evs:?}"
+    );
+    let (_, quiet) = get(&api, &format!("{BASE}?watch=true&timeoutSeconds=2&resourceVersion=2")).await;
+    assert!(events(&quiet).iter().all(|e| e["type"] != "BOOKMARK"));
+}
+
+#[tokio::test]
+async fn injected_failures_and_bad_requests_are_kubernetes_statuses() {
+    let (api, _, _) = with_pods(1).await;
+    api.fail_next(2);
+    for _ in 0..2 {
+        let (code, body) = get(&api, BASE).await;
+        assert_eq!(code, 500);
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["kind"], "Status");
+    }
+    assert_eq!(get(&api, BASE).await.0, 200);
+    assert_eq!(get(&api, "/apis/discovery.k8s.io/v1/namespaces/default/pods").await.0, 404);
+    assert_eq!(get(&api, &format!("{BASE}?labelSelector=a%20b")).await.0, 400);
+}
