@@ -19,8 +19,11 @@
 //! # Around it
 //!
 //! - [`server`]: the backend `HelloService` with fault-injection knobs: the test fixture and the demo's pods.
+//! - [`kube_standin`]: a Kubernetes API stand-in (EndpointSlice list/watch) and a small EndpointSlice controller,
+//!   so tests and [`demo`] can run a cluster on one machine.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/debug/endpoints`; [`telemetry`]: logs and Prometheus metrics.
-//! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers.
+//! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers;
+//!   [`sidecar`]: wiring of the sidecar role; [`shutdown`]: SIGTERM handling.
 
 pub mod admin;
 pub mod balance;

@@ -112,6 +112,8 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(64);
     let mut drop_watches = inner.drop_watches.subscribe();
     drop_watches.borrow_and_update();
+    let mut epoch = inner.epoch.subscribe();
+    epoch.borrow_and_update();
     let start = {
         let store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
         match from {
@@ -160,9 +162,15 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
                     let _ = tx.send(Err("watch dropped by the stand-in".into())).await;
                     return;
                 }
+                _ = epoch.changed() => return, // going down
                 event = live.recv() => {
                     let Ok(event) = event else { return }; // lagged or closed: end, the client re-watches
                     let _ = stalled.wait_for(|s| !s).await;
+                    // A change made after the API went down or the watches were dropped must not reach this
+                    // (already cut) watch, whatever order the tasks run in.
+                    if epoch.has_changed().unwrap_or(true) || drop_watches.has_changed().unwrap_or(true) {
+                        return;
+                    }
                     last_rv = event.rv;
                     if matches(&event.object) {
                         let ev = json!({"type": event.kind, "object": event.object});
