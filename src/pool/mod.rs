@@ -159,7 +159,9 @@ async fn maintain(
                     _ = stop.wait_for(|s| *s) => true,
                 };
                 if retired {
-                    // Our handle is gone (state is Draining); hyper finishes the streams in flight, then closes.
+                    // Drop our handle (a retire may have raced the connect and been overwritten by Ready); hyper
+                    // finishes the streams in flight, then closes.
+                    conn.set(State::Draining);
                     let _ = driver.await;
                     debug!(%addr, "drained");
                     return;
