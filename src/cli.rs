@@ -136,6 +136,12 @@ pub struct CallArgs {
     /// Print one JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Call one at a time with this pause in between, printing each outcome as it comes (an app's loop).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "json")]
+    pub interval: Option<Duration>,
+    /// Fail (exit 1) if any successful reply's message differs from this (e.g. `Hello, world!`).
+    #[arg(long)]
+    pub expect_message: Option<String>,
 }
 
 /// Flags of `demo`.

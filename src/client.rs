@@ -45,16 +45,29 @@ pub struct Summary {
     pub latency_ms: BTreeMap<String, f64>,
     /// Calls per second over the run.
     pub rate: f64,
+    /// Successful replies whose message was not the expected one (`--expect-message`).
+    pub unexpected_replies: u64,
     /// The first call's outcome, as text (what a single call prints).
     #[serde(skip)]
     pub first: Option<String>,
 }
 
 impl Summary {
-    /// Whether every call succeeded.
+    /// Whether every call succeeded with the expected reply.
     pub fn all_ok(&self) -> bool {
-        self.by_status.get("OK").copied().unwrap_or(0) == self.calls
+        self.by_status.get("OK").copied().unwrap_or(0) == self.calls && self.unexpected_replies == 0
     }
+}
+
+/// One line for one outcome, as the `--interval` loop prints it.
+pub fn outcome_line(o: &Outcome) -> String {
+    format!(
+        "{:<18} pod={:<24} latency={:.3}ms {}",
+        code_name(o.code),
+        o.pod.as_deref().unwrap_or("-"),
+        o.latency.as_secs_f64() * 1000.0,
+        o.message
+    )
 }
 
 /// A bad `--addr`.
@@ -104,11 +117,32 @@ pub async fn run(args: &CallArgs) -> Result<Summary, BadAddr> {
             outcomes
         }));
     }
-    let mut outcomes = Vec::with_capacity(args.count as usize);
+    let mut outcomes = Vec::with_capacity(args.count.min(1 << 20) as usize);
     for w in workers {
         outcomes.extend(w.await.unwrap_or_default());
     }
-    Ok(summarize(&outcomes, start.elapsed()))
+    let mut summary = summarize(&outcomes, start.elapsed());
+    if let Some(expected) = &args.expect_message {
+        summary.unexpected_replies =
+            outcomes.iter().filter(|o| o.code == Code::Ok && &o.message != expected).count() as u64;
+    }
+    Ok(summary)
+}
+
+/// The `--interval` loop: one call at a time, each outcome handed to `each` as it comes, nothing kept.
+/// Returns whether every call succeeded with the expected reply.
+pub async fn run_loop(args: &CallArgs, interval: Duration, mut each: impl FnMut(&Outcome)) -> Result<bool, BadAddr> {
+    let mut client = connect(&args.addr)?;
+    let mut all_ok = true;
+    for i in 0..args.count {
+        let o = call_once(&mut client, &args.name, args.timeout).await;
+        all_ok &= o.code == Code::Ok && args.expect_message.as_ref().is_none_or(|m| *m == o.message);
+        each(&o);
+        if i + 1 < args.count {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    Ok(all_ok)
 }
 
 /// Counts outcomes by status and pod, with latency percentiles.
@@ -138,6 +172,7 @@ pub fn summarize(outcomes: &[Outcome], elapsed: Duration) -> Summary {
         by_pod,
         latency_ms,
         rate: outcomes.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        unexpected_replies: 0,
         first,
     }
 }
@@ -145,7 +180,11 @@ pub fn summarize(outcomes: &[Outcome], elapsed: Duration) -> Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.calls == 1 {
-            return writeln!(f, "{}", self.first.as_deref().unwrap_or(""));
+            writeln!(f, "{}", self.first.as_deref().unwrap_or(""))?;
+            if self.unexpected_replies > 0 {
+                writeln!(f, "unexpected reply (see --expect-message)")?;
+            }
+            return Ok(());
         }
         writeln!(f, "calls: {}  ({:.0}/s)", self.calls, self.rate)?;
         let statuses: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
@@ -155,6 +194,10 @@ impl fmt::Display for Summary {
             writeln!(f, "  {pod:<24} {n:>8}  {:5.1}%", *n as f64 * 100.0 / self.calls.max(1) as f64)?;
         }
         let lat: Vec<String> = self.latency_ms.iter().map(|(k, v)| format!("{k}={v:.3}ms")).collect();
-        writeln!(f, "latency: {}", lat.join(" "))
+        writeln!(f, "latency: {}", lat.join(" "))?;
+        if self.unexpected_replies > 0 {
+            writeln!(f, "unexpected replies: {}", self.unexpected_replies)?;
+        }
+        Ok(())
     }
 }

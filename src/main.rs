@@ -50,6 +50,18 @@ async fn run(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Call(args) if args.interval.is_some() => {
+            let interval = args.interval.unwrap_or_default();
+            let each = |o: &client::Outcome| println!("{}", client::outcome_line(o));
+            match client::run_loop(&args, interval, each).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Call(args) => match client::run(&args).await {
             Ok(summary) => {
                 if args.json {

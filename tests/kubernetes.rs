@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{cluster::*, *};
+use common::{cluster::*, scenarios, *};
 use hello_sidecar::kube_standin::controller::Phase;
 
 async fn cluster_with(pods: usize) -> KubeCluster {
@@ -18,18 +18,15 @@ async fn cluster_with(pods: usize) -> KubeCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_all_ready_pods() {
-    let mut c = cluster_with(3).await;
-    let starting = c.add_pod(Phase::Starting);
-    let sidecar = c.sidecar(&[]);
-    wait_for("the first sync", Duration::from_secs(20), || http_get(sidecar.admin, "/ready"));
-    sidecar.wait_ready_endpoints(3);
-    let pods = by_pod(&calls(&sidecar.client(), 90, 3, None).await);
-    assert_eq!(pods.keys().cloned().collect::<Vec<_>>(), c.ready_names(), "{pods:?}");
-    assert!(!pods.contains_key(&starting));
-    let debug = http_get(sidecar.admin, "/debug/endpoints").expect("debug endpoints");
-    for name in c.ready_names() {
+    let mut c = LocalCluster::start(3).await;
+    let starting = c.kube.add_pod(Phase::Starting);
+    wait_for("the first sync", Duration::from_secs(20), || http_get(c.sidecar.admin, "/ready"));
+    scenarios::spread(&mut c).await;
+    let debug = http_get(c.sidecar.admin, "/debug/endpoints").expect("debug endpoints");
+    for name in c.kube.ready_names() {
         assert!(debug.contains(&name), "{debug}");
     }
+    assert!(!debug.contains(&starting), "a pod that is not ready is no endpoint: {debug}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,68 +42,30 @@ async fn the_sidecar_is_not_ready_before_the_first_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_up_new_pods_get_calls_within_two_seconds() {
-    let mut c = cluster_with(3).await;
-    let sidecar = c.sidecar(&[]);
-    sidecar.wait_ready_endpoints(3);
-    let load = Load::start(&sidecar.client(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let new = [c.add_pod(Phase::Starting), c.add_pod(Phase::Starting)];
-    for n in &new {
-        c.set_phase(n, Phase::Ready);
-    }
-    let published = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let window = load.since(published);
-    let outcomes = load.stop().await;
-    let pods = by_pod(&window);
-    for n in &new {
-        assert!(pods.get(n).copied().unwrap_or(0) > 0, "{n} got no call within 2 s: {pods:?}");
-    }
-    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    let mut c = LocalCluster::start(3).await;
+    c.wait_sidecar_endpoints(3);
+    scenarios::scale_up(&mut c, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_through_terminating_fails_no_call() {
-    let mut c = cluster_with(5).await;
-    let sidecar = c.sidecar(&[]);
-    sidecar.wait_ready_endpoints(5);
-    let load = Load::start(&sidecar.client(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let doomed: Vec<String> = c.ready_names().into_iter().take(3).collect();
-    for name in &doomed {
-        c.delete_pod(name);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = Instant::now();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let tail = by_pod(&load.since(after));
-    let outcomes = load.stop().await;
-    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
-    assert!(outcomes.len() > 100, "the load ran: {}", outcomes.len());
-    assert_eq!(tail.keys().cloned().collect::<Vec<_>>(), c.ready_names(), "{tail:?}");
+    let mut c = LocalCluster::start(5).await;
+    c.wait_sidecar_endpoints(5);
+    scenarios::scale_down(&mut c, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_fails_no_call() {
-    let mut c = cluster_with(3).await;
-    let sidecar = c.sidecar(&[]);
-    sidecar.wait_ready_endpoints(3);
-    let load = Load::start(&sidecar.client(), 4);
-    let old = c.ready_names();
-    for name in &old {
-        let new = c.add_pod(Phase::Starting);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c.set_phase(&new, Phase::Ready);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.delete_pod(name);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let outcomes = load.stop().await;
-    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
-    let pods = by_pod(&outcomes);
-    for n in c.ready_names() {
-        assert!(pods.contains_key(&n), "new pod {n} served: {pods:?}");
-    }
+    let mut c = LocalCluster::start(3).await;
+    c.wait_sidecar_endpoints(3);
+    scenarios::rolling_restart(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pod_fails_no_call_and_its_replacement_serves() {
+    let mut c = LocalCluster::start(3).await;
+    c.wait_sidecar_endpoints(3);
+    scenarios::pod_delete(&mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

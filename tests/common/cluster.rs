@@ -157,3 +157,81 @@ impl Load {
 pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
     outcomes.iter().filter(|o| o.code != tonic::Code::Ok).collect()
 }
+
+/// What a scenario needs from a cluster. The local tier (stand-in + processes) and the kind tier (a real
+/// cluster through kubectl) implement it, so every scenario is written once.
+pub trait Cluster {
+    /// A client of the sidecar (the app's view).
+    fn client(&self) -> HelloServiceClient<Channel>;
+    /// Backend pods that are ready, by name.
+    fn ready_pods(&self) -> Vec<String>;
+    /// Waits until the sidecar has `n` endpoints with an open connection.
+    fn wait_sidecar_endpoints(&self, n: usize);
+    /// Scales the backend to `n` pods and returns once they are ready (and removed ones are gone).
+    fn scale(&mut self, n: usize);
+    /// Deletes one pod; its replacement comes up as a ReplicaSet would bring it.
+    fn delete_pod(&mut self, name: &str);
+    /// Replaces every pod, one at a time: new pod ready, then the old one terminating, then gone.
+    fn rolling_restart(&mut self);
+}
+
+/// The local tier: the API stand-in, pods as processes, the real sidecar.
+pub struct LocalCluster {
+    pub kube: KubeCluster,
+    pub sidecar: Sidecar,
+}
+
+impl LocalCluster {
+    pub async fn start(pods: usize) -> Self {
+        let mut kube = KubeCluster::new().await;
+        for _ in 0..pods {
+            kube.add_pod(Phase::Ready);
+        }
+        let sidecar = kube.sidecar(&[]);
+        Self { kube, sidecar }
+    }
+
+    fn add_ready_pod(&mut self) -> String {
+        let name = self.kube.add_pod(Phase::Starting);
+        std::thread::sleep(Duration::from_millis(100));
+        self.kube.set_phase(&name, Phase::Ready);
+        name
+    }
+}
+
+impl Cluster for LocalCluster {
+    fn client(&self) -> HelloServiceClient<Channel> {
+        self.sidecar.client()
+    }
+
+    fn ready_pods(&self) -> Vec<String> {
+        self.kube.ready_names()
+    }
+
+    fn wait_sidecar_endpoints(&self, n: usize) {
+        self.sidecar.wait_ready_endpoints(n as u64);
+    }
+
+    fn scale(&mut self, n: usize) {
+        while self.kube.ready_names().len() < n {
+            self.add_ready_pod();
+        }
+        while self.kube.ready_names().len() > n {
+            let last = self.kube.ready_names().pop().unwrap_or_default();
+            self.kube.delete_pod(&last);
+        }
+    }
+
+    fn delete_pod(&mut self, name: &str) {
+        self.kube.delete_pod(name);
+        self.add_ready_pod();
+    }
+
+    fn rolling_restart(&mut self) {
+        for old in self.kube.ready_names() {
+            self.add_ready_pod();
+            std::thread::sleep(Duration::from_millis(200));
+            self.kube.delete_pod(&old);
+        }
+    }
+}

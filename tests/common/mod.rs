@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kind;
+pub mod scenarios;
 
 use std::{
     io::{Read, Write},

@@ -1,0 +1,137 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "hello-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart unless the release name already contains the chart name. */}}
+{{- define "hello-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "hello-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels of every resource. */}}
+{{- define "hello-sidecar.labels" -}}
+helm.sh/chart: {{ include "hello-sidecar.chart" . }}
+{{ include "hello-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels shared by every resource of the release. */}}
+{{- define "hello-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hello-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Backend resource name. */}}
+{{- define "hello-sidecar.backendName" -}}
+{{- printf "%s-backend" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Client resource name. */}}
+{{- define "hello-sidecar.clientName" -}}
+{{- printf "%s-client" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The client's service account. */}}
+{{- define "hello-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hello-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference. */}}
+{{- define "hello-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The sidecar's --target: this chart's backend Service, port "grpc", unless overridden. */}}
+{{- define "hello-sidecar.target" -}}
+{{- default (printf "kubernetes:///%s.%s:grpc" (include "hello-sidecar.backendName" .) .Release.Namespace) .Values.sidecar.target }}
+{{- end }}
+
+{{/*
+The sidecar container, as a native sidecar (an init container with restartPolicy: Always): it starts before the
+app and stops after it. Use it from a chart that depends on this one:
+  initContainers:
+    {{- include "hello-sidecar.sidecarContainer" . | nindent 4 }}
+*/}}
+{{- define "hello-sidecar.sidecarContainer" -}}
+- name: hello-sidecar
+  image: {{ include "hello-sidecar.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  restartPolicy: Always
+  args: ["sidecar"]
+  env:
+    - name: HELLO_SIDECAR_TARGET
+      value: {{ include "hello-sidecar.target" . | quote }}
+    - name: HELLO_SIDECAR_LISTEN
+      value: {{ .Values.sidecar.listen | quote }}
+    - name: HELLO_SIDECAR_ADMIN
+      value: {{ printf "0.0.0.0:%v" .Values.sidecar.adminPort | quote }}
+    - name: HELLO_SIDECAR_DEFAULT_TIMEOUT
+      value: {{ .Values.sidecar.defaultTimeout | quote }}
+    - name: HELLO_SIDECAR_MAX_CONCURRENT_CALLS
+      value: {{ .Values.sidecar.maxConcurrentCalls | quote }}
+    - name: HELLO_SIDECAR_RETRY_BUDGET
+      value: {{ .Values.sidecar.retryBudget | quote }}
+    - name: HELLO_SIDECAR_DRAIN_TIMEOUT
+      value: {{ .Values.sidecar.drainTimeout | quote }}
+    - name: HELLO_SIDECAR_LOG_FORMAT
+      value: {{ .Values.logFormat | quote }}
+    - name: RUST_LOG
+      value: {{ .Values.logLevel | quote }}
+  ports:
+    - name: admin
+      containerPort: {{ .Values.sidecar.adminPort }}
+      protocol: TCP
+  startupProbe:
+    httpGet: {path: /ready, port: admin}
+    periodSeconds: 1
+    failureThreshold: 60
+  readinessProbe:
+    httpGet: {path: /ready, port: admin}
+    periodSeconds: 5
+  livenessProbe:
+    httpGet: {path: /live, port: admin}
+    periodSeconds: 10
+  resources:
+    {{- toYaml .Values.sidecar.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+{{- end }}
+
+{{/* Pod-level scheduling settings shared by every pod. */}}
+{{- define "hello-sidecar.scheduling" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
