@@ -40,12 +40,18 @@ impl PeakEwma {
 
     /// The cost of sending one more call here: decayed RTT estimate × (calls in flight + 1).
     pub fn cost(&self) -> f64 {
+        let (rtt, pending) = self.load();
+        rtt * (f64::from(pending) + 1.0)
+    }
+
+    /// The decayed RTT estimate (at least the floor), in nanoseconds, and the calls in flight.
+    pub fn load(&self) -> (f64, u32) {
         let now = Instant::now();
         let mut e = self.lock();
         let elapsed = now.saturating_duration_since(e.at).as_nanos() as f64;
         e.rtt_ns *= (-elapsed / self.decay_ns).exp();
         e.at = now;
-        e.rtt_ns.max(FLOOR_NS) * (f64::from(self.pending.load(Relaxed)) + 1.0)
+        (e.rtt_ns.max(FLOOR_NS), self.pending.load(Relaxed))
     }
 
     /// Marks a call started; pair with [`PeakEwma::finish`].

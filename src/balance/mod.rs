@@ -11,7 +11,10 @@ pub mod ewma;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -41,6 +44,8 @@ pub struct Endpoint {
     pub load: PeakEwma,
     /// Its failure accrual.
     pub breaker: Arc<Breaker>,
+    /// When it was last picked (a balancer-wide sequence number), to break ties evenly.
+    last_pick: AtomicU64,
 }
 
 /// An endpoint chosen for one attempt, with the connection handle to send on.
@@ -144,7 +149,14 @@ impl Balancer {
             self.metrics.clone(),
             self.changed.clone(),
         );
-        Endpoint { addr: d.addr, meta: RwLock::new(d), conn, load: PeakEwma::new(self.settings.ewma_decay), breaker }
+        Endpoint {
+            addr: d.addr,
+            meta: RwLock::new(d),
+            conn,
+            load: PeakEwma::new(self.settings.ewma_decay),
+            breaker,
+            last_pick: AtomicU64::new(0),
+        }
     }
 
     /// Picks an endpoint for one attempt, skipping `exclude` (endpoints this call already failed on). Waits for
@@ -202,21 +214,38 @@ fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_t
     }
 }
 
-/// The second half of P2C: prefer the cheaper of the two, in proportion to how much cheaper it is.
+/// Latency estimates within this factor of each other count as the same: the difference is noise.
+const SAME_LATENCY: f64 = 2.0;
+
+/// The second half of P2C: choose between the two sampled endpoints.
 ///
-/// Strict "lower cost wins" starves an endpoint for as long as one slow answer keeps its Peak-EWMA estimate up,
-/// which at low concurrency (where in-flight counts are all zero) means seconds of no traffic on a healthy pod
-/// after one scheduling hiccup. Choosing `a` with probability `cost_b / (cost_a + cost_b)` keeps the preference
-/// — an endpoint 10× slower gets ~9% of the picks it is sampled for, a hung one (cost growing with every call in
-/// flight) next to none — while equal endpoints share evenly.
+/// When their Peak-EWMA latency estimates differ by more than [`SAME_LATENCY`], the cheaper one (estimate × calls
+/// in flight) is preferred in proportion to how much cheaper it is: an endpoint 10× slower gets ~9% of the picks it
+/// is sampled for. Proportional rather than strict, because strict "lower cost wins" starves a healthy pod for as
+/// long as one slow answer keeps its estimate up.
+///
+/// When the estimates are alike, the difference is noise, and comparing it would only add variance: the one with
+/// fewer calls in flight wins (join the shorter queue), and on a tie the one picked longer ago. That spreads equal
+/// pods near-evenly even one call at a time, while a hung pod (its calls piling up in flight) loses every time.
 fn cheaper(
     rng: &mut impl Rng,
     a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
     b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
 ) -> Picked {
-    let (ca, cb) = (a.0.load.cost(), b.0.load.cost());
-    let p_a = if ca + cb > 0.0 { cb / (ca + cb) } else { 0.5 };
-    let (e, sender) = if rng.random::<f64>() < p_a { a } else { b };
+    static PICKS: AtomicU64 = AtomicU64::new(1);
+    let ((ra, pa), (rb, pb)) = (a.0.load.load(), b.0.load.load());
+    let pick_a = if ra.max(rb) <= SAME_LATENCY * ra.min(rb) {
+        match pa.cmp(&pb) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => a.0.last_pick.load(Relaxed) <= b.0.last_pick.load(Relaxed),
+        }
+    } else {
+        let (ca, cb) = (ra * (f64::from(pa) + 1.0), rb * (f64::from(pb) + 1.0));
+        rng.random::<f64>() < cb / (ca + cb)
+    };
+    let (e, sender) = if pick_a { a } else { b };
+    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
     Picked { endpoint: e.clone(), sender }
 }
 
