@@ -75,9 +75,11 @@ http {{
   upstream backends {{
 {servers}
     keepalive 1024;   # nginx does not multiplex upstream: one connection per call in flight
+    keepalive_requests 1000000;
   }}
   server {{
     listen {NGINX} http2;
+    keepalive_requests 1000000;  # the default (1000) ends a benchmark connection with GOAWAY
     location / {{ grpc_pass grpc://backends; }}
   }}
 }}
@@ -116,9 +118,10 @@ def children(pid):
 
 def h2load(addr, conns, streams, seconds, tmp: Path):
     log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to an existing log
     body = tmp / "body.bin"
     body.write_bytes(BODY)
-    cmd = ["h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", str(conns), "-m", str(streams), "-t",
+    cmd = ["h2load", "-D", str(seconds), "-c", str(conns), "-m", str(streams), "-t",
            "1", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file",
            str(log), f"http://{addr}{PATH}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

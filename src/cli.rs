@@ -81,6 +81,10 @@ pub struct SidecarArgs {
     /// How long a shutdown waits for calls in flight before closing.
     #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Worker threads of the proxy: 1 keeps every hop of a call on one thread (lowest latency); 0 means one per
+    /// core (most throughput under heavy concurrency).
+    #[arg(long, env = "HELLO_SIDECAR_THREADS", default_value = "1")]
+    pub threads: usize,
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,

@@ -52,6 +52,27 @@ pub fn encode_message(msg: &str) -> String {
     out
 }
 
+/// Decodes a percent-encoded `grpc-message` (the inverse of [`encode_message`]); bad escapes stay as they are.
+pub fn decode_message(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'%'
+            && let Some(b) = v
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Parses a status code given as a number (`14`) or a name (`UNAVAILABLE`, `unavailable`, `Unavailable`).
 pub fn parse_code(s: &str) -> Option<Code> {
     if let Ok(n) = s.parse::<i32>() {
@@ -166,6 +187,10 @@ mod tests {
         assert_eq!(encode_message("name is required"), "name is required");
         assert_eq!(encode_message("100% ok\n"), "100%25 ok%0A");
         assert_eq!(encode_message("é"), "%C3%A9");
+        for m in ["name is required", "100% ok\n", "é", ""] {
+            assert_eq!(decode_message(encode_message(m).as_bytes()), m);
+        }
+        assert_eq!(decode_message(b"50%zz"), "50%zz");
     }
 
     #[test]

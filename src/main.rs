@@ -27,7 +27,22 @@ fn main() -> ExitCode {
     // The demo's story is on stdout; its logs stay quiet unless RUST_LOG asks.
     let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
     telemetry::init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The sidecar runs on one thread by default, as linkerd2-proxy does: a call crosses several tasks (inbound
+    // stream, upstream connection), and on one thread each hop is a queue push instead of a cross-thread wakeup.
+    let threads = match &cli.command {
+        Command::Sidecar(args) => args.threads,
+        _ => 0,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

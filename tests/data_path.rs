@@ -97,8 +97,8 @@ async fn the_sidecar_routes_and_refuses_by_the_contract() {
     let unknown = raw_request(sidecar.addr, true, "/other.v1.Other/Call", &grpc, body.clone()).await;
     assert_eq!(unknown.grpc_status(), Some(Code::Unimplemented as i32), "{unknown:?}");
 
-    let json = [("content-type", "application/json")];
-    let not_grpc = raw_request(sidecar.addr, true, "/hello.v1.HelloService/SayHello", &json, b"{}".to_vec()).await;
+    let text = [("content-type", "text/plain")];
+    let not_grpc = raw_request(sidecar.addr, true, "/hello.v1.HelloService/SayHello", &text, b"hi".to_vec()).await;
     assert_eq!(not_grpc.status, 415);
     assert!(String::from_utf8_lossy(&not_grpc.body).contains("application/grpc"));
 

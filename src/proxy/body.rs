@@ -23,7 +23,7 @@ use tonic::Code;
 use crate::{
     BoxError,
     grpc::{encode_message, status_of},
-    proxy::{call::CallRecord, replay::ReplayBody},
+    proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
 };
 
 /// What the inbound server sends back.
@@ -32,6 +32,14 @@ pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
     /// A body made here (local services, errors).
     Local(UnsyncBoxBody<Bytes, BoxError>),
+    /// A gRPC response re-framed for grpc-web.
+    Web(Box<GrpcWebBody<ResponseBody>>),
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
 }
 
 impl ResponseBody {
@@ -63,6 +71,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
             ResponseBody::Local(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Web(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -70,6 +79,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Local(b) => b.is_end_stream(),
+            ResponseBody::Web(b) => b.is_end_stream(),
         }
     }
 
@@ -77,6 +87,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Local(b) => b.size_hint(),
+            ResponseBody::Web(_) => SizeHint::default(),
         }
     }
 }

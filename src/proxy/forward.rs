@@ -13,7 +13,6 @@ use std::{
 
 use http::{HeaderValue, Request, Response, Uri, Version, uri::Scheme};
 use http_body::Body;
-use hyper::body::Incoming;
 use tonic::Code;
 
 use crate::{
@@ -25,6 +24,7 @@ use crate::{
         call::{Attempt, CallRecord},
         error::ProxyError,
         replay::ReplayBody,
+        request_body::RequestBody,
     },
 };
 
@@ -35,7 +35,7 @@ const MAX_ATTEMPTS: usize = 3;
 
 impl Proxy {
     /// Forwards a HelloService call and answers every failure with the right status.
-    pub(super) async fn forward(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub(super) async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
         match self.try_forward(req, method.clone(), start).await {
@@ -50,7 +50,7 @@ impl Proxy {
 
     async fn try_forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         method: Arc<str>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {

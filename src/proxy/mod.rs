@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! accept → route (:path, content-type) ─┬─ HelloService → forward (deadline, pick, retry) → pooled h2 → backend
+//!                                        ├─ grpc-web, Connect → translated (web_call, connect_call) → forward
 //!                                        ├─ grpc.health.v1 / reflection → answered here
 //!                                        └─ anything else → UNIMPLEMENTED / 415 / 426
 //! ```
@@ -9,10 +10,15 @@
 pub mod body;
 pub mod budget;
 pub mod call;
+pub mod connect;
+mod connect_call;
 pub mod error;
 mod forward;
 pub mod replay;
+pub mod request_body;
 pub mod route;
+pub mod web;
+mod web_call;
 
 use std::{
     collections::HashMap,
@@ -34,7 +40,7 @@ use tracing::{info, warn};
 
 use crate::{
     balance::Balancer,
-    proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, route::Route},
+    proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     telemetry::metrics::Metrics,
 };
 
@@ -95,7 +101,10 @@ impl Proxy {
     /// Answers one request. Never fails: every failure is a response.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
         let res = match route::route(&req) {
-            Ok(Route::Forward) => self.forward(req).await,
+            Ok(Route::Forward) => self.forward(req.map(RequestBody::Incoming)).await,
+            Ok(Route::GrpcWeb(mode)) => self.grpc_web(req, mode).await,
+            Ok(Route::Connect(codec)) => self.connect(req, codec).await,
+            Ok(Route::Preflight) => web::preflight(req.headers()),
             Ok(Route::Health) => local(&self.health, req).await,
             Ok(Route::Reflection) if req.uri().path().contains(".v1alpha.") => {
                 local(&self.reflection_v1alpha, req).await

@@ -17,9 +17,8 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 
-use crate::{BoxError, grpc::MessageScanner};
+use crate::{BoxError, grpc::MessageScanner, proxy::request_body::RequestBody};
 
 /// Why the request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +53,7 @@ struct Shared<B> {
 }
 
 /// One view of the request body. [`ReplayBody::replay`] makes a fresh view for a retry.
-pub struct ReplayBody<B = Incoming> {
+pub struct ReplayBody<B = RequestBody> {
     shared: Arc<Mutex<Shared<B>>>,
     pos: usize,
     trailers_sent: bool,

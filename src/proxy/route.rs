@@ -1,8 +1,8 @@
 //! Which way a request goes, decided from its version, content-type and `:path` alone.
 
-use http::{Request, Version, header};
+use http::{Method, Request, Version, header};
 
-use crate::proxy::error::ProxyError;
+use crate::proxy::{connect::Codec, error::ProxyError, web};
 
 /// The HelloService prefix: every method under it is forwarded, so methods added later need no sidecar change.
 pub const FORWARDED_PREFIX: &str = "/hello.v1.HelloService/";
@@ -16,21 +16,40 @@ pub enum Route {
     Health,
     /// gRPC server reflection (v1 and v1alpha), answered here.
     Reflection,
+    /// grpc-web (HTTP/1.1 or HTTP/2), translated to gRPC.
+    GrpcWeb(web::Mode),
+    /// Connect unary (JSON or binary), translated to gRPC.
+    Connect(Codec),
+    /// A browser's CORS preflight.
+    Preflight,
 }
 
 /// Routes a request, or says why it cannot be served.
 pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
+    if web::is_preflight(req.method(), req.headers()) {
+        return Ok(Route::Preflight);
+    }
     let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not ascii>"));
-    let is_grpc = content_type.is_some_and(|ct| {
-        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;")
-    });
+    let ct = content_type.unwrap_or("none");
+    let path = req.uri().path();
+    if let Some(mode) = web::mode_of(ct) {
+        return if path.starts_with(FORWARDED_PREFIX) {
+            Ok(Route::GrpcWeb(mode))
+        } else {
+            Err(ProxyError::Unimplemented(path.to_owned()))
+        };
+    }
+    if let Some(codec) = Codec::of(ct).filter(|_| req.method() == Method::POST) {
+        return Ok(Route::Connect(codec));
+    }
+    let is_grpc =
+        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;");
     if !is_grpc {
-        return Err(ProxyError::NotGrpc(content_type.unwrap_or("none").to_owned()));
+        return Err(ProxyError::NotGrpc(ct.to_owned()));
     }
     if req.version() != Version::HTTP_2 {
         return Err(ProxyError::Http1);
     }
-    let path = req.uri().path();
     if path.starts_with(FORWARDED_PREFIX) {
         Ok(Route::Forward)
     } else if path.starts_with("/grpc.health.v1.Health/") {
@@ -71,12 +90,23 @@ mod tests {
     }
 
     #[test]
+    fn grpc_web_and_connect_are_routed_on_either_http_version() {
+        let p = "/hello.v1.HelloService/SayHello";
+        let web = req(p, Some("application/grpc-web+proto"), Version::HTTP_11);
+        assert_eq!(route(&web).ok(), Some(Route::GrpcWeb(web::Mode::Binary)));
+        let text = req(p, Some("application/grpc-web-text"), Version::HTTP_2);
+        assert_eq!(route(&text).ok(), Some(Route::GrpcWeb(web::Mode::Text)));
+        assert_eq!(route(&req(p, Some("application/json"), Version::HTTP_11)).ok(), Some(Route::Connect(Codec::Json)));
+        assert_eq!(route(&req(p, Some("application/proto"), Version::HTTP_2)).ok(), Some(Route::Connect(Codec::Proto)));
+        let other = req("/x.Y/Z", Some("application/grpc-web"), Version::HTTP_11);
+        assert!(matches!(route(&other), Err(ProxyError::Unimplemented(_))));
+    }
+
+    #[test]
     fn refuses_what_is_not_grpc_over_http2() {
-        let json = req("/hello.v1.HelloService/SayHello", Some("application/json"), Version::HTTP_2);
-        assert!(matches!(route(&json), Err(ProxyError::NotGrpc(ct)) if ct == "application/json"));
+        let text = req("/hello.v1.HelloService/SayHello", Some("text/plain"), Version::HTTP_2);
+        assert!(matches!(route(&text), Err(ProxyError::NotGrpc(ct)) if ct == "text/plain"));
         assert!(matches!(route(&req("/", None, Version::HTTP_2)), Err(ProxyError::NotGrpc(_))));
-        let web = req("/hello.v1.HelloService/SayHello", Some("application/grpc-web"), Version::HTTP_2);
-        assert!(matches!(route(&web), Err(ProxyError::NotGrpc(_))));
         let h1 = req("/hello.v1.HelloService/SayHello", Some("application/grpc"), Version::HTTP_11);
         assert!(matches!(route(&h1), Err(ProxyError::Http1)));
     }

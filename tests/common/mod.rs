@@ -238,8 +238,10 @@ impl RawResponse {
         self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
     }
 
+    /// `grpc-message`, percent-decoded.
     pub fn grpc_message(&self) -> String {
-        let from = |h: &http::HeaderMap| h.get("grpc-message")?.to_str().ok().map(str::to_owned);
+        let from =
+            |h: &http::HeaderMap| h.get("grpc-message").map(|v| hello_sidecar::grpc::decode_message(v.as_bytes()));
         self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers)).unwrap_or_default()
     }
 }

@@ -1,0 +1,195 @@
+//! The Connect protocol for unary calls, translated to gRPC towards the backends, so plain HTTP clients work:
+//!
+//! ```sh
+//! curl -H 'content-type: application/json' -d '{"name":"world"}' http://127.0.0.1:50051/hello.v1.HelloService/SayHello
+//! ```
+//!
+//! The request is one bare message (`application/proto`, or proto3 JSON with `application/json`, mapped with the
+//! descriptors compiled into the binary); `connect-timeout-ms` becomes `grpc-timeout`. The answer is the bare
+//! reply message in the same codec, or a Connect error: an HTTP status from the gRPC code and
+//! `{"code":"invalid_argument","message":"name is required"}`. Backend trailers come back as `trailer-` headers.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
+use tonic::Code;
+
+/// The message codec of a Connect request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// `application/json`: proto3 JSON.
+    Json,
+    /// `application/proto`: binary protobuf.
+    Proto,
+}
+
+impl Codec {
+    /// The codec of a content-type, if it is a Connect unary one.
+    pub fn of(content_type: &str) -> Option<Self> {
+        match content_type.split(';').next().unwrap_or("").trim() {
+            "application/json" => Some(Codec::Json),
+            "application/proto" | "application/protobuf" => Some(Codec::Proto),
+            _ => None,
+        }
+    }
+
+    /// The response content-type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        }
+    }
+}
+
+/// The descriptors of every service compiled into the binary.
+fn pool() -> Option<&'static DescriptorPool> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok()).as_ref()
+}
+
+/// The method a path names (`/hello.v1.HelloService/SayHello`), if the binary knows it.
+pub fn method(path: &str) -> Option<MethodDescriptor> {
+    let (service, method) = path.strip_prefix('/')?.rsplit_once('/')?;
+    pool()?.get_service_by_name(service)?.methods().find(|m| m.name() == method)
+}
+
+/// The request message as protobuf bytes in a gRPC frame, or why it is not a valid request.
+pub fn request_frame(method: &MethodDescriptor, codec: Codec, body: &[u8]) -> Result<Bytes, String> {
+    let proto = match codec {
+        Codec::Proto => {
+            DynamicMessage::decode(method.input(), body).map_err(|e| format!("invalid protobuf request: {e}"))?;
+            Bytes::copy_from_slice(body)
+        }
+        Codec::Json => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let msg = DynamicMessage::deserialize(method.input(), &mut de)
+                .and_then(|m| de.end().map(|()| m))
+                .map_err(|e| format!("invalid JSON request: {e}"))?;
+            Bytes::from(msg.encode_to_vec())
+        }
+    };
+    let mut frame = BytesMut::with_capacity(5 + proto.len());
+    frame.put_u8(0);
+    frame.put_u32(proto.len() as u32);
+    frame.put_slice(&proto);
+    Ok(frame.freeze())
+}
+
+/// The reply message from a gRPC response body (one frame), in the request's codec.
+pub fn reply_body(method: &MethodDescriptor, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {
+    let payload = match grpc_body {
+        [0, a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            rest.get(..len).ok_or("truncated reply frame")?
+        }
+        [] => &[][..],
+        _ => return Err("compressed or malformed reply frame".into()),
+    };
+    match codec {
+        Codec::Proto => Ok(Bytes::copy_from_slice(payload)),
+        Codec::Json => {
+            let msg = DynamicMessage::decode(method.output(), payload).map_err(|e| format!("invalid reply: {e}"))?;
+            serde_json::to_vec(&msg).map(Bytes::from).map_err(|e| format!("reply to JSON: {e}"))
+        }
+    }
+}
+
+/// Connect's name of a gRPC code (`invalid_argument`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "canceled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The HTTP status Connect uses for a code.
+pub fn http_status(code: Code) -> StatusCode {
+    let n = match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unauthenticated => 401,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    };
+    StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A Connect error body.
+pub fn error_body(code: Code, message: &str) -> Bytes {
+    let v = serde_json::json!({ "code": code_name(code), "message": message });
+    Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn say_hello() -> MethodDescriptor {
+        method("/hello.v1.HelloService/SayHello").expect("compiled in")
+    }
+
+    #[test]
+    fn json_and_proto_requests_become_the_same_frame() {
+        let from_json = request_frame(&say_hello(), Codec::Json, br#"{"name":"world"}"#).expect("valid");
+        let proto = crate::pb::HelloRequest { name: "world".into() }.encode_to_vec();
+        let from_proto = request_frame(&say_hello(), Codec::Proto, &proto).expect("valid");
+        assert_eq!(from_json, from_proto);
+        assert_eq!(&from_json[..5], &[0, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        assert!(request_frame(&say_hello(), Codec::Json, b"{").unwrap_err().contains("invalid JSON"));
+        assert!(request_frame(&say_hello(), Codec::Json, br#"{"nope":1}"#).is_err());
+        assert!(method("/hello.v1.HelloService/Nope").is_none());
+        assert!(method("/other.Service/Call").is_none());
+    }
+
+    #[test]
+    fn replies_map_to_proto3_json() {
+        let reply = crate::pb::HelloResponse { message: "Hello, world!".into(), code: 200 }.encode_to_vec();
+        let mut frame = vec![0, 0, 0, 0, reply.len() as u8];
+        frame.extend(&reply);
+        let json = reply_body(&say_hello(), Codec::Json, &frame).expect("valid");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(v, serde_json::json!({"message": "Hello, world!", "code": 200}));
+        assert_eq!(reply_body(&say_hello(), Codec::Proto, &frame).expect("valid"), Bytes::from(reply));
+    }
+
+    #[test]
+    fn codes_map_like_connect() {
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(Code::DeadlineExceeded), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            &error_body(Code::InvalidArgument, "name is required")[..],
+            br#"{"code":"invalid_argument","message":"name is required"}"#
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! A Connect unary call: the bare message is translated to a gRPC frame, forwarded like any call, and the
+//! collected gRPC answer is translated back (see [`super::connect`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tonic::Code;
+
+use crate::{
+    grpc::{decode_message, encode_timeout, status_of},
+    proxy::{
+        Proxy,
+        body::ResponseBody,
+        connect::{self, Codec},
+        request_body::RequestBody,
+        web,
+    },
+};
+
+impl Proxy {
+    pub(super) async fn connect(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut res = self.connect_inner(req, codec).await;
+        web::add_cors(res.headers_mut(), origin.as_ref());
+        res
+    }
+
+    async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
+        let path = req.uri().path().to_owned();
+        let Some(method) = connect::method(&path) else {
+            return error(Code::Unimplemented, &format!("unknown method {path}"), &HeaderMap::new());
+        };
+        let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
+            None => None,
+            Some(Some(t)) => Some(t),
+            Some(None) => return error(Code::InvalidArgument, "malformed connect-timeout-ms", &HeaderMap::new()),
+        };
+        let (mut parts, body) = req.into_parts();
+        let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let msg = format!("request larger than max ({limit} bytes)");
+                return error(Code::ResourceExhausted, &msg, &HeaderMap::new());
+            }
+            Err(e) => return error(Code::Cancelled, &format!("request body: {e}"), &HeaderMap::new()),
+        };
+        let frame = match connect::request_frame(&method, codec, &bytes) {
+            Ok(f) => f,
+            Err(msg) => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
+        };
+        let h = &mut parts.headers;
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONNECTION,
+            header::HOST,
+            header::TRANSFER_ENCODING,
+            header::ACCEPT_ENCODING,
+        ] {
+            h.remove(name);
+        }
+        h.remove("connect-protocol-version");
+        h.remove("connect-timeout-ms");
+        h.remove("keep-alive");
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        if let Some(t) = timeout.and_then(|t| HeaderValue::from_str(&encode_timeout(t)).ok()) {
+            h.insert("grpc-timeout", t);
+        }
+        parts.version = Version::HTTP_2;
+        let res = self.forward(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
+
+        let (parts, body) = res.into_parts();
+        let collected = match body.collect().await {
+            Ok(c) => c,
+            Err(e) => return error(Code::Unavailable, &format!("upstream: {e}"), &parts.headers),
+        };
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let data = collected.to_bytes();
+        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Unknown);
+        let mut meta = metadata(&parts.headers);
+        for (name, value) in &trailers {
+            if !name.as_str().starts_with("grpc-")
+                && let Ok(n) = HeaderName::from_bytes(format!("trailer-{name}").as_bytes())
+            {
+                meta.append(n, value.clone());
+            }
+        }
+        if code != Code::Ok {
+            let raw = trailers.get("grpc-message").or_else(|| parts.headers.get("grpc-message"));
+            let message = raw.map(|v| decode_message(v.as_bytes())).unwrap_or_default();
+            return error(code, &message, &meta);
+        }
+        match connect::reply_body(&method, codec, &data) {
+            Ok(reply) => {
+                let mut res = Response::new(ResponseBody::bytes(reply));
+                *res.headers_mut() = meta;
+                res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
+                res
+            }
+            Err(msg) => error(Code::Internal, &msg, &meta),
+        }
+    }
+}
+
+/// Response headers worth passing to a Connect client: the backend's metadata, not gRPC's framing.
+fn metadata(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if !n.starts_with("grpc-") && name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A Connect error response.
+fn error(code: Code, message: &str, meta: &HeaderMap) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::bytes(connect::error_body(code, message)));
+    *res.status_mut() = connect::http_status(code);
+    *res.headers_mut() = meta.clone();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// `connect-timeout-ms`: at most 10 digits of milliseconds.
+fn parse_ms(v: &str) -> Option<Duration> {
+    (!v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse().ok().map(Duration::from_millis))
+        .flatten()
+}
+
+impl ResponseBody {
+    /// A whole body.
+    pub fn bytes(b: Bytes) -> Self {
+        Self::local(Full::new(b))
+    }
+}

@@ -1,0 +1,160 @@
+//! grpc-web and Connect on the app's port, translated to gRPC towards real backends.
+
+mod common;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use common::*;
+use prost::Message;
+use serde_json::Value;
+
+const PATH: &str = "/hello.v1.HelloService/SayHello";
+
+fn cluster() -> (Backend, Sidecar) {
+    let b = Backend::start("web-pod", &[]);
+    let s = Sidecar::start(&Sidecar::static_target(&[&b]), &[]);
+    s.wait_ready_endpoints(1);
+    (b, s)
+}
+
+/// Splits a grpc-web body into its data payloads and its trailer block.
+fn web_frames(body: &[u8]) -> (Vec<Vec<u8>>, String) {
+    let (mut data, mut trailers, mut rest) = (Vec::new(), String::new(), body);
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let payload = rest[5..5 + len].to_vec();
+        if rest[0] & 0x80 != 0 {
+            trailers = String::from_utf8(payload).expect("ascii trailers");
+        } else {
+            data.push(payload);
+        }
+        rest = &rest[5 + len..];
+    }
+    (data, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_binary_over_http1_and_http2() {
+    let (_b, s) = cluster();
+    for http2 in [false, true] {
+        let headers =
+            [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ("origin", "http://app.test")];
+        let r = raw_request(s.addr, http2, PATH, &headers, grpc_frame(&hello_request("web"))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.headers["content-type"], "application/grpc-web+proto");
+        assert_eq!(r.headers["access-control-allow-origin"], "http://app.test");
+        let (data, trailers) = web_frames(&r.body);
+        let reply = hello_sidecar::pb::HelloResponse::decode(&data[0][..]).expect("reply");
+        assert_eq!(reply.message, "Hello, web!");
+        assert!(trailers.contains("grpc-status: 0\r\n"), "{trailers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_text_round_trips_base64() {
+    let (_b, s) = cluster();
+    let body = STANDARD.encode(grpc_frame(&hello_request("text"))).into_bytes();
+    let r = raw_request(s.addr, false, PATH, &[("content-type", "application/grpc-web-text")], body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/grpc-web-text+proto");
+    // Each chunk is base64 on its own; decode chunk by chunk as grpc-web clients do.
+    let text = String::from_utf8(r.body.to_vec()).expect("ascii");
+    let mut decoded = Vec::new();
+    for unit in text.split_inclusive('=').filter(|u| !u.trim_matches('=').is_empty()) {
+        decoded.extend(STANDARD.decode(unit).unwrap_or_else(|_| STANDARD.decode(format!("{unit}=")).expect("b64")));
+    }
+    let (data, trailers) = web_frames(&decoded);
+    assert_eq!(hello_sidecar::pb::HelloResponse::decode(&data[0][..]).expect("reply").message, "Hello, text!");
+    assert!(trailers.contains("grpc-status: 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_errors_carry_the_backend_status() {
+    let (_b, s) = cluster();
+    let r =
+        raw_request(s.addr, false, PATH, &[("content-type", "application/grpc-web")], grpc_frame(&hello_request("")))
+            .await;
+    assert_eq!(r.grpc_status(), Some(3), "{r:?}");
+    assert_eq!(r.grpc_message(), "name is required");
+}
+
+async fn connect_call(s: &Sidecar, ct: &str, body: Vec<u8>, extra: &[(&str, &str)]) -> RawResponse {
+    let mut headers = vec![("content-type", ct), ("connect-protocol-version", "1")];
+    headers.extend_from_slice(extra);
+    raw_request(s.addr, false, PATH, &headers, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_json_and_proto_unary() {
+    let (_b, s) = cluster();
+    let r = connect_call(&s, "application/json", br#"{"name":"world"}"#.to_vec(), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["x-hello-pod"], "web-pod");
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v, serde_json::json!({"message": "Hello, world!", "code": 200}));
+
+    let r = connect_call(&s, "application/proto", hello_request("proto"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/proto");
+    let reply = hello_sidecar::pb::HelloResponse::decode(&r.body[..]).expect("reply");
+    assert_eq!((reply.message.as_str(), reply.code), ("Hello, proto!", 200));
+
+    // HTTP/2 works as well.
+    let h2 =
+        raw_request(s.addr, true, PATH, &[("content-type", "application/json")], br#"{"name":"h2"}"#.to_vec()).await;
+    assert_eq!(h2.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_use_connects_json_and_http_statuses() {
+    let (_b, s) = cluster();
+    let r = connect_call(&s, "application/json", br#"{"name":""}"#.to_vec(), &[]).await;
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v, serde_json::json!({"code": "invalid_argument", "message": "name is required"}));
+
+    let bad = connect_call(&s, "application/json", b"{not json".to_vec(), &[]).await;
+    assert_eq!(bad.status, 400);
+    assert!(String::from_utf8_lossy(&bad.body).contains("invalid JSON"));
+
+    let unknown = raw_request(
+        s.addr,
+        false,
+        "/hello.v1.HelloService/Nope",
+        &[("content-type", "application/json")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(unknown.status, 501);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("unimplemented"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_become_deadlines() {
+    let hung = Backend::start("hung-web", &["--delay", "1h"]);
+    let s = Sidecar::start(&Sidecar::static_target(&[&hung]), &[]);
+    s.wait_ready_endpoints(1);
+    let start = std::time::Instant::now();
+    let r = connect_call(&s, "application/json", br#"{"name":"x"}"#.to_vec(), &[("connect-timeout-ms", "500")]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(String::from_utf8_lossy(&r.body).contains("deadline_exceeded"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_get_cors_preflights_answered() {
+    let (_b, s) = cluster();
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("h1");
+    tokio::spawn(conn);
+    let req = http::Request::options(format!("http://{}{PATH}", s.addr))
+        .header("origin", "http://app.test")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    let res = tx.send_request(req).await.expect("response");
+    assert_eq!(res.status(), 204);
+    assert_eq!(res.headers()["access-control-allow-origin"], "http://app.test");
+    assert!(res.headers()["access-control-allow-methods"].to_str().unwrap_or("").contains("POST"));
+}
