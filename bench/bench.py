@@ -25,7 +25,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "hello-sidecar"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = TARGET / "release" / "hello-sidecar"
 BODY = b"\x00\x00\x00\x00\x07\x0a\x05world"  # HelloRequest{name: "world"} in a gRPC frame
 RESPONSE_BYTES = 23  # HelloResponse{"Hello, world!", 200} in a gRPC frame
 PATH = "/hello.v1.HelloService/SayHello"
@@ -34,7 +35,7 @@ BACKENDS = ["127.0.0.61:8080", "127.0.0.62:8080", "127.0.0.63:8080"]
 SIDECAR, SIDECAR_ADMIN, NGINX = "127.0.0.60:50051", "127.0.0.60:9901", "127.0.0.60:50052"
 
 
-def ensure_tools():
+def ensure_tools(smoke: bool):
     missing = [pkg for tool, pkg in (("h2load", "nghttp2-client"), ("nginx", "nginx")) if not shutil.which(tool)
                and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
@@ -42,7 +43,9 @@ def ensure_tools():
         subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", str(ROOT / "Cargo.toml")], check=True)
+    # The smoke run only proves the harness works: the debug build the tests already made will do.
+    profile = [] if smoke else ["--release"]
+    subprocess.run(["cargo", "build", *profile, "--quiet", "--manifest-path", str(ROOT / "Cargo.toml")], check=True)
 
 
 def wait_port(addr, timeout=20.0):
@@ -152,9 +155,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
+    global BIN
     if args.smoke:
         args.runs, args.seconds = 1, 1
-    ensure_tools()
+        BIN = TARGET / "debug" / "hello-sidecar"
+    ensure_tools(args.smoke)
     procs = []
     tmp = Path(tempfile.mkdtemp(prefix="hello-bench-"))
     try:
@@ -213,8 +218,13 @@ def main():
         report(results, list(targets), idle_rss, peak_rss, args)
     finally:
         for p in procs:
-            p.kill()
-            p.wait()
+            # SIGTERM, not SIGKILL: a killed nginx master leaves its workers holding the port.
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -50,3 +50,19 @@ pub mod pb {
 
 /// The boxed error type used where any error may appear (bodies, services).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error with its sources, e.g. `http2 error: connection reset by peer`: hyper's top-level messages alone
+/// ("http2 error") do not say what happened.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}

@@ -51,6 +51,19 @@ async fn one_connection_per_backend_carries_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_calls_in_flight_all_succeed() {
+    // Hundreds of calls in flight over one client connection. (The h2load run of the bench smoke in
+    // scripts/test is what catches h2's small-DATA-frame flood guard closing upstream connections.)
+    let (a, b) = (Backend::start("many-a", &[]), Backend::start("many-b", &[]));
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a, &b]), &[]);
+    sidecar.wait_ready_endpoints(2);
+    let outcomes = calls(&sidecar.client(), 3000, 300, None).await;
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.code != Code::Ok).collect();
+    assert!(failed.is_empty(), "{} of 3000 failed, e.g. {:?}", failed.len(), failed.first());
+    assert_eq!(a.connections() + b.connections(), 2, "still one connection per backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_status_passes_through_unchanged() {
     let a = Backend::start("status-pod", &[]);
     let sidecar = Sidecar::start(&Sidecar::static_target(&[&a]), &[]);

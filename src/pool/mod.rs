@@ -153,7 +153,7 @@ async fn maintain(
                 tokio::pin!(driver);
                 let retired = tokio::select! {
                     res = &mut driver => {
-                        if let Err(e) = res { info!(%addr, error = %e, "connection closed") }
+                        if let Err(e) = res { info!(%addr, error = %crate::error_chain(&e), "connection closed") }
                         false
                     }
                     _ = stop.wait_for(|s| *s) => true,
@@ -228,7 +228,11 @@ async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<R
             .keep_alive_interval(settings.keepalive_interval)
             .keep_alive_timeout(settings.keepalive_timeout)
             .keep_alive_while_idle(true)
-            .adaptive_window(true)
+            // Large fixed windows, not adaptive ones: h2 sizes its small-DATA-frame flood budget from the
+            // connection window, and at the 64 KiB an adaptive window starts from, a few hundred unread gRPC
+            // replies (each a small frame before its trailers) already count as a flood and close the connection.
+            .initial_connection_window_size(8 << 20)
+            .initial_stream_window_size(1 << 20)
             .handshake(TokioIo::new(tcp))
             .await?;
         Ok::<_, ConnectError>((tx, driver))

@@ -104,10 +104,10 @@ impl Proxy {
                     attempt.finish(Code::Unavailable);
                     if self.may_retry(&origin, &mut tried, endpoint.addr, deadline) {
                         self.metrics.retries_connect.fetch_add(1, Relaxed);
-                        tracing::debug!(endpoint = %endpoint.addr, error = %e, "retrying on another endpoint");
+                        tracing::debug!(endpoint = %endpoint.addr, error = %crate::error_chain(&e), "retrying on another endpoint");
                         continue;
                     }
-                    return Err(ProxyError::Upstream { addr: endpoint.addr, error: error_chain(&e) });
+                    return Err(ProxyError::Upstream { addr: endpoint.addr, error: crate::error_chain(&e) });
                 }
                 Ok(Ok(res)) => res,
             };
@@ -167,19 +167,4 @@ fn absolute_uri(uri: &Uri, addr: SocketAddr) -> Uri {
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = addr.to_string().parse().ok();
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
-}
-
-/// An error with its sources, e.g. `connection error: connection reset by peer`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
 }
