@@ -70,10 +70,11 @@ def test_node_example(cluster, node_example):
     assert "grpc-web: Hello, node!" in ok.stdout, ok.stdout
     bad = run(["node", "client.js", cluster["sidecar"], ""], cwd=node_example)
     assert "grpc: INVALID_ARGUMENT (bad request): name is required" in bad.stdout, bad.stdout
-    assert "connect: HTTP 400 invalid_argument: name is required" in bad.stdout, bad.stdout
-    assert "grpc-web: status 3: name is required" in bad.stdout, bad.stdout
+    assert "connect: InvalidArgument: name is required" in bad.stdout, bad.stdout
+    assert "grpc-web: InvalidArgument: name is required" in bad.stdout, bad.stdout
     slow = run(["node", "client.js", cluster["hung_sidecar"], "node"], cwd=node_example)
     assert "grpc: DEADLINE_EXCEEDED (too slow)" in slow.stdout, slow.stdout
+    assert "connect: DeadlineExceeded" in slow.stdout and "grpc-web: DeadlineExceeded" in slow.stdout, slow.stdout
 
 
 @pytest.fixture(scope="session")
