@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="one short run of each target and load")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--plot", action="store_true", help="also draw bench/results.png (gnuplot, installed if missing)")
     args = ap.parse_args()
     global BIN
     if args.smoke:
@@ -252,6 +253,35 @@ def report(results, targets, idle_rss, peak_rss, args):
     if not args.smoke:
         stamp = time.strftime("%Y-%m-%d")
         (ROOT / "bench" / "results.md").write_text(f"# Latest results ({stamp}, {os.cpu_count()} cores)\n\n{text}\n")
+    if args.plot:
+        plot(results, targets, med, ROOT / "bench" / ("smoke.png" if args.smoke else "results.png"))
+
+
+def plot(results, targets, med, out: Path):
+    """Grouped bars of req/s per load and target, drawn by gnuplot."""
+    if not shutil.which("gnuplot"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "gnuplot-nox"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    data = out.with_suffix(".dat")
+    rows = ["load " + " ".join(targets)]
+    for load, _, _ in LOADS:
+        rows.append('"' + load + '" ' + " ".join(f"{med(results[(load, t)], 'rps'):.0f}" for t in targets))
+    data.write_text("\n".join(rows) + "\n")
+    script = f"""
+set terminal png size 900,500 noenhanced
+set output '{out}'
+set title 'hello-sidecar vs direct vs nginx grpc_pass (requests/s, higher is better)'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid border -1
+set key top left autotitle columnhead
+set ylabel 'requests/s'
+set grid ytics
+plot for [i=2:{len(targets) + 1}] '{data}' using i:xtic(1)
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    data.unlink()
+    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,9 @@ impl Proxy {
                     Ok((stream, _peer)) => {
                         let _ = stream.set_nodelay(true);
                         let proxy = self.clone();
-                        let svc = service_fn(move |req| proxy.clone().handle(req));
+                        // Boxed once here: a call's state machine is large, and unboxed it would be copied into
+                        // the stream's task cell and through every poll (memcpy topped the profile).
+                        let svc = service_fn(move |req| Box::pin(proxy.clone().handle(req)));
                         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {

@@ -49,6 +49,8 @@ def test_curl_example(cluster):
     assert '{"message":"Hello, curl!","code":200}' in out.stdout, out.stdout
     assert '"code":"invalid_argument","message":"name is required"' in out.stdout and "HTTP 400" in out.stdout, out.stdout
     assert "Hello, curl!" in out.stdout.split("grpc-web")[-1] and "grpc-status: 0" in out.stdout, out.stdout
+    slow = run([str(EXAMPLES / "curl" / "call.sh"), cluster["hung_sidecar"], "curl"])
+    assert '"code":"deadline_exceeded"' in slow.stdout and "HTTP 504" in slow.stdout, slow.stdout
 
 
 @pytest.fixture(scope="session")
