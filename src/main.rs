@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         }
     };
     // The demo's story is on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    // The API outage it stages makes kube's client log errors; the demo narrates that outage itself.
+    let default_level =
+        if matches!(cli.command, Command::Demo(_)) { "error,kube_client=off,kube_runtime=off" } else { "info" };
     telemetry::init_logging(cli.log_format, default_level);
     // The sidecar runs on one thread by default, as linkerd2-proxy does: a call crosses several tasks (inbound
     // stream, upstream connection), and on one thread each hop is a queue push instead of a cross-thread wakeup.
