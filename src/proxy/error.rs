@@ -48,10 +48,16 @@ pub enum ProxyError {
     #[error("request body: {0}")]
     RequestBody(String),
     /// Not a gRPC content-type.
-    #[error("unsupported content-type {0:?}: this port speaks gRPC (content-type: application/grpc)")]
+    #[error(
+        "unsupported content-type {0:?}: this port speaks gRPC (application/grpc), grpc-web (application/grpc-web) \
+         and Connect (application/json, application/proto)"
+    )]
     NotGrpc(String),
     /// gRPC over HTTP/1.1.
-    #[error("gRPC needs HTTP/2: this port speaks gRPC over HTTP/2 with prior knowledge (h2c), not HTTP/1.1")]
+    #[error(
+        "application/grpc needs HTTP/2 (h2c with prior knowledge); over HTTP/1.1 this port speaks grpc-web \
+         (application/grpc-web) and Connect (application/json, application/proto)"
+    )]
     Http1,
 }
 
