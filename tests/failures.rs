@@ -177,3 +177,25 @@ async fn a_terminated_backend_finishes_the_calls_it_has() {
     assert_eq!(r.grpc_status(), Some(0), "the call in flight completes during the drain: {r:?}");
     wait_for("the backend to exit after draining", Duration::from_secs(15), || (!a.proc.is_running()).then_some(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_sidecar_drains_its_calls_then_exits() {
+    let a = Backend::start("sidecar-drain-pod", &[]);
+    let mut sidecar = Sidecar::start(&Sidecar::static_target(&[&a]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-hello-delay", "1s")];
+    let addr = sidecar.addr;
+    let call = tokio::spawn(async move {
+        raw_request(addr, true, "/hello.v1.HelloService/SayHello", &grpc, grpc_frame(&hello_request("drain"))).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.proc.terminate();
+    // Not ready while draining, so Kubernetes stops routing to the pod.
+    wait_for("/ready to turn false", Duration::from_secs(5), || {
+        http_get(sidecar.admin, "/ready").is_none().then_some(())
+    });
+    let r = call.await.expect("call task");
+    assert_eq!(r.grpc_status(), Some(0), "the call in flight completes during the drain: {r:?}");
+    wait_for("the sidecar to exit", Duration::from_secs(15), || (!sidecar.proc.is_running()).then_some(()));
+    assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(), "no longer listening");
+}
