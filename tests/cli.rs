@@ -48,3 +48,24 @@ fn a_port_in_use_is_a_clear_error() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--listen") && stderr.contains(&addr), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let ip = common::fresh_ip();
+    let mut child = Command::new(common::BIN)
+        .args(["--log-format", "json", "server", "--listen", &format!("{ip}:8080"), "--id", "json-pod"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("server");
+    let stderr = child.stderr.take().expect("stderr");
+    let line = BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("listening"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a 'server listening' log line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["pod"], "json-pod", "structured fields are flattened: {v}");
+    assert_eq!(v["addr"], format!("{ip}:8080"), "{v}");
+}
