@@ -117,6 +117,9 @@ pub struct ServerArgs {
     /// How long SIGTERM waits for calls in flight before closing.
     #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// HTTP/2 streams a client may have open on one connection (unlimited when unset).
+    #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// Flags of `call`.

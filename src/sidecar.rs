@@ -193,7 +193,7 @@ impl AdminState for SidecarState {
         }
         let samples: Vec<_> = by_state.into_iter().map(|(s, n)| (format!("state=\"{s}\""), n)).collect();
         gauge(&mut out, "hello_sidecar_endpoints", "Endpoints of the target, by state.", &samples);
-        let open = set.iter().filter(|e| e.conn.is_ready()).count() as u64;
+        let open: u64 = set.iter().map(|e| e.conn.open_connections() as u64).sum();
         gauge(
             &mut out,
             "hello_sidecar_connections_open",

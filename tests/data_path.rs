@@ -64,6 +64,22 @@ async fn hundreds_of_calls_in_flight_all_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_opens_only_when_the_peer_stream_limit_is_reached() {
+    let limited = Backend::start("limited", &["--max-concurrent-streams", "2", "--delay", "300ms"]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&limited]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    // Two at a time fit the peer's limit: still one connection.
+    let two = calls(&sidecar.client(), 4, 2, None).await;
+    assert!(two.iter().all(|o| o.code == Code::Ok), "{two:?}");
+    assert_eq!(limited.connections(), 1);
+    // Eight at once do not: extra connections are opened, and every call still succeeds.
+    let eight = calls(&sidecar.client(), 16, 8, None).await;
+    assert!(eight.iter().all(|o| o.code == Code::Ok), "{eight:?}");
+    assert!(limited.connections() >= 2, "accepted {}", limited.connections());
+    assert!(limited.connections() <= 5, "at most 4 extra: {}", limited.connections());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_status_passes_through_unchanged() {
     let a = Backend::start("status-pod", &[]);
     let sidecar = Sidecar::start(&Sidecar::static_target(&[&a]), &[]);

@@ -5,13 +5,19 @@
 //! jitter. Calls never wait for a connect: the balancer only picks endpoints whose connection is up, so a dead pod
 //! costs nothing but its backoff timer.
 //!
+//! A second connection is opened only when the peer's max-concurrent-streams is reached on the first one
+//! ([`Connection::lease`]), and closed again once idle.
+//!
 //! Draining: when discovery removes an endpoint, [`Connection::retire`] stops reconnects and drops the published
 //! handle. hyper closes an HTTP/2 client connection once every handle is gone and its last stream has finished,
 //! so calls in flight complete and no new call can start there.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -85,6 +91,52 @@ pub struct Connection {
     stop: watch::Sender<bool>,
     /// Bumped on every state change, so callers waiting for a usable endpoint wake up.
     changed: Arc<watch::Sender<u64>>,
+    /// Calls in flight on the primary connection.
+    primary_in_flight: Arc<AtomicU32>,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS on the primary connection, as its driver last saw it.
+    primary_max_streams: AtomicUsize,
+    /// Extra connections, opened only while the peer's max-concurrent-streams is reached on the others.
+    overflow: Mutex<Overflow>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Overflow {
+    conns: Vec<Extra>,
+    opening: bool,
+}
+
+/// One extra connection: its handle, its calls in flight, and the peer's stream limit on it.
+struct Extra {
+    tx: SendRequest<ReplayBody>,
+    in_flight: Arc<AtomicU32>,
+    max_streams: Arc<AtomicUsize>,
+}
+
+/// Extra connections per endpoint at most (on top of the primary).
+const MAX_OVERFLOW: usize = 4;
+/// An extra connection idle this long is closed.
+const OVERFLOW_IDLE: Duration = Duration::from_secs(30);
+/// How often a connection's driver reports the peer's current stream limit.
+const LIMIT_REFRESH: Duration = Duration::from_millis(250);
+
+/// A connection handle for one call; counts the call in flight on that connection until dropped.
+pub struct Lease {
+    /// The handle to send on.
+    pub sender: SendRequest<ReplayBody>,
+    in_flight: Arc<AtomicU32>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+fn lease(sender: SendRequest<ReplayBody>, in_flight: &Arc<AtomicU32>) -> Lease {
+    in_flight.fetch_add(1, Relaxed);
+    Lease { sender, in_flight: in_flight.clone() }
 }
 
 impl Connection {
@@ -97,9 +149,46 @@ impl Connection {
         changed: Arc<watch::Sender<u64>>,
     ) -> Arc<Self> {
         let (stop, stop_rx) = watch::channel(false);
-        let conn = Arc::new(Self { addr, state: RwLock::new(State::Connecting), stop, changed });
+        let conn = Arc::new(Self {
+            addr,
+            state: RwLock::new(State::Connecting),
+            stop,
+            changed,
+            primary_in_flight: Arc::default(),
+            primary_max_streams: AtomicUsize::new(usize::MAX),
+            overflow: Mutex::default(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+        });
         tokio::spawn(maintain(conn.clone(), settings, breaker, metrics, stop_rx));
         conn
+    }
+
+    /// A handle for one call: the primary connection while the peer accepts more streams on it, else an extra
+    /// connection with room. When every connection is at the peer's limit, one more is opened in the background
+    /// (at most [`MAX_OVERFLOW`]) and this call queues on the primary meanwhile, as hyper does.
+    pub fn lease(self: &Arc<Self>, primary: SendRequest<ReplayBody>) -> Lease {
+        if (self.primary_in_flight.load(Relaxed) as usize) < self.primary_max_streams.load(Relaxed) {
+            return lease(primary, &self.primary_in_flight);
+        }
+        let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        overflow.conns.retain(|x| !x.tx.is_closed());
+        let room = overflow.conns.iter().find(|x| (x.in_flight.load(Relaxed) as usize) < x.max_streams.load(Relaxed));
+        if let Some(x) = room {
+            return lease(x.tx.clone(), &x.in_flight);
+        }
+        if !overflow.opening && overflow.conns.len() < MAX_OVERFLOW && !*self.stop.borrow() {
+            overflow.opening = true;
+            tokio::spawn(open_overflow(self.clone()));
+        }
+        lease(primary, &self.primary_in_flight)
+    }
+
+    /// Open connections (primary and extra), for metrics.
+    pub fn open_connections(&self) -> usize {
+        let extra =
+            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.iter().filter(|x| !x.tx.is_closed()).count();
+        usize::from(self.is_ready()) + extra
     }
 
     /// The request handle, if the connection is up.
@@ -124,6 +213,7 @@ impl Connection {
     pub fn retire(&self) {
         self.stop.send_replace(true);
         self.set(State::Draining);
+        self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.clear();
     }
 
     fn set(&self, state: State) {
@@ -145,18 +235,24 @@ async fn maintain(
         conn.set(State::Connecting);
         match connect(addr, &settings).await {
             Ok((tx, driver)) => {
-                metrics.connects_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connects_ok.fetch_add(1, Relaxed);
                 breaker.record_success();
                 failures = 0;
                 debug!(%addr, "connected");
                 conn.set(State::Ready(tx));
                 tokio::pin!(driver);
-                let retired = tokio::select! {
-                    res = &mut driver => {
-                        if let Err(e) = res { info!(%addr, error = %crate::error_chain(&e), "connection closed") }
-                        false
+                // The first reading waits a refresh period: until the peer's SETTINGS arrive, the driver reports
+                // a default (100), not the peer's limit.
+                let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
+                let retired = loop {
+                    tokio::select! {
+                        res = &mut driver => {
+                            if let Err(e) = res { info!(%addr, error = %crate::error_chain(&e), "connection closed") }
+                            break false;
+                        }
+                        _ = stop.wait_for(|s| *s) => break true,
+                        _ = limits.tick() => conn.primary_max_streams.store(driver.current_max_send_streams(), Relaxed),
                     }
-                    _ = stop.wait_for(|s| *s) => true,
                 };
                 if retired {
                     // Drop our handle (a retire may have raced the connect and been overwritten by Ready); hyper
@@ -174,7 +270,7 @@ async fn maintain(
                 continue;
             }
             Err(e) => {
-                metrics.connects_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connects_failed.fetch_add(1, Relaxed);
                 breaker.record_failure();
                 failures = failures.saturating_add(1);
                 if failures == 1 {
@@ -190,6 +286,53 @@ async fn maintain(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Opens one extra connection, lends it out while it is needed, and lets it close once idle.
+async fn open_overflow(conn: Arc<Connection>) {
+    let result = connect(conn.addr, &conn.settings).await;
+    let (tx, driver) = match result {
+        Ok(c) => c,
+        Err(e) => {
+            conn.metrics.connects_failed.fetch_add(1, Relaxed);
+            debug!(addr = %conn.addr, error = %e, "extra connection failed");
+            conn.overflow.lock().unwrap_or_else(|e| e.into_inner()).opening = false;
+            return;
+        }
+    };
+    conn.metrics.connects_ok.fetch_add(1, Relaxed);
+    let in_flight = Arc::new(AtomicU32::new(0));
+    // Until the peer's SETTINGS arrive the driver reports a default; lend it as if the primary's limit applied.
+    let max_streams = Arc::new(AtomicUsize::new(conn.primary_max_streams.load(Relaxed)));
+    {
+        let mut overflow = conn.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        overflow.opening = false;
+        if *conn.stop.borrow() {
+            return;
+        }
+        overflow.conns.push(Extra { tx: tx.clone(), in_flight: in_flight.clone(), max_streams: max_streams.clone() });
+    }
+    info!(addr = %conn.addr, "opened an extra connection: the peer's max-concurrent-streams was reached");
+    drop(tx);
+    tokio::pin!(driver);
+    let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut driver => return,
+            _ = limits.tick() => {
+                max_streams.store(driver.current_max_send_streams(), Relaxed);
+                if in_flight.load(Relaxed) != 0 {
+                    idle_since = tokio::time::Instant::now();
+                } else if idle_since.elapsed() >= OVERFLOW_IDLE {
+                    // Idle: stop lending it; hyper closes it once the last handle is gone.
+                    conn.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
+                    let _ = driver.await;
+                    return;
                 }
             }
         }

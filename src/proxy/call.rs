@@ -10,19 +10,21 @@ use std::{sync::Arc, time::Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::Code;
 
-use crate::{balance::Endpoint, telemetry::metrics::Metrics};
+use crate::{balance::Endpoint, pool::Lease, telemetry::metrics::Metrics};
 
 /// One try of a call on one endpoint. Dropping it unfinished counts as cancelled (no breaker verdict).
 pub struct Attempt {
     endpoint: Arc<Endpoint>,
     finished: bool,
+    /// The connection this attempt uses, counted in flight there until the call ends.
+    _lease: Lease,
 }
 
 impl Attempt {
-    /// Counts a call in flight on `endpoint`.
-    pub fn begin(endpoint: Arc<Endpoint>) -> Self {
+    /// Counts a call in flight on `endpoint` and on the leased connection.
+    pub fn begin(endpoint: Arc<Endpoint>, lease: Lease) -> Self {
         endpoint.load.start();
-        Self { endpoint, finished: false }
+        Self { endpoint, finished: false, _lease: lease }
     }
 
     /// The endpoint tried.

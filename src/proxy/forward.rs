@@ -71,7 +71,9 @@ impl Proxy {
         let wait_until = deadline.min(start + self.config.failfast_timeout);
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let Picked { endpoint, mut sender } = self.balancer.pick(&tried, wait_until).await?;
+            let Picked { endpoint, sender } = self.balancer.pick(&tried, wait_until).await?;
+            let lease = endpoint.conn.lease(sender);
+            let mut sender = lease.sender.clone();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
@@ -88,7 +90,7 @@ impl Proxy {
                 upstream.headers_mut().insert("grpc-timeout", v);
             }
 
-            let mut attempt = Attempt::begin(endpoint.clone());
+            let mut attempt = Attempt::begin(endpoint.clone(), lease);
             let sent = tokio::time::timeout_at(deadline.into(), sender.send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {

@@ -188,6 +188,7 @@ pub async fn run(
         info!(?drain, "draining");
     };
     let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(args.max_concurrent_streams)
         .add_service(health)
         .add_service(reflection)
         .add_service(HelloServiceServer::new(hello))
