@@ -1,7 +1,12 @@
 //! DESIGN §8's scenarios, written once against [`Cluster`]: `tests/kubernetes.rs` runs them on the local tier,
 //! `tests/kind.rs` on a kind cluster (`e2e/run.sh`).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use hello_sidecar::client::Outcome;
 
 use super::{
     by_pod, calls,
@@ -38,17 +43,24 @@ pub async fn scale_up(c: &mut impl Cluster, to: usize) {
 
 /// Scale down through the terminating phase: no call fails, and the removed pods stop getting calls.
 pub async fn scale_down(c: &mut impl Cluster, to: usize) {
+    let (outcomes, tail) = under_load(c, |c| c.scale(to)).await;
+    assert!(outcomes.len() > 100, "the load ran: {}", outcomes.len());
+    assert_eq!(tail.keys().cloned().collect::<Vec<_>>(), sorted(c.ready_pods()), "{tail:?}");
+}
+
+/// Runs `change` under steady load; asserts no call failed; returns every outcome and the calls per pod once the
+/// change has settled.
+async fn under_load<C: Cluster>(c: &mut C, change: impl FnOnce(&mut C)) -> (Vec<Outcome>, BTreeMap<String, usize>) {
     let load = Load::start(&c.client(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.scale(to);
+    change(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let tail = by_pod(&load.since(after));
     let outcomes = load.stop().await;
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
-    assert!(outcomes.len() > 100, "the load ran: {}", outcomes.len());
-    assert_eq!(tail.keys().cloned().collect::<Vec<_>>(), sorted(c.ready_pods()), "{tail:?}");
+    (outcomes, tail)
 }
 
 /// A rolling restart of every pod: no call fails, and the new pods serve.
@@ -67,15 +79,7 @@ pub async fn rolling_restart(c: &mut impl Cluster) {
 /// A deleted pod: no call fails, it gets no more calls, and its replacement does.
 pub async fn pod_delete(c: &mut impl Cluster) {
     let victim = c.ready_pods()[0].clone();
-    let load = Load::start(&c.client(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    c.delete_pod(&victim);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = Instant::now();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let tail = by_pod(&load.since(after));
-    let outcomes = load.stop().await;
-    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    let (_, tail) = under_load(c, |c| c.delete_pod(&victim)).await;
     assert!(!tail.contains_key(&victim), "{victim} still got calls: {tail:?}");
     assert_eq!(tail.keys().cloned().collect::<Vec<_>>(), sorted(c.ready_pods()), "{tail:?}");
 }
