@@ -8,11 +8,12 @@
 //!
 //! - [`proxy`]: the inbound HTTP/2 listener and the per-call policy — route by `:path`, apply the deadline, pick
 //!   an endpoint, forward frames untouched, retry only what is safe, and turn every failure into a gRPC status
-//!   ([`proxy::error`] is the one place that does that).
+//!   ([`proxy::error`] is the one place that does that). grpc-web and Connect callers are translated to gRPC
+//!   on the way in and back ([`proxy::web`], [`proxy::connect`]).
 //! - [`balance`]: the set of endpoints and the choice among them (power of two choices over Peak-EWMA latency),
 //!   with failure accrual (ejection).
-//! - [`pool`]: one multiplexed HTTP/2 connection per endpoint, kept up with backoff and keepalive, drained on
-//!   removal.
+//! - [`pool`]: one multiplexed HTTP/2 connection per endpoint (more only at the peer's stream limit), kept up
+//!   with backoff and keepalive, drained on removal.
 //! - [`discovery`]: the control path. A stream of endpoint sets from a `static:///` list or from the Kubernetes
 //!   EndpointSlice watcher; the balancer diffs each set against what it has.
 //!
