@@ -56,7 +56,7 @@ fn lease(sender: SendRequest<ReplayBody>, in_flight: &Arc<AtomicU32>) -> Lease {
 impl Connection {
     /// A handle for one call: the primary connection while the peer accepts more streams on it, else an extra
     /// connection with room. When every connection is at the peer's limit, one more is opened in the background
-    /// (at most [`MAX_OVERFLOW`]) and this call queues on the primary meanwhile, as hyper does.
+    /// (at most four) and this call queues on the primary meanwhile, as hyper does.
     pub fn lease(self: &Arc<Self>, primary: SendRequest<ReplayBody>) -> Lease {
         if (self.primary_in_flight.load(Relaxed) as usize) < self.primary_max_streams.load(Relaxed) {
             return lease(primary, &self.primary_in_flight);

@@ -1,6 +1,6 @@
 //! The `server` role: the backend HelloService pod, and the test fixture behind the sidecar.
 //!
-//! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else "Hello, <name>!" and code 200.
+//! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else `Hello, <name>!` and code 200.
 //! - Every answer (errors too) carries `x-hello-pod` (which pod answered) and `x-hello-peer` (the caller's
 //!   address, i.e. which connection carried the call).
 //! - Fault knobs, off by default ([`faults`]): delay, jitter, error rate with a chosen status, and per-call
