@@ -50,7 +50,12 @@ impl ResponseBody {
 
     /// A plain-text body.
     pub fn text(s: String) -> Self {
-        Self::Local(Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed_unsync())
+        Self::bytes(Bytes::from(s))
+    }
+
+    /// A whole body made here.
+    pub fn bytes(b: Bytes) -> Self {
+        Self::Local(Full::new(b).map_err(|e: Infallible| match e {}).boxed_unsync())
     }
 
     /// Any other body (tonic's local services).

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -132,11 +131,4 @@ fn parse_ms(v: &str) -> Option<Duration> {
     (!v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
         .then(|| v.parse().ok().map(Duration::from_millis))
         .flatten()
-}
-
-impl ResponseBody {
-    /// A whole body.
-    pub fn bytes(b: Bytes) -> Self {
-        Self::local(Full::new(b))
-    }
 }
