@@ -42,6 +42,8 @@ async fn grpc_web_binary_over_http1_and_http2() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.headers["content-type"], "application/grpc-web+proto");
         assert_eq!(r.headers["access-control-allow-origin"], "http://app.test");
+        // A browser that sends cookies needs credentials allowed, for the echoed origin only.
+        assert_eq!(r.headers["access-control-allow-credentials"], "true");
         let (data, trailers) = web_frames(&r.body);
         let reply = hello_sidecar::pb::HelloResponse::decode(&data[0][..]).expect("reply");
         assert_eq!(reply.message, "Hello, web!");
@@ -156,5 +158,6 @@ async fn browsers_get_cors_preflights_answered() {
     let res = tx.send_request(req).await.expect("response");
     assert_eq!(res.status(), 204);
     assert_eq!(res.headers()["access-control-allow-origin"], "http://app.test");
+    assert_eq!(res.headers()["access-control-allow-credentials"], "true");
     assert!(res.headers()["access-control-allow-methods"].to_str().unwrap_or("").contains("POST"));
 }

@@ -64,8 +64,20 @@ pub fn trailers_frame(trailers: &HeaderMap) -> Bytes {
 }
 
 /// CORS headers added to every grpc-web and Connect response (the port is loopback-only, so any origin may call).
+///
+/// The caller's `Origin` is echoed, with `Access-Control-Allow-Credentials: true`, so a browser client that sends
+/// cookies (`credentials: "include"`) is allowed; without an `Origin` the answer is `*`, never with credentials,
+/// as the Fetch standard forbids that pair.
 pub fn add_cors(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.cloned().unwrap_or(HeaderValue::from_static("*")));
+    match origin {
+        Some(origin) => {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        None => {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+    }
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin, x-hello-pod, x-hello-peer"),
