@@ -85,6 +85,14 @@ pub struct SidecarArgs {
     /// core (most throughput under heavy concurrency).
     #[arg(long, env = "HELLO_SIDECAR_THREADS", default_value = "1")]
     pub threads: usize,
+    /// Largest header or trailer block passed through, in bytes as HTTP/2 counts them (name + value + 32 per
+    /// field); a larger one ends the call with RESOURCE_EXHAUSTED naming the size. Envoy's default is 60 KiB.
+    #[arg(long, env = "HELLO_SIDECAR_MAX_HEADER_BYTES", default_value = "65536", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_header_bytes: u32,
+    /// Silence on a backend connection with calls open after which an HTTP/2 PING checks the peer. Never sent
+    /// while no call is open; doubled after a GOAWAY too_many_pings. Stock gRPC servers accept one per 5 minutes; 0 turns PINGs off.
+    #[arg(long, env = "HELLO_SIDECAR_KEEPALIVE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,

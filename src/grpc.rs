@@ -108,6 +108,19 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
+/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
+/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
+pub fn code_of_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
 /// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers).
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     let v = headers.get("grpc-status")?.to_str().ok()?;

@@ -70,7 +70,12 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     let settings = balance::Settings {
-        pool: pool::Settings { connect_timeout: args.connect_timeout, ..Default::default() },
+        pool: pool::Settings {
+            connect_timeout: args.connect_timeout,
+            keepalive_interval: args.keepalive_interval,
+            max_header_list_bytes: proxy::h2_header_list_limit(args.max_header_bytes),
+            ..Default::default()
+        },
         eject_after: args.eject_after,
         ewma_decay: args.ewma_decay,
     };
@@ -144,6 +149,7 @@ pub async fn start(
         max_concurrent_calls: args.max_concurrent_calls,
         max_message_bytes: args.max_message_bytes,
         retry_budget: args.retry_budget,
+        max_header_bytes: args.max_header_bytes,
     };
     let proxy = Arc::new(Proxy::new(
         config,

@@ -133,6 +133,7 @@ async fn the_sidecar_routes_and_refuses_by_the_contract() {
 
     let h1 = raw_request(sidecar.addr, false, "/hello.v1.HelloService/SayHello", &grpc, body.clone()).await;
     assert_eq!(h1.status, 426, "{h1:?}");
+    assert_eq!(h1.headers.get("upgrade").map(|v| v.as_bytes()), Some(&b"h2c"[..]), "RFC 9110 §15.5.22: {h1:?}");
     assert!(String::from_utf8_lossy(&h1.body).contains("HTTP/2"));
 
     let bad_timeout = [("content-type", "application/grpc"), ("grpc-timeout", "soon")];

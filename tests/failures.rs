@@ -102,16 +102,20 @@ async fn nothing_reachable_is_unavailable_naming_the_target_never_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unavailable_without_a_body_is_retried_on_another_backend() {
+async fn unavailable_from_a_backend_is_passed_through_never_retried_by_default() {
+    // gRFC A6: a status the application answered is retried only by an explicit policy, never transparently.
     let bad = Backend::start("always-unavailable", &["--error-rate", "1", "--error-code", "UNAVAILABLE"]);
     let good = Backend::start("good", &[]);
     let sidecar = Sidecar::start(&Sidecar::static_target(&[&bad, &good]), &[]);
     sidecar.wait_ready_endpoints(2);
     let outcomes = calls(&sidecar.client(), 20, 1, None).await;
-    assert!(outcomes.iter().all(|o| o.code == Code::Ok), "{outcomes:?}");
-    assert_eq!(by_pod(&outcomes).keys().collect::<Vec<_>>(), ["good"]);
+    let unavailable: Vec<_> = outcomes.iter().filter(|o| o.code == Code::Unavailable).collect();
+    assert!(!unavailable.is_empty(), "{outcomes:?}");
+    assert!(unavailable.iter().all(|o| o.message == "injected by --error-rate"), "{unavailable:?}");
+    let handled = |b: &Backend| metric(&http_get(b.admin, "/metrics").unwrap_or_default(), "hello_server_calls_total");
+    assert_eq!(handled(&bad) + handled(&good), 20, "every call ran exactly once");
     let m = sidecar.metrics();
-    assert!(metric(&m, "hello_sidecar_retries_total{reason=\"unavailable\"}") > 0, "{m}");
+    assert_eq!(metric(&m, "hello_sidecar_retries_total{reason=\"transparent\"}"), 0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +126,7 @@ async fn other_statuses_are_never_retried() {
     let outcomes = calls(&sidecar.client(), 5, 1, None).await;
     assert!(outcomes.iter().all(|o| o.code == Code::Internal), "{outcomes:?}");
     let m = sidecar.metrics();
-    assert_eq!(metric(&m, "hello_sidecar_retries_total{reason=\"unavailable\"}"), 0);
-    assert_eq!(metric(&m, "hello_sidecar_retries_total{reason=\"connect_error\"}"), 0);
+    assert_eq!(metric(&m, "hello_sidecar_retries_total{reason=\"transparent\"}"), 0);
     assert_eq!(failing.connections(), 1);
 }
 

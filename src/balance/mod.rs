@@ -159,15 +159,20 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint for one attempt, skipping `exclude` (endpoints this call already failed on). Waits for
-    /// one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
-    pub async fn pick(&self, exclude: &[SocketAddr], wait_until: Instant) -> Result<Picked, NoEndpoint> {
+    /// Picks an endpoint for one attempt, avoiding `avoid` (endpoints that refused this call) while another one
+    /// is usable: a refused stream never reached the application, so the same endpoint may take the retry when
+    /// it is the only one. Waits for one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
+    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: Instant) -> Result<Picked, NoEndpoint> {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
             let set = self.snapshot();
             let now = Instant::now();
-            if let Some(p) = choose(&set, exclude, now, false).or_else(|| choose(&set, exclude, now, true)) {
+            let picked = choose(&set, avoid, now, false)
+                .or_else(|| choose(&set, avoid, now, true))
+                .or_else(|| choose(&set, &[], now, false))
+                .or_else(|| choose(&set, &[], now, true));
+            if let Some(p) = picked {
                 return Ok(p);
             }
             let waited = tokio::time::timeout_at(wait_until.into(), changes.changed()).await;

@@ -84,7 +84,7 @@ impl Connection {
 
 /// Opens one extra connection, lends it out while it is needed, and lets it close once idle.
 async fn open_overflow(conn: Arc<Connection>) {
-    let result = connect(conn.addr, &conn.settings).await;
+    let result = connect(conn.addr, &conn.settings, conn.keepalive_interval()).await;
     let (tx, driver) = match result {
         Ok(c) => c,
         Err(e) => {
@@ -113,7 +113,10 @@ async fn open_overflow(conn: Arc<Connection>) {
     let mut idle_since = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = &mut driver => return,
+            res = &mut driver => {
+                conn.closed(res.as_ref().err());
+                return;
+            }
             _ = limits.tick() => {
                 max_streams.store(driver.current_max_send_streams(), Relaxed);
                 if in_flight.load(Relaxed) != 0 {

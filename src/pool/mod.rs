@@ -8,6 +8,14 @@
 //! A second connection is opened only when the peer's max-concurrent-streams is reached on the first one
 //! ([`Connection::lease`]), and closed again once idle.
 //!
+//! Keepalive (DESIGN §3, gRFC A8): stock servers police PINGs. grpc-go and gRPC-core allow one PING per 5 minutes
+//! and none while no stream is open; past that they answer GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings" and close
+//! the connection with every stream on it. So HTTP/2 PINGs go out only while streams are open, every
+//! [`Settings::keepalive_interval`] of silence (5 min by default, the stock servers' minimum), and a
+//! `too_many_pings` GOAWAY doubles that endpoint's interval, as grpc-go's client does. A dead host is found
+//! sooner by TCP keepalive and `TCP_USER_TIMEOUT`, which the kernel handles below HTTP/2 where no server can
+//! object; a hung process (alive to TCP) is the balancer's business, through deadlines and failure accrual.
+//!
 //! Draining: when discovery removes an endpoint, [`Connection::retire`] stops reconnects and drops the published
 //! handle. hyper closes an HTTP/2 client connection once every handle is gone and its last stream has finished,
 //! so calls in flight complete and no new call can start there.
@@ -16,7 +24,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -29,8 +37,10 @@ use tracing::{debug, info, warn};
 
 use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics};
 
+mod failure;
 mod lease;
 
+pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, Overflow};
 
@@ -43,10 +53,14 @@ pub struct Settings {
     pub min_backoff: Duration,
     /// Largest reconnect delay.
     pub max_backoff: Duration,
-    /// Interval of HTTP/2 PINGs that detect a dead peer.
+    /// Silence on a connection with open streams after which an HTTP/2 PING checks the peer (never while no
+    /// stream is open). Doubled per endpoint after a `too_many_pings` GOAWAY.
     pub keepalive_interval: Duration,
     /// A PING unanswered this long closes the connection.
     pub keepalive_timeout: Duration,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE advertised to backends: the largest response header or trailer block
+    /// accepted, in bytes as RFC 7541 §4.1 counts them (name + value + 32 per field).
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for Settings {
@@ -55,11 +69,26 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(1),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
+            keepalive_interval: STOCK_MIN_PING_INTERVAL,
             keepalive_timeout: Duration::from_secs(20),
+            max_header_list_bytes: 1 << 20,
         }
     }
 }
+
+/// The shortest PING interval that grpc-go and gRPC-core servers accept by default
+/// (`keepalive.EnforcementPolicy.MinTime`, `grpc.http2.min_ping_interval_without_data_ms`).
+pub const STOCK_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// The longest a doubled keepalive interval grows.
+const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// TCP keepalive: probes start after this much idle time…
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// …and repeat this often, `TCP_KEEPALIVE_PROBES` times, before the kernel drops the connection.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// Data written but unacknowledged this long drops the connection (Linux `TCP_USER_TIMEOUT`): keepalive probes
+/// do not run while data is in flight.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the connection of an endpoint is doing now.
 #[derive(Debug, Clone)]
@@ -102,6 +131,8 @@ pub struct Connection {
     primary_max_streams: AtomicUsize,
     /// Extra connections, opened only while the peer's max-concurrent-streams is reached on the others.
     overflow: Mutex<Overflow>,
+    /// The keepalive interval of this endpoint's next connections, in milliseconds (doubled by `too_many_pings`).
+    keepalive_ms: AtomicU64,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -124,6 +155,7 @@ impl Connection {
             primary_in_flight: Arc::default(),
             primary_max_streams: AtomicUsize::new(usize::MAX),
             overflow: Mutex::default(),
+            keepalive_ms: AtomicU64::new(settings.keepalive_interval.as_millis() as u64),
             settings: settings.clone(),
             metrics: metrics.clone(),
         });
@@ -156,6 +188,34 @@ impl Connection {
         self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.clear();
     }
 
+    /// The keepalive interval the next connection to this endpoint uses.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms.load(Relaxed))
+    }
+
+    /// Notes how a connection ended: a `too_many_pings` GOAWAY doubles the keepalive interval (grpc-go's client
+    /// does the same), so the next connection stays within the peer's ping policy.
+    fn closed(&self, error: Option<&hyper::Error>) {
+        let Some(e) = error else {
+            debug!(addr = %self.addr, "connection closed by the peer");
+            return;
+        };
+        if calm_goaway(e) {
+            let now = self.keepalive_interval();
+            let next = now.saturating_mul(2).min(MAX_KEEPALIVE_INTERVAL);
+            self.keepalive_ms.store(next.as_millis() as u64, Relaxed);
+            self.metrics.keepalive_goaways.fetch_add(1, Relaxed);
+            warn!(
+                addr = %self.addr,
+                error = %crate::error_chain(e),
+                keepalive_interval = ?next,
+                "the peer closed the connection over our PINGs (too_many_pings); doubled the keepalive interval"
+            );
+        } else {
+            info!(addr = %self.addr, error = %crate::error_chain(e), "connection closed");
+        }
+    }
+
     fn set(&self, state: State) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
@@ -173,7 +233,7 @@ async fn maintain(
     let mut failures: u32 = 0;
     while !*stop.borrow() {
         conn.set(State::Connecting);
-        match connect(addr, &settings).await {
+        match connect(addr, &settings, conn.keepalive_interval()).await {
             Ok((tx, driver)) => {
                 metrics.connects_ok.fetch_add(1, Relaxed);
                 breaker.record_success();
@@ -187,7 +247,7 @@ async fn maintain(
                 let retired = loop {
                     tokio::select! {
                         res = &mut driver => {
-                            if let Err(e) = res { info!(%addr, error = %crate::error_chain(&e), "connection closed") }
+                            conn.closed(res.as_ref().err());
                             break false;
                         }
                         _ = stop.wait_for(|s| *s) => break true,
@@ -255,15 +315,22 @@ pub enum ConnectError {
 
 type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
 
-async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
+async fn connect(
+    addr: SocketAddr,
+    settings: &Settings,
+    keepalive: Duration,
+) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
+        tcp_keepalive(&tcp)?;
         let (tx, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
             .keep_alive_timeout(settings.keepalive_timeout)
-            .keep_alive_while_idle(true)
+            // No PINGs without open streams: stock servers count them as abuse (see the module doc).
+            .keep_alive_while_idle(false)
+            .max_header_list_size(settings.max_header_list_bytes)
             // Large fixed windows, not adaptive ones: h2 sizes its small-DATA-frame flood budget from the
             // connection window, and at the 64 KiB an adaptive window starts from, a few hundred unread gRPC
             // replies (each a small frame before its trailers) already count as a flood and close the connection.
@@ -276,6 +343,19 @@ async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<R
     tokio::time::timeout(settings.connect_timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(settings.connect_timeout))?
+}
+
+/// Kernel-level liveness checks on a backend connection (see the module doc), invisible to the HTTP/2 peer.
+fn tcp_keepalive(tcp: &TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
 }
 
 #[cfg(test)]

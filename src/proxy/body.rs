@@ -8,6 +8,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,6 +25,7 @@ use crate::{
     BoxError,
     grpc::{encode_message, status_of},
     proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
+    telemetry::metrics::Metrics,
 };
 
 /// What the inbound server sends back.
@@ -105,6 +107,8 @@ pub struct UpstreamBody {
     header_code: Option<Code>,
     record: CallRecord,
     request: ReplayBody,
+    /// `--max-header-bytes`, checked against the trailers, and the metrics that count a refusal.
+    limits: (u32, Arc<Metrics>),
     done: bool,
 }
 
@@ -117,8 +121,9 @@ impl UpstreamBody {
         header_code: Option<Code>,
         record: CallRecord,
         request: ReplayBody,
+        limits: (u32, Arc<Metrics>),
     ) -> Self {
-        Self { inner: Some(inner), deadline, timeout, header_code, record, request, done: false }
+        Self { inner: Some(inner), deadline, timeout, header_code, record, request, limits, done: false }
     }
 
     fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -154,6 +159,16 @@ impl Body for UpstreamBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
+                    let (limit, size) = (this.limits.0, super::forward::header_list_size(trailers));
+                    if size > limit {
+                        this.limits.1.headers_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let msg = format!(
+                            "response trailers from the backend are {size} bytes, over the sidecar's limit of {limit} \
+                             bytes (--max-header-bytes)"
+                        );
+                        tracing::warn!(endpoint = %this.record.endpoint().addr, "{msg}");
+                        return this.end_with(Code::ResourceExhausted, &msg);
+                    }
                     let code = status_of(trailers).unwrap_or(Code::Unknown);
                     this.done = true;
                     this.inner = None;

@@ -46,6 +46,15 @@ impl Attempt {
     }
 }
 
+impl Attempt {
+    /// Ends the attempt with no verdict on the endpoint: the request never reached its application (a refused
+    /// stream, above a GOAWAY's last-stream-id), which says nothing about the endpoint's health.
+    pub fn release(mut self) {
+        self.finished = true;
+        self.endpoint.load.finish();
+    }
+}
+
 impl Drop for Attempt {
     fn drop(&mut self) {
         self.finish(Code::Cancelled);

@@ -8,7 +8,12 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use tonic::Code;
 
-use crate::{balance::NoEndpoint, grpc::encode_message, proxy::body::ResponseBody};
+use crate::{
+    balance::NoEndpoint,
+    grpc::{code_of_reset, encode_message},
+    pool::SendFailure,
+    proxy::body::ResponseBody,
+};
 
 /// What the sidecar answers instead of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +24,25 @@ pub enum ProxyError {
     /// The call's deadline passed before the backend answered.
     #[error("deadline exceeded after {0:?} (grpc-timeout or the sidecar's default)")]
     DeadlineExceeded(Duration),
-    /// The backend's connection failed before it answered, and no retry was allowed.
+    /// The attempt failed before the backend answered, and it could not (or may not) be sent again.
     #[error("upstream {addr}: {error}")]
     Upstream {
         /// The endpoint.
         addr: std::net::SocketAddr,
-        /// What failed.
+        /// What kind of failure, which decides the status.
+        failure: SendFailure,
+        /// What failed, with its causes.
         error: String,
+    },
+    /// A header or trailer block over `--max-header-bytes` (RFC 7541 §4.1 sizes).
+    #[error("{what} is {size} bytes, over the sidecar's limit of {limit} bytes (--max-header-bytes)")]
+    HeadersTooLarge {
+        /// Which block: request metadata, response headers or trailers.
+        what: &'static str,
+        /// Its size.
+        size: u32,
+        /// The limit.
+        limit: u32,
     },
     /// A request message is larger than the limit.
     #[error("grpc: received message larger than max ({size} vs. {limit})")]
@@ -65,7 +82,10 @@ impl ProxyError {
     /// The gRPC status code of this answer. HTTP-level rejections (415, 426) count as `INTERNAL` in metrics.
     pub fn code(&self) -> Code {
         match self {
-            ProxyError::NoEndpoint(_) | ProxyError::Upstream { .. } => Code::Unavailable,
+            ProxyError::NoEndpoint(_) => Code::Unavailable,
+            ProxyError::Upstream { failure: SendFailure::Reset(reason), .. } => code_of_reset(*reason),
+            ProxyError::Upstream { .. } => Code::Unavailable,
+            ProxyError::HeadersTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
             ProxyError::Unimplemented(_) => Code::Unimplemented,
@@ -85,6 +105,12 @@ impl ProxyError {
             let mut res = Response::new(ResponseBody::text(format!("{self}\n")));
             *res.status_mut() = status;
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            if status == StatusCode::UPGRADE_REQUIRED {
+                // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to. gRPC needs HTTP/2; in cleartext that
+                // is `h2c` (with prior knowledge, as gRPC clients connect).
+                res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
             return res;
         }
         status_response(self.code(), &self.to_string())

@@ -1,9 +1,13 @@
-//! Forwarding one call: deadline, endpoint choice, safe retries, and the hand-off of the response stream.
+//! Forwarding one call: deadline, endpoint choice, transparent retries, and the hand-off of the response stream.
 //!
-//! Retry rule (DESIGN §4): only when the request never reached a backend's application — the attempt failed before
-//! any response header (connect error, reset, `REFUSED_STREAM`, GOAWAY) or the backend answered `UNAVAILABLE`
-//! with no body — and only while the request body is still kept (≤ 64 KiB), the budget allows, and the deadline
-//! has not passed. Never after the first response byte has gone to the client.
+//! Retry rule (DESIGN §4, gRFC A6 "transparent retry"): an attempt is sent again only when the request cannot
+//! have reached the backend's application — it was never written (the connection closed first), the peer refused
+//! the stream (`REFUSED_STREAM`), or it was above a GOAWAY's last-stream-id (RFC 9113 §8.7). Such a failure is not
+//! the endpoint's fault, and the same endpoint may take the retry on a new stream or connection. Anything that may
+//! have reached the application is never re-sent: a reset or a lost connection after the request was written
+//! fails the call with its cause (the caller decides), and a status the backend answered — `UNAVAILABLE` too —
+//! is passed through unchanged and at once. Every retry also needs the request body still kept (≤ 64 KiB), the
+//! budget, and time before the deadline; none happens after the first response byte.
 
 use std::{
     net::SocketAddr,
@@ -18,6 +22,7 @@ use tonic::Code;
 use crate::{
     balance::Picked,
     grpc::{encode_timeout, parse_timeout, status_of},
+    pool::{self, SendFailure},
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
@@ -30,11 +35,11 @@ use crate::{
 
 /// Request bytes kept for a retry; a larger body is streamed without retries.
 const RETRY_BUFFER: usize = 64 * 1024;
-/// Tries of one call at most (the first one included).
-const MAX_ATTEMPTS: usize = 3;
+/// Attempts of one call at most (the first one included); only transparent retries add attempts.
+const MAX_ATTEMPTS: usize = 5;
 
 impl Proxy {
-    /// Forwards a HelloService call and answers every failure with the right status.
+    /// Forwards a call and answers every failure with the right status.
     pub(super) async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
@@ -42,7 +47,12 @@ impl Proxy {
             Ok(res) => res,
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
-                tracing::debug!(%method, error = %e, "call failed at the sidecar");
+                if let ProxyError::HeadersTooLarge { .. } = e {
+                    self.metrics.headers_too_large.fetch_add(1, Relaxed);
+                    tracing::warn!(%method, error = %e, "call refused at the sidecar");
+                } else {
+                    tracing::debug!(%method, error = %e, "call failed at the sidecar");
+                }
                 e.into_response()
             }
         }
@@ -59,6 +69,14 @@ impl Proxy {
                 .ok_or_else(|| ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned()))?,
             None => self.config.default_timeout,
         };
+        let size = header_list_size(req.headers());
+        if size > self.config.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                what: "request metadata",
+                size,
+                limit: self.config.max_header_bytes,
+            });
+        }
         let deadline = start + timeout;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             self.metrics.overloaded.fetch_add(1, Relaxed);
@@ -66,12 +84,16 @@ impl Proxy {
         })?;
         self.budget.deposit();
 
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // gRPC over HTTP/2 requires `te: trailers`; stock servers (grpcio) reset a request without it, so it is
+        // sent whatever the caller omitted (curl and some HTTP libraries do).
+        parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         let origin = ReplayBody::new(body, RETRY_BUFFER, self.config.max_message_bytes);
         let wait_until = deadline.min(start + self.config.failfast_timeout);
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        // Endpoints that refused this call: avoided by the next pick while another one is usable.
+        let mut refused_by: Vec<SocketAddr> = Vec::new();
         loop {
-            let Picked { endpoint, sender } = self.balancer.pick(&tried, wait_until).await?;
+            let Picked { endpoint, sender } = self.balancer.pick(&refused_by, wait_until).await?;
             let lease = endpoint.conn.lease(sender);
             let mut sender = lease.sender.clone();
             let Some(view) = origin.replay() else {
@@ -91,42 +113,48 @@ impl Proxy {
             }
 
             let mut attempt = Attempt::begin(endpoint.clone(), lease);
-            let sent = tokio::time::timeout_at(deadline.into(), sender.send_request(upstream)).await;
+            let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
                     endpoint.load.observe(now.elapsed());
                     attempt.finish(Code::DeadlineExceeded);
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(mut e)) => {
                     if let Some((size, limit)) = origin.too_large() {
                         attempt.finish(Code::ResourceExhausted);
                         return Err(ProxyError::TooLarge { size, limit });
                     }
-                    attempt.finish(Code::Unavailable);
-                    if self.may_retry(&origin, &mut tried, endpoint.addr, deadline) {
-                        self.metrics.retries_connect.fetch_add(1, Relaxed);
-                        tracing::debug!(endpoint = %endpoint.addr, error = %crate::error_chain(&e), "retrying on another endpoint");
-                        continue;
+                    let failure = match e.take_message() {
+                        // Handed back unsent: the connection closed before the request was written.
+                        Some(_) => SendFailure::Unprocessed,
+                        None => pool::classify(e.error()),
+                    };
+                    let error = crate::error_chain(e.error());
+                    if failure == SendFailure::Unprocessed {
+                        attempt.release();
+                        if self.may_retry(&origin, &mut refused_by, endpoint.addr, deadline) {
+                            self.metrics.retries_transparent.fetch_add(1, Relaxed);
+                            tracing::debug!(endpoint = %endpoint.addr, %error, "transparent retry: the request never reached the application");
+                            continue;
+                        }
+                    } else {
+                        attempt.finish(Code::Unavailable);
                     }
-                    return Err(ProxyError::Upstream { addr: endpoint.addr, error: crate::error_chain(&e) });
+                    return Err(ProxyError::Upstream { addr: endpoint.addr, failure, error });
                 }
                 Ok(Ok(res)) => res,
             };
             endpoint.load.observe(now.elapsed());
-            let header_code = status_of(res.headers());
-            let trailers_only = res.body().is_end_stream();
-            if trailers_only && header_code == Some(Code::Unavailable) {
-                attempt.finish(Code::Unavailable);
-                if self.may_retry(&origin, &mut tried, endpoint.addr, deadline) {
-                    self.metrics.retries_unavailable.fetch_add(1, Relaxed);
-                    continue;
-                }
-                let code = Code::Unavailable;
-                self.metrics.record_call(&method, code, start.elapsed());
-                return Ok(res.map(|_| ResponseBody::empty()));
+            let size = header_list_size(res.headers());
+            if size > self.config.max_header_bytes {
+                attempt.finish(Code::ResourceExhausted);
+                let limit = self.config.max_header_bytes;
+                return Err(ProxyError::HeadersTooLarge { what: "response headers from the backend", size, limit });
             }
-            if trailers_only {
+            let header_code = status_of(res.headers());
+            if res.body().is_end_stream() {
+                // Trailers-Only: the status is in the headers, passed through unchanged.
                 let code = header_code.unwrap_or(Code::Unknown);
                 attempt.finish(code);
                 self.metrics.record_call(&method, code, start.elapsed());
@@ -134,30 +162,46 @@ impl Proxy {
             }
             let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
             let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+            let limits = (self.config.max_header_bytes, self.metrics.clone());
             return Ok(res.map(|body| {
-                ResponseBody::Upstream(Box::new(UpstreamBody::new(body, sleep, timeout, header_code, record, origin)))
+                ResponseBody::Upstream(Box::new(UpstreamBody::new(
+                    body,
+                    sleep,
+                    timeout,
+                    header_code,
+                    record,
+                    origin,
+                    limits,
+                )))
             }));
         }
     }
 
-    /// Whether the call may be tried again, elsewhere; records the failed endpoint when it may.
+    /// Whether the call may be sent again; notes the endpoint that refused it when it may.
     fn may_retry(
         &self,
         origin: &ReplayBody,
-        tried: &mut Vec<SocketAddr>,
-        failed: SocketAddr,
+        refused_by: &mut Vec<SocketAddr>,
+        refused: SocketAddr,
         deadline: Instant,
     ) -> bool {
-        if tried.len() + 1 >= MAX_ATTEMPTS || Instant::now() >= deadline || origin.replay().is_none() {
+        if refused_by.len() + 1 >= MAX_ATTEMPTS || Instant::now() >= deadline || origin.replay().is_none() {
             return false;
         }
         if !self.budget.withdraw() {
             self.metrics.retries_refused_by_budget.fetch_add(1, Relaxed);
             return false;
         }
-        tried.push(failed);
+        refused_by.push(refused);
         true
     }
+}
+
+/// The size of a header block as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2, RFC
+/// 7541 §4.1): name + value + 32 bytes per field.
+pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
+    let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers.

@@ -60,6 +60,9 @@ pub struct Config {
     pub max_message_bytes: u64,
     /// Retries as a fraction of calls.
     pub retry_budget: f64,
+    /// Largest header or trailer block passed through, in RFC 7541 §4.1 bytes; larger ones get an explicit
+    /// `RESOURCE_EXHAUSTED` naming the size.
+    pub max_header_bytes: u32,
 }
 
 /// The proxy: everything a call needs, shared by every connection.
@@ -139,6 +142,10 @@ impl Proxy {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.config.max_concurrent_calls.saturating_add(64))
+            // h2 answers a header block over SETTINGS_MAX_HEADER_LIST_SIZE with a bare HTTP 431, which gRPC
+            // clients report as UNKNOWN. So h2's limit sits well above ours, and the call path refuses what is
+            // over ours with a gRPC status that names the size.
+            .max_header_list_size(h2_header_list_limit(self.config.max_header_bytes))
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let graceful = GracefulShutdown::new();
@@ -176,6 +183,12 @@ impl Proxy {
             warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
         }
     }
+}
+
+/// The SETTINGS_MAX_HEADER_LIST_SIZE given to h2 for a `--max-header-bytes` limit: four times it, at least
+/// 1 MiB, so that what is over the limit still reaches the code that answers it with a gRPC status.
+pub fn h2_header_list_limit(max_header_bytes: u32) -> u32 {
+    max_header_bytes.saturating_mul(4).max(1 << 20)
 }
 
 async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseBody> {

@@ -189,6 +189,9 @@ pub async fn run(
     };
     let serve = tonic::transport::Server::builder()
         .max_concurrent_streams(args.max_concurrent_streams)
+        // As grpc-go (16 MiB) rather than hyper's 16 KiB: the fixture stands for stock servers, which accept large
+        // metadata.
+        .http2_max_header_list_size(16 << 20)
         .add_service(health)
         .add_service(reflection)
         .add_service(HelloServiceServer::new(hello))

@@ -39,10 +39,13 @@ struct PerMethod {
 #[derive(Default)]
 pub struct Metrics {
     calls: Mutex<BTreeMap<String, PerMethod>>,
-    /// Calls retried on another endpoint, by reason.
-    pub retries_connect: AtomicU64,
-    /// Retries after an UNAVAILABLE with no body.
-    pub retries_unavailable: AtomicU64,
+    /// Transparent retries: attempts that never reached the backend's application (not sent, REFUSED_STREAM,
+    /// above a GOAWAY's last-stream-id), sent again.
+    pub retries_transparent: AtomicU64,
+    /// Backend connections closed by the peer's GOAWAY `too_many_pings` (our keepalive was doubled).
+    pub keepalive_goaways: AtomicU64,
+    /// Requests or responses refused because their header or trailer block was over `--max-header-bytes`.
+    pub headers_too_large: AtomicU64,
     /// Retries the budget refused.
     pub retries_refused_by_budget: AtomicU64,
     /// Endpoints ejected by failure accrual.
@@ -115,8 +118,8 @@ impl Metrics {
             );
         }
         drop(calls);
-        let retries = [("connect_error", &self.retries_connect), ("unavailable", &self.retries_unavailable)];
-        out.push_str("# HELP hello_sidecar_retries_total Calls retried on another endpoint, by reason.\n");
+        let retries = [("transparent", &self.retries_transparent)];
+        out.push_str("# HELP hello_sidecar_retries_total Attempts sent again, by reason (transparent: never reached the application).\n");
         out.push_str("# TYPE hello_sidecar_retries_total counter\n");
         for (reason, n) in retries {
             let _ = writeln!(out, "hello_sidecar_retries_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
@@ -128,6 +131,18 @@ impl Metrics {
             &self.retries_refused_by_budget,
         );
         counter(out, "hello_sidecar_ejections_total", "Endpoints ejected after consecutive failures.", &self.ejections);
+        counter(
+            out,
+            "hello_sidecar_keepalive_goaways_total",
+            "Backend connections closed by the peer's GOAWAY too_many_pings (the keepalive interval was doubled).",
+            &self.keepalive_goaways,
+        );
+        counter(
+            out,
+            "hello_sidecar_headers_too_large_total",
+            "Requests or responses refused because a header or trailer block was over --max-header-bytes.",
+            &self.headers_too_large,
+        );
         out.push_str("# HELP hello_sidecar_connects_total Connection attempts to endpoints, by result.\n");
         out.push_str("# TYPE hello_sidecar_connects_total counter\n");
         let _ = writeln!(out, "hello_sidecar_connects_total{{result=\"ok\"}} {}", self.connects_ok.load(Relaxed));

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod kind;
+pub mod raw_h2;
 pub mod scenarios;
 
 use std::{
@@ -278,7 +279,10 @@ pub async fn raw_request(
     }
     let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap_or_else(|e| panic!("{e}"));
     let res = if http2 {
-        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        // As large as the sidecar's own limit, so the tests see what the sidecar sends (hyper's default is 16 KiB).
+        let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(1 << 20)
+            .handshake(TokioIo::new(tcp))
             .await
             .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
         tokio::spawn(conn);

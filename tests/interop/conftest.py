@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -91,3 +92,13 @@ def cluster():
         }
     finally:
         procs.stop()
+
+
+@pytest.fixture(scope="session")
+def go_binaries():
+    """The Go example client and server (stock grpc-go), built offline from Debian's packages."""
+    if not shutil.which("go") or not shutil.which("protoc"):
+        pytest.skip("Go toolchain or protoc is not installed (scripts/install-test-deps)")
+    r = subprocess.run([str(ROOT / "examples" / "go" / "build.sh")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return ROOT / "examples" / "go" / "bin"

@@ -79,15 +79,6 @@ def test_node_example(cluster, node_example):
     assert "connect: DeadlineExceeded" in slow.stdout and "grpc-web: DeadlineExceeded" in slow.stdout, slow.stdout
 
 
-@pytest.fixture(scope="session")
-def go_binaries():
-    if not shutil.which("go") or not shutil.which("protoc"):
-        pytest.skip("Go toolchain or protoc is not installed (scripts/install-test-deps)")
-    r = run([str(EXAMPLES / "go" / "build.sh")], timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return EXAMPLES / "go" / "bin"
-
-
 def test_go_client_example(cluster, go_binaries):
     client = str(go_binaries / "hello-client")
     ok = run([client, "-addr", cluster["sidecar"], "-name", "go", "-n", "5"])
