@@ -153,8 +153,10 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
         return Ok(false);
     };
     if kind == "List" || (kind.ends_with("List") && node.get("items").is_some()) {
-        let Some(Node::Seq(items)) = node.get_mut("items") else {
-            return Err(format!("{kind} without a list of items"));
+        let items = match node.get_mut("items") {
+            Some(Node::Seq(items)) => items,
+            Some(Node::Null) => return Ok(false),
+            _ => return Err(format!("{kind} without a list of items")),
         };
         let mut changed = false;
         for (i, item) in items.iter_mut().enumerate() {
@@ -187,4 +189,54 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
 
 fn with_newline(text: &str) -> String {
     if text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> InjectArgs {
+        let cli = Cli::try_parse_from(["hello-sidecar", "inject"].iter().chain(extra)).unwrap();
+        let Command::Inject(args) = cli.command else { panic!("not inject") };
+        args
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: app, image: a}]\n";
+    const SERVICE: &str = "kind: Service  # as written\nmetadata: {name: s}\n";
+
+    #[test]
+    fn untouched_documents_are_written_back_byte_for_byte() {
+        let input = format!("---\n{POD}---\n{SERVICE}---\n\n");
+        let out = transform(&input, "stdin", &args(&["--target", "kubernetes:///hello.shop:grpc"])).unwrap();
+        let docs: Vec<&str> = out.text.split("---\n").collect();
+        assert_eq!(docs.len(), 2, "{}", out.text);
+        assert!(docs[0].contains("restartPolicy: Always"));
+        assert_eq!(docs[1], SERVICE);
+        assert_eq!(out.notes, ["document 2: Pod/p injected", "document 3: Service/s runs no pods; left as is"]);
+    }
+
+    #[test]
+    fn uninject_of_what_inject_wrote_gives_the_input_back() {
+        let injected = transform(POD, "stdin", &args(&["--target", "static:///10.0.0.1:80"])).unwrap().text;
+        let back = transform(&injected, "stdin", &args(&["--uninject"])).unwrap().text;
+        let parse = |t: &str| Document { text: t, line: 1 }.parse().unwrap();
+        assert_eq!(parse(&back), parse(POD));
+    }
+
+    #[test]
+    fn rbac_only_for_kubernetes_targets() {
+        let out = transform(POD, "stdin", &args(&["--target", "static:///10.0.0.1:80", "--rbac"])).unwrap();
+        assert!(!out.text.contains("kind: Role"));
+        assert!(out.notes.iter().any(|n| n.contains("no RBAC is needed")));
+    }
+
+    #[test]
+    fn a_bad_document_is_named() {
+        let err = transform(&format!("{POD}---\na: [\n"), "in.yaml", &args(&["--target", "static:///1.2.3.4:80"]));
+        let msg = err.unwrap_err().to_string();
+        assert!(msg.starts_with("in.yaml: document 2 (from line 7): line 7 "), "{msg}");
+    }
 }
