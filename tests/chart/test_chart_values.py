@@ -84,6 +84,11 @@ def test_every_sidecar_flag_is_a_value_and_reaches_the_sidecar():
     client = find(docs, "Deployment", "release-hello-sidecar-client")[0]
     sidecar = init_container(client["spec"]["template"]["spec"])
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    # A new sidecar flag needs: a sidecar.<camelCase> value, its schema, its env var in _helpers.tpl, and a
+    # setting in ci/monitored-values.yaml. --route (repeatable) is the `routes` list, rendered as arguments.
+    flags = [f for f in flags if f != "route"]
+    route_args = [a for a in sidecar["args"] if a.startswith("--route=")]
+    assert route_args == [f"--route={r['service']}={r['target']}" for r in MONITORED["sidecar"]["routes"]]
     for flag in flags:
         key = "adminPort" if flag == "admin" else camel(flag)
         assert key in defaults, f"--{flag}: no sidecar.{key} in values.yaml"
