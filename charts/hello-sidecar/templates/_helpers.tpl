@@ -150,6 +150,10 @@ app and stops after it. Every flag comes from .Values.sidecar. Use it from a cha
       value: {{ $s.retryBudget | quote }}
     - name: HELLO_SIDECAR_EJECT_AFTER
       value: {{ $s.ejectAfter | quote }}
+    - name: HELLO_SIDECAR_MAX_HEADER_BYTES
+      value: {{ int64 $s.maxHeaderBytes | quote }}
+    - name: HELLO_SIDECAR_KEEPALIVE_INTERVAL
+      value: {{ $s.keepaliveInterval | quote }}
     - name: HELLO_SIDECAR_EWMA_DECAY
       value: {{ $s.ewmaDecay | quote }}
     - name: HELLO_SIDECAR_THREADS
