@@ -3,9 +3,12 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first: edits to src/ reuse this layer.
+# Dependencies first: edits to src/ reuse this layer. Cargo reads every target the manifest names before it
+# builds anything, so the `[[bench]]` sources come along (they are not compiled by `cargo build`).
+# scripts/docker_replay.py replays this stage in the test command: a file missing here fails the tests.
 COPY Cargo.toml Cargo.lock build.rs rustfmt.toml ./
 COPY proto proto
+COPY benches benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src

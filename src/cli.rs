@@ -39,6 +39,8 @@ pub enum Command {
     Call(CallArgs),
     /// Simulate a whole cluster on this machine: API stand-in, pods, sidecar and traffic.
     Demo(DemoArgs),
+    /// Add the sidecar to Kubernetes workloads in YAML (file or stdin) and print them; `--rbac` adds the RBAC.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Flags of `sidecar`.

@@ -25,6 +25,7 @@
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/debug/endpoints`; [`telemetry`]: logs and Prometheus metrics.
 //! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers;
 //!   [`sidecar`]: wiring of the sidecar role; [`shutdown`]: SIGTERM handling.
+//! - [`inject`]: the `inject` subcommand — adds the sidecar to Kubernetes workload YAML.
 
 pub mod admin;
 pub mod balance;
@@ -33,6 +34,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod grpc;
+pub mod inject;
 pub mod kube_standin;
 pub mod pool;
 pub mod proxy;

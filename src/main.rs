@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hello_sidecar::{
     cli::{Cli, Command},
-    client, demo, server, shutdown, sidecar, telemetry,
+    client, demo, inject, server, shutdown, sidecar, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -24,6 +24,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `inject` is a filter: no runtime, no logs, YAML on stdout, one line and exit 2 for bad input.
+    if let Command::Inject(args) = &cli.command {
+        return match inject::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // The demo's story is on stdout; its logs stay quiet unless RUST_LOG asks.
     // The API outage it stages makes kube's client log errors; the demo narrates that outage itself.
     let default_level =
@@ -97,6 +107,7 @@ async fn run(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Inject(_) => ExitCode::SUCCESS, // handled before the runtime starts
     }
 }
 

@@ -1,7 +1,7 @@
 // Call HelloService through the sidecar from Node, three ways: gRPC with @grpc/grpc-js (one client, a deadline
 // per call, codes told apart), then Connect and gRPC-web with @connectrpc/connect-node. The schema comes from
-// hello.proto at run time (no code generation step).
-//   node client.js [addr] [name]
+// hello.proto at run time (no code generation step). Exits 1 when any call fails, so a script can rely on it.
+//   node client.js [addr] [name]        (Node 20 or newer: "engines" in package.json)
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -23,6 +23,7 @@ function grpcCall(client, who) {
   return new Promise((resolve) => {
     client.SayHello({ name: who }, { deadline: new Date(Date.now() + 2000) }, (err, reply) => {
       if (!err) return resolve(`grpc: ${reply.message} (code ${reply.code})`);
+      process.exitCode = 1;
       const kind = { [grpc.status.INVALID_ARGUMENT]: "bad request", [grpc.status.UNAVAILABLE]: "no backend",
         [grpc.status.DEADLINE_EXCEEDED]: "too slow" }[err.code] || "error";
       resolve(`grpc: ${grpc.status[err.code]} (${kind}): ${err.details}`);
@@ -40,6 +41,7 @@ async function connectCall(label, transport, who) {
     const reply = await client.sayHello({ name: who }, { timeoutMs: 2000 });
     return `${label}: ${reply.message} (code ${reply.code})`;
   } catch (e) {
+    process.exitCode = 1;
     const err = ConnectError.from(e);
     return `${label}: ${Code[err.code]}: ${err.rawMessage}`;
   }

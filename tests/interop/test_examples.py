@@ -74,6 +74,7 @@ def test_node_example(cluster, node_example):
     assert "grpc: INVALID_ARGUMENT (bad request): name is required" in bad.stdout, bad.stdout
     assert "connect: InvalidArgument: name is required" in bad.stdout, bad.stdout
     assert "grpc-web: InvalidArgument: name is required" in bad.stdout, bad.stdout
+    assert bad.returncode == 1, "a failed call makes the example exit non-zero"
     slow = run(["node", "client.js", cluster["hung_sidecar"], "node"], cwd=node_example)
     assert "grpc: DEADLINE_EXCEEDED (too slow)" in slow.stdout, slow.stdout
     assert "connect: DeadlineExceeded" in slow.stdout and "grpc-web: DeadlineExceeded" in slow.stdout, slow.stdout

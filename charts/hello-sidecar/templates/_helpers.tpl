@@ -65,40 +65,111 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "kubernetes:///%s.%s:grpc" (include "hello-sidecar.backendName" .) .Release.Namespace) .Values.sidecar.target }}
 {{- end }}
 
+{{/* Every target the sidecar watches (--target and each route's), as a JSON list. */}}
+{{- define "hello-sidecar.targets" -}}
+{{- $targets := list (include "hello-sidecar.target" .) }}
+{{- range .Values.sidecar.routes }}
+{{- $targets = append $targets .target }}
+{{- end }}
+{{- $targets | toJson }}
+{{- end }}
+
+{{/*
+The namespaces whose EndpointSlices the sidecar watches, as a sorted JSON list: from each
+kubernetes:///svc.ns:port target the part after the first dot, or the release namespace (where the pod runs)
+when a target names none. static:/// targets need no RBAC.
+*/}}
+{{- define "hello-sidecar.targetNamespaces" -}}
+{{- $namespaces := list }}
+{{- range include "hello-sidecar.targets" . | fromJsonArray }}
+{{- if hasPrefix "kubernetes:///" . }}
+{{- $service := regexReplaceAll ":[^:]*$" (trimPrefix "kubernetes:///" .) "" }}
+{{- $parts := splitList "." $service }}
+{{- if gt (len $parts) 1 }}
+{{- $namespaces = append $namespaces (index $parts 1) }}
+{{- else }}
+{{- $namespaces = append $namespaces $.Release.Namespace }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $namespaces | uniq | sortAlpha | toJson }}
+{{- end }}
+
+{{/* Name of the RBAC objects in namespace $ns (the release's name, plus the release namespace elsewhere). */}}
+{{- define "hello-sidecar.rbacName" -}}
+{{- $root := index . 0 }}{{ $ns := index . 1 }}
+{{- if eq $ns $root.Release.Namespace }}
+{{- include "hello-sidecar.fullname" $root }}
+{{- else }}
+{{- printf "%s-%s" (include "hello-sidecar.fullname" $root) $root.Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{/*
 The sidecar container, as a native sidecar (an init container with restartPolicy: Always): it starts before the
-app and stops after it. Use it from a chart that depends on this one:
+app and stops after it. Every flag comes from .Values.sidecar. Use it from a chart that depends on this one:
   initContainers:
     {{- include "hello-sidecar.sidecarContainer" . | nindent 4 }}
 */}}
 {{- define "hello-sidecar.sidecarContainer" -}}
+{{- $s := .Values.sidecar -}}
 - name: hello-sidecar
   image: {{ include "hello-sidecar.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   restartPolicy: Always
-  args: ["sidecar"]
+  args:
+    - sidecar
+    {{- range $s.routes }}
+    - {{ printf "--route=%s=%s" .service .target | quote }}
+    {{- end }}
+    {{- range $s.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
   env:
     - name: HELLO_SIDECAR_TARGET
       value: {{ include "hello-sidecar.target" . | quote }}
     - name: HELLO_SIDECAR_LISTEN
-      value: {{ .Values.sidecar.listen | quote }}
+      value: {{ $s.listen | quote }}
     - name: HELLO_SIDECAR_ADMIN
-      value: {{ printf "0.0.0.0:%v" .Values.sidecar.adminPort | quote }}
+      value: {{ printf "0.0.0.0:%v" $s.adminPort | quote }}
+    {{- with $s.kubeconfig }}
+    - name: HELLO_SIDECAR_KUBECONFIG
+      value: {{ . | quote }}
+    {{- end }}
     - name: HELLO_SIDECAR_DEFAULT_TIMEOUT
-      value: {{ .Values.sidecar.defaultTimeout | quote }}
+      value: {{ $s.defaultTimeout | quote }}
+    - name: HELLO_SIDECAR_FAILFAST_TIMEOUT
+      value: {{ $s.failfastTimeout | quote }}
+    - name: HELLO_SIDECAR_CONNECT_TIMEOUT
+      value: {{ $s.connectTimeout | quote }}
     - name: HELLO_SIDECAR_MAX_CONCURRENT_CALLS
-      value: {{ .Values.sidecar.maxConcurrentCalls | quote }}
+      value: {{ $s.maxConcurrentCalls | quote }}
+    - name: HELLO_SIDECAR_MAX_MESSAGE_BYTES
+      value: {{ int64 $s.maxMessageBytes | quote }}
     - name: HELLO_SIDECAR_RETRY_BUDGET
-      value: {{ .Values.sidecar.retryBudget | quote }}
+      value: {{ $s.retryBudget | quote }}
+    - name: HELLO_SIDECAR_EJECT_AFTER
+      value: {{ $s.ejectAfter | quote }}
+    - name: HELLO_SIDECAR_MAX_HEADER_BYTES
+      value: {{ int64 $s.maxHeaderBytes | quote }}
+    - name: HELLO_SIDECAR_KEEPALIVE_INTERVAL
+      value: {{ $s.keepaliveInterval | quote }}
+    - name: HELLO_SIDECAR_EWMA_DECAY
+      value: {{ $s.ewmaDecay | quote }}
+    - name: HELLO_SIDECAR_THREADS
+      value: {{ $s.threads | quote }}
     - name: HELLO_SIDECAR_DRAIN_TIMEOUT
-      value: {{ .Values.sidecar.drainTimeout | quote }}
+      value: {{ $s.drainTimeout | quote }}
     - name: HELLO_SIDECAR_LOG_FORMAT
       value: {{ .Values.logFormat | quote }}
     - name: RUST_LOG
       value: {{ .Values.logLevel | quote }}
+    {{- with $s.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - name: admin
-      containerPort: {{ .Values.sidecar.adminPort }}
+      containerPort: {{ $s.adminPort }}
       protocol: TCP
   startupProbe:
     httpGet: {path: /ready, port: admin}
@@ -111,7 +182,7 @@ app and stops after it. Use it from a chart that depends on this one:
     httpGet: {path: /live, port: admin}
     periodSeconds: 10
   resources:
-    {{- toYaml .Values.sidecar.resources | nindent 4 }}
+    {{- toYaml $s.resources | nindent 4 }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
 {{- end }}

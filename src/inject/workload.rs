@@ -1,0 +1,140 @@
+//! Where each workload kind keeps its pod spec, and adding or removing the sidecar there.
+//!
+//! Only `initContainers` changes: the sidecar entry is put first (so it also serves the other init
+//! containers), or replaced in place when it is already there (inject twice = once). Removing it drops an
+//! `initContainers` list left empty, so `--uninject` gives back what `inject` was given.
+
+use k8s_openapi::api::core::v1::PodSpec;
+
+use super::sidecar::SIDECAR_NAME;
+use super::yaml::Node;
+
+/// The path from an object of `kind` to its pod spec, or `None` for a kind that runs no pods.
+pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&["spec"]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => {
+            Some(&["spec", "template", "spec"])
+        }
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template", "spec"]),
+        _ => None,
+    }
+}
+
+/// The namespace and service account a pod spec runs as (`default` when unset).
+pub fn service_account(pod_spec: &Node) -> String {
+    pod_spec
+        .get("serviceAccountName")
+        .or_else(|| pod_spec.get("serviceAccount"))
+        .and_then(Node::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned()
+}
+
+/// Checks that a pod spec is one (through k8s-openapi's `PodSpec`), so a malformed workload is refused rather
+/// than half edited.
+pub fn check_pod_spec(pod_spec: &Node) -> Result<(), String> {
+    let json = pod_spec.to_json().map_err(|e| e.to_string())?;
+    serde_json::from_value::<PodSpec>(json).map(|_| ()).map_err(|e| format!("not a valid pod spec: {e}"))
+}
+
+/// Adds (or replaces) the sidecar in a pod spec. Fails if an app container already has the sidecar's name.
+pub fn inject(pod_spec: &mut Node, sidecar: Node) -> Result<(), String> {
+    check_pod_spec(pod_spec)?;
+    if let Some(Node::Seq(containers)) = pod_spec.get("containers")
+        && containers.iter().any(is_sidecar)
+    {
+        return Err(format!("an app container is already named '{SIDECAR_NAME}'"));
+    }
+    if pod_spec.get("initContainers").is_none_or(|n| *n == Node::Null) {
+        pod_spec.insert("initContainers", Node::Seq(Vec::new()));
+    }
+    let Some(Node::Seq(init)) = pod_spec.get_mut("initContainers") else {
+        return Err("initContainers is not a list".to_owned());
+    };
+    match init.iter().position(is_sidecar) {
+        Some(i) => init[i] = sidecar,
+        None => init.insert(0, sidecar),
+    }
+    Ok(())
+}
+
+/// Removes the sidecar from a pod spec; `true` if there was one.
+pub fn uninject(pod_spec: &mut Node) -> bool {
+    let Some(Node::Seq(init)) = pod_spec.get_mut("initContainers") else {
+        return false;
+    };
+    let before = init.len();
+    init.retain(|c| !is_sidecar(c));
+    let removed = init.len() != before;
+    if removed && init.is_empty() {
+        pod_spec.remove("initContainers");
+    }
+    removed
+}
+
+fn is_sidecar(container: &Node) -> bool {
+    container.get("name").and_then(Node::as_str) == Some(SIDECAR_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::yaml::Document;
+    use super::*;
+
+    fn parse(text: &str) -> Node {
+        Document { text, line: 1 }.parse().unwrap()
+    }
+
+    fn sidecar() -> Node {
+        parse("name: hello-sidecar\nimage: x\nrestartPolicy: Always\n")
+    }
+
+    #[test]
+    fn every_workload_kind_has_its_pod_spec_path() {
+        assert_eq!(pod_spec_path("Deployment"), Some(&["spec", "template", "spec"][..]));
+        assert_eq!(pod_spec_path("CronJob").map(<[_]>::len), Some(5));
+        assert_eq!(pod_spec_path("Pod"), Some(&["spec"][..]));
+        assert_eq!(pod_spec_path("Service"), None);
+    }
+
+    #[test]
+    fn inject_puts_the_sidecar_first_once_and_uninject_takes_it_back() {
+        let original = parse("containers: [{name: app, image: app}]\ninitContainers: [{name: migrate, image: m}]\n");
+        let mut spec = original.clone();
+        inject(&mut spec, sidecar()).unwrap();
+        let once = spec.clone();
+        inject(&mut spec, sidecar()).unwrap();
+        assert_eq!(spec, once, "inject twice = once");
+        let Some(Node::Seq(init)) = spec.get("initContainers") else { panic!("no list") };
+        assert_eq!(init.len(), 2);
+        assert!(is_sidecar(&init[0]));
+        assert!(uninject(&mut spec));
+        assert_eq!(spec, original);
+        assert!(!uninject(&mut spec), "nothing left to remove");
+    }
+
+    #[test]
+    fn uninject_drops_the_list_it_created() {
+        let original = parse("containers: [{name: app, image: app}]\n");
+        let mut spec = original.clone();
+        inject(&mut spec, sidecar()).unwrap();
+        assert!(uninject(&mut spec));
+        assert_eq!(spec, original);
+    }
+
+    #[test]
+    fn malformed_or_conflicting_pod_specs_are_refused() {
+        assert!(inject(&mut parse("containers: 3\n"), sidecar()).is_err());
+        assert!(inject(&mut parse("initContainers: {a: 1}\ncontainers: []\n"), sidecar()).is_err());
+        let clash = inject(&mut parse("containers: [{name: hello-sidecar, image: x}]\n"), sidecar());
+        assert!(clash.unwrap_err().contains("already named"));
+    }
+
+    #[test]
+    fn the_service_account_defaults_to_default() {
+        assert_eq!(service_account(&parse("containers: []\n")), "default");
+        assert_eq!(service_account(&parse("serviceAccountName: shop\ncontainers: []\n")), "shop");
+    }
+}
