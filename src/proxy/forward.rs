@@ -86,6 +86,7 @@ impl Proxy {
             *upstream.uri_mut() = absolute_uri(&parts.uri, endpoint.addr);
             *upstream.version_mut() = Version::HTTP_2;
             *upstream.headers_mut() = parts.headers.clone();
+            upstream.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers")); // gRPC requires it
             if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
                 upstream.headers_mut().insert("grpc-timeout", v);
             }
