@@ -193,6 +193,22 @@ async fn resets_mid_response_keep_their_meaning_and_do_not_eject() {
     assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
 }
 
+// 16.3/16.4: a reset before any response header answers the request, not the endpoint's health: the caller
+// gets the reset's status and the pod stays in. Needs forward.rs (the coordinator's) to finish such an attempt
+// with `grpc::code_of_reset(reason)` instead of UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the pre-header reset classification in forward.rs (coordinator)"]
+async fn resets_before_headers_keep_their_meaning_and_do_not_eject() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    for _ in 0..8 {
+        let reply = unary(&mut c, s.addr, "reset-early:1").await;
+        assert_eq!(reply.grpc_status, Some(13), "RST_STREAM(PROTOCOL_ERROR) before headers: {reply:?}");
+    }
+    assert_eq!(metric(&s.metrics(), "hello_sidecar_ejections_total"), 0);
+    assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
+}
+
 // 16.5: a Connect error carries the backend's google.rpc.Status details.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_errors_carry_status_details() {

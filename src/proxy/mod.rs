@@ -205,3 +205,18 @@ async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseB
         Err(never) => match never {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbound_connection_window_covers_every_stream_up_to_the_rfc_maximum() {
+        assert_eq!(inbound_connection_window(1088), 1088 * STREAM_WINDOW);
+        assert_eq!(inbound_connection_window(u32::MAX), (1 << 31) - 1);
+        // h2's small-DATA-frame budget is half of it: a stalled stream of 15-byte frames (241 accounted bytes
+        // each) must fit many times over.
+        let per_stalled_stream = u64::from(STREAM_WINDOW) / 15 * 241;
+        assert!(u64::from(inbound_connection_window(1088)) / 2 > 30 * per_stalled_stream);
+    }
+}

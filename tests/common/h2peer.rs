@@ -35,6 +35,8 @@ pub enum Scenario {
     Tiny(u32),
     /// Sends headers and one message, then resets the stream with this HTTP/2 error code.
     ResetAfterMessage(u32),
+    /// Reads the request, then resets the stream with this HTTP/2 error code before any response header.
+    ResetBeforeHeaders(u32),
     /// Sends headers and one message, then ends the stream without trailers.
     NoStatus,
     /// A Trailers-Only `INVALID_ARGUMENT` with this `grpc-status-details-bin` value.
@@ -50,6 +52,7 @@ impl Scenario {
             "slow-collect" => Scenario::SlowCollect,
             "tiny" => Scenario::Tiny(arg.parse().unwrap_or(1)),
             "reset" => Scenario::ResetAfterMessage(arg.parse().unwrap_or(0)),
+            "reset-early" => Scenario::ResetBeforeHeaders(arg.parse().unwrap_or(0)),
             "no-status" => Scenario::NoStatus,
             "details" => Scenario::Details(arg.to_owned()),
             _ => Scenario::Hello,
@@ -191,6 +194,10 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
             // Let the message go out before the reset.
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send_reset(h2::Reason::from(code));
+        }
+        Scenario::ResetBeforeHeaders(code) => {
+            read_all(&mut body).await;
+            respond.send_reset(h2::Reason::from(code));
         }
         Scenario::NoStatus => {
             read_all(&mut body).await;
