@@ -352,6 +352,8 @@ async fn floods_are_bounded_and_the_sidecar_keeps_serving() {
             break 'flood;
         }
     }
+    assert_eq!(c.goaway(Duration::from_secs(10)), Some(0xb), "rapid reset: ENHANCE_YOUR_CALM expected");
+    wait_for("the GOAWAY to be counted", Duration::from_secs(10), || (goaways(&s, "inbound") >= 2).then_some(()));
     still_serving(&mut s, rss, cpu, "rapid reset").await;
 
     // PING and SETTINGS floods, each frame asking for an acknowledgement.

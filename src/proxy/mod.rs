@@ -164,7 +164,7 @@ impl Proxy {
                             if let Err(e) = conn.await {
                                 if let Some(reason) = crate::grpc::goaway_sent(&*e) {
                                     metrics.record_goaway_sent(false, reason);
-                                    warn!(%peer, ?reason, error = %e, "closed an inbound connection: the client broke an HTTP/2 limit");
+                                    warn!(%peer, ?reason, error = %crate::error_chain(&*e), "closed an inbound connection: the client broke an HTTP/2 limit");
                                 } else {
                                     tracing::debug!(error = %e, "inbound connection ended with an error");
                                 }
