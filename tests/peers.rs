@@ -66,7 +66,8 @@ async fn unread_streams_do_not_stall_another_callers_call() {
 
     // Memory stays bounded: each stalled stream holds about one stream window in the sidecar.
     let grown = rss_kib(pid).saturating_sub(rss_before);
-    assert!(grown < 64 * 1024, "sidecar RSS grew by {grown} KiB with 16 stalled streams");
+    // (16 × 64 KiB of data; about 3 MiB of growth seen in a debug build.)
+    assert!(grown < 16 * 1024, "sidecar RSS grew by {grown} KiB with 16 stalled streams");
     drop(held);
 }
 
