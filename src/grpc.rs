@@ -127,6 +127,39 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     v.parse::<i32>().ok().map(Code::from_i32)
 }
 
+/// The HTTP/2 error somewhere in an error's chain of causes (hyper wraps h2's errors).
+pub fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The stream reset behind `err`, if the failure was one stream's (`RST_STREAM`) rather than the connection's.
+///
+/// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
+/// the endpoint. Returns the reason and the status a gRPC client reports for it ([`code_of_reset`]).
+pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<(h2::Reason, Code)> {
+    let e = h2_error(err)?;
+    if !e.is_reset() {
+        return None;
+    }
+    let reason = e.reason()?;
+    Some((reason, code_of_reset(reason)))
+}
+
+/// The error code of a GOAWAY that this side's HTTP/2 stack sent because the peer broke a protocol rule or one of
+/// its abuse limits (`ENHANCE_YOUR_CALM`: rapid reset, CONTINUATION or small-DATA-frame floods), if that is why a
+/// connection ended with `err`. A GOAWAY the peer sent, an I/O error or a clean close give `None`.
+pub fn goaway_sent(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let e = h2_error(err)?;
+    (e.is_go_away() && e.is_library()).then(|| e.reason()).flatten()
+}
+
 /// Tracks gRPC message boundaries in a request body to enforce a per-message size limit, without copying.
 ///
 /// Each message is a 5-byte prefix (compressed flag + big-endian u32 length) followed by that many bytes; the
@@ -215,6 +248,21 @@ mod tests {
         assert_eq!(parse_code("17"), None);
         assert_eq!(parse_code("nope"), None);
         assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn resets_map_as_the_grpc_http2_document_says() {
+        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
+        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
+        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
+        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
+            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
+        }
+        let reset = h2::Error::from(h2::Reason::CANCEL);
+        assert_eq!(stream_reset(&reset), None, "a bare reason is not a stream reset");
+        let io = std::io::Error::other("gone");
+        assert_eq!(stream_reset(&io), None);
     }
 
     #[test]

@@ -211,6 +211,9 @@ impl Connection {
                 keepalive_interval = ?next,
                 "the peer closed the connection over our PINGs (too_many_pings); doubled the keepalive interval"
             );
+        } else if let Some(reason) = crate::grpc::goaway_sent(e) {
+            self.metrics.record_goaway_sent(true, reason);
+            warn!(addr = %self.addr, ?reason, error = %crate::error_chain(e), "closed the connection: the backend broke an HTTP/2 limit");
         } else {
             info!(addr = %self.addr, error = %crate::error_chain(e), "connection closed");
         }
@@ -313,6 +316,26 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+/// The HTTP/2 stream window (RFC 9113 §6.9) on both sides of the sidecar, in bytes: what one call whose reader
+/// stops reading may hold here, in each direction. 64 KiB is grpc-go's and Envoy's (edge) starting value; on
+/// loopback and in-cluster round trips it does not limit a stream's throughput.
+pub const STREAM_WINDOW: u32 = 64 << 10;
+
+/// Streams whose data a connection window covers at once: the default call limit (`--max-concurrent-calls`).
+pub const WINDOWED_STREAMS: u32 = 1024;
+
+/// The upstream connection window: [`WINDOWED_STREAMS`] full stream windows (64 MiB), so calls whose readers
+/// stalled (each holding at most its own stream window) cannot starve the connection that other callers share
+/// with them (issue 16.1). Memory stays bounded by the call limit × [`STREAM_WINDOW`].
+///
+/// It also sizes h2's small-DATA-frame flood budget, which hyper has no knob for: h2 (0.4.20,
+/// `DataFrameBudget::Auto`) lets a connection hold unread DATA frames shorter than 256 bytes worth
+/// `window / 2` bytes of accounted overhead (256 − payload bytes each), then sends GOAWAY `ENHANCE_YOUR_CALM`
+/// "too_many_data_frames". A stalled stream of ten-byte gRPC messages (15-byte frames) holds at most
+/// 64 KiB / 15 × 241 B ≈ 1 MiB of it, so 32 such streams fit in the 32 MiB budget at once, while a peer that
+/// floods one-byte frames still trips it after ~130 k buffered frames (memory ≈ the budget).
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = WINDOWED_STREAMS * STREAM_WINDOW;
+
 type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
 
 async fn connect(
@@ -330,12 +353,15 @@ async fn connect(
             .keep_alive_timeout(settings.keepalive_timeout)
             // No PINGs without open streams: stock servers count them as abuse (see the module doc).
             .keep_alive_while_idle(false)
+            // Also h2's CONTINUATION flood limit, which hyper has no knob for: a header block may span at most
+            // max(5, n + n/4) non-final CONTINUATION frames, n = this / 16 KiB (h2 0.4.20,
+            // `calc_max_continuation_frames`). hyper's 16 KiB default allowed 5, so a backend splitting its headers
+            // into 8 small frames (legal; grpc-go and grpcio accept it) closed the shared connection; 1 MiB
+            // allows 80, and a flood of empty CONTINUATION frames still ends at frame 81.
             .max_header_list_size(settings.max_header_list_bytes)
-            // Large fixed windows, not adaptive ones: h2 sizes its small-DATA-frame flood budget from the
-            // connection window, and at the 64 KiB an adaptive window starts from, a few hundred unread gRPC
-            // replies (each a small frame before its trailers) already count as a flood and close the connection.
-            .initial_connection_window_size(8 << 20)
-            .initial_stream_window_size(1 << 20)
+            // Fixed windows, not adaptive ones (hyper's BDP estimate resizes both, breaking the ratio below).
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .handshake(TokioIo::new(tcp))
             .await?;
         Ok::<_, ConnectError>((tx, driver))

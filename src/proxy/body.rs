@@ -2,7 +2,10 @@
 //!
 //! The passed-through body enforces the call's deadline to the last byte (a stalled stream ends with
 //! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
-//! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset.
+//! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset. A stream the backend
+//! resets mid-response ends with the status a gRPC client reports for that `RST_STREAM` code
+//! ([`crate::grpc::code_of_reset`]), and a response that ends without `grpc-status` with `INTERNAL`, as gRPC clients
+//! report it.
 
 use std::{
     convert::Infallible,
@@ -23,7 +26,7 @@ use tonic::Code;
 
 use crate::{
     BoxError,
-    grpc::{encode_message, status_of},
+    grpc::{encode_message, status_of, stream_reset},
     proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
@@ -99,6 +102,9 @@ impl Body for ResponseBody {
     }
 }
 
+/// The message of a response that ended without `grpc-status` (grpc-go's wording).
+const NO_STATUS: &str = "server closed the stream without sending trailers";
+
 /// The backend's response body with the call's deadline and accounting attached.
 pub struct UpstreamBody {
     inner: Option<Incoming>,
@@ -169,7 +175,8 @@ impl Body for UpstreamBody {
                         tracing::warn!(endpoint = %this.record.endpoint().addr, "{msg}");
                         return this.end_with(Code::ResourceExhausted, &msg);
                     }
-                    let code = status_of(trailers).unwrap_or(Code::Unknown);
+                    // Trailers without grpc-status: gRPC clients report INTERNAL.
+                    let code = status_of(trailers).unwrap_or(Code::Internal);
                     this.done = true;
                     this.inner = None;
                     this.record.finish(code);
@@ -181,16 +188,26 @@ impl Body for UpstreamBody {
                     let msg = format!("grpc: received message larger than max ({size} vs. {limit})");
                     return this.end_with(Code::ResourceExhausted, &msg);
                 }
-                let msg = format!("upstream {} failed mid-response: {e}", this.record.endpoint().addr);
+                let addr = this.record.endpoint().addr;
+                if let Some((reason, code)) = stream_reset(&e) {
+                    // One stream reset by the backend (or refused as malformed here): the connection is fine.
+                    let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
+                    return this.end_with(code, &msg);
+                }
+                let msg = format!("upstream {addr} failed mid-response: {e}");
                 this.end_with(Code::Unavailable, &msg)
             }
-            Poll::Ready(None) => {
-                this.done = true;
-                this.inner = None;
-                let code = this.header_code.unwrap_or(Code::Unknown);
-                this.record.finish(code);
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => match this.header_code {
+                Some(code) => {
+                    this.done = true;
+                    this.inner = None;
+                    this.record.finish(code);
+                    Poll::Ready(None)
+                }
+                // The stream ended (END_STREAM on DATA, or RST_STREAM(NO_ERROR), which hyper reads as an end)
+                // without grpc-status: gRPC clients report INTERNAL; send that explicitly.
+                None => this.end_with(Code::Internal, NO_STATUS),
+            },
         }
     }
 

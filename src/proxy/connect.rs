@@ -7,7 +7,8 @@
 //! The request is one bare message (`application/proto`, or proto3 JSON with `application/json`, mapped with the
 //! descriptors compiled into the binary); `connect-timeout-ms` becomes `grpc-timeout`. The answer is the bare
 //! reply message in the same codec, or a Connect error: an HTTP status from the gRPC code and
-//! `{"code":"invalid_argument","message":"name is required"}`. Backend trailers come back as `trailer-` headers.
+//! `{"code":"invalid_argument","message":"name is required"}`, with the backend's `grpc-status-details-bin` as
+//! `details` ([`error_details`]). Backend trailers come back as `trailer-` headers.
 
 use std::sync::OnceLock;
 
@@ -140,10 +141,73 @@ pub fn http_status(code: Code) -> StatusCode {
     StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// A Connect error body.
-pub fn error_body(code: Code, message: &str) -> Bytes {
-    let v = serde_json::json!({ "code": code_name(code), "message": message });
+/// A Connect error body: `{"code","message"}`, plus `details` when the backend sent any (see [`error_details`]).
+pub fn error_body(code: Code, message: &str, details: Vec<serde_json::Value>) -> Bytes {
+    let mut v = serde_json::json!({ "code": code_name(code), "message": message });
+    if !details.is_empty() {
+        v["details"] = serde_json::Value::Array(details);
+    }
     Bytes::from(v.to_string())
+}
+
+/// `google.rpc.Status`, the message in `grpc-status-details-bin` (google/rpc/status.proto).
+#[derive(Clone, PartialEq, Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<Any>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, Message)]
+struct Any {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// Base64 as gRPC's binary headers carry it: standard alphabet, padding optional (gRPC over HTTP/2 spec).
+const HEADER_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The `details` of a Connect error from a `grpc-status-details-bin` header value, as connect-go writes them:
+/// one `{"type","value","debug"}` object per `google.protobuf.Any` in the `google.rpc.Status`, where `type` is the
+/// message's full name (the type URL without its prefix), `value` the message bytes in unpadded standard base64,
+/// and `debug` the message as proto3 JSON when the binary knows its type (Connect protocol, "Error end-stream").
+/// A header that does not decode gives no details: the code and message still reach the caller.
+pub fn error_details(header: &[u8]) -> Vec<serde_json::Value> {
+    let Ok(raw) = base64::Engine::decode(&HEADER_BASE64, header) else {
+        return Vec::new();
+    };
+    let Ok(status) = RpcStatus::decode(raw.as_slice()) else {
+        return Vec::new();
+    };
+    status
+        .details
+        .iter()
+        .map(|any| {
+            let name = any.type_url.rsplit_once('/').map_or(any.type_url.as_str(), |(_, n)| n);
+            let mut v = serde_json::json!({
+                "type": name,
+                "value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, &any.value),
+            });
+            let debug = pool()
+                .and_then(|p| p.get_message_by_name(name))
+                .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
+                .and_then(|msg| serde_json::to_value(&msg).ok());
+            if let Some(debug) = debug {
+                v["debug"] = debug;
+            }
+            v
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -183,12 +247,37 @@ mod tests {
     }
 
     #[test]
+    fn status_details_become_connect_details() {
+        let known = crate::pb::HelloResponse { message: "hi".into(), code: 7 }.encode_to_vec();
+        let status = RpcStatus {
+            code: 3,
+            message: "bad".into(),
+            details: vec![
+                Any { type_url: "type.googleapis.com/hello.v1.HelloResponse".into(), value: known.clone() },
+                Any { type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(), value: vec![10, 1, b'x'] },
+            ],
+        };
+        let header = base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, status.encode_to_vec());
+        let details = error_details(header.as_bytes());
+        assert_eq!(details.len(), 2);
+        assert_eq!(details[0]["type"], "hello.v1.HelloResponse");
+        assert_eq!(details[0]["debug"], serde_json::json!({"message": "hi", "code": 7}));
+        assert_eq!(details[1], serde_json::json!({"type": "google.rpc.ErrorInfo", "value": "CgF4"}));
+        let padded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, status.encode_to_vec());
+        assert_eq!(error_details(padded.as_bytes()), details, "padding is optional");
+        assert!(error_details(b"not base64!").is_empty());
+        let body = error_body(Code::InvalidArgument, "bad", details);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["details"][1]["value"], "CgF4");
+    }
+
+    #[test]
     fn codes_map_like_connect() {
         assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
         assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(http_status(Code::DeadlineExceeded), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
-            &error_body(Code::InvalidArgument, "name is required")[..],
+            &error_body(Code::InvalidArgument, "name is required", Vec::new())[..],
             br#"{"code":"invalid_argument","message":"name is required"}"#
         );
     }

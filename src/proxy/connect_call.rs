@@ -51,6 +51,7 @@ impl Proxy {
             Ok(f) => f,
             Err(msg) => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
         };
+        super::web_call::authority_from_host(&mut parts);
         let h = &mut parts.headers;
         for name in [
             header::CONTENT_LENGTH,
@@ -79,7 +80,7 @@ impl Proxy {
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
-        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Unknown);
+        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Internal);
         let mut meta = metadata(&parts.headers);
         for (name, value) in &trailers {
             if !name.as_str().starts_with("grpc-")
@@ -91,7 +92,10 @@ impl Proxy {
         if code != Code::Ok {
             let raw = trailers.get("grpc-message").or_else(|| parts.headers.get("grpc-message"));
             let message = raw.map(|v| decode_message(v.as_bytes())).unwrap_or_default();
-            return error(code, &message, &meta);
+            let details =
+                trailers.get("grpc-status-details-bin").or_else(|| parts.headers.get("grpc-status-details-bin"));
+            let details = details.map(|v| connect::error_details(v.as_bytes())).unwrap_or_default();
+            return error_with(code, &message, details, &meta);
         }
         match connect::reply_body(&method, codec, &data) {
             Ok(reply) => {
@@ -119,7 +123,12 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
 
 /// A Connect error response.
 fn error(code: Code, message: &str, meta: &HeaderMap) -> Response<ResponseBody> {
-    let mut res = Response::new(ResponseBody::bytes(connect::error_body(code, message)));
+    error_with(code, message, Vec::new(), meta)
+}
+
+/// A Connect error response with `details`.
+fn error_with(code: Code, message: &str, details: Vec<serde_json::Value>, meta: &HeaderMap) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::bytes(connect::error_body(code, message, details)));
     *res.status_mut() = connect::http_status(code);
     *res.headers_mut() = meta.clone();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

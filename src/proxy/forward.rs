@@ -138,6 +138,9 @@ impl Proxy {
                             tracing::debug!(endpoint = %endpoint.addr, %error, "transparent retry: the request never reached the application");
                             continue;
                         }
+                    } else if let SendFailure::Reset(reason) = failure {
+                        // The peer answered this request with a reset: about the call, not the endpoint's health.
+                        attempt.finish(crate::grpc::code_of_reset(reason));
                     } else {
                         attempt.finish(Code::Unavailable);
                     }

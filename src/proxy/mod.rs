@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::{
     balance::Balancer,
+    pool::STREAM_WINDOW,
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     telemetry::metrics::Metrics,
 };
@@ -137,15 +138,19 @@ impl Proxy {
 
     /// Accepts connections until `shutdown` resolves, then waits up to `drain` for calls in flight.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let max_streams = self.config.max_concurrent_calls.saturating_add(64);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(self.config.max_concurrent_calls.saturating_add(64))
+            .max_concurrent_streams(max_streams)
             // h2 answers a header block over SETTINGS_MAX_HEADER_LIST_SIZE with a bare HTTP 431, which gRPC
             // clients report as UNKNOWN. So h2's limit sits well above ours, and the call path refuses what is
             // over ours with a gRPC status that names the size.
             .max_header_list_size(h2_header_list_limit(self.config.max_header_bytes))
+            // See `inbound_connection_window`: stalled request streams cannot starve the app's other calls.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(inbound_connection_window(max_streams))
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let graceful = GracefulShutdown::new();
@@ -153,7 +158,7 @@ impl Proxy {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let proxy = self.clone();
                         // Boxed once here: a call's state machine is large, and unboxed it would be copied into
@@ -161,9 +166,15 @@ impl Proxy {
                         let svc = service_fn(move |req| Box::pin(proxy.clone().handle(req)));
                         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                         let conn = graceful.watch(conn);
+                        let metrics = self.metrics.clone();
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "inbound connection ended with an error");
+                                if let Some(reason) = crate::grpc::goaway_sent(&*e) {
+                                    metrics.record_goaway_sent(false, reason);
+                                    warn!(%peer, ?reason, error = %crate::error_chain(&*e), "closed an inbound connection: the client broke an HTTP/2 limit");
+                                } else {
+                                    tracing::debug!(error = %e, "inbound connection ended with an error");
+                                }
                             }
                         });
                     }
@@ -191,9 +202,34 @@ pub fn h2_header_list_limit(max_header_bytes: u32) -> u32 {
     max_header_bytes.saturating_mul(4).max(1 << 20)
 }
 
+/// The inbound connection window: every stream the app may open (`max_streams`) × [`STREAM_WINDOW`], capped at
+/// the RFC 9113 maximum (2³¹−1). A request stream whose backend stops reading holds at most its own stream window
+/// here, so however many stall, the app's other calls on the same connection can still send (issue 16.1); memory
+/// stays bounded by the streams × [`STREAM_WINDOW`]. h2 derives its small-DATA-frame flood budget from this window
+/// (see [`crate::pool::UPSTREAM_CONNECTION_WINDOW`]): a client stream of 20,000 ten-byte messages, each in its own
+/// DATA frame, fits many times over, while a flood of one-byte frames still ends in GOAWAY `ENHANCE_YOUR_CALM`.
+fn inbound_connection_window(max_streams: u32) -> u32 {
+    max_streams.saturating_mul(STREAM_WINDOW).min((1 << 31) - 1)
+}
+
 async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseBody> {
     match svc.clone().oneshot(req).await {
         Ok(res) => res.map(ResponseBody::local),
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbound_connection_window_covers_every_stream_up_to_the_rfc_maximum() {
+        assert_eq!(inbound_connection_window(1088), 1088 * STREAM_WINDOW);
+        assert_eq!(inbound_connection_window(u32::MAX), (1 << 31) - 1);
+        // h2's small-DATA-frame budget is half of it: a stalled stream of 15-byte frames (241 accounted bytes
+        // each) must fit many times over.
+        let per_stalled_stream = u64::from(STREAM_WINDOW) / 15 * 241;
+        assert!(u64::from(inbound_connection_window(1088)) / 2 > 30 * per_stalled_stream);
     }
 }

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub discovery_updates: AtomicU64,
     /// Calls refused because the concurrency limit was reached.
     pub overloaded: AtomicU64,
+    /// HTTP/2 connections this side closed with a GOAWAY because the peer broke a rule or an abuse limit, by
+    /// side (inbound, upstream) and code (`ENHANCE_YOUR_CALM`, any other).
+    goaways_sent: [[AtomicU64; 2]; 2],
 }
 
 impl Metrics {
@@ -77,6 +80,12 @@ impl Metrics {
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             h.buckets[i] += 1;
         }
+    }
+
+    /// Counts a GOAWAY this side sent on an inbound (app) or upstream (backend) connection, with `reason`.
+    pub fn record_goaway_sent(&self, upstream: bool, reason: h2::Reason) {
+        let code = usize::from(reason != h2::Reason::ENHANCE_YOUR_CALM);
+        self.goaways_sent[usize::from(upstream)][code].fetch_add(1, Relaxed);
     }
 
     /// Calls recorded for `method` with `code` (tests and the demo read this).
@@ -155,6 +164,17 @@ impl Metrics {
             &self.discovery_updates,
         );
         counter(out, "hello_sidecar_overloaded_total", "Calls refused at the concurrency limit.", &self.overloaded);
+        out.push_str(
+            "# HELP hello_sidecar_http2_goaways_sent_total HTTP/2 connections closed here because the peer broke a \
+             protocol rule or an abuse limit (enhance_your_calm: floods), by side.\n",
+        );
+        out.push_str("# TYPE hello_sidecar_http2_goaways_sent_total counter\n");
+        for (s, side) in ["inbound", "upstream"].iter().enumerate() {
+            for (c, code) in ["enhance_your_calm", "other"].iter().enumerate() {
+                let n = self.goaways_sent[s][c].load(Relaxed);
+                let _ = writeln!(out, "hello_sidecar_http2_goaways_sent_total{{side=\"{side}\",code=\"{code}\"}} {n}");
+            }
+        }
     }
 }
 

@@ -1,0 +1,370 @@
+//! Stock and scripted HTTP/2 peers (issue 16): the sidecar never makes a call fail, stall or change status where
+//! calling the backend directly would not, and its abuse defences still hold against floods.
+
+mod common;
+#[path = "common/h2peer.rs"]
+mod h2peer;
+#[path = "common/rawh2.rs"]
+mod rawh2;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use h2peer::*;
+use rawh2::*;
+
+/// A sidecar in front of one scripted backend, with its endpoint connected.
+async fn scripted() -> (H2Backend, Sidecar) {
+    let b = H2Backend::start().await;
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &[]);
+    s.wait_ready_endpoints(1);
+    (b, s)
+}
+
+fn goaways(s: &Sidecar, side: &str) -> u64 {
+    let m = s.metrics();
+    ["enhance_your_calm", "other"]
+        .iter()
+        .map(|c| metric(&m, &format!("hello_sidecar_http2_goaways_sent_total{{side=\"{side}\",code=\"{c}\"}}")))
+        .sum()
+}
+
+// 16.1: streams whose reader stopped reading hold their own stream window, never the connection's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_streams_do_not_stall_another_callers_call() {
+    let (b, s) = scripted().await;
+    let pid = s.proc.child.id();
+    let rss_before = rss_kib(pid);
+
+    // Caller A: 16 server streams of large messages that it never reads.
+    let mut a = h2_client(s.addr).await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        a = a.ready().await.expect("ready");
+        let (res, mut body) = a.send_request(grpc_request(s.addr, "Download", "endless"), false).expect("send");
+        body.send_data(Bytes::from(grpc_frame(&hello_request("a"))), true).expect("body");
+        held.push((res.await.expect("headers"), body));
+    }
+    // Wait until the backend can send no more: every buffer on the way is full.
+    let mut last = 0;
+    wait_for("the unread streams to stall", Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = b.streamed.load(std::sync::atomic::Ordering::Relaxed);
+        let stalled = now > 0 && now == last;
+        last = now;
+        stalled.then_some(())
+    });
+
+    // Caller B, another connection: its unary call to the same pod is answered at once.
+    let mut c = h2_client(s.addr).await;
+    let start = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(2), unary(&mut c, s.addr, "hello"))
+        .await
+        .unwrap_or_else(|_| panic!("call stalled behind unread streams ({last} bytes streamed)"));
+    assert_eq!(reply.grpc_status, Some(0), "{reply:?} after {:?}", start.elapsed());
+
+    // Memory stays bounded: each stalled stream holds about one stream window in the sidecar.
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    // (16 × 64 KiB of data; about 3 MiB of growth seen in a debug build.)
+    assert!(grown < 16 * 1024, "sidecar RSS grew by {grown} KiB with 16 stalled streams");
+    drop(held);
+}
+
+// 16.1, the inbound direction: request streams the backend does not read cannot starve the caller's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_request_streams_do_not_stall_the_callers_other_calls() {
+    let (_b, s) = scripted().await;
+    let mut a = h2_client(s.addr).await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        a = a.ready().await.expect("ready");
+        let (res, mut body) = a.send_request(grpc_request(s.addr, "Upload", "stall"), false).expect("send");
+        // Queue 2 MiB per stream: far more than any window lets through.
+        for _ in 0..32 {
+            body.send_data(Bytes::from(vec![0u8; 64 * 1024]), false).expect("queue");
+        }
+        held.push((res, body));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = tokio::time::timeout(Duration::from_secs(2), unary(&mut a, s.addr, "hello"))
+        .await
+        .unwrap_or_else(|_| panic!("a call on the same connection stalled behind unread request streams"));
+    assert_eq!(reply.grpc_status, Some(0), "{reply:?}");
+    drop(held);
+}
+
+// 16.2: a client stream of 20,000 ten-byte messages, each in its own DATA frame, to a backend that reads late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stream_of_tiny_messages_is_not_a_flood() {
+    let (_b, s) = scripted().await;
+    let mut a = h2_client(s.addr).await;
+    a = a.ready().await.expect("ready");
+    let (res, mut body) = a.send_request(grpc_request(s.addr, "Collect", "slow-collect"), false).expect("send");
+    let msg = Bytes::from(grpc_frame(b"0123456789"));
+    for i in 0..20_000 {
+        body.send_data(msg.clone(), i == 19_999).expect("queue");
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(20), read_reply(res))
+        .await
+        .expect("answered")
+        .unwrap_or_else(|e| panic!("the stream was refused as a flood: {e}"));
+    assert_eq!(reply.grpc_status, Some(0), "{reply:?}");
+    assert_eq!(reply.headers.get("x-received-bytes").map(|v| v.as_bytes()), Some(&b"300000"[..]));
+    assert_eq!(goaways(&s, "inbound"), 0);
+}
+
+// 16.2, upstream: a backend streams tiny messages to a reader that pauses; the shared connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_messages_to_a_pausing_reader_are_not_a_flood() {
+    let (_b, s) = scripted().await;
+    let mut a = h2_client(s.addr).await;
+    a = a.ready().await.expect("ready");
+    let (res, mut body) = a.send_request(grpc_request(s.addr, "Tiny", "tiny:50000"), false).expect("send");
+    body.send_data(Bytes::from(grpc_frame(&hello_request("a"))), true).expect("body");
+    let res = res.await.expect("headers");
+    // Pause: the backend keeps sending into the sidecar's buffers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut body = res.into_body();
+    let mut n = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("stream failed after {n} bytes: {e}"));
+        let _ = body.flow_control().release_capacity(chunk.len());
+        n += chunk.len();
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    assert_eq!(n, 50_000 * 15);
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]), "{trailers:?}");
+    assert_eq!(goaways(&s, "upstream"), 0);
+    let m = s.metrics();
+    assert_eq!(metric(&m, "hello_sidecar_connects_total{result=\"ok\"}"), 1, "the upstream connection was dropped");
+}
+
+// 16.2: a header block split over 20 CONTINUATION frames is legal and accepted; a CONTINUATION flood is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_frames_within_reason_are_accepted_and_a_flood_is_refused() {
+    let b = RawBackend::start(HeaderShape::Split(20), usize::MAX);
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &[]);
+    s.wait_ready_endpoints(1);
+    let mut c = h2_client(s.addr).await;
+    for _ in 0..3 {
+        let reply = unary(&mut c, s.addr, "hello").await;
+        assert_eq!(reply.grpc_status, Some(0), "{reply:?}");
+        assert_eq!(reply.headers.get("x-meta-19").map(|v| v.as_bytes()), Some(&b"value-19"[..]));
+    }
+    assert_eq!(metric(&s.metrics(), "hello_sidecar_connects_total{result=\"ok\"}"), 1);
+
+    // A flood of empty CONTINUATION frames ends the connection with ENHANCE_YOUR_CALM, counted; the next
+    // connection serves calls again.
+    let f = RawBackend::start(HeaderShape::Flood(100_000), 1);
+    let s = Sidecar::start(&format!("static:///{}", f.addr), &[]);
+    s.wait_ready_endpoints(1);
+    let mut c = h2_client(s.addr).await;
+    let flooded = unary(&mut c, s.addr, "hello").await;
+    assert_eq!(flooded.grpc_status, Some(14), "{flooded:?}");
+    wait_for("the GOAWAY to be counted", Duration::from_secs(10), || {
+        let m = s.metrics();
+        (metric(&m, "hello_sidecar_http2_goaways_sent_total{side=\"upstream\",code=\"enhance_your_calm\"}") == 1)
+            .then_some(())
+    });
+    s.wait_ready_endpoints(1);
+    let reply = unary(&mut c, s.addr, "hello").await;
+    assert_eq!(reply.grpc_status, Some(0), "{reply:?}");
+}
+
+// 16.4: a reset after the response headers gets the status gRPC clients report for its code; none of these
+// says the endpoint is unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_mid_response_keep_their_meaning_and_do_not_eject() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    // (RST_STREAM code, gRPC status): CANCEL, INTERNAL_ERROR, ENHANCE_YOUR_CALM, NO_ERROR, PROTOCOL_ERROR.
+    let cases = [(0x8, 1), (0x2, 13), (0xb, 8), (0x0, 13), (0x1, 13)];
+    for round in 0..2 {
+        for (code, want) in cases {
+            let reply = unary(&mut c, s.addr, &format!("reset:{code}")).await;
+            assert_eq!(reply.grpc_status, Some(want), "round {round}, RST_STREAM {code:#x}: {reply:?}");
+        }
+        let reply = unary(&mut c, s.addr, "no-status").await;
+        assert_eq!(reply.grpc_status, Some(13), "a response without grpc-status: {reply:?}");
+        assert!(reply.grpc_message.contains("without sending trailers"), "{reply:?}");
+    }
+    let m = s.metrics();
+    assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 0, "a healthy pod was ejected:\n{m}");
+    assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
+}
+
+// 16.3/16.4: a reset before any response header answers the request, not the endpoint's health: the caller
+// gets the reset's status and the pod stays in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_before_headers_keep_their_meaning_and_do_not_eject() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    for _ in 0..8 {
+        let reply = unary(&mut c, s.addr, "reset-early:1").await;
+        assert_eq!(reply.grpc_status, Some(13), "RST_STREAM(PROTOCOL_ERROR) before headers: {reply:?}");
+    }
+    assert_eq!(metric(&s.metrics(), "hello_sidecar_ejections_total"), 0);
+    assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
+}
+
+// 16.5: a Connect error carries the backend's google.rpc.Status details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_carry_status_details() {
+    use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
+    use prost::Message;
+    let (_b, s) = scripted().await;
+    // google.rpc.Status { code: 3, message, details: [Any { type_url, value: HelloResponse }] }, encoded by hand.
+    let detail = hello_sidecar::pb::HelloResponse { message: "field name".into(), code: 400 }.encode_to_vec();
+    let type_url = b"type.googleapis.com/hello.v1.HelloResponse";
+    let mut any = vec![0x0a, type_url.len() as u8];
+    any.extend_from_slice(type_url);
+    any.extend([0x12, detail.len() as u8]);
+    any.extend(&detail);
+    let mut status = vec![0x08, 3, 0x12, 16];
+    status.extend_from_slice(b"name is required");
+    status.extend([0x1a, any.len() as u8]);
+    status.extend(&any);
+    let bin = STANDARD_NO_PAD.encode(&status);
+
+    let scenario = format!("details:{bin}");
+    let headers = [("content-type", "application/json"), ("x-peer-scenario", scenario.as_str())];
+    let path = "/hello.v1.HelloService/SayHello";
+    let res = raw_request(s.addr, false, path, &headers, br#"{"name":""}"#.to_vec()).await;
+    assert_eq!(res.status, 400, "{res:?}");
+    let v: serde_json::Value = serde_json::from_slice(&res.body).expect("json");
+    assert_eq!(v["code"], "invalid_argument");
+    assert_eq!(v["message"], "name is required");
+    assert_eq!(v["details"][0]["type"], "hello.v1.HelloResponse", "{v}");
+    assert_eq!(v["details"][0]["value"], STANDARD_NO_PAD.encode(&detail));
+    assert_eq!(v["details"][0]["debug"], serde_json::json!({"message": "field name", "code": 400}));
+}
+
+// 16.6: grpc-web and Connect callers over HTTP/1.1 reach the backend with their Host as :authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_callers_keep_their_host() {
+    let (_b, s) = scripted().await;
+    let path = "/hello.v1.HelloService/SayHello";
+    let web = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ("host", "api.example.test")];
+    let (_, headers, body) = http1_post(s.addr, path, &web, grpc_frame(&hello_request("web"))).await;
+    assert_eq!(headers.get("x-seen-authority").map(|v| v.as_bytes()), Some(&b"api.example.test"[..]), "{body:?}");
+    let connect = [("content-type", "application/json"), ("host", "api.example.test:8443")];
+    let (status, headers, body) = http1_post(s.addr, path, &connect, br#"{"name":"connect"}"#.to_vec()).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(headers.get("x-seen-authority").map(|v| v.as_bytes()), Some(&b"api.example.test:8443"[..]));
+}
+
+/// A stock grpcio server (Python) answering HelloService/SayHello with raw bytes, on `ip:8080`.
+fn grpcio_backend() -> (Proc, std::net::SocketAddr) {
+    let python = [concat!(env!("CARGO_MANIFEST_DIR"), "/.test-tools/venv/bin/python"), "python3"]
+        .into_iter()
+        .find(|p| std::process::Command::new(p).args(["-c", "import grpc"]).output().is_ok_and(|o| o.status.success()))
+        .expect("Python with grpcio (scripts/test installs it into .test-tools/venv)");
+    let addr = std::net::SocketAddr::from((fresh_ip(), BACKEND_PORT));
+    let script = format!(
+        r#"
+import grpc, time
+from concurrent import futures
+reply = bytes([10, 12]) + b"Hello, grpc!"
+handler = grpc.method_handlers_generic_handler("hello.v1.HelloService", {{
+    "SayHello": grpc.unary_unary_rpc_method_handler(lambda req, ctx: reply),
+}})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("{addr}")
+server.start()
+server.wait_for_termination()
+"#
+    );
+    let child = std::process::Command::new(python)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start grpcio");
+    (Proc { child, name: "grpcio".into() }, addr)
+}
+
+// 16.3: a caller that omits `te: trailers` still reaches a stock grpcio server, and the pod stays in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_te_trailers_reach_a_stock_grpcio_server() {
+    let (_py, addr) = grpcio_backend();
+    wait_for("grpcio to listen", Duration::from_secs(20), || std::net::TcpStream::connect(addr).ok());
+    let s = Sidecar::start(&format!("static:///{addr}"), &[]);
+    s.wait_ready_endpoints(1);
+    let path = "/hello.v1.HelloService/SayHello";
+    for i in 0..8 {
+        // Like curl: content-type only, no te.
+        let res =
+            raw_request(s.addr, true, path, &[("content-type", "application/grpc")], grpc_frame(&hello_request("x")))
+                .await;
+        assert_eq!(res.grpc_status(), Some(0), "call {i}: {res:?} {}", res.grpc_message());
+    }
+    assert_eq!(metric(&s.metrics(), "hello_sidecar_ejections_total"), 0);
+}
+
+/// After a flood: the sidecar is up, its memory and CPU bounded, and it serves a normal call.
+async fn still_serving(s: &mut Sidecar, rss_before: u64, cpu_before: Duration, flood: &str) {
+    assert!(s.proc.is_running(), "{flood}: the sidecar died");
+    let pid = s.proc.child.id();
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "{flood}: RSS grew by {grown} KiB");
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    assert!(cpu < Duration::from_secs(10), "{flood}: {cpu:?} of CPU");
+    let mut c = h2_client(s.addr).await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), unary(&mut c, s.addr, "hello")).await.expect("answered");
+    assert_eq!(reply.grpc_status, Some(0), "{flood}: {reply:?}");
+}
+
+// Abuse defences (RFC 9113 §10.5; CVE-2023-44487 rapid reset, CVE-2024-27316 CONTINUATION flood): each flood is
+// bounded in memory and CPU, and the sidecar keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_bounded_and_the_sidecar_keeps_serving() {
+    let (_b, mut s) = scripted().await;
+    let pid = s.proc.child.id();
+    let (rss, cpu) = (rss_kib(pid), cpu_time(pid));
+    let authority = s.addr.to_string();
+
+    // CONTINUATION flood: one header block that never ends.
+    let mut c = RawClient::connect(s.addr);
+    let mut out = frame(HEADERS, 0, 1, &RawClient::call_headers(&authority));
+    for _ in 0..10_000 {
+        out.extend(frame(CONTINUATION, 0, 1, &[]));
+    }
+    c.send(&out);
+    assert_eq!(c.goaway(Duration::from_secs(10)), Some(0xb), "CONTINUATION flood: ENHANCE_YOUR_CALM expected");
+    wait_for("the GOAWAY to be counted", Duration::from_secs(10), || (goaways(&s, "inbound") >= 1).then_some(()));
+    still_serving(&mut s, rss, cpu, "CONTINUATION flood").await;
+
+    // Rapid reset: open and cancel streams as fast as possible.
+    let mut c = RawClient::connect(s.addr);
+    let block = RawClient::call_headers(&authority);
+    let mut id = 1u32;
+    'flood: for _ in 0..200 {
+        let mut out = Vec::new();
+        for _ in 0..500 {
+            out.extend(frame(HEADERS, END_HEADERS, id, &block));
+            out.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+            id += 2;
+        }
+        if !c.send(&out) {
+            break 'flood;
+        }
+    }
+    assert_eq!(c.goaway(Duration::from_secs(10)), Some(0xb), "rapid reset: ENHANCE_YOUR_CALM expected");
+    wait_for("the GOAWAY to be counted", Duration::from_secs(10), || (goaways(&s, "inbound") >= 2).then_some(()));
+    still_serving(&mut s, rss, cpu, "rapid reset").await;
+
+    // PING and SETTINGS floods, each frame asking for an acknowledgement.
+    for (kind, payload) in [(PING, vec![0u8; 8]), (SETTINGS, vec![])] {
+        let mut c = RawClient::connect(s.addr);
+        let one = frame(kind, 0, 0, &payload);
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 10_000).collect();
+        for _ in 0..20 {
+            if !c.send(&batch) {
+                break;
+            }
+        }
+        still_serving(&mut s, rss, cpu, if kind == PING { "PING flood" } else { "SETTINGS flood" }).await;
+    }
+}
