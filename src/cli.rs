@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::discovery::Target;
 
+mod tls;
+pub use self::tls::{InboundArgs, TlsArgs};
+
 /// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
 #[derive(Debug, Parser)]
 #[command(name = "hello-sidecar", version, about)]
@@ -39,6 +42,9 @@ pub enum Command {
     Call(CallArgs),
     /// Simulate a whole cluster on this machine: API stand-in, pods, sidecar and traffic.
     Demo(DemoArgs),
+    /// Run the mTLS inbound proxy in front of an app: verify callers' certificates and identities, forward to
+    /// the app on loopback.
+    Inbound(InboundArgs),
 }
 
 /// Flags of `sidecar`.
@@ -88,6 +94,9 @@ pub struct SidecarArgs {
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
+    /// mTLS to the target (--tls-cert, --tls-key, --tls-ca, --tls-server-identity).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Flags of `server`.

@@ -33,6 +33,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod grpc;
+pub mod inbound;
 pub mod kube_standin;
 pub mod pool;
 pub mod proxy;
@@ -40,6 +41,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sidecar;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated HelloService types (package `hello.v1`).
 pub mod pb {

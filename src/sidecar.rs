@@ -39,6 +39,9 @@ pub enum StartError {
     /// Reflection could not load the compiled descriptors (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The target's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running sidecar: its bound addresses, for tests and the demo.
@@ -69,8 +72,9 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
+    let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
     let settings = balance::Settings {
-        pool: pool::Settings { connect_timeout: args.connect_timeout, ..Default::default() },
+        pool: pool::Settings { connect_timeout: args.connect_timeout, tls, ..Default::default() },
         eject_after: args.eject_after,
         ewma_decay: args.ewma_decay,
     };

@@ -27,7 +27,7 @@ use rand::Rng;
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{debug, info, warn};
 
-use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics};
+use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics, tls::Stream};
 
 mod lease;
 
@@ -47,6 +47,9 @@ pub struct Settings {
     pub keepalive_interval: Duration,
     /// A PING unanswered this long closes the connection.
     pub keepalive_timeout: Duration,
+    /// TLS to the target's endpoints; `None` is h2c. On a certificate reload, each endpoint's connection is
+    /// replaced make-before-break.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 }
@@ -171,8 +175,13 @@ async fn maintain(
 ) {
     let addr = conn.addr;
     let mut failures: u32 = 0;
+    let mut tls_changes = settings.tls.as_ref().map(|t| t.subscribe());
+    let mut rotating = false;
     while !*stop.borrow() {
-        conn.set(State::Connecting);
+        // On a certificate rotation the old connection stays published until the new one replaces it.
+        if !std::mem::take(&mut rotating) {
+            conn.set(State::Connecting);
+        }
         match connect(addr, &settings).await {
             Ok((tx, driver)) => {
                 metrics.connects_ok.fetch_add(1, Relaxed);
@@ -180,7 +189,8 @@ async fn maintain(
                 failures = 0;
                 debug!(%addr, "connected");
                 conn.set(State::Ready(tx));
-                tokio::pin!(driver);
+                // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
+                let mut driver = Box::pin(driver);
                 // The first reading waits a refresh period: until the peer's SETTINGS arrive, the driver reports
                 // a default (100), not the peer's limit.
                 let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
@@ -192,8 +202,19 @@ async fn maintain(
                         }
                         _ = stop.wait_for(|s| *s) => break true,
                         _ = limits.tick() => conn.primary_max_streams.store(driver.current_max_send_streams(), Relaxed),
+                        Some(()) = tls_changed(&mut tls_changes) => {
+                            rotating = true;
+                            break false;
+                        }
                     }
                 };
+                if rotating {
+                    // New certificates: connect again with them; this driver finishes its calls in flight and
+                    // closes once the new connection has replaced its handle.
+                    debug!(%addr, "tls certificates changed; replacing the connection");
+                    tokio::spawn(driver);
+                    continue;
+                }
                 if retired {
                     // Drop our handle (a retire may have raced the connect and been overwritten by Ready); hyper
                     // finishes the streams in flight, then closes.
@@ -232,6 +253,14 @@ async fn maintain(
     }
 }
 
+/// Resolves when the target's certificates were reloaded; never without TLS.
+async fn tls_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms.
 fn backoff(settings: &Settings, failures: u32) -> Duration {
     let exp = settings.min_backoff.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
@@ -248,17 +277,24 @@ pub enum ConnectError {
     /// TCP connect failed (refused, unreachable…).
     #[error("connect: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed (the certificate's reason, e.g. `invalid peer certificate: Expired`).
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
     /// The HTTP/2 handshake failed.
     #[error("http/2 handshake: {0}")]
     Handshake(#[from] hyper::Error),
 }
 
-type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
+type Driver = http2::Connection<TokioIo<Stream>, ReplayBody, TokioExecutor>;
 
 async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
+        let io = match &settings.tls {
+            Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
+            None => Stream::Plain(tcp),
+        };
         let (tx, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(settings.keepalive_interval)
@@ -269,7 +305,7 @@ async fn connect(addr: SocketAddr, settings: &Settings) -> Result<(SendRequest<R
             // replies (each a small frame before its trailers) already count as a flood and close the connection.
             .initial_connection_window_size(8 << 20)
             .initial_stream_window_size(1 << 20)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await?;
         Ok::<_, ConnectError>((tx, driver))
     };

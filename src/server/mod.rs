@@ -2,7 +2,8 @@
 //!
 //! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else `Hello, <name>!` and code 200.
 //! - Every answer (errors too) carries `x-hello-pod` (which pod answered) and `x-hello-peer` (the caller's
-//!   address, i.e. which connection carried the call).
+//!   address, i.e. which connection carried the call); behind the `inbound` proxy also `x-hello-client-id`
+//!   (the caller's verified SPIFFE ID, from `x-hello-sidecar-client-id`).
 //! - Fault knobs, off by default ([`faults`]): delay, jitter, error rate with a chosen status, and per-call
 //!   overrides by metadata.
 //! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
@@ -76,6 +77,8 @@ impl HelloService for Hello {
             .get::<TcpConnectInfo>()
             .and_then(|i| i.remote_addr())
             .and_then(|a| MetadataValue::try_from(a.to_string()).ok());
+        // Behind the mTLS `inbound` proxy: the verified caller, echoed so tests and the demo can see it.
+        let client_id = req.metadata().get(crate::inbound::CLIENT_ID_HEADER).cloned();
         let plan = self.faults.plan(req.metadata());
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
@@ -92,6 +95,9 @@ impl HelloService for Hello {
             md.insert("x-hello-pod", self.pod.clone());
             if let Some(p) = &peer {
                 md.insert("x-hello-peer", p.clone());
+            }
+            if let Some(id) = &client_id {
+                md.insert("x-hello-client-id", id.clone());
             }
         };
         match result {
