@@ -96,6 +96,8 @@ app and stops after it. Use it from a chart that depends on this one:
       value: {{ .Values.logFormat | quote }}
     - name: RUST_LOG
       value: {{ .Values.logLevel | quote }}
+    {{- with include "hello-sidecar.mtls.sidecarEnv" . }}{{ . | trim | nindent 4 }}{{- end }}
+  {{- with include "hello-sidecar.mtls.volumeMounts" . }}{{ . | trim | nindent 2 }}{{- end }}
   ports:
     - name: admin
       containerPort: {{ .Values.sidecar.adminPort }}
