@@ -115,3 +115,82 @@ def test_grpcio_without_a_client_certificate_is_refused(pki, inbound, stubs):
         with pytest.raises(grpc.RpcError) as e:
             stub.SayHello(pb2.HelloRequest(name="tls"), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_nginx_with_ssl_verify_client_is_a_backend_of_the_sidecars_tls(pki, stubs, tmp_path):
+    """Stock nginx terminates mTLS (ssl_verify_client on, the sidecar's certificate checked against the CA) and
+    grpc_passes to the app; the sidecar checks nginx's SPIFFE ID and presents its own certificate."""
+    pb2, pb2_grpc = stubs
+    procs = Procs()
+    nginx = None
+    try:
+        app_ip, nginx_ip = fresh_ip(), fresh_ip()
+        procs.start("server", "--listen", f"{app_ip}:8080", "--admin", f"{app_ip}:9902", "--id", "behind-nginx")
+        wait_http(f"http://{app_ip}:9902/ready")
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(f"""
+daemon off;
+pid {tmp_path}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy; fastcgi_temp_path {tmp_path}/fcgi;
+  uwsgi_temp_path {tmp_path}/uwsgi; scgi_temp_path {tmp_path}/scgi;
+  server {{
+    listen {nginx_ip}:8443 ssl http2;
+    ssl_certificate {pki}/server.crt;
+    ssl_certificate_key {pki}/server.key;
+    ssl_client_certificate {pki}/ca.crt;
+    ssl_verify_client on;
+    location / {{
+      grpc_set_header x-nginx-client-verify $ssl_client_verify;
+      grpc_pass grpc://{app_ip}:8080;
+    }}
+  }}
+}}
+""")
+        nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stdout=subprocess.DEVNULL)
+        sidecar_ip = fresh_ip()
+        procs.start(
+            "sidecar", "--listen", f"{sidecar_ip}:50051", "--admin", f"{sidecar_ip}:9901",
+            "--target", f"static:///{nginx_ip}:8443",
+            "--tls-cert", str(pki / "python.crt"), "--tls-key", str(pki / "python.key"),
+            "--tls-ca", str(pki / "ca.crt"), "--tls-server-identity", f"{TD}/ns/shop/sa/backend",
+        )
+        wait_http(f"http://{sidecar_ip}:9901/ready")
+        with grpc.insecure_channel(f"{sidecar_ip}:50051") as ch:
+            stub = pb2_grpc.HelloServiceStub(ch)
+            for _ in range(5):
+                reply, call = stub.SayHello.with_call(pb2.HelloRequest(name="nginx"), timeout=5)
+                assert reply.message == "Hello, nginx!"
+                assert dict(call.initial_metadata())["x-hello-pod"] == "behind-nginx"
+        # A sidecar whose certificate nginx does not trust is refused by nginx's client verification. nginx finishes
+        # the handshake and answers HTTP 400 ("The SSL certificate error"), which gRPC maps to INTERNAL; the
+        # sidecar passes the backend's answer through unchanged.
+        bad_ip = fresh_ip()
+        other = tmp_path / "other"
+        other.mkdir()
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=other)
+        openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=other CA", "-days", "1",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+                "-out", "ca.crt", cwd=other)
+        issue(other, "stranger", f"URI:{TD}/ns/shop/sa/stranger", "clientAuth")
+        procs.start(
+            "sidecar", "--listen", f"{bad_ip}:50051", "--admin", f"{bad_ip}:9901",
+            "--target", f"static:///{nginx_ip}:8443",
+            "--tls-cert", str(other / "stranger.crt"), "--tls-key", str(other / "stranger.key"),
+            "--tls-ca", str(pki / "ca.crt"), "--tls-server-identity", f"{TD}/ns/shop/sa/backend",
+        )
+        wait_http(f"http://{bad_ip}:9901/live")
+        with grpc.insecure_channel(f"{bad_ip}:50051") as ch:
+            stub = pb2_grpc.HelloServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SayHello(pb2.HelloRequest(name="nginx"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INTERNAL
+            assert "400" in e.value.details()
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+        procs.stop()
