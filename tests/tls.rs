@@ -34,9 +34,18 @@ impl Ca {
         Self { issuer: Issuer::new(params, key), pem }
     }
 
-    /// Issues a certificate for `san` (a spiffe:// URI or a DNS name) and writes `NAME.crt`/`NAME.key` in `dir`
-    /// by write-then-rename, as Kubernetes swaps a secret volume. `expired` backdates it to 2020.
+    /// Issues a certificate for `san` (a spiffe:// URI or a DNS name) and installs `NAME.crt`/`NAME.key` in
+    /// `dir`. `expired` backdates it to 2020.
     fn issue(&self, dir: &Path, name: &str, san: &str, serial: u64, expired: bool) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.make(san, serial, expired);
+        let (crt, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        install(&crt, &cert);
+        install(&k, &key);
+        (crt, k)
+    }
+
+    /// A certificate and its key, as PEM.
+    fn make(&self, san: &str, serial: u64, expired: bool) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![if san.starts_with("spiffe://") {
@@ -50,13 +59,7 @@ impl Ca {
             params.not_after = date_time_ymd(2020, 1, 1);
         }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (crt, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-        for (path, text) in [(&crt, cert.pem()), (&k, key.serialize_pem())] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-        (crt, k)
+        (cert.pem(), key.serialize_pem())
     }
 
     fn write(&self, dir: &Path, name: &str) -> PathBuf {
@@ -64,6 +67,13 @@ impl Ca {
         std::fs::write(&path, &self.pem).unwrap();
         path
     }
+}
+
+/// Replaces `path` by write-then-rename, as Kubernetes swaps a secret volume.
+fn install(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -260,9 +270,14 @@ async fn certificates_rotated_on_disk_under_load_fail_no_call() {
 
     let load = Load::start(&sidecar.client(), 8);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Both sides rotate: the sidecar's client certificate and the inbound proxy's server certificate.
-    ca.issue(&dir, "checkout", CHECKOUT_ID, 0x200, false);
+    // Both sides rotate: the inbound proxy's server certificate, and the sidecar's client certificate in two
+    // steps, the certificate a few polls before its key: the half-written pair must keep the old one in use.
     ca.issue(&dir, "backend", BACKEND_ID, 0x300, false);
+    let (new_cert, new_key) = ca.make(CHECKOUT_ID, 0x200, false);
+    install(&crt, &new_cert);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!serials().contains("\"serial\": \"0200\""), "a certificate without its key must not be used");
+    install(&key, &new_key);
     wait_for("the new client certificate in use", Duration::from_secs(20), || {
         serials().contains("\"serial\": \"0200\"").then_some(())
     });
@@ -311,4 +326,20 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(flag), "{args:?} should name {flag}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_dns_identity_is_checked_against_the_dns_san() {
+    let dir = temp_dir("dns");
+    let ca = Ca::new("test CA");
+    let app = Backend::start("app-0", &[]);
+    let ca_file = ca.write(&dir, "ca");
+    let (server_crt, server_key) = ca.issue(&dir, "backend", "backend.shop.svc", 1, false);
+    let inbound = Inbound::start(app.addr, &server_crt, &server_key, &ca_file, &["spiffe://td.test/ns/shop/*"]);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let target = format!("static:///{}", inbound.addr);
+    let sidecar = Sidecar::start(&target, &tls_flags(&crt, &key, &ca_file, "backend.shop.svc"));
+    sidecar.wait_ready_endpoints(1);
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "dns", Some(Duration::from_secs(5))).await;
+    assert_eq!((o.code, o.message.as_str()), (Code::Ok, "Hello, dns!"), "{o:?}");
 }
