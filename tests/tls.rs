@@ -218,14 +218,17 @@ async fn bad_backend_certificates_give_unavailable_with_the_tls_reason_and_back_
         let (mut proc, addr, _admin) = sidecar_logging(&target, &tls_flags(&crt, &key, client_ca, identity), &log);
         let mut client = hello_sidecar::client::connect(&addr.to_string()).unwrap();
         let started = Instant::now();
-        let mut last = None;
+        let mut named = Vec::new();
         while started.elapsed() < Duration::from_secs(3) {
             let o = hello_sidecar::client::call_once(&mut client, "x", Some(Duration::from_secs(2))).await;
             assert_eq!(o.code, Code::Unavailable, "{case}: {o:?}");
-            last = Some(o);
+            // The reason shows while the endpoint is in backoff (not in the instant it reconnects).
+            named.push(o.message.contains("tls handshake") && o.message.contains(reason));
+            if !named.last().unwrap() {
+                assert!(o.message.contains("no ready endpoints"), "{case}: {o:?}");
+            }
         }
-        let o = last.unwrap();
-        assert!(o.message.contains("tls handshake") && o.message.contains(reason), "{case}: {o:?}");
+        assert!(named.iter().any(|n| *n), "{case}: no call named the TLS reason");
         let failures = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
         // Backoff from 50 ms doubling: about 7 attempts in 3 s; a busy loop would make thousands.
         assert!((1..=20).contains(&failures), "{case}: {failures} handshakes in 3s");
@@ -342,4 +345,43 @@ async fn a_dns_identity_is_checked_against_the_dns_san() {
     sidecar.wait_ready_endpoints(1);
     let o = hello_sidecar::client::call_once(&mut sidecar.client(), "dns", Some(Duration::from_secs(5))).await;
     assert_eq!((o.code, o.message.as_str()), (Code::Ok, "Hello, dns!"), "{o:?}");
+}
+
+#[tokio::test]
+async fn the_inbound_proxy_refuses_untrusted_and_expired_client_certificates_in_the_handshake() {
+    let dir = temp_dir("client-certs");
+    let ca = Ca::new("test CA");
+    let stranger_ca = Ca::new("stranger CA");
+    let (_app, inbound) = backend_behind_inbound(&dir, &ca);
+    let ca_file = ca.write(&dir, "ca");
+    let target = format!("static:///{}", inbound.addr);
+    let cases = [
+        ("untrusted", stranger_ca.issue(&dir, "stranger", CHECKOUT_ID, 30, false)),
+        ("expired", ca.issue(&dir, "old", CHECKOUT_ID, 31, true)),
+    ];
+    for (case, (crt, key)) in cases {
+        let before = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
+        let sidecar = Sidecar::start(&target, &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+        // TLS 1.3: the server judges the client certificate after the client's handshake is done, so the sidecar
+        // sees the connection close (an alert or a broken pipe) right after it, and backs off. Every call is
+        // UNAVAILABLE; the reason shows while the endpoint is in backoff (not in the instant it reconnects).
+        let mut client = sidecar.client();
+        let started = Instant::now();
+        loop {
+            let o = hello_sidecar::client::call_once(&mut client, "x", Some(Duration::from_secs(5))).await;
+            assert_eq!(o.code, Code::Unavailable, "{case}: {o:?}");
+            assert_eq!(o.pod, None, "{case}: the app must not have seen the call");
+            if o.message.contains("after the TLS handshake (client certificate refused?)") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{case}: {o:?}");
+        }
+        let after = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
+        assert!(after > before, "{case}: the inbound proxy counts the refused handshake");
+        // No reconnect loop: the pool backs off (from 50 ms, doubling) as for a refused connect.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
+        let secs = started.elapsed().as_secs() + 1;
+        assert!(later - before <= 8 * secs, "{case}: {} handshakes in about {secs} s", later - before);
+    }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::admin::AdminState;
 
-/// Distinct caller identities with their own metrics label.
+/// Distinct caller identities with their own metrics label (`other` takes one of them once they are used up).
 pub const MAX_IDS: usize = 100;
 /// Distinct (identity, certificate serial) pairs kept in the callers view.
 const MAX_CALLERS: usize = 64;
@@ -35,6 +35,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 4] =
+        [Outcome::Forwarded, Outcome::PermissionDenied, Outcome::Unauthenticated, Outcome::Unavailable];
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
@@ -53,7 +56,8 @@ struct Caller {
 /// Counters of the inbound role.
 #[derive(Default)]
 pub struct Stats {
-    requests: Mutex<HashMap<(String, Outcome), u64>>,
+    /// Requests by caller identity, one counter per [`Outcome`] (in `Outcome::ALL` order).
+    requests: Mutex<HashMap<String, [u64; 4]>>,
     callers: Mutex<BTreeMap<(String, String), Caller>>,
     /// TLS handshakes that failed (plaintext callers, unknown CAs, expired certificates…).
     pub handshake_failures: AtomicU64,
@@ -66,11 +70,14 @@ pub struct Stats {
 impl Stats {
     /// Counts one request of `id` (`none` without a SPIFFE ID).
     pub fn record(&self, id: &str, outcome: Outcome) {
+        let i = outcome as usize;
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let known = m.keys().any(|(k, _)| k == id);
-        let distinct = if known { 0 } else { m.keys().map(|(k, _)| k).collect::<std::collections::HashSet<_>>().len() };
-        let label = if known || distinct < MAX_IDS { id } else { "other" };
-        *m.entry((label.to_owned(), outcome)).or_default() += 1;
+        if let Some(counts) = m.get_mut(id) {
+            counts[i] += 1;
+            return;
+        }
+        let label = if m.len() < MAX_IDS { id } else { "other" };
+        m.entry(label.to_owned()).or_default()[i] += 1;
     }
 
     /// Notes a caller's verified connection, with its certificate serial (hex).
@@ -102,12 +109,14 @@ impl AdminState for Stats {
         );
         let mut rows: Vec<_> = self.requests.lock().unwrap_or_else(|e| e.into_inner()).clone().into_iter().collect();
         rows.sort();
-        for ((id, outcome), n) in rows {
+        for (id, counts) in rows {
             let id = id.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!(
-                "hello_inbound_requests_total{{client_id=\"{id}\",outcome=\"{}\"}} {n}\n",
-                outcome.label()
-            ));
+            for (outcome, n) in Outcome::ALL.iter().zip(counts).filter(|(_, n)| *n > 0) {
+                out.push_str(&format!(
+                    "hello_inbound_requests_total{{client_id=\"{id}\",outcome=\"{}\"}} {n}\n",
+                    outcome.label()
+                ));
+            }
         }
         out.push_str(&format!(
             "# HELP hello_inbound_tls_handshake_failures_total TLS handshakes with callers that failed.\n\

@@ -182,12 +182,13 @@ async fn maintain(
         if !std::mem::take(&mut rotating) {
             conn.set(State::Connecting);
         }
-        match connect(addr, &settings).await {
+        let error = match connect(addr, &settings).await {
             Ok((tx, driver)) => {
                 metrics.connects_ok.fetch_add(1, Relaxed);
                 breaker.record_success();
-                failures = 0;
                 debug!(%addr, "connected");
+                let up_since = tokio::time::Instant::now();
+                let mut closed_with = None;
                 conn.set(State::Ready(tx));
                 // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
                 let mut driver = Box::pin(driver);
@@ -197,7 +198,11 @@ async fn maintain(
                 let retired = loop {
                     tokio::select! {
                         res = &mut driver => {
-                            if let Err(e) = res { info!(%addr, error = %crate::error_chain(&e), "connection closed") }
+                            if let Err(e) = res {
+                                let error = crate::error_chain(&e);
+                                info!(%addr, %error, "connection closed");
+                                closed_with = Some(error);
+                            }
                             break false;
                         }
                         _ = stop.wait_for(|s| *s) => break true,
@@ -226,29 +231,42 @@ async fn maintain(
                 if *stop.borrow() {
                     return;
                 }
-                // The peer went away (GOAWAY, reset, keepalive timeout): reconnect at once, once; a peer that is
-                // really gone refuses the connect and the backoff below takes over.
-                continue;
-            }
-            Err(e) => {
-                metrics.connects_failed.fetch_add(1, Relaxed);
-                breaker.record_failure();
-                failures = failures.saturating_add(1);
-                if failures == 1 {
-                    warn!(%addr, error = %e, "connect failed");
-                } else {
-                    debug!(%addr, error = %e, failures, "connect failed");
-                }
-                if *stop.borrow() {
-                    return;
-                }
-                conn.set(State::Backoff { error: e.to_string() });
-                let delay = backoff(&settings, failures);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                match closed_with {
+                    // Closed with an error right after connecting — a TLS 1.3 server refusing our certificate
+                    // (it can only say so after the handshake), a peer that resets at once: a failed connect,
+                    // which backs off instead of reconnecting in a loop.
+                    Some(error) if up_since.elapsed() < settings.connect_timeout => match settings.tls {
+                        Some(_) => {
+                            format!("closed right after the TLS handshake (client certificate refused?): {error}")
+                        }
+                        None => format!("closed right after connecting: {error}"),
+                    },
+                    // The peer went away (GOAWAY, reset, keepalive timeout): reconnect at once, once; a peer that
+                    // is really gone refuses the connect and the backoff below takes over.
+                    _ => {
+                        failures = 0;
+                        continue;
+                    }
                 }
             }
+            Err(e) => e.to_string(),
+        };
+        metrics.connects_failed.fetch_add(1, Relaxed);
+        breaker.record_failure();
+        failures = failures.saturating_add(1);
+        if failures == 1 {
+            warn!(%addr, %error, "connect failed");
+        } else {
+            debug!(%addr, %error, failures, "connect failed");
+        }
+        if *stop.borrow() {
+            return;
+        }
+        conn.set(State::Backoff { error });
+        let delay = backoff(&settings, failures);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
