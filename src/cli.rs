@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::discovery::Target;
 
 mod tls;
-pub use self::tls::{InboundArgs, TlsArgs};
+pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs};
 
 /// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
 #[derive(Debug, Parser)]
@@ -129,6 +129,9 @@ pub struct ServerArgs {
     /// HTTP/2 streams a client may have open on one connection (unlimited when unset).
     #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: Option<u32>,
+    /// Optional mTLS terminated by the server itself (--tls-cert, --tls-key, --tls-ca).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// Flags of `call`.

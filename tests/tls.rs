@@ -385,3 +385,24 @@ async fn the_inbound_proxy_refuses_untrusted_and_expired_client_certificates_in_
         assert!(later - before <= 8 * secs, "{case}: {} handshakes in about {secs} s", later - before);
     }
 }
+
+#[tokio::test]
+async fn the_server_fixture_can_terminate_mtls_itself() {
+    let dir = temp_dir("fixture");
+    let ca = Ca::new("test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (server_crt, server_key) = ca.issue(&dir, "backend", BACKEND_ID, 1, false);
+    let tls = ["--tls-cert", s(&server_crt), "--tls-key", s(&server_key), "--tls-ca", s(&ca_file)];
+    let backend = Backend::start("tls-0", &tls);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+    sidecar.wait_ready_endpoints(1);
+    let outcomes = common::calls(&sidecar.client(), 20, 4, Some(Duration::from_secs(5))).await;
+    assert!(common::cluster::failures(&outcomes).is_empty(), "{outcomes:?}");
+    assert_eq!(common::by_pod(&outcomes).get("tls-0"), Some(&20));
+    assert_eq!(backend.connections(), 1, "one pooled TLS connection carried every call");
+    // A plaintext sidecar gets no further than the handshake.
+    let plain = Sidecar::start(&Sidecar::static_target(&[&backend]), &[]);
+    let o = hello_sidecar::client::call_once(&mut plain.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, Code::Unavailable, "{o:?}");
+}

@@ -39,6 +39,27 @@ impl TlsArgs {
     }
 }
 
+/// The `server` fixture's optional mTLS: all three flags or none.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerTlsArgs {
+    /// Terminate mTLS: PEM certificate chain presented to callers. Needs --tls-key and --tls-ca.
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CERT", value_parser = tls::cert_file, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// mTLS: PEM private key of --tls-cert.
+    #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: PEM CA bundle callers' client certificates must chain to (client certificates are required).
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// (cert, key, ca) when TLS is on.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        Some((self.tls_cert.clone()?, self.tls_key.clone()?, self.tls_ca.clone()?))
+    }
+}
+
 /// Flags of `inbound`.
 #[derive(Debug, Clone, Args)]
 pub struct InboundArgs {

@@ -9,6 +9,7 @@
 //! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
 
 pub mod faults;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -19,7 +20,6 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::{Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo};
 use tracing::info;
 
@@ -132,6 +132,9 @@ pub enum StartError {
     /// Reflection could not load the compiled descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server failed while running.
     #[error("serve: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -156,6 +159,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let server_tls = match args.tls.files() {
+        Some((cert, key, ca)) => Some(crate::tls::ServerTls::new(cert, key, ca)?),
+        None => None,
+    };
     let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
         flag: "--listen",
         addr: args.listen,
@@ -175,14 +182,7 @@ pub async fn run(
         let _ = tx.send(local);
     }
 
-    let accept_stats = stats.clone();
-    let incoming = TcpListenerStream::new(listener).map(move |conn| {
-        if let Ok(stream) = &conn {
-            accept_stats.connections.fetch_add(1, Relaxed);
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = tls::incoming(listener, server_tls, stats.clone());
     let drain = args.drain_timeout;
     let draining = Arc::new(tokio::sync::Notify::new());
     let start_drain = draining.clone();
