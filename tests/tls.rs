@@ -164,7 +164,9 @@ async fn callers_off_the_allow_list_or_without_an_id_are_refused_with_a_status()
     let target = format!("static:///{}", inbound.addr);
     let cases = [
         ("spiffe://td.test/ns/other/sa/intruder", Code::PermissionDenied, "not allowed"),
-        ("intruder.example.com", Code::Unauthenticated, "no SPIFFE ID"),
+        ("intruder.example.com", Code::Unauthenticated, "no valid SPIFFE ID"),
+        // Not a valid SPIFFE ID, so no identity, though it starts like one the namespace wildcard allows.
+        ("spiffe://td.test/ns/shop/../other/sa/x", Code::Unauthenticated, "no valid SPIFFE ID"),
     ];
     for (i, (san, code, text)) in cases.into_iter().enumerate() {
         let (crt, key) = ca.issue(&dir, &format!("caller{i}"), san, 20 + i as u64, false);

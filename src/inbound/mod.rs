@@ -39,7 +39,7 @@ use crate::{
     admin,
     cli::InboundArgs,
     proxy::error::status_response,
-    tls::{AllowList, ServerTls, TlsError, verify},
+    tls::{AllowList, ServerTls, SpiffeId, TlsError, verify},
 };
 
 /// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed.
@@ -213,7 +213,8 @@ async fn handshake(
         }
     };
     let leaf = io.get_ref().1.peer_certificates().and_then(|c| c.first());
-    let id = leaf.and_then(verify::spiffe_id);
+    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard.
+    let id = leaf.and_then(verify::spiffe_id).filter(|id| id.parse::<SpiffeId>().is_ok());
     let serial = leaf.and_then(verify::serial_hex).unwrap_or_default();
     let label = id.clone().unwrap_or_else(|| "none".to_owned());
     inbound.stats.connected(&label, &serial);
@@ -230,8 +231,8 @@ impl Inbound {
             self.stats.record(&peer.label, Outcome::Unauthenticated);
             return answer(
                 Code::Unauthenticated,
-                "the client certificate carries no SPIFFE ID (a spiffe:// URI SAN); the inbound proxy knows callers \
-                 only by that",
+                "the client certificate carries no valid SPIFFE ID (one spiffe:// URI SAN); the inbound proxy knows \
+                 callers only by that",
             );
         };
         if !self.allow.allows(&peer.label) {
