@@ -408,3 +408,22 @@ async fn the_server_fixture_can_terminate_mtls_itself() {
     let o = hello_sidecar::client::call_once(&mut plain.client(), "x", Some(Duration::from_secs(5))).await;
     assert_eq!(o.code, Code::Unavailable, "{o:?}");
 }
+
+#[tokio::test]
+async fn an_app_that_is_down_behind_the_inbound_proxy_is_unavailable() {
+    let dir = temp_dir("app-down");
+    let ca = Ca::new("test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (server_crt, server_key) = ca.issue(&dir, "backend", BACKEND_ID, 1, false);
+    let nothing = SocketAddr::from((fresh_ip(), 8080));
+    let inbound = Inbound::start(nothing, &server_crt, &server_key, &ca_file, &["spiffe://td.test/ns/shop/*"]);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let sidecar = Sidecar::start(&format!("static:///{}", inbound.addr), &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+    sidecar.wait_ready_endpoints(1);
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, Code::Unavailable, "{o:?}");
+    // (The sidecar retries an UNAVAILABLE that carried no body elsewhere; with one endpoint its own message wins.)
+    let m = inbound.metrics();
+    let series = format!("hello_inbound_requests_total{{client_id=\"{CHECKOUT_ID}\",outcome=\"unavailable\"}}");
+    assert!(metric(&m, &series) >= 1, "{m}");
+}

@@ -194,3 +194,23 @@ http {{
             nginx.terminate()
             nginx.wait(timeout=10)
         procs.stop()
+
+
+def test_grpcio_sees_unavailable_naming_the_app_when_it_is_down(pki, stubs):
+    pb2, pb2_grpc = stubs
+    procs = Procs()
+    try:
+        ip = fresh_ip()
+        procs.start(
+            "inbound", "--listen", f"{ip}:8443", "--admin", f"{ip}:9903", "--forward", f"{fresh_ip()}:8080",
+            "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
+            "--tls-ca", str(pki / "ca.crt"), "--allow", f"{TD}/ns/shop/*",
+        )
+        wait_http(f"http://{ip}:9903/ready")
+        with channel(pki, f"{ip}:8443", "python") as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                pb2_grpc.HelloServiceStub(ch).SayHello(pb2.HelloRequest(name="tls"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "inbound proxy: the app at" in e.value.details()
+    finally:
+        procs.stop()
