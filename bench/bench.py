@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: direct to a backend, through hello-sidecar, and through nginx grpc_pass.
+"""Side-by-side benchmark: direct to a backend, through hello-sidecar (h2c, and mTLS through `inbound` proxies),
+and through nginx grpc_pass.
 
     python3 bench/bench.py                 # full run: 3 loads x 3 targets, median of 3 runs of 5 s each
     python3 bench/bench.py --smoke         # seconds; proves the harness works (run by scripts/test)
@@ -9,7 +10,9 @@ It installs h2load (Debian nghttp2-client) and nginx if missing, builds the rele
 `hello-sidecar server` backends on loopback, and alternates the targets within each repetition so machine noise
 hits all of them alike. h2load cannot see grpc-status, so every run also checks that each response carried the
 23-byte HelloResponse frame, and samples the target with a real gRPC client: an error storm never counts as
-throughput. Results: a table on stdout and in bench/results.md.
+throughput. The mTLS path is sidecar --TLS--> `hello-sidecar inbound` (one per backend) --h2c--> backend, with
+certificates made by the openssl CLI; pooled connections amortise the handshakes, so it measures the record layer
+and the extra hop. Results: a table on stdout and in bench/results.md.
 """
 
 import argparse
@@ -33,6 +36,27 @@ PATH = "/hello.v1.HelloService/SayHello"
 LOADS = [("1 stream", 1, 1), ("32 streams", 1, 32), ("16 conns x 32 streams", 16, 32)]
 BACKENDS = ["127.0.0.61:8080", "127.0.0.62:8080", "127.0.0.63:8080"]
 SIDECAR, SIDECAR_ADMIN, NGINX = "127.0.0.60:50051", "127.0.0.60:9901", "127.0.0.60:50052"
+TLS_SIDECAR, TLS_SIDECAR_ADMIN = "127.0.0.60:50053", "127.0.0.60:9904"
+INBOUNDS = ["127.0.0.64:8443", "127.0.0.65:8443", "127.0.0.66:8443"]
+TRUST_DOMAIN = "spiffe://bench.local"
+
+
+def make_certs(tmp: Path) -> Path:
+    """A CA, the backends' certificate (SPIFFE ID .../sa/backend) and the sidecar's (.../sa/client), by openssl."""
+    d = tmp / "pki"
+    d.mkdir()
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
+    run("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=bench CA", "-days", "1",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign", "-out", "ca.crt")
+    for name, eku in (("backend", "serverAuth"), ("client", "clientAuth")):
+        run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key")
+        run("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(f"subjectAltName=URI:{TRUST_DOMAIN}/ns/bench/sa/{name}\n"
+                                       f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={eku}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+            "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return d
 
 
 def ensure_tools(smoke: bool):
@@ -175,13 +199,34 @@ def main():
         procs.append(sidecar)
         nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(tmp)), "-p", str(tmp)], stdout=subprocess.DEVNULL)
         procs.append(nginx)
+        pki = make_certs(tmp)
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": {**os.environ, "RUST_LOG": "warn"}}
+        inbounds = []
+        for inbound, backend in zip(INBOUNDS, BACKENDS):
+            admin = inbound.rsplit(":", 1)[0] + ":9903"
+            inbounds.append(subprocess.Popen(
+                [str(BIN), "inbound", "--listen", inbound, "--admin", admin, "--forward", backend,
+                 "--tls-cert", str(pki / "backend.crt"), "--tls-key", str(pki / "backend.key"),
+                 "--tls-ca", str(pki / "ca.crt"), "--allow", f"{TRUST_DOMAIN}/ns/bench/*"], **quiet))
+        procs.extend(inbounds)
+        tls_sidecar = subprocess.Popen(
+            [str(BIN), "sidecar", "--listen", TLS_SIDECAR, "--admin", TLS_SIDECAR_ADMIN,
+             "--target", "static:///" + ",".join(INBOUNDS), "--tls-cert", str(pki / "client.crt"),
+             "--tls-key", str(pki / "client.key"), "--tls-ca", str(pki / "ca.crt"),
+             "--tls-server-identity", f"{TRUST_DOMAIN}/ns/bench/sa/backend"], **quiet)
+        procs.append(tls_sidecar)
         wait_port(SIDECAR)
         wait_port(NGINX)
+        wait_port(TLS_SIDECAR)
+        for i in INBOUNDS:
+            wait_port(i)
         time.sleep(0.5)
         idle_rss = rss_kib([sidecar.pid])
 
         targets = {"direct": (BACKENDS[0], lambda: []), "sidecar": (SIDECAR, lambda: [sidecar.pid]),
-                   "nginx": (NGINX, lambda: [nginx.pid, *children(nginx.pid)])}
+                   "nginx": (NGINX, lambda: [nginx.pid, *children(nginx.pid)]),
+                   # CPU of both halves of the mTLS path: the sidecar and the inbound proxies.
+                   "sidecar-mtls": (TLS_SIDECAR, lambda: [tls_sidecar.pid, *(p.pid for p in inbounds)])}
         for name, (addr, _) in targets.items():
             if not sample_with_client(addr):
                 sys.exit(f"{name} at {addr} does not answer HelloService correctly")
@@ -190,7 +235,7 @@ def main():
         order = list(targets)
         for run in range(args.runs):
             for load, conns, streams in LOADS:
-                for name in order[run % 3:] + order[:run % 3]:
+                for name in order[run % len(order):] + order[:run % len(order)]:
                     addr, pids = targets[name]
                     cpu0 = cpu_seconds(pids())
                     sampling, peak = True, [0]
@@ -240,7 +285,7 @@ def report(results, targets, idle_rss, peak_rss, args):
             lines.append(f"| {load} | {t} | {med(rs, 'rps'):.0f} | {med(rs, 'p50'):.3f} | {med(rs, 'p99'):.3f} | "
                          f"{'-' if cpu is None else f'{cpu:.3f}'} |")
     lines += ["", "| ratio | " + " | ".join(l for l, _, _ in LOADS) + " |", "|---|" + "---:|" * len(LOADS)]
-    for a, b in (("sidecar", "direct"), ("sidecar", "nginx")):
+    for a, b in (("sidecar", "direct"), ("sidecar", "nginx"), ("sidecar-mtls", "sidecar")):
         cells = [f"{med(results[(l, a)], 'rps') / med(results[(l, b)], 'rps'):.2f}x" for l, _, _ in LOADS]
         lines.append(f"| throughput {a}/{b} | " + " | ".join(cells) + " |")
     one = LOADS[0][0]

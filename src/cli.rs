@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::discovery::Target;
 
+mod tls;
+pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs};
+
 /// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
 #[derive(Debug, Parser)]
 #[command(name = "hello-sidecar", version, about)]
@@ -41,6 +44,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Add the sidecar to Kubernetes workloads in YAML (file or stdin) and print them; `--rbac` adds the RBAC.
     Inject(crate::inject::InjectArgs),
+    /// Run the mTLS inbound proxy in front of an app: verify callers' certificates and identities, forward to
+    /// the app on loopback.
+    Inbound(InboundArgs),
 }
 
 /// Flags of `sidecar`.
@@ -98,6 +104,9 @@ pub struct SidecarArgs {
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
+    /// mTLS to the target (--tls-cert, --tls-key, --tls-ca, --tls-server-identity).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Flags of `server`.
@@ -130,6 +139,9 @@ pub struct ServerArgs {
     /// HTTP/2 streams a client may have open on one connection (unlimited when unset).
     #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: Option<u32>,
+    /// Optional mTLS terminated by the server itself (--tls-cert, --tls-key, --tls-ca).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// Flags of `call`.

@@ -22,6 +22,8 @@
 //! - [`server`]: the backend `HelloService` with fault-injection knobs: the test fixture and the demo's pods.
 //! - [`kube_standin`]: a Kubernetes API stand-in (EndpointSlice list/watch) and a small EndpointSlice controller,
 //!   so tests and [`demo`] can run a cluster on one machine.
+//! - [`tls`]: pod-to-pod mTLS: certificates that reload, SPIFFE identities, the backend verifier; used by the
+//!   [`pool`] per target and by [`inbound`], the server-side half that terminates mTLS in front of an app.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/debug/endpoints`; [`telemetry`]: logs and Prometheus metrics.
 //! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers;
 //!   [`sidecar`]: wiring of the sidecar role; [`shutdown`]: SIGTERM handling.
@@ -34,6 +36,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod grpc;
+pub mod inbound;
 pub mod inject;
 pub mod kube_standin;
 pub mod pool;
@@ -44,6 +47,7 @@ pub mod service_config;
 pub mod shutdown;
 pub mod sidecar;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated HelloService types (package `hello.v1`).
 pub mod pb {

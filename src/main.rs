@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hello_sidecar::{
     cli::{Cli, Command},
-    client, demo, inject, server, shutdown, sidecar, telemetry,
+    client, demo, inbound, inject, server, shutdown, sidecar, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -102,6 +102,13 @@ async fn run(command: Command) -> ExitCode {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
+        },
+        Command::Inbound(args) => match inbound::start(args, shutdown::signal()).await {
+            Ok(running) => {
+                let _ = running.done.await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
         },
         Command::Demo(args) => match demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,9 @@ pub enum StartError {
     /// Reflection could not load the compiled descriptors (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The target's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running sidecar: its bound addresses, for tests and the demo.
@@ -69,11 +72,13 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
+    let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
     let settings = balance::Settings {
         pool: pool::Settings {
             connect_timeout: args.connect_timeout,
             keepalive_interval: args.keepalive_interval,
             max_header_list_bytes: proxy::h2_header_list_limit(args.max_header_bytes),
+            tls,
             ..Default::default()
         },
         eject_after: args.eject_after,

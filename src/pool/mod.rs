@@ -35,7 +35,7 @@ use rand::Rng;
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{debug, info, warn};
 
-use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics};
+use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics, tls::Stream};
 
 mod failure;
 mod lease;
@@ -61,6 +61,9 @@ pub struct Settings {
     /// SETTINGS_MAX_HEADER_LIST_SIZE advertised to backends: the largest response header or trailer block
     /// accepted, in bytes as RFC 7541 §4.1 counts them (name + value + 32 per field).
     pub max_header_list_bytes: u32,
+    /// TLS to the target's endpoints; `None` is h2c. On a certificate reload, each endpoint's connection is
+    /// replaced make-before-break.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl Default for Settings {
@@ -72,6 +75,7 @@ impl Default for Settings {
             keepalive_interval: STOCK_MIN_PING_INTERVAL,
             keepalive_timeout: Duration::from_secs(20),
             max_header_list_bytes: 1 << 20,
+            tls: None,
         }
     }
 }
@@ -234,16 +238,23 @@ async fn maintain(
 ) {
     let addr = conn.addr;
     let mut failures: u32 = 0;
+    let mut tls_changes = settings.tls.as_ref().map(|t| t.subscribe());
+    let mut rotating = false;
     while !*stop.borrow() {
-        conn.set(State::Connecting);
-        match connect(addr, &settings, conn.keepalive_interval()).await {
+        // On a certificate rotation the old connection stays published until the new one replaces it.
+        if !std::mem::take(&mut rotating) {
+            conn.set(State::Connecting);
+        }
+        let error = match connect(addr, &settings, conn.keepalive_interval()).await {
             Ok((tx, driver)) => {
                 metrics.connects_ok.fetch_add(1, Relaxed);
                 breaker.record_success();
-                failures = 0;
                 debug!(%addr, "connected");
+                let up_since = tokio::time::Instant::now();
+                let mut closed_with = None;
                 conn.set(State::Ready(tx));
-                tokio::pin!(driver);
+                // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
+                let mut driver = Box::pin(driver);
                 // The first reading waits a refresh period: until the peer's SETTINGS arrive, the driver reports
                 // a default (100), not the peer's limit.
                 let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
@@ -251,12 +262,26 @@ async fn maintain(
                     tokio::select! {
                         res = &mut driver => {
                             conn.closed(res.as_ref().err());
+                            if let Err(e) = res {
+                                closed_with = Some(crate::error_chain(&e));
+                            }
                             break false;
                         }
                         _ = stop.wait_for(|s| *s) => break true,
                         _ = limits.tick() => conn.primary_max_streams.store(driver.current_max_send_streams(), Relaxed),
+                        Some(()) = tls_changed(&mut tls_changes) => {
+                            rotating = true;
+                            break false;
+                        }
                     }
                 };
+                if rotating {
+                    // New certificates: connect again with them; this driver finishes its calls in flight and
+                    // closes once the new connection has replaced its handle.
+                    debug!(%addr, "tls certificates changed; replacing the connection");
+                    tokio::spawn(driver);
+                    continue;
+                }
                 if retired {
                     // Drop our handle (a retire may have raced the connect and been overwritten by Ready); hyper
                     // finishes the streams in flight, then closes.
@@ -268,30 +293,51 @@ async fn maintain(
                 if *stop.borrow() {
                     return;
                 }
-                // The peer went away (GOAWAY, reset, keepalive timeout): reconnect at once, once; a peer that is
-                // really gone refuses the connect and the backoff below takes over.
-                continue;
-            }
-            Err(e) => {
-                metrics.connects_failed.fetch_add(1, Relaxed);
-                breaker.record_failure();
-                failures = failures.saturating_add(1);
-                if failures == 1 {
-                    warn!(%addr, error = %e, "connect failed");
-                } else {
-                    debug!(%addr, error = %e, failures, "connect failed");
-                }
-                if *stop.borrow() {
-                    return;
-                }
-                conn.set(State::Backoff { error: e.to_string() });
-                let delay = backoff(&settings, failures);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                match closed_with {
+                    // Closed with an error right after connecting — a TLS 1.3 server refusing our certificate
+                    // (it can only say so after the handshake), a peer that resets at once: a failed connect,
+                    // which backs off instead of reconnecting in a loop.
+                    Some(error) if up_since.elapsed() < settings.connect_timeout => match settings.tls {
+                        Some(_) => {
+                            format!("closed right after the TLS handshake (client certificate refused?): {error}")
+                        }
+                        None => format!("closed right after connecting: {error}"),
+                    },
+                    // The peer went away (GOAWAY, reset, keepalive timeout): reconnect at once, once; a peer that
+                    // is really gone refuses the connect and the backoff below takes over.
+                    _ => {
+                        failures = 0;
+                        continue;
+                    }
                 }
             }
+            Err(e) => e.to_string(),
+        };
+        metrics.connects_failed.fetch_add(1, Relaxed);
+        breaker.record_failure();
+        failures = failures.saturating_add(1);
+        if failures == 1 {
+            warn!(%addr, %error, "connect failed");
+        } else {
+            debug!(%addr, %error, failures, "connect failed");
         }
+        if *stop.borrow() {
+            return;
+        }
+        conn.set(State::Backoff { error });
+        let delay = backoff(&settings, failures);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Resolves when the target's certificates were reloaded; never without TLS.
+async fn tls_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -311,6 +357,9 @@ pub enum ConnectError {
     /// TCP connect failed (refused, unreachable…).
     #[error("connect: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed (the certificate's reason, e.g. `invalid peer certificate: Expired`).
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
     /// The HTTP/2 handshake failed.
     #[error("http/2 handshake: {0}")]
     Handshake(#[from] hyper::Error),
@@ -336,7 +385,7 @@ pub const WINDOWED_STREAMS: u32 = 1024;
 /// floods one-byte frames still trips it after ~130 k buffered frames (memory ≈ the budget).
 pub const UPSTREAM_CONNECTION_WINDOW: u32 = WINDOWED_STREAMS * STREAM_WINDOW;
 
-type Driver = http2::Connection<TokioIo<TcpStream>, ReplayBody, TokioExecutor>;
+type Driver = http2::Connection<TokioIo<Stream>, ReplayBody, TokioExecutor>;
 
 async fn connect(
     addr: SocketAddr,
@@ -347,6 +396,10 @@ async fn connect(
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         tcp_keepalive(&tcp)?;
+        let io = match &settings.tls {
+            Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
+            None => Stream::Plain(tcp),
+        };
         let (tx, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
@@ -362,7 +415,7 @@ async fn connect(
             // Fixed windows, not adaptive ones (hyper's BDP estimate resizes both, breaking the ratio below).
             .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await?;
         Ok::<_, ConnectError>((tx, driver))
     };

@@ -2,12 +2,14 @@
 //!
 //! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else `Hello, <name>!` and code 200.
 //! - Every answer (errors too) carries `x-hello-pod` (which pod answered) and `x-hello-peer` (the caller's
-//!   address, i.e. which connection carried the call).
+//!   address, i.e. which connection carried the call); behind the `inbound` proxy also `x-hello-client-id`
+//!   (the caller's verified SPIFFE ID, from `x-hello-sidecar-client-id`).
 //! - Fault knobs, off by default ([`faults`]): delay, jitter, error rate with a chosen status, and per-call
 //!   overrides by metadata.
 //! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
 
 pub mod faults;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -18,7 +20,6 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::{Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo};
 use tracing::info;
 
@@ -76,6 +77,8 @@ impl HelloService for Hello {
             .get::<TcpConnectInfo>()
             .and_then(|i| i.remote_addr())
             .and_then(|a| MetadataValue::try_from(a.to_string()).ok());
+        // Behind the mTLS `inbound` proxy: the verified caller, echoed so tests and the demo can see it.
+        let client_id = req.metadata().get(crate::inbound::CLIENT_ID_HEADER).cloned();
         let plan = self.faults.plan(req.metadata());
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
@@ -92,6 +95,9 @@ impl HelloService for Hello {
             md.insert("x-hello-pod", self.pod.clone());
             if let Some(p) = &peer {
                 md.insert("x-hello-peer", p.clone());
+            }
+            if let Some(id) = &client_id {
+                md.insert("x-hello-client-id", id.clone());
             }
         };
         match result {
@@ -126,6 +132,9 @@ pub enum StartError {
     /// Reflection could not load the compiled descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server failed while running.
     #[error("serve: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -150,6 +159,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let server_tls = match args.tls.files() {
+        Some((cert, key, ca)) => Some(crate::tls::ServerTls::new(cert, key, ca)?),
+        None => None,
+    };
     let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
         flag: "--listen",
         addr: args.listen,
@@ -169,14 +182,7 @@ pub async fn run(
         let _ = tx.send(local);
     }
 
-    let accept_stats = stats.clone();
-    let incoming = TcpListenerStream::new(listener).map(move |conn| {
-        if let Ok(stream) = &conn {
-            accept_stats.connections.fetch_add(1, Relaxed);
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = tls::incoming(listener, server_tls, stats.clone());
     let drain = args.drain_timeout;
     let draining = Arc::new(tokio::sync::Notify::new());
     let start_drain = draining.clone();

@@ -167,6 +167,8 @@ app and stops after it. Every flag comes from .Values.sidecar. Use it from a cha
     {{- with $s.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+    {{- with include "hello-sidecar.mtls.sidecarEnv" . }}{{ . | trim | nindent 4 }}{{- end }}
+  {{- with include "hello-sidecar.mtls.volumeMounts" . }}{{ . | trim | nindent 2 }}{{- end }}
   ports:
     - name: admin
       containerPort: {{ $s.adminPort }}

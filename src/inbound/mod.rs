@@ -1,0 +1,279 @@
+//! The `inbound` role: the server-side half of pod-to-pod mTLS, in front of an app on loopback.
+//!
+//! ```text
+//! caller ──TLS (client cert required, chain checked)──▶ identity (SPIFFE ID in the URI SAN)
+//!        ──▶ allow list ──▶ strip + set x-hello-sidecar-client-id ──▶ h2c to the app (frames untouched)
+//! ```
+//!
+//! A caller without a SPIFFE ID gets `UNAUTHENTICATED`, one not on the allow list `PERMISSION_DENIED`, both as
+//! Trailers-Only gRPC answers; a plaintext or unverifiable caller never gets past the handshake. The app's
+//! answers go back as they came.
+
+pub mod app;
+pub mod stats;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, uri::Scheme};
+use http_body_util::{Either, Empty};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use self::{
+    app::App,
+    stats::{Outcome, Stats},
+};
+use crate::{
+    admin,
+    cli::InboundArgs,
+    proxy::error::status_response,
+    tls::{AllowList, ServerTls, SpiffeId, TlsError, verify},
+};
+
+/// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed.
+pub const CLIENT_ID_HEADER: &str = "x-hello-sidecar-client-id";
+
+/// A response to the caller: the app's, or one made here.
+pub type InboundBody = Either<Incoming, Empty<Bytes>>;
+
+/// Why the inbound proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A running inbound proxy.
+pub struct Running {
+    /// The TLS listener's address.
+    pub listen: SocketAddr,
+    /// The admin address.
+    pub admin: SocketAddr,
+    /// Completes when the proxy has drained and stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// A verified caller connection: who it is (if its certificate names a SPIFFE ID).
+struct Peer {
+    id: Option<HeaderValue>,
+    label: String,
+}
+
+struct Inbound {
+    allow: AllowList,
+    app: App,
+    stats: Arc<Stats>,
+}
+
+/// Starts the inbound proxy; it stops (after draining up to `--drain-timeout`) when `shutdown` resolves.
+pub async fn start(
+    args: InboundArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let tls = ServerTls::new(args.tls_cert.clone(), args.tls_key.clone(), args.tls_ca.clone())?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
+        flag: "--listen",
+        addr: args.listen,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(args.admin).await.map_err(|source| StartError::Bind {
+        flag: "--admin",
+        addr: args.admin,
+        source,
+    })?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
+    let stats = Arc::new(Stats::default());
+    stats.serving.store(true, Relaxed);
+    let inbound = Arc::new(Inbound { allow: args.allow_list(), app: App::new(args.forward), stats: stats.clone() });
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(admin::serve(admin_listener, stats.clone(), async move {
+        let _ = admin_stopped.await;
+    }));
+    info!(%listen, admin = %admin_addr, forward = %args.forward, allow = args.allow.len(), "inbound listening");
+    let done = tokio::spawn(async move {
+        let shutdown = async move {
+            shutdown.await;
+            stats.serving.store(false, Relaxed);
+        };
+        serve(inbound, tls, listener, args.handshake_timeout, shutdown, args.drain_timeout).await;
+        let _ = stop_admin.send(());
+        info!("inbound stopped");
+    });
+    Ok(Running { listen, admin: admin_addr, done })
+}
+
+async fn serve(
+    inbound: Arc<Inbound>,
+    tls: Arc<ServerTls>,
+    listener: TcpListener,
+    handshake_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .initial_connection_window_size(8 << 20)
+        .initial_stream_window_size(1 << 20)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let graceful = GracefulShutdown::new();
+    let (conns_tx, mut conns_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (inbound, tls, conns_tx) = (inbound.clone(), tls.clone(), conns_tx.clone());
+                    // The handshake runs in its own task: a slow caller must not hold up the accept loop.
+                    tokio::spawn(async move {
+                        if let Some(ready) = handshake(&inbound, &tls, stream, remote, handshake_timeout).await {
+                            let _ = conns_tx.send(ready);
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some((io, peer)) = conns_rx.recv() => {
+                let peer = Arc::new(peer);
+                let inbound = inbound.clone();
+                let svc = service_fn(move |req| {
+                    let (inbound, peer) = (inbound.clone(), peer.clone());
+                    async move { Ok::<_, Infallible>(inbound.handle(&peer, req).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "caller connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let started = Instant::now();
+    info!(connections = graceful.count(), "draining caller connections");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
+    }
+}
+
+type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The TLS handshake with one caller; `None` (logged, counted) when it fails.
+async fn handshake(
+    inbound: &Inbound,
+    tls: &ServerTls,
+    stream: TcpStream,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Option<(TlsIo, Peer)> {
+    let io = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => {
+            inbound.stats.handshake_failures.fetch_add(1, Relaxed);
+            info!(%remote, error = %e, "tls handshake with a caller failed");
+            return None;
+        }
+        Err(_) => {
+            inbound.stats.handshake_failures.fetch_add(1, Relaxed);
+            info!(%remote, ?timeout, "tls handshake with a caller timed out");
+            return None;
+        }
+    };
+    let leaf = io.get_ref().1.peer_certificates().and_then(|c| c.first());
+    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard.
+    let id = leaf.and_then(verify::spiffe_id).filter(|id| id.parse::<SpiffeId>().is_ok());
+    let serial = leaf.and_then(verify::serial_hex).unwrap_or_default();
+    let label = id.clone().unwrap_or_else(|| "none".to_owned());
+    inbound.stats.connected(&label, &serial);
+    debug!(%remote, client_id = %label, %serial, "caller verified");
+    let id = id.and_then(|s| HeaderValue::from_str(&s).ok());
+    Some((io, Peer { id, label }))
+}
+
+impl Inbound {
+    /// Answers one request: identity and allow list first, then the app. Never fails: every failure is a
+    /// gRPC status.
+    async fn handle(&self, peer: &Peer, mut req: Request<Incoming>) -> Response<InboundBody> {
+        let Some(id) = &peer.id else {
+            self.stats.record(&peer.label, Outcome::Unauthenticated);
+            return answer(
+                Code::Unauthenticated,
+                "the client certificate carries no valid SPIFFE ID (one spiffe:// URI SAN); the inbound proxy knows \
+                 callers only by that",
+            );
+        };
+        if !self.allow.allows(&peer.label) {
+            self.stats.record(&peer.label, Outcome::PermissionDenied);
+            debug!(client_id = %peer.label, path = req.uri().path(), "caller not on the allow list");
+            return answer(Code::PermissionDenied, &format!("caller {} is not allowed here", peer.label));
+        }
+        let headers = req.headers_mut();
+        while headers.remove(CLIENT_ID_HEADER).is_some() {}
+        headers.insert(CLIENT_ID_HEADER, id.clone());
+        *req.uri_mut() = absolute(req.uri(), self.app.addr());
+        let sent = match self.app.sender().await {
+            Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(res) => {
+                self.stats.record(&peer.label, Outcome::Forwarded);
+                res.map(Either::Left)
+            }
+            Err(e) => {
+                self.stats.record(&peer.label, Outcome::Unavailable);
+                warn!(app = %self.app.addr(), error = %e, "the app did not take the call");
+                answer(Code::Unavailable, &format!("inbound proxy: the app at {}: {e}", self.app.addr()))
+            }
+        }
+    }
+}
+
+fn answer(code: Code, message: &str) -> Response<InboundBody> {
+    status_response(code, message).map(|_| Either::Right(Empty::new()))
+}
+
+/// The URI with a scheme and authority (an HTTP/2 client needs them for its pseudo-headers); what the caller
+/// sent is kept when present.
+fn absolute(uri: &Uri, addr: SocketAddr) -> Uri {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = addr.to_string().parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}

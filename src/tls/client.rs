@@ -1,0 +1,101 @@
+//! The sidecar's TLS to one target: client certificate presented, backend verified, ALPN `h2`.
+
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::ServerName;
+use tokio::{net::TcpStream, sync::watch};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use super::{
+    ALPN_H2, Identity, TlsError, TlsSettings, parse_certs, parse_key,
+    reload::{POLL_INTERVAL, Reloading},
+    verify::BackendVerifier,
+};
+
+/// The live client config of a target; rebuilt when its files change.
+pub struct ClientTls {
+    config: Arc<Reloading<ClientConfig>>,
+    identity: Identity,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Loads the files of `settings` and starts following them. Must run inside a Tokio runtime.
+    ///
+    /// Errors: a file that cannot be read or parsed (naming its flag), or a key that does not match the
+    /// certificate.
+    pub fn new(settings: &TlsSettings) -> Result<Arc<Self>, TlsError> {
+        let files = vec![
+            ("--tls-cert", settings.cert.clone()),
+            ("--tls-key", settings.key.clone()),
+            ("--tls-ca", settings.ca.clone()),
+        ];
+        let s = settings.clone();
+        let identity = settings.server_identity.clone();
+        let build = move |c: &[Vec<u8>]| build(&s, &c[0], &c[1], &c[2]);
+        let config = Reloading::spawn(files, build, POLL_INTERVAL)?;
+        Ok(Arc::new(Self { config, identity }))
+    }
+
+    /// Who the backend must be.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Changes whenever reloaded certificates are in place; connections made before are then replaced.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.config.subscribe()
+    }
+
+    /// Runs the TLS handshake over `tcp` to endpoint `addr`. The SNI is the DNS identity when there is one;
+    /// for a SPIFFE identity none is sent (the endpoint's IP stands in as the name, which rustls never sends).
+    pub async fn connect(&self, addr: SocketAddr, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = match &self.identity {
+            Identity::Dns(name) => name.clone(),
+            Identity::Spiffe(_) => ServerName::IpAddress(addr.ip().into()),
+        };
+        TlsConnector::from(self.config.current()).connect(name, tcp).await.map_err(readable)
+    }
+}
+
+/// rustls prints a custom certificate error with `Debug`; this says it in words (`invalid peer certificate:
+/// certificate identity mismatch: expected …`).
+fn readable(e: std::io::Error) -> std::io::Error {
+    let text = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {other}")
+        }
+        _ => return e,
+    };
+    std::io::Error::new(e.kind(), text)
+}
+
+fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientConfig, TlsError> {
+    let chain = parse_certs("--tls-cert", &s.cert, cert)?;
+    let key = parse_key("--tls-key", &s.key, key)?;
+    let mut roots = RootCertStore::empty();
+    for ca_cert in parse_certs("--tls-ca", &s.ca, ca)? {
+        roots.add(ca_cert).map_err(|e| TlsError::Pem {
+            flag: "--tls-ca",
+            path: s.ca.clone(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let provider = super::provider();
+    let verifier = BackendVerifier::new(Arc::new(roots), s.server_identity.clone(), provider.clone());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
