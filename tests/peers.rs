@@ -2,17 +2,12 @@
 //! calling the backend directly would not, and its abuse defences still hold against floods.
 
 mod common;
-#[path = "common/h2peer.rs"]
-mod h2peer;
-#[path = "common/rawh2.rs"]
-mod rawh2;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use h2peer::*;
-use rawh2::*;
+use common::{h2peer::*, rawh2::*};
 
 /// A sidecar in front of one scripted backend, with its endpoint connected.
 async fn scripted() -> (H2Backend, Sidecar) {

@@ -6,8 +6,10 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod h2peer;
 pub mod kind;
 pub mod raw_h2;
+pub mod rawh2;
 pub mod scenarios;
 
 use std::{

@@ -55,16 +55,10 @@ impl RawBackend {
     }
 }
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
+use super::rawh2::{
+    ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS, frame, hpack,
+};
+
 const MAX_FRAME: usize = 16_384;
 
 async fn serve(mut tcp: TcpStream, conn: usize, script: fn(usize, usize) -> Action, requests: Arc<AtomicUsize>) {
@@ -115,18 +109,19 @@ async fn serve(mut tcp: TcpStream, conn: usize, script: fn(usize, usize) -> Acti
 
 fn answer(stream: u32, status: u8, padding: usize) -> Vec<u8> {
     let mut headers = vec![0x88]; // :status 200, static table index 8
-    literal(&mut headers, "content-type", b"application/grpc");
+    headers.extend(hpack(&[("content-type", "application/grpc")]));
     let mut out = frame(HEADERS, END_HEADERS, stream, &headers);
     let message = {
         use prost::Message;
         hello_sidecar::pb::HelloResponse { message: "Hello, raw!".into(), code: 200 }.encode_to_vec()
     };
     out.extend(frame(DATA, 0, stream, &super::grpc_frame(&message)));
-    let mut trailers = Vec::new();
-    literal(&mut trailers, "grpc-status", status.to_string().as_bytes());
-    if padding > 0 {
-        literal(&mut trailers, "x-raw-padding", &vec![b'p'; padding]);
+    let (status, padding) = (status.to_string(), "p".repeat(padding));
+    let mut fields = vec![("grpc-status", status.as_str())];
+    if !padding.is_empty() {
+        fields.push(("x-raw-padding", padding.as_str()));
     }
+    let trailers = hpack(&fields);
     let mut chunks = trailers.chunks(MAX_FRAME).peekable();
     let mut first = true;
     while let Some(chunk) = chunks.next() {
@@ -139,37 +134,4 @@ fn answer(stream: u32, status: u8, padding: usize) -> Vec<u8> {
         first = false;
     }
     out
-}
-
-/// HPACK literal header field without indexing, new name (RFC 7541 §6.2.2), no Huffman.
-fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0);
-    integer(out, name.len(), 7, 0);
-    out.extend_from_slice(name.as_bytes());
-    integer(out, value.len(), 7, 0);
-    out.extend_from_slice(value);
-}
-
-/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-fn integer(out: &mut Vec<u8>, mut v: usize, n: u32, high: u8) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(high | v as u8);
-        return;
-    }
-    out.push(high | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }

@@ -38,19 +38,32 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An HPACK header block of literal fields without indexing, names and values shorter than 127 bytes
-/// (RFC 7541 §6.2.2).
+/// An HPACK header block of literal fields without indexing, new names, no Huffman (RFC 7541 §6.2.2).
 pub fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in headers {
-        assert!(name.len() < 127 && value.len() < 127, "short strings only");
         out.push(0x00);
-        out.push(name.len() as u8);
+        hpack_integer(&mut out, name.len());
         out.extend_from_slice(name.as_bytes());
-        out.push(value.len() as u8);
+        hpack_integer(&mut out, value.len());
         out.extend_from_slice(value.as_bytes());
     }
     out
+}
+
+/// An HPACK string length: an integer with a 7-bit prefix, Huffman bit clear (RFC 7541 §5.1).
+fn hpack_integer(out: &mut Vec<u8>, mut v: usize) {
+    if v < 127 {
+        out.push(v as u8);
+        return;
+    }
+    out.push(127);
+    v -= 127;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
 }
 
 /// Reads one frame: (type, flags, stream id, payload).
