@@ -40,6 +40,31 @@ async fn refused_streams_are_retried_transparently_on_the_only_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_do_not_spend_the_retry_budget() {
+    // A peer that refuses more streams than the budget's 20% (nginx's GOAWAY every `keepalive_requests` under
+    // concurrency, a server at its stream limit): none of them reached the application, so the retry budget,
+    // which guards backends against retry storms, has nothing to guard, and no call may fail for it.
+    let backend = RawBackend::start(|_, n| if n % 2 == 0 { Action::Refuse } else { OK }).await;
+    let sidecar = Sidecar::start(&format!("static:///{}", backend.addr), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let mut failed = Vec::new();
+    for _ in 0..100 {
+        let r = say_hello(&sidecar, &[]).await;
+        if r.grpc_status() != Some(0) {
+            failed.push(r.grpc_message());
+        }
+    }
+    let m = sidecar.metrics();
+    assert!(
+        failed.is_empty(),
+        "{} of 100 calls failed, e.g. {:?}; budget refusals: {}",
+        failed.len(),
+        failed.first(),
+        metric(&m, "hello_sidecar_retries_refused_total")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_goaway_below_the_stream_is_retried_on_a_new_connection() {
     // The first connection answers its first request with GOAWAY(last-stream-id 0) and closes; later ones serve.
     let backend = RawBackend::start(|conn, _| if conn == 0 { Action::GoAwayBelow } else { OK }).await;
