@@ -169,3 +169,31 @@ async fn large_request_metadata_passes_and_oversized_gets_an_explicit_status() {
     assert!(msg.contains("request metadata is 100") && msg.contains("65536"), "names the size and limit: {msg}");
     assert_eq!(calls_answered(&a), 1, "the oversized call never reached the backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metadata_past_h2s_own_limit_still_gets_an_explicit_status() {
+    // h2's SETTINGS_MAX_HEADER_LIST_SIZE sits at 1 MiB: past it h2 answers a bare 431 (inbound) or resets the
+    // stream (outbound) before the sidecar's code sees the block. Stock grpc-go accepts 16 MiB directly.
+    let a = Backend::start("huge-metadata", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let huge = "m".repeat(1_100_000);
+    let r = say_hello(&sidecar, &[("x-big", &huge)]).await;
+    assert_eq!((r.status, r.grpc_status()), (200, Some(Code::ResourceExhausted as i32)), "never a bare 431: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_past_h2s_own_limit_still_get_an_explicit_status() {
+    let backend = RawBackend::start(|_, _| Action::Answer { status: 0, trailer_padding: 1_100_000 }).await;
+    let sidecar = Sidecar::start(&format!("static:///{}", backend.addr), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let r = say_hello(&sidecar, &[]).await;
+    let padding = r.trailers.as_ref().and_then(|t| t.get("x-raw-padding")).map(|v| v.len());
+    // Either the trailer block arrives whole, or the call says why it did not; never dropped in silence.
+    assert!(
+        padding == Some(1_100_000) || r.grpc_status() == Some(Code::ResourceExhausted as i32),
+        "status {:?} {:?}, x-raw-padding {padding:?}",
+        r.grpc_status(),
+        r.grpc_message()
+    );
+}
