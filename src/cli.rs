@@ -99,7 +99,7 @@ pub struct SidecarArgs {
     pub max_header_bytes: u32,
     /// Silence on a backend connection with calls open after which an HTTP/2 PING checks the peer. Never sent
     /// while no call is open; doubled after a GOAWAY too_many_pings. Stock gRPC servers accept one per 5 minutes; 0 turns PINGs off.
-    #[arg(long, env = "HELLO_SIDECAR_KEEPALIVE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "HELLO_SIDECAR_KEEPALIVE_INTERVAL", default_value = "5m", value_parser = parse_keepalive)]
     pub keepalive_interval: Duration,
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
@@ -182,6 +182,15 @@ pub struct DemoArgs {
     /// How long the demo runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
+}
+
+/// A keepalive interval: `0` (off) or at least one second (PINGs faster than that only draw GOAWAYs; grpc-go's
+/// client clamps its own to 10 s).
+fn parse_keepalive(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() || d >= Duration::from_secs(1) => Ok(d),
+        _ => Err("must be 0 (off) or at least 1s".into()),
+    }
 }
 
 /// Parses `5s`, `100ms`, `250us`, `1m`, `1h`, `1500ns` or a sum such as `1m30s`.

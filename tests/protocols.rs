@@ -44,6 +44,14 @@ async fn grpc_web_binary_over_http1_and_http2() {
         assert_eq!(r.headers["access-control-allow-origin"], "http://app.test");
         // A browser that sends cookies needs credentials allowed, for the echoed origin only.
         assert_eq!(r.headers["access-control-allow-credentials"], "true");
+        // Never `*` with credentials, and `Origin: null` (a sandboxed page) names no one.
+        for origin in [None, Some("null")] {
+            let mut h = vec![("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")];
+            h.extend(origin.map(|o| ("origin", o)));
+            let r = raw_request(s.addr, http2, PATH, &h, grpc_frame(&hello_request("web"))).await;
+            assert_eq!(r.headers["access-control-allow-origin"], "*", "{origin:?}");
+            assert!(!r.headers.contains_key("access-control-allow-credentials"), "{origin:?}: {r:?}");
+        }
         let (data, trailers) = web_frames(&r.body);
         let reply = hello_sidecar::pb::HelloResponse::decode(&data[0][..]).expect("reply");
         assert_eq!(reply.message, "Hello, web!");

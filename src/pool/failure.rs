@@ -35,10 +35,16 @@ pub fn classify(e: &hyper::Error) -> SendFailure {
     }
 }
 
-/// Whether a connection ended with the peer's GOAWAY `ENHANCE_YOUR_CALM`: grpc-go and gRPC-core send it (with
-/// debug data "too_many_pings") when a client pings more often than their policy allows.
+/// Whether a connection ended with the peer's GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", which grpc-go and
+/// gRPC-core send when a client pings more often than their policy allows (gRFC A8). h2 shows the GOAWAY's debug
+/// data only in its message, so that is where it is read.
 pub fn calm_goaway(e: &hyper::Error) -> bool {
-    h2_error(e).is_some_and(|h2| h2.is_go_away() && h2.is_remote() && h2.reason() == Some(Reason::ENHANCE_YOUR_CALM))
+    h2_error(e).is_some_and(|h2| {
+        h2.is_go_away()
+            && h2.is_remote()
+            && h2.reason() == Some(Reason::ENHANCE_YOUR_CALM)
+            && h2.to_string().contains("too_many_pings")
+    })
 }
 
 fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {

@@ -83,7 +83,7 @@ impl Default for Settings {
 /// The shortest PING interval that grpc-go and gRPC-core servers accept by default
 /// (`keepalive.EnforcementPolicy.MinTime`, `grpc.http2.min_ping_interval_without_data_ms`).
 pub const STOCK_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
-/// The longest a doubled keepalive interval grows.
+/// The longest a doubled keepalive interval grows (a longer configured one is kept as it is).
 const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// TCP keepalive: probes start after this much idle time…
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -206,7 +206,7 @@ impl Connection {
         };
         if calm_goaway(e) {
             let now = self.keepalive_interval();
-            let next = now.saturating_mul(2).min(MAX_KEEPALIVE_INTERVAL);
+            let next = now.saturating_mul(2).min(MAX_KEEPALIVE_INTERVAL).max(now);
             self.keepalive_ms.store(next.as_millis() as u64, Relaxed);
             self.metrics.keepalive_goaways.fetch_add(1, Relaxed);
             warn!(

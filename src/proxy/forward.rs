@@ -6,8 +6,9 @@
 //! the endpoint's fault, and the same endpoint may take the retry on a new stream or connection. Anything that may
 //! have reached the application is never re-sent: a reset or a lost connection after the request was written
 //! fails the call with its cause (the caller decides), and a status the backend answered — `UNAVAILABLE` too —
-//! is passed through unchanged and at once. Every retry also needs the request body still kept (≤ 64 KiB), the
-//! budget, and time before the deadline; none happens after the first response byte.
+//! is passed through unchanged and at once. Every retry also needs the request body still kept (≤ 64 KiB) and
+//! time before the deadline; none happens after the first response byte. Transparent retries are bounded per call
+//! ([`MAX_ATTEMPTS`]), not by the retry budget, which is for retries of calls that reached a backend.
 
 use std::{
     net::SocketAddr,
@@ -133,7 +134,7 @@ impl Proxy {
                     let error = crate::error_chain(e.error());
                     if failure == SendFailure::Unprocessed {
                         attempt.release();
-                        if self.may_retry(&origin, &mut refused_by, endpoint.addr, deadline) {
+                        if self.may_resend(&origin, &mut refused_by, endpoint.addr, deadline) {
                             self.metrics.retries_transparent.fetch_add(1, Relaxed);
                             tracing::debug!(endpoint = %endpoint.addr, %error, "transparent retry: the request never reached the application");
                             continue;
@@ -180,8 +181,11 @@ impl Proxy {
         }
     }
 
-    /// Whether the call may be sent again; notes the endpoint that refused it when it may.
-    fn may_retry(
+    /// Whether a call that never reached the application may be sent again; notes the endpoint that refused it
+    /// when it may. Not charged to the retry budget: the budget guards backends against retry storms, and a
+    /// stream they refused or never saw costs them nothing (grpc-go's transparent retries are not throttled
+    /// either); [`MAX_ATTEMPTS`] bounds them per call.
+    fn may_resend(
         &self,
         origin: &ReplayBody,
         refused_by: &mut Vec<SocketAddr>,
@@ -189,10 +193,6 @@ impl Proxy {
         deadline: Instant,
     ) -> bool {
         if refused_by.len() + 1 >= MAX_ATTEMPTS || Instant::now() >= deadline || origin.replay().is_none() {
-            return false;
-        }
-        if !self.budget.withdraw() {
-            self.metrics.retries_refused_by_budget.fetch_add(1, Relaxed);
             return false;
         }
         refused_by.push(refused);

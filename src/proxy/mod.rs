@@ -196,10 +196,12 @@ impl Proxy {
     }
 }
 
-/// The SETTINGS_MAX_HEADER_LIST_SIZE given to h2 for a `--max-header-bytes` limit: four times it, at least
-/// 1 MiB, so that what is over the limit still reaches the code that answers it with a gRPC status.
+/// The SETTINGS_MAX_HEADER_LIST_SIZE given to h2 for a `--max-header-bytes` limit: 16 MiB (grpc-go's default) or
+/// four times the limit if that is more, so a block over the limit still reaches the code that answers it with a
+/// gRPC status. Past h2's own limit h2 acts first (a bare 431 for a request; a trailer block loses its fields), as
+/// a stock grpc-go peer would past its 16 MiB. The decoded block is held only while a call's headers are read.
 pub fn h2_header_list_limit(max_header_bytes: u32) -> u32 {
-    max_header_bytes.saturating_mul(4).max(1 << 20)
+    max_header_bytes.saturating_mul(4).max(16 << 20)
 }
 
 /// The inbound connection window: every stream the app may open (`max_streams`) × [`STREAM_WINDOW`], capped at

@@ -66,10 +66,12 @@ pub fn trailers_frame(trailers: &HeaderMap) -> Bytes {
 /// CORS headers added to every grpc-web and Connect response (the port is loopback-only, so any origin may call).
 ///
 /// The caller's `Origin` is echoed, with `Access-Control-Allow-Credentials: true`, so a browser client that sends
-/// cookies (`credentials: "include"`) is allowed; without an `Origin` the answer is `*`, never with credentials,
-/// as the Fetch standard forbids that pair.
+/// cookies (`credentials: "include"`) is allowed; without an `Origin` (or with `null`) the answer is `*`, never
+/// with credentials, as the Fetch standard forbids that pair.
 pub fn add_cors(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
-    match origin {
+    // `Origin: null` (sandboxed iframes, file: pages) names no one: echoing it with credentials would let any
+    // such page read the answer, so it gets `*`, without credentials.
+    match origin.filter(|o| o.as_bytes() != b"null") {
         Some(origin) => {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));

@@ -143,6 +143,12 @@ http {{
         assert summary.get("by_status") == {"OK": 2000}, summary
         assert metric(f"{side}:9901", CONNECTS) >= 20, "nginx really did close a connection every 100 requests"
     finally:
+        # SIGTERM first and wait: a SIGKILLed nginx master leaves its worker holding the port.
         for p in procs.procs:
             p.terminate()
+        for p in procs.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         procs.stop()
