@@ -21,7 +21,7 @@ use crate::{
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallRecord},
+        call::{Attempt, CallRecord, Unrecorded},
         error::ProxyError,
         replay::ReplayBody,
         request_body::RequestBody,
@@ -38,7 +38,11 @@ impl Proxy {
     pub(super) async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
-        match self.try_forward(req, method.clone(), start).await {
+        // Records CANCELLED if the caller goes away before an outcome is recorded (this future is dropped).
+        let unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
+        let outcome = self.try_forward(req, method.clone(), start).await;
+        unrecorded.disarm();
+        match outcome {
             Ok(res) => res,
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
@@ -94,7 +98,6 @@ impl Proxy {
             let sent = tokio::time::timeout_at(deadline.into(), sender.send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
-                    endpoint.load.observe(now.elapsed());
                     attempt.finish(Code::DeadlineExceeded);
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
@@ -113,7 +116,7 @@ impl Proxy {
                 }
                 Ok(Ok(res)) => res,
             };
-            endpoint.load.observe(now.elapsed());
+            attempt.answered();
             let header_code = status_of(res.headers());
             let trailers_only = res.body().is_end_stream();
             if trailers_only && header_code == Some(Code::Unavailable) {
