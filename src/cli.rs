@@ -88,6 +88,9 @@ pub struct SidecarArgs {
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
+    /// Address family to call a dual-stack pod on: auto (IPv4 when the pod has one), ipv4 or ipv6.
+    #[arg(long, env = "HELLO_SIDECAR_IP_FAMILY", value_enum, default_value = "auto")]
+    pub ip_family: crate::discovery::IpFamily,
 }
 
 /// Flags of `server`.
