@@ -217,11 +217,19 @@ impl Retry {
 }
 
 async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
-    let Some(path) = kubeconfig else { return Client::try_default().await.map_err(|e| e.to_string()) };
-    let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config = match kubeconfig {
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
+    // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
+    // the throttling ended. [`Retry`] handles those answers here instead.
+    config.default_retry = false;
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
