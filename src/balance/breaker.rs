@@ -36,7 +36,9 @@ pub const SILENCE_FACTOR: u32 = 5;
 
 /// Whether a call that ended without an answer (its deadline passed, or its caller cancelled) says the endpoint is
 /// unhealthy: only when the endpoint has been silent — no answer to any call — for much longer than its own
-/// latency estimate: at least [`SILENCE_FACTOR`] × `estimate` and at least [`SILENCE_FLOOR`].
+/// latency estimate: at least [`SILENCE_FACTOR`] × `estimate` and at least [`SILENCE_FLOOR`]. `estimate` is how long
+/// the endpoint takes to *answer* ([`super::ewma::PeakEwma::answer_estimate`]): unanswered calls are left out of it,
+/// or each timeout would raise the bar for the next one.
 ///
 /// A deadline the caller chose too short says nothing about the pod (issue 16.7: 1 ms deadlines on 3 ms handlers
 /// must not eject healthy pods), while a hung pod is silent for the whole deadline (issue 10.1). The shape follows

@@ -47,6 +47,9 @@ struct State {
     waiting: u32,
     /// When the endpoint last answered anything, or when `waiting` went from 0 to 1, whichever is later.
     heard: Instant,
+    /// The same estimate over answers only (unanswered calls left out), as of `answer_at`, in nanoseconds.
+    answer_ns: f64,
+    answer_at: Instant,
 }
 
 impl State {
@@ -62,7 +65,7 @@ impl PeakEwma {
         let now = Instant::now();
         Self {
             decay_ns: decay.as_nanos().max(1) as f64,
-            state: Mutex::new(State { rtt_ns: 0.0, at: now, waiting: 0, heard: now }),
+            state: Mutex::new(State { rtt_ns: 0.0, at: now, waiting: 0, heard: now, answer_ns: 0.0, answer_at: now }),
             pending: AtomicU32::new(0),
         }
     }
@@ -101,6 +104,8 @@ impl PeakEwma {
         s.waiting = s.waiting.saturating_sub(1);
         s.heard = now;
         self.fold(&mut s, now, rtt);
+        let (value, at) = peak_ewma(s.answer_ns, s.answer_at, now, rtt, self.decay_ns);
+        (s.answer_ns, s.answer_at) = (value, at);
     }
 
     /// A call ended after `elapsed` without any answer (cancelled, timed out, failed): the elapsed time is folded
@@ -149,6 +154,14 @@ impl PeakEwma {
         now.saturating_duration_since(since.max(s.heard))
     }
 
+    /// The estimate over answered calls only, decayed: how long this endpoint takes to answer when it does. The
+    /// silence rule compares against this, since an estimate raised by timeouts would excuse the next ones.
+    pub fn answer_estimate(&self) -> Duration {
+        let s = self.lock();
+        let idle = Instant::now().saturating_duration_since(s.answer_at).as_nanos() as f64;
+        Duration::from_nanos((s.answer_ns * (-idle / self.decay_ns).exp()) as u64)
+    }
+
     /// Calls in flight.
     pub fn pending(&self) -> u32 {
         self.pending.load(Relaxed)
@@ -163,17 +176,21 @@ impl PeakEwma {
     /// A higher value replaces the estimate (the peak); a lower one is averaged in, weighted by the time since the
     /// previous answer.
     fn fold(&self, s: &mut State, now: Instant, rtt: Duration) {
-        let rtt_ns = rtt.as_nanos() as f64;
-        let elapsed = now.saturating_duration_since(s.at).as_nanos() as f64;
-        let decay = (-elapsed / self.decay_ns).exp();
-        let current = s.rtt_ns * decay;
-        s.rtt_ns = if rtt_ns > current { rtt_ns } else { current + rtt_ns * (1.0 - decay) };
-        s.at = now;
+        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`.
+fn peak_ewma(value: f64, at: Instant, now: Instant, rtt: Duration, decay_ns: f64) -> (f64, Instant) {
+    let rtt_ns = rtt.as_nanos() as f64;
+    let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
+    let decay = (-elapsed / decay_ns).exp();
+    let current = value * decay;
+    (if rtt_ns > current { rtt_ns } else { current + rtt_ns * (1.0 - decay) }, now)
 }
 
 #[cfg(test)]
@@ -260,6 +277,10 @@ mod tests {
         e.finish();
         assert_eq!(e.estimate(), 2000 * MS, "tower's PeakEwma on drop: the elapsed time is a peak");
         assert_eq!(e.load(), (2e9, 0));
+        assert_eq!(e.answer_estimate(), Duration::ZERO, "no call was answered");
+        e.start();
+        e.answered(3 * MS);
+        assert_eq!(e.answer_estimate(), 3 * MS);
     }
 
     #[tokio::test(start_paused = true)]

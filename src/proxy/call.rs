@@ -35,7 +35,8 @@ pub const READMIT_RTT: Duration = Duration::from_millis(30);
 pub struct Attempt {
     endpoint: Arc<Endpoint>,
     started: Instant,
-    /// The endpoint's latency estimate when the attempt began (the silence rule compares against it).
+    /// How long the endpoint takes to answer, as estimated when the attempt began (the silence rule compares
+    /// against it).
     estimate: Duration,
     answered: bool,
     /// This attempt is the one probe of an endpoint on probation.
@@ -50,7 +51,7 @@ impl Attempt {
     /// attempt becomes its probe.
     pub fn begin(endpoint: Arc<Endpoint>, lease: Lease) -> Self {
         let started = Instant::now();
-        let estimate = endpoint.load.estimate();
+        let estimate = endpoint.load.answer_estimate();
         endpoint.load.start();
         let probe = endpoint.breaker.try_probe(started);
         Self { endpoint, started, estimate, answered: false, probe, finished: false, _lease: lease }
