@@ -254,9 +254,10 @@ async fn throttling_honours_retry_after_and_discovery_resumes_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_a_410_relists_at_once() {
     let mut c = cluster_with(2).await;
+    // Listed from the start, so that the watch has nothing to deliver when it resumes after the outage.
+    let new = c.add_pod(Phase::Starting);
     let sidecar = c.sidecar(&[]);
     sidecar.wait_ready_endpoints(2);
-    let new = c.add_pod(Phase::Starting);
     // A 14 s outage builds the backoff up (0.8 + 1.6 + 3.2 + 6.4 s …).
     c.api.down();
     c.api.drop_watches();
