@@ -6,7 +6,7 @@
 //! the new list are gone, and nothing is removed half-way.
 //!
 //! Errors (API server down, 403, 429, 5xx, 410 Gone, dropped streams) never end the loop, and the last set stays in
-//! use meanwhile (static stability). The retry policy is this module's own ([`Retry`]), because kube's
+//! use meanwhile (static stability). The retry policy is this module's own (`Retry`), because kube's
 //! `default_backoff()` gets two things wrong for a sidecar: it resets on the watcher's `Init` marker, which comes
 //! *before* the LIST, so a refused LIST was retried about once a second; and it resets only on an event, so after an
 //! outage a quiet watch kept the outage's backoff and a later 410 waited it out before re-listing (issue 10.6).
