@@ -50,6 +50,8 @@ struct State {
     /// The same estimate over answers only (unanswered calls left out), as of `answer_at`, in nanoseconds.
     answer_ns: f64,
     answer_at: Instant,
+    /// How far answers stray from the estimate: a time-weighted mean of |answer − estimate| (TCP's RTTVAR), ns.
+    dev_ns: f64,
 }
 
 impl State {
@@ -65,7 +67,15 @@ impl PeakEwma {
         let now = Instant::now();
         Self {
             decay_ns: decay.as_nanos().max(1) as f64,
-            state: Mutex::new(State { rtt_ns: 0.0, at: now, waiting: 0, heard: now, answer_ns: 0.0, answer_at: now }),
+            state: Mutex::new(State {
+                rtt_ns: 0.0,
+                at: now,
+                waiting: 0,
+                heard: now,
+                answer_ns: 0.0,
+                answer_at: now,
+                dev_ns: 0.0,
+            }),
             pending: AtomicU32::new(0),
         }
     }
@@ -86,6 +96,12 @@ impl PeakEwma {
         (s.decayed(now, self.decay_ns).max(silence).max(FLOOR_NS), self.pending.load(Relaxed))
     }
 
+    /// [`PeakEwma::load`] and how far answers stray from the estimate (ns), for the P2C comparison.
+    pub fn sample(&self) -> (f64, u32, f64) {
+        let (rtt, pending) = self.load();
+        (rtt, pending, self.lock().dev_ns)
+    }
+
     /// Marks a call started (in flight, waiting for headers); pair with [`PeakEwma::answered`] (or
     /// [`PeakEwma::unanswered`]) and [`PeakEwma::finish`].
     pub fn start(&self) {
@@ -97,15 +113,20 @@ impl PeakEwma {
         s.waiting += 1;
     }
 
-    /// A call's response headers arrived after `rtt`: the endpoint is heard from, and `rtt` is folded in.
+    /// A call's response headers arrived after `rtt`: the endpoint is heard from, and `rtt` is folded in, its
+    /// peak limited to [`step_cap`] of the current estimate (one late answer is often a lost time slice).
     pub fn answered(&self, rtt: Duration) {
         let now = Instant::now();
         let mut s = self.lock();
         s.waiting = s.waiting.saturating_sub(1);
         s.heard = now;
-        self.fold(&mut s, now, rtt);
-        let (value, at) = peak_ewma(s.answer_ns, s.answer_at, now, rtt, self.decay_ns);
-        (s.answer_ns, s.answer_at) = (value, at);
+        let elapsed = now.saturating_duration_since(s.at).as_nanos() as f64;
+        let decay = (-elapsed / self.decay_ns).exp();
+        let stray = (rtt.as_nanos() as f64 - s.rtt_ns * decay).abs();
+        s.dev_ns = s.dev_ns * decay + stray * (1.0 - decay);
+        let cap = Some(step_cap as fn(f64) -> f64);
+        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, cap);
+        (s.answer_ns, s.answer_at) = peak_ewma(s.answer_ns, s.answer_at, now, rtt, self.decay_ns, cap);
     }
 
     /// A call ended after `elapsed` without any answer (cancelled, timed out, failed): the elapsed time is folded
@@ -176,7 +197,7 @@ impl PeakEwma {
     /// A higher value replaces the estimate (the peak); a lower one is averaged in, weighted by the time since the
     /// previous answer.
     fn fold(&self, s: &mut State, now: Instant, rtt: Duration) {
-        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns);
+        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, None);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -184,13 +205,36 @@ impl PeakEwma {
     }
 }
 
-/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`.
-fn peak_ewma(value: f64, at: Instant, now: Instant, rtt: Duration, decay_ns: f64) -> (f64, Instant) {
+/// The highest one answer may raise an estimate of `current` ns to: twice it, or 5 ms more, whichever is higher.
+///
+/// An answer slower than the estimate is the peak (Peak-EWMA), but on a shared node one late answer is as often a
+/// time slice lost by the pod or the sidecar as a slower pod; a pod that has become slow answers late again and
+/// reaches its real latency within a few answers (1 → 6 → 12 → 24 ms), while a lost time slice no longer makes an
+/// equal pod look slow for seconds (issue 10.5). A pod that answers nothing is seen through its silence instead,
+/// and an unanswered call's elapsed time is not capped.
+pub fn step_cap(current: f64) -> f64 {
+    (2.0 * current).max(current + 5e6)
+}
+
+/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`; a peak limited by `cap`.
+fn peak_ewma(
+    value: f64,
+    at: Instant,
+    now: Instant,
+    rtt: Duration,
+    decay_ns: f64,
+    cap: Option<fn(f64) -> f64>,
+) -> (f64, Instant) {
     let rtt_ns = rtt.as_nanos() as f64;
     let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
     let decay = (-elapsed / decay_ns).exp();
     let current = value * decay;
-    (if rtt_ns > current { rtt_ns } else { current + rtt_ns * (1.0 - decay) }, now)
+    let next = if rtt_ns > current {
+        cap.map_or(rtt_ns, |cap| rtt_ns.min(cap(current)))
+    } else {
+        current + rtt_ns * (1.0 - decay)
+    };
+    (next, now)
 }
 
 #[cfg(test)]
@@ -281,6 +325,55 @@ mod tests {
         e.start();
         e.answered(3 * MS);
         assert_eq!(e.answer_estimate(), 3 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_late_answer_at_most_doubles_the_estimate_or_adds_5_ms() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(MS);
+        assert_eq!(e.estimate(), MS);
+        // A 30 ms answer 1 ms later: the estimate (1 ms, decayed by e^-0.001) + 5 ms.
+        tokio::time::advance(MS).await;
+        e.start();
+        e.answered(30 * MS);
+        let current = 1e6 * (-1e-3f64).exp();
+        assert_eq!(e.load().0, current + 5e6);
+        // A pod that stays slow gets there in a few answers: doubling from here.
+        let mut expect = current + 5e6;
+        for _ in 0..3 {
+            tokio::time::advance(MS).await;
+            e.start();
+            e.answered(30 * MS);
+            expect = (expect * (-1e-3f64).exp() * 2.0).min(30e6);
+            assert_eq!(e.load().0, expect);
+        }
+        assert_eq!(e.estimate(), 30 * MS);
+        // An unanswered call's elapsed time is a peak at once.
+        e.start();
+        e.unanswered(2000 * MS);
+        assert_eq!(e.estimate(), 2000 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn how_far_answers_stray_is_averaged_by_time_too() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(MS);
+        assert_eq!(e.sample().2, 0.0, "the first answer has no time weight yet");
+        let d = (-0.01f64).exp();
+        tokio::time::advance(10 * MS).await;
+        e.start();
+        e.answered(MS);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let dev = 1e6 * (1.0 - d) * (1.0 - d);
+        assert!(close(e.sample().2, dev), "{}", e.sample().2);
+        // One answer 20 ms late moves it by its time weight only: a lost time slice is not noise by itself.
+        tokio::time::advance(10 * MS).await;
+        e.start();
+        e.answered(21 * MS);
+        assert!(close(e.sample().2, dev * d + (21e6 - 1e6 * d) * (1.0 - d)), "{}", e.sample().2);
+        assert!(e.sample().2 < 0.25e6);
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,17 +54,22 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
 
 /// Latencies within this factor of each other count as alike: the difference is noise.
 const ALIKE: f64 = 2.0;
-/// … and so do latencies less than this far apart (ns): on a shared node a time slice lost to another process
-/// costs a few milliseconds, and one such answer must not make an equal pod "slow" (issue 10.5).
-const NOISE_NS: f64 = 10e6;
+/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far the endpoints' answers stray from their
+/// estimates (TCP's RTTVAR margin), at least [`NOISE_FLOOR_NS`]. On a loaded node answers stray by many
+/// milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one the margin is
+/// the floor, the most one late answer can add to an estimate ([`super::ewma::step_cap`]) (issue 10.5).
+const NOISE_DEVS: f64 = 3.0;
+/// The smallest noise margin, ns.
+const NOISE_FLOOR_NS: f64 = 5e6;
 
-/// One side of a P2C comparison: latency (estimate or silence, ns), calls in flight, and when it was last picked
-/// (a balancer-wide sequence number).
+/// One side of a P2C comparison: latency (estimate or silence, ns), calls in flight, when it was last picked (a
+/// balancer-wide sequence number), and how far its answers stray (ns).
 #[derive(Debug, Clone, Copy)]
 struct Side {
     rtt: f64,
     pending: u32,
     last_pick: u64,
+    dev: f64,
 }
 
 impl Side {
@@ -77,15 +82,16 @@ impl Side {
 ///
 /// The cost is Peak-EWMA × (calls in flight + 1), as tower's and linkerd's balancers compute it, where the latency
 /// is at least the endpoint's current silence ([`super::ewma::PeakEwma::load`]): an endpoint whose calls pile up without
-/// answers loses every comparison once its silence passes the noise (10 ms).
+/// answers loses every comparison once its silence passes the noise (5 ms on a quiet node).
 ///
-/// - Latencies that differ by more than [`ALIKE`]× *and* more than [`NOISE_NS`]: the cheaper cost wins, always.
+/// - Latencies that differ by more than [`ALIKE`]× *and* more than the noise: the cheaper cost wins, always.
 /// - Otherwise the difference is noise, and comparing it would only add variance: the one with fewer calls in
 ///   flight wins (join the shorter queue), and on a tie the one picked longer ago. Equal pods so share near-evenly
 ///   even one call at a time, and a stray slow answer does not starve a pod until its estimate decays.
 fn prefer_first(a: Side, b: Side) -> bool {
     let (lo, hi) = (a.rtt.min(b.rtt), a.rtt.max(b.rtt));
-    if hi > ALIKE * lo && hi - lo > NOISE_NS {
+    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.max(b.dev));
+    if hi > ALIKE * lo && hi - lo > noise {
         return a.cost() < b.cost();
     }
     match a.pending.cmp(&b.pending) {
@@ -98,8 +104,8 @@ fn prefer_first(a: Side, b: Side) -> bool {
 fn cheaper(a: (&Arc<Endpoint>, SendRequest<ReplayBody>), b: (&Arc<Endpoint>, SendRequest<ReplayBody>)) -> Picked {
     static PICKS: AtomicU64 = AtomicU64::new(1);
     let side = |e: &Endpoint| {
-        let (rtt, pending) = e.load.load();
-        Side { rtt, pending, last_pick: e.last_pick.load(Relaxed) }
+        let (rtt, pending, dev) = e.load.sample();
+        Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
     let (e, sender) = if prefer_first(side(a.0), side(b.0)) { a } else { b };
     e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
@@ -114,7 +120,7 @@ mod tests {
     use crate::balance::ewma::PeakEwma;
 
     fn side(rtt_ms: f64, pending: u32, last_pick: u64) -> Side {
-        Side { rtt: rtt_ms * 1e6, pending, last_pick }
+        Side { rtt: rtt_ms * 1e6, pending, last_pick, dev: 0.0 }
     }
 
     #[test]
@@ -132,12 +138,21 @@ mod tests {
         assert!(!prefer_first(side(2.0, 1, 1), side(1.5, 0, 9)), "fewer in flight wins within 2×");
         assert!(prefer_first(side(1.0, 0, 3), side(1.0, 0, 7)), "a tie goes to the one picked longer ago");
         assert!(!prefer_first(side(1.0, 0, 7), side(1.0, 0, 3)));
-        // One stray 9 ms answer among 0.5 ms ones is noise, not a slow pod.
-        assert!(prefer_first(side(9.0, 0, 3), side(0.5, 0, 7)));
-        // 10.6 ms against 0.5 ms is no longer noise.
-        assert!(!prefer_first(side(10.6, 0, 3), side(0.5, 0, 7)));
+        // One late answer (at most +5 ms on a quiet node) is noise, not a slow pod: 5.5 against 0.5 ms.
+        assert!(prefer_first(side(5.5, 0, 3), side(0.5, 0, 7)));
+        // 5.6 ms against 0.5 ms is no longer noise.
+        assert!(!prefer_first(side(5.6, 0, 3), side(0.5, 0, 7)));
         // Slow pods alike each other: 100 ms and 190 ms are within 2×.
         assert!(prefer_first(side(190.0, 0, 3), side(100.0, 1, 7)));
+    }
+
+    #[test]
+    fn the_noise_margin_follows_how_far_answers_stray() {
+        let loaded = |rtt_ms: f64, pending, last_pick| Side { dev: 4e6, ..side(rtt_ms, pending, last_pick) };
+        // On a loaded node (answers stray by 4 ms): 9 and 20 ms are within 3 × 4 ms of each other.
+        assert!(prefer_first(loaded(20.0, 0, 3), loaded(9.0, 1, 7)));
+        // A hung pod's silence passes the margin: 22 ms against 9 ms loses even with fewer calls in flight.
+        assert!(!prefer_first(loaded(22.0, 0, 3), loaded(9.0, 1, 7)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -151,8 +166,8 @@ mod tests {
             let a = rng.random_range(0..3);
             let b = (a + rng.random_range(1..3)) % 3;
             let s = |i: usize| {
-                let (rtt, pending) = pods[i].load();
-                Side { rtt, pending, last_pick: last[i] }
+                let (rtt, pending, dev) = pods[i].sample();
+                Side { rtt, pending, last_pick: last[i], dev }
             };
             let i = if prefer_first(s(a), s(b)) { a } else { b };
             last[i] = seq;
