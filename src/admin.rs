@@ -20,6 +20,10 @@ use tracing::debug;
 pub trait AdminState: Send + Sync + 'static {
     /// Whether the process should get traffic (`/ready`).
     fn ready(&self) -> bool;
+    /// Why it is not ready, or what is degraded while it is (`/ready`'s body), where there is something to say.
+    fn ready_detail(&self) -> Option<String> {
+        None
+    }
     /// Prometheus text exposition (`/metrics`).
     fn metrics(&self) -> String;
     /// The endpoint set as JSON (`/debug/endpoints`), where the role has one.
@@ -59,8 +63,14 @@ fn answer(state: &dyn AdminState, req: &Request<Incoming>) -> Response<Full<Byte
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
-        "/ready" if state.ready() => text(StatusCode::OK, "ready\n".into()),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/ready" => {
+            let (status, word) =
+                if state.ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
+            match state.ready_detail() {
+                Some(detail) => text(status, format!("{word}: {detail}\n")),
+                None => text(status, format!("{word}\n")),
+            }
+        }
         "/metrics" => {
             let mut res = text(StatusCode::OK, state.metrics());
             res.headers_mut().insert(

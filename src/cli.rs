@@ -101,9 +101,14 @@ pub struct SidecarArgs {
     /// while no call is open; doubled after a GOAWAY too_many_pings. Stock gRPC servers accept one per 5 minutes; 0 turns PINGs off.
     #[arg(long, env = "HELLO_SIDECAR_KEEPALIVE_INTERVAL", default_value = "5m", value_parser = parse_keepalive)]
     pub keepalive_interval: Duration,
-    /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer.
+    /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer (e-folding time). 1 s rather than
+    /// linkerd's 10 s: a hung pod is caught by its silence and the breaker, not by the estimate's memory, so the
+    /// decay only sets how long one slow answer (beyond the 10 ms noise band) keeps an otherwise good pod avoided.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
+    /// Address family to call a dual-stack pod on: auto (IPv4 when the pod has one), ipv4 or ipv6.
+    #[arg(long, env = "HELLO_SIDECAR_IP_FAMILY", value_enum, default_value = "auto")]
+    pub ip_family: crate::discovery::IpFamily,
     /// mTLS to the target (--tls-cert, --tls-key, --tls-ca, --tls-server-identity).
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -95,6 +95,17 @@ pub async fn call_once(client: &mut HelloServiceClient<Channel>, name: &str, tim
         |md: &tonic::metadata::MetadataMap| md.get("x-hello-pod").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match res {
         Ok(r) => Outcome { code: Code::Ok, pod: pod_of(r.metadata()), message: r.into_inner().message, latency },
+        // tonic enforces the request's own timeout and reports it as `CANCELLED: Timeout expired`; gRPC clients
+        // report a deadline of their own as DEADLINE_EXCEEDED (gRPC status codes doc), and so does `call`.
+        Err(s) if s.code() == Code::Cancelled && timeout.is_some_and(|t| latency >= t) => Outcome {
+            code: Code::DeadlineExceeded,
+            pod: pod_of(s.metadata()),
+            message: format!(
+                "deadline exceeded after {latency:?} (the client's deadline of {:?})",
+                timeout.unwrap_or_default()
+            ),
+            latency,
+        },
         Err(s) => Outcome { code: s.code(), pod: pod_of(s.metadata()), message: s.message().to_owned(), latency },
     }
 }
@@ -199,5 +210,28 @@ impl fmt::Display for Summary {
             writeln!(f, "unexpected replies: {}", self.unexpected_replies)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_clients_own_deadline_is_deadline_exceeded() {
+        // A peer that accepts TCP and never speaks (a frozen pod): only the client's deadline ends the call.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let mut client = connect(&addr.to_string()).expect("client");
+        let o = call_once(&mut client, "x", Some(Duration::from_millis(200))).await;
+        assert_eq!(o.code, Code::DeadlineExceeded, "{o:?}");
+        assert!(o.message.contains("deadline"), "{}", o.message);
+        assert!(o.latency >= Duration::from_millis(200));
     }
 }

@@ -62,6 +62,8 @@ pub struct SidecarState {
     pub balancer: Arc<Balancer>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// What discovery is going through.
+    pub discovery: Arc<discovery::Health>,
     synced: AtomicBool,
     serving: AtomicBool,
 }
@@ -111,15 +113,29 @@ pub async fn start(
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
 
+    let options = discovery::Options { kubeconfig: args.kubeconfig.clone(), ip_family: args.ip_family };
+    let discovery::Discovery { mut sets, health: discovery_health } = discovery::spawn(target, options);
     let state = Arc::new(SidecarState {
         balancer: balancer.clone(),
         metrics: metrics.clone(),
+        discovery: discovery_health.clone(),
         synced: AtomicBool::new(false),
         serving: AtomicBool::new(true),
     });
 
-    // Control path: every endpoint set from discovery goes to the balancer.
-    let mut sets = discovery::spawn(target, args.kubeconfig.clone());
+    // Control path: every endpoint set from discovery goes to the balancer; its problems to the balancer's
+    // "no endpoint" answers and to the admin port.
+    let mut problems = discovery_health.subscribe();
+    let problem_balancer = balancer.clone();
+    tokio::spawn(async move {
+        loop {
+            let problem = problems.borrow_and_update().clone();
+            problem_balancer.set_discovery_problem(problem);
+            if problems.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let discovery_state = state.clone();
     tokio::spawn(async move {
         while let Some(set) = sets.recv().await {
@@ -189,13 +205,27 @@ impl AdminState for SidecarState {
         self.synced.load(Relaxed) && self.serving.load(Relaxed)
     }
 
+    fn ready_detail(&self) -> Option<String> {
+        let problem = self.discovery.problem();
+        if !self.serving.load(Relaxed) {
+            return Some("shutting down".into());
+        }
+        match (self.synced.load(Relaxed), problem) {
+            (false, Some(p)) => Some(format!("no endpoint set yet: discovery: {p}")),
+            (false, None) => Some("no endpoint set yet: discovery has not synced".into()),
+            // Ready on the last known set (static stability), but say what discovery is going through.
+            (true, Some(p)) => Some(format!("serving the last known endpoints; discovery: {p}")),
+            (true, None) => None,
+        }
+    }
+
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&mut out);
         let set = self.balancer.snapshot();
         let mut by_state: std::collections::BTreeMap<&str, u64> =
             ["ready", "connecting", "backoff", "ejected", "draining"].into_iter().map(|s| (s, 0)).collect();
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let mut in_flight = 0u64;
         for e in set.iter() {
             let state = if e.breaker.is_ejected(now) { "ejected" } else { e.conn.state().name() };
@@ -217,11 +247,25 @@ impl AdminState for SidecarState {
             "Calls in flight to endpoints.",
             &[(String::new(), in_flight)],
         );
+        let name = "hello_sidecar_discovery_errors_total";
+        out.push_str(&format!(
+            "# HELP {name} Failed discovery requests, by HTTP status of the API's answer (connect: no answer).\n\
+             # TYPE {name} counter\n"
+        ));
+        for (cause, n) in self.discovery.errors() {
+            out.push_str(&format!("{name}{{status=\"{cause}\"}} {n}\n"));
+        }
+        gauge(
+            &mut out,
+            "hello_sidecar_discovery_failing",
+            "1 while discovery is failing (the last known endpoints stay in use).",
+            &[(String::new(), u64::from(self.discovery.problem().is_some()))],
+        );
         out
     }
 
     fn debug_endpoints(&self) -> Option<serde_json::Value> {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let endpoints: Vec<_> = self
             .balancer
             .snapshot()
@@ -235,9 +279,11 @@ impl AdminState for SidecarState {
                 };
                 json!({
                     "address": e.addr.to_string(),
+                    "addresses": meta.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "pod": meta.pod,
                     "state": if meta.terminating { "terminating" } else { "ready" },
                     "ejected": e.breaker.is_ejected(now),
+                    "breaker": e.breaker.health(now).name(),
                     "connection": conn.name(),
                     "last_error": error,
                     "in_flight": e.load.pending(),
@@ -248,6 +294,7 @@ impl AdminState for SidecarState {
         Some(json!({
             "target": self.balancer.target(),
             "synced": self.synced.load(Relaxed),
+            "discovery_problem": self.discovery.problem(),
             "endpoints": endpoints,
         }))
     }

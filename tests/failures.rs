@@ -202,3 +202,125 @@ async fn a_terminated_sidecar_drains_its_calls_then_exits() {
     wait_for("the sidecar to exit", Duration::from_secs(15), || (!sidecar.proc.is_running()).then_some(()));
     assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(), "no longer listening");
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_pod_costs_its_calls_in_flight_and_a_probe_per_backoff_step() {
+    let (a, b) = (Backend::start("frozen-a", &[]), Backend::start("frozen-b", &[]));
+    let frozen = Backend::start("frozen-c", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a, &b, &frozen]), &[]);
+    sidecar.wait_ready_endpoints(3);
+
+    // 8 calls in flight, 2 s deadlines, without pause.
+    const IN_FLIGHT: usize = 8;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (mut c, stop, outcomes) = (sidecar.client(), stop.clone(), outcomes.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let o = client::call_once(&mut c, "world", Some(Duration::from_secs(2))).await;
+                outcomes.lock().expect("lock").push((Instant::now(), o));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen_at = Instant::now();
+    signal(frozen.proc.child.id(), "-STOP");
+    const RUN: Duration = Duration::from_secs(22);
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    signal(frozen.proc.child.id(), "-CONT");
+    let outcomes = outcomes.lock().expect("lock").clone();
+
+    let failed: Vec<_> = outcomes.iter().filter(|(_, o)| o.code != Code::Ok).map(|(_, o)| o).collect();
+    // Ejection backoff steps in the run: ejected at the latest by ~7 s, probes at +5 s and +10 s after that.
+    let steps = RUN.as_secs() as usize / 5;
+    assert!(
+        failed.len() <= IN_FLIGHT + steps,
+        "{} failed: at most the {IN_FLIGHT} in flight at the freeze plus one per backoff step: {failed:?}",
+        failed.len()
+    );
+    assert!(failed.iter().all(|o| o.code == Code::DeadlineExceeded), "{failed:?}");
+    // No second in which no call completes.
+    for s in 0..RUN.as_secs() {
+        let (from, to) = (frozen_at + Duration::from_secs(s), frozen_at + Duration::from_secs(s + 1));
+        let ok = outcomes.iter().filter(|(t, o)| *t >= from && *t < to && o.code == Code::Ok).count();
+        assert!(ok > 0, "no call completed in second {s} after the freeze");
+    }
+    let m = sidecar.metrics();
+    assert!(metric(&m, "hello_sidecar_ejections_total") >= 1, "the frozen pod was ejected: {m}");
+    let method = "method=\"/hello.v1.HelloService/SayHello\"";
+    let unanswered = metric(&m, &format!("hello_sidecar_requests_total{{{method},grpc_status=\"DEADLINE_EXCEEDED\"}}"))
+        + metric(&m, &format!("hello_sidecar_requests_total{{{method},grpc_status=\"CANCELLED\"}}"));
+    assert!(unanswered >= 1, "calls that ended without an answer are counted: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_the_caller_abandons_are_counted_and_slow_the_endpoint_down() {
+    let hung = Backend::start("abandoned", &["--delay", "1h"]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hung]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    // The caller's own 1 s timer, no grpc-timeout: the sidecar's deadline (5 s) never fires.
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    for _ in 0..5 {
+        let call =
+            raw_request(sidecar.addr, true, "/hello.v1.HelloService/SayHello", &grpc, grpc_frame(&hello_request("x")));
+        assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err(), "the hung pod answered");
+    }
+    let m = wait_for("5 abandoned calls in the metrics", Duration::from_secs(10), || {
+        let m = sidecar.metrics();
+        let n = metric(
+            &m,
+            "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"CANCELLED\"}",
+        );
+        (n == 5).then_some(m)
+    });
+    // Silent for 1 s each, against an estimate of ~0: each counts against the endpoint; the fifth ejects it.
+    assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 1, "{m}");
+    let debug: serde_json::Value =
+        serde_json::from_str(&http_get(sidecar.admin, "/debug/endpoints").expect("debug")).expect("json");
+    let ewma = debug["endpoints"][0]["ewma_latency_ms"].as_f64().expect("estimate");
+    assert!(ewma >= 900.0, "the estimate took the elapsed time: {debug:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_shorter_than_the_handler_eject_no_healthy_pod() {
+    let pods: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("short-{i}"), &["--delay", "3ms"])).collect();
+    let sidecar = Sidecar::start(&Sidecar::static_target(&pods.iter().collect::<Vec<_>>()), &[]);
+    sidecar.wait_ready_endpoints(3);
+    // One call at a time: a burst of cancelled streams is another issue's subject (h2's reset-flood guard).
+    let outcomes = calls(&sidecar.client(), 60, 1, Some(Duration::from_millis(1))).await;
+    assert!(outcomes.iter().all(|o| o.code == Code::DeadlineExceeded), "{outcomes:?}");
+    let m = sidecar.metrics();
+    assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 0, "a caller's short deadline says nothing of the pod");
+    let ok = calls(&sidecar.client(), 60, 3, None).await;
+    assert!(ok.iter().all(|o| o.code == Code::Ok), "{ok:?}");
+    assert_eq!(by_pod(&ok).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_share_one_metric_label() {
+    let a = Backend::start("labels", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    for i in 0..25 {
+        // Refused by the sidecar, and forwarded then refused by the backend.
+        for path in [format!("/random{i}.Svc/M"), format!("/hello.v1.HelloService/Nope{i}")] {
+            let r = raw_request(sidecar.addr, true, &path, &grpc, grpc_frame(&hello_request("x"))).await;
+            assert_eq!(r.grpc_status(), Some(Code::Unimplemented as i32), "{path}: {r:?}");
+        }
+    }
+    let m = sidecar.metrics();
+    assert!(!m.contains("random") && !m.contains("Nope"), "{m}");
+    assert_eq!(metric(&m, "hello_sidecar_requests_total{method=\"other\",grpc_status=\"UNIMPLEMENTED\"}"), 50, "{m}");
+}

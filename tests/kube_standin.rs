@@ -117,3 +117,37 @@ async fn injected_failures_and_bad_requests_are_kubernetes_statuses() {
     assert_eq!(get(&api, "/apis/discovery.k8s.io/v1/namespaces/default/pods").await.0, 404);
     assert_eq!(get(&api, &format!("{BASE}?labelSelector=a%20b")).await.0, 400);
 }
+
+#[tokio::test]
+async fn refusals_are_kubernetes_statuses_until_lifted() {
+    use hello_sidecar::kube_standin::Refusal;
+    let (api, _, _) = with_pods(1).await;
+    api.refuse(Some(Refusal::Forbidden));
+    let (code, body) = get(&api, BASE).await;
+    assert_eq!(code, 403);
+    let status: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["reason"], "Forbidden");
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("cannot list resource \"endpointslices\"")));
+    let (code, _) = get(&api, &format!("{BASE}?watch=true&resourceVersion=2")).await;
+    assert_eq!(code, 403, "watches are refused too");
+
+    api.refuse(Some(Refusal::Throttled { retry_after: 3 }));
+    let tcp = tokio::net::TcpStream::connect(api.addr()).await.expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(BASE).header("host", "standin").body(Empty::<Bytes>::new()).expect("req");
+    let res = tx.send_request(req).await.expect("response");
+    assert_eq!(res.status().as_u16(), 429);
+    assert_eq!(res.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("3"));
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let status: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(status["details"]["retryAfterSeconds"], 3);
+    assert_eq!(status["reason"], "TooManyRequests");
+
+    api.refuse(None);
+    assert_eq!(get(&api, BASE).await.0, 200);
+    // The older controls still work alongside.
+    api.fail_next(1);
+    assert_eq!(get(&api, BASE).await.0, 500);
+    assert_eq!(get(&api, BASE).await.0, 200);
+}

@@ -163,3 +163,121 @@ async fn two_hundred_fifty_pods_over_three_slices_are_250_endpoints() {
     });
     assert_eq!(total, 250);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_is_one_endpoint_per_pod() {
+    let c = cluster_with(3).await;
+    // The IPv6 slice of a dual-stack Service: the same pods (same targetRefs), other addresses. These IPv6
+    // addresses go nowhere: a sidecar that counted addresses would have 6 endpoints, 3 of them never connecting.
+    let mut v6 = c.api_slice_copy();
+    v6.metadata.name = Some("hello-v6".into());
+    v6.address_type = "IPv6".into();
+    for (i, ep) in v6.endpoints.iter_mut().flatten().enumerate() {
+        ep.addresses = vec![format!("fd00::{}", i + 1)];
+    }
+    c.api.put_slice(&v6);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(3);
+    let debug: serde_json::Value =
+        serde_json::from_str(&http_get(sidecar.admin, "/debug/endpoints").expect("debug")).expect("json");
+    let rows = debug["endpoints"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "one row per pod: {debug:#}");
+    for row in rows {
+        let addrs: Vec<&str> =
+            row["addresses"].as_array().expect("addresses").iter().filter_map(|a| a.as_str()).collect();
+        assert_eq!(addrs.len(), 2, "{row}");
+        assert!(addrs[0].starts_with("127.") && addrs[1].starts_with("[fd00::"), "IPv4 first (auto): {row}");
+    }
+    let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    // --ip-family ipv6 calls only IPv6 addresses: here none answers, so nothing is ready.
+    let v6_only = c.sidecar(&["--ip-family", "ipv6"]);
+    wait_for("the IPv6-only sidecar's sync", Duration::from_secs(20), || {
+        let m = v6_only.metrics();
+        (metric(&m, "hello_sidecar_discovery_updates_total") > 0).then_some(())
+    });
+    let debug = http_get(v6_only.admin, "/debug/endpoints").expect("debug");
+    assert_eq!(debug.matches("\"address\": \"[fd00::").count(), 3, "{debug}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_api_is_named_in_ready_in_calls_and_in_metrics() {
+    use hello_sidecar::kube_standin::Refusal;
+    let c = cluster_with(1).await;
+    c.api.refuse(Some(Refusal::Forbidden));
+    let sidecar = c.sidecar(&[]);
+    let ready = wait_for("a /ready body that names the 403", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("403")).then_some(body)
+    });
+    assert!(ready.contains("forbidden"), "{ready}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(2))).await;
+    assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
+    assert!(o.message.contains("403") && o.message.contains("forbidden"), "{}", o.message);
+    // A refused LIST backs off like any other failure (it was retried about once a second): within 6 s, the
+    // retries of 0.8–1.6 s, 1.6–3.2 s, 3.2–6.4 s.
+    let lists = c.api.lists();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let retried = c.api.lists() - lists;
+    assert!(retried <= 3, "{retried} LISTs in 6 s");
+    let m = sidecar.metrics();
+    assert!(metric(&m, "hello_sidecar_discovery_errors_total{status=\"403\"}") >= 2, "{m}");
+    assert_eq!(metric(&m, "hello_sidecar_discovery_failing"), 1);
+    // RBAC fixed: discovery recovers on its own and says so.
+    c.api.refuse(None);
+    wait_for("ready once the API allows the list", Duration::from_secs(40), || http_get(sidecar.admin, "/ready"));
+    assert_eq!(metric(&sidecar.metrics(), "hello_sidecar_discovery_failing"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_honours_retry_after_and_discovery_resumes_promptly() {
+    use hello_sidecar::kube_standin::Refusal;
+    let mut c = cluster_with(2).await;
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(2);
+    c.api.refuse(Some(Refusal::Throttled { retry_after: 1 }));
+    c.api.drop_watches();
+    // 12 s of throttling: kube's backoff would have grown to 6–13 s by its end.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let m = sidecar.metrics();
+    let throttled = metric(&m, "hello_sidecar_discovery_errors_total{status=\"429\"}");
+    assert!((6..=14).contains(&throttled), "one retry per Retry-After second, not a backoff: {throttled}\n{m}");
+    let new = c.add_pod(Phase::Ready);
+    c.api.refuse(None);
+    let lifted = std::time::Instant::now();
+    sidecar.wait_ready_endpoints(3);
+    assert!(lifted.elapsed() < Duration::from_secs(4), "resumed {:?} after the throttling ended", lifted.elapsed());
+    let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
+    assert!(pods.contains_key(&new), "{pods:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_410_relists_at_once() {
+    let mut c = cluster_with(2).await;
+    // Listed from the start, so that the watch has nothing to deliver when it resumes after the outage.
+    let new = c.add_pod(Phase::Starting);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(2);
+    // A 14 s outage builds the backoff up (0.8 + 1.6 + 3.2 + 6.4 s …).
+    c.api.down();
+    c.api.drop_watches();
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let watches = c.api.watches();
+    c.api.up().await.expect("the API comes back");
+    wait_for("the watch to resume after the outage", Duration::from_secs(60), || {
+        (c.api.watches() > watches).then_some(())
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A few seconds later the watch is cut, and while it is, the pod turns ready and history is compacted: the
+    // re-watch gets an in-stream 410 and must re-list. The API has been answering: no outage backoff applies.
+    let lists = c.api.lists();
+    c.api.drop_watches();
+    c.set_phase(&new, Phase::Ready);
+    c.api.compact();
+    let cut = std::time::Instant::now();
+    sidecar.wait_ready_endpoints(3);
+    assert!(c.api.lists() > lists, "it re-listed");
+    assert!(cut.elapsed() < Duration::from_secs(5), "the pod was seen {:?} after the cut", cut.elapsed());
+    let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
+    assert!(pods.contains_key(&new), "{pods:?}");
+}

@@ -1,103 +1,297 @@
-//! Failure accrual: an endpoint that fails N times in a row is ejected for a while (Envoy's outlier detection,
-//! linkerd's consecutive-failures breaker).
+//! Failure accrual: an endpoint that fails N times in a row is ejected for a while, then put on probation
+//! (Envoy's outlier detection, linkerd's consecutive-failures breaker).
 //!
-//! The ejection grows with each ejection in a row (5 s, 10 s, 20 s … capped at 60 s) and resets after a success.
+//! - **Closed**: calls flow; N consecutive failures eject the endpoint.
+//! - **Ejected** for a backoff: 5 s, doubling with every ejection in a row, capped at 60 s.
+//! - **Probation** once the backoff has passed: exactly ONE call (the probe) is admitted. If it succeeds the
+//!   endpoint is re-admitted and the backoff starts over; if it fails the endpoint is ejected again for twice as
+//!   long; if it ends without a verdict (the caller cancelled early) the next call may probe. This is linkerd's
+//!   breaker ("probation"): an ejection never ends on a timer alone, so a pod that is still hung costs one call per
+//!   backoff step, not every call in flight.
+//!
 //! The balancer never lets ejection empty the set: when every usable endpoint is ejected it picks among the
 //! ejected ones ("panic mode"), since a possibly-bad endpoint beats a certain `UNAVAILABLE`.
+//!
+//! What counts as a failure is decided by the caller of [`Breaker::record_failure`]; for calls that end without an
+//! answer the rule is [`silence_is_failure`].
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering::Relaxed},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use crate::telemetry::metrics::Metrics;
 
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(60);
 
+/// A call that got no answer counts against its endpoint only after this much silence, however fast the endpoint
+/// usually is.
+pub const SILENCE_FLOOR: Duration = Duration::from_millis(250);
+/// … and only after this many times the endpoint's own latency estimate.
+pub const SILENCE_FACTOR: u32 = 5;
+
+/// Whether a call that ended without an answer (its deadline passed, or its caller cancelled) says the endpoint is
+/// unhealthy: only when the endpoint has been silent — no answer to any call — for much longer than its own
+/// latency estimate: at least [`SILENCE_FACTOR`] × `estimate` and at least [`SILENCE_FLOOR`]. `estimate` is how long
+/// the endpoint takes to *answer* ([`super::ewma::PeakEwma::answer_estimate`]): unanswered calls are left out of it,
+/// or each timeout would raise the bar for the next one.
+///
+/// A deadline the caller chose too short says nothing about the pod (issue 16.7: 1 ms deadlines on 3 ms handlers
+/// must not eject healthy pods), while a hung pod is silent for the whole deadline (issue 10.1). The shape follows
+/// linkerd's response classification (failure accrual judges responses, and a call the client gave up on is not a
+/// response) and Envoy's outlier detection, which keeps locally originated timeouts apart from what the upstream
+/// answered and ejects on consecutive *gateway* failures only.
+pub fn silence_is_failure(silence: Duration, estimate: Duration) -> bool {
+    silence >= SILENCE_FLOOR.max(estimate.saturating_mul(SILENCE_FACTOR))
+}
+
 /// Consecutive-failure breaker of one endpoint.
 pub struct Breaker {
     label: String,
     threshold: u32,
-    consecutive: AtomicU32,
-    ejected: Mutex<Ejection>,
+    state: Mutex<State>,
     metrics: Arc<Metrics>,
 }
 
-#[derive(Default)]
-struct Ejection {
-    until: Option<Instant>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Ejected { until: Instant },
+    Probation { probe_out: bool },
+}
+
+struct State {
+    phase: Phase,
+    consecutive: u32,
+    /// Ejections since the last re-admission (sets the backoff).
     in_a_row: u32,
+}
+
+/// What the breaker says of an endpoint now, for metrics and `/debug/endpoints`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Taking calls.
+    Ok,
+    /// Ejected until its backoff passes.
+    Ejected,
+    /// Backoff over: one probe call decides.
+    Probation,
+}
+
+impl Health {
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Ejected => "ejected",
+            Health::Probation => "probation",
+        }
+    }
 }
 
 impl Breaker {
     /// A breaker that ejects after `threshold` consecutive failures; `label` names the endpoint in logs.
     pub fn new(label: String, threshold: u32, metrics: Arc<Metrics>) -> Self {
-        Self { label, threshold: threshold.max(1), consecutive: AtomicU32::new(0), ejected: Mutex::default(), metrics }
+        let state = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+        Self { label, threshold: threshold.max(1), state: Mutex::new(state), metrics }
     }
 
-    /// A call or connect succeeded.
+    /// A call or connect succeeded. Only a probe (see [`Breaker::probe_done`]) ends an ejection.
     pub fn record_success(&self) {
-        if self.consecutive.swap(0, Relaxed) != 0 || self.lock().in_a_row != 0 {
-            let mut e = self.lock();
-            if e.until.is_none_or(|u| u <= Instant::now()) {
-                e.in_a_row = 0;
-                e.until = None;
+        let mut s = self.lock();
+        if s.phase == Phase::Closed {
+            s.consecutive = 0;
+        }
+    }
+
+    /// A call or connect failed; ejects the endpoint when the threshold is reached, or again (for twice as long)
+    /// when it is on probation.
+    pub fn record_failure(&self) {
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Closed => {
+                s.consecutive += 1;
+                if s.consecutive >= self.threshold {
+                    self.eject(&mut s, "endpoint ejected after consecutive failures");
+                }
+            }
+            Phase::Probation { .. } => self.eject(&mut s, "endpoint failed on probation; ejected again"),
+            Phase::Ejected { .. } => {}
+        }
+    }
+
+    /// Whether the balancer may send a call here now: closed, or on probation with no probe out.
+    pub fn admits(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        Self::advance(&mut s, now);
+        match s.phase {
+            Phase::Closed => true,
+            Phase::Ejected { .. } => false,
+            Phase::Probation { probe_out } => !probe_out,
+        }
+    }
+
+    /// Takes the probe slot if the endpoint is on probation and no probe is out: the call starting now is the
+    /// probe, and must end with [`Breaker::probe_done`].
+    pub fn try_probe(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        Self::advance(&mut s, now);
+        if s.phase == (Phase::Probation { probe_out: false }) {
+            s.phase = Phase::Probation { probe_out: true };
+            return true;
+        }
+        false
+    }
+
+    /// The probe ended: `Some(true)` re-admits the endpoint (returns `true`), `Some(false)` ejects it again for
+    /// twice as long, `None` (no verdict: cancelled early, refused) frees the slot for another probe.
+    pub fn probe_done(&self, verdict: Option<bool>) -> bool {
+        let mut s = self.lock();
+        if !matches!(s.phase, Phase::Probation { .. }) {
+            return false;
+        }
+        match verdict {
+            Some(true) => {
+                *s = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+                info!(endpoint = %self.label, "endpoint re-admitted after a successful probe");
+                true
+            }
+            Some(false) => {
+                self.eject(&mut s, "probe failed; endpoint ejected again");
+                false
+            }
+            None => {
+                s.phase = Phase::Probation { probe_out: false };
+                false
             }
         }
     }
 
-    /// A call or connect failed; ejects the endpoint when the threshold is reached.
-    pub fn record_failure(&self) {
-        let n = self.consecutive.fetch_add(1, Relaxed) + 1;
-        if n < self.threshold {
-            return;
-        }
-        self.consecutive.store(0, Relaxed);
-        let mut e = self.lock();
-        let now = Instant::now();
-        if e.until.is_some_and(|u| u > now) {
-            return;
-        }
-        let period = BASE_EJECTION.saturating_mul(1 << e.in_a_row.min(8)).min(MAX_EJECTION);
-        e.in_a_row = e.in_a_row.saturating_add(1);
-        e.until = Some(now + period);
-        self.metrics.ejections.fetch_add(1, Relaxed);
-        warn!(endpoint = %self.label, failures = n, ejected_for = ?period, "endpoint ejected after consecutive failures");
-    }
-
-    /// Whether the endpoint is ejected now.
+    /// Whether the endpoint is out of normal rotation (ejected or on probation).
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.lock().until.is_some_and(|u| u > now)
+        self.health(now) != Health::Ok
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ejection> {
-        self.ejected.lock().unwrap_or_else(|e| e.into_inner())
+    /// The breaker's view now.
+    pub fn health(&self, now: Instant) -> Health {
+        let mut s = self.lock();
+        Self::advance(&mut s, now);
+        match s.phase {
+            Phase::Closed => Health::Ok,
+            Phase::Ejected { .. } => Health::Ejected,
+            Phase::Probation { .. } => Health::Probation,
+        }
+    }
+
+    fn advance(s: &mut State, now: Instant) {
+        if let Phase::Ejected { until } = s.phase
+            && until <= now
+        {
+            s.phase = Phase::Probation { probe_out: false };
+        }
+    }
+
+    fn eject(&self, s: &mut State, why: &'static str) {
+        let period = BASE_EJECTION.saturating_mul(1 << s.in_a_row.min(8)).min(MAX_EJECTION);
+        s.in_a_row = s.in_a_row.saturating_add(1);
+        s.consecutive = 0;
+        s.phase = Phase::Ejected { until: Instant::now() + period };
+        self.metrics.ejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(endpoint = %self.label, ejected_for = ?period, "{why}");
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use super::*;
 
-    #[test]
-    fn ejects_after_threshold_consecutive_failures_only() {
+    const S: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_threshold_consecutive_failures_only() {
         let b = Breaker::new("a".into(), 3, Arc::default());
-        let now = Instant::now();
         b.record_failure();
         b.record_failure();
         b.record_success();
         b.record_failure();
         b.record_failure();
-        assert!(!b.is_ejected(now), "a success in between resets the count");
+        assert!(b.admits(Instant::now()), "a success in between resets the count");
         b.record_failure();
-        assert!(b.is_ejected(Instant::now()));
-        assert!(!b.is_ejected(Instant::now() + BASE_EJECTION + Duration::from_millis(1)));
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+        assert!(!b.admits(Instant::now() + 5 * S - Duration::from_millis(1)));
+        assert_eq!(b.health(Instant::now() + 5 * S), Health::Probation);
         assert_eq!(b.metrics.ejections.load(Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probation_admits_one_probe_and_doubles_the_backoff_when_it_fails() {
+        let b = Breaker::new("a".into(), 1, Arc::default());
+        b.record_failure();
+        tokio::time::advance(5 * S).await;
+        let now = Instant::now();
+        assert!(b.admits(now));
+        assert!(b.try_probe(now), "the first call after the backoff is the probe");
+        assert!(!b.admits(now), "one probe at a time");
+        assert!(!b.try_probe(now));
+        // A connect that succeeds meanwhile does not end the ejection.
+        b.record_success();
+        assert_eq!(b.health(now), Health::Probation);
+        assert!(!b.probe_done(Some(false)));
+        // Ejected again for 10 s.
+        tokio::time::advance(10 * S - Duration::from_millis(1)).await;
+        assert!(!b.admits(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(b.try_probe(Instant::now()));
+        // A probe with no verdict frees the slot.
+        assert!(!b.probe_done(None));
+        assert!(b.try_probe(Instant::now()));
+        assert!(b.probe_done(Some(true)), "a successful probe re-admits");
+        assert_eq!(b.health(Instant::now()), Health::Ok);
+        // The backoff started over: the next ejection is 5 s again.
+        b.record_failure();
+        tokio::time::advance(5 * S).await;
+        assert_eq!(b.health(Instant::now()), Health::Probation);
+        assert_eq!(b.metrics.ejections.load(Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_a_minute() {
+        let b = Breaker::new("a".into(), 1, Arc::default());
+        b.record_failure();
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let start = Instant::now();
+            while !b.try_probe(Instant::now()) {
+                tokio::time::advance(S).await;
+            }
+            waits.push((Instant::now() - start).as_secs());
+            b.probe_done(Some(false));
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn a_timeout_counts_only_after_long_silence() {
+        let ms = Duration::from_millis;
+        // 1 ms deadlines on 3 ms handlers: silent 1 ms, nothing about the pod.
+        assert!(!silence_is_failure(ms(1), ms(3)));
+        // A fast pod silent for a whole 1 s deadline: hung.
+        assert!(silence_is_failure(ms(1000), ms(1)));
+        // The floor: 249 ms of silence never counts, 250 ms does for a fast pod.
+        assert!(!silence_is_failure(ms(249), ms(1)));
+        assert!(silence_is_failure(ms(250), ms(1)));
+        // A pod whose answers take 400 ms: 1.9 s of silence is within 5×; 2 s is not.
+        assert!(!silence_is_failure(ms(1900), ms(400)));
+        assert!(silence_is_failure(ms(2000), ms(400)));
     }
 }

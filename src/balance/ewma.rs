@@ -1,17 +1,32 @@
-//! Peak-EWMA load: a latency estimate that jumps up at once on a slow response and decays slowly, multiplied by
-//! the calls in flight (Finagle's and tower's `PeakEwma`).
+//! Peak-EWMA load: a latency estimate that jumps up at once on a slow response and otherwise follows a
+//! time-weighted moving average, multiplied by the calls in flight (Finagle's and tower's `PeakEwma`).
 //!
 //! Written here rather than wrapping tower's `PeakEwma` service: that one needs `&mut` access per call, which in a
-//! shared balancer means a `Buffer` task hop on every call; here the estimate is a small mutex-protected pair and
-//! the in-flight count an atomic, readable from any task.
+//! shared balancer means a `Buffer` task hop on every call; here the estimate is a small mutex-protected record
+//! and the in-flight count an atomic, readable from any task.
+//!
+//! Two rules beyond tower's:
+//! - Reading the estimate does not store a decayed value. tower's read resets the clock of the average, so in a
+//!   balancer that reads on every pick an answer below the peak got almost no weight and the estimate became a
+//!   decaying *maximum*: noisy, and a stale peak kept an equal pod "slow" (issue 10.5). Here an answer is weighted
+//!   by the time since the previous answer (`1 - e^(-Δt/decay)`), so equal pods converge on the same mean; only
+//!   while no answer arrives does the estimate decay towards zero, so a pod that lost every comparison is tried
+//!   again.
+//! - **Silence**: while calls wait for response headers, the time since the endpoint last answered anything counts
+//!   as a lower bound on its latency ([`PeakEwma::cost`]). A hung pod answers nothing, so its cost grows by the
+//!   millisecond and it loses every comparison long before any of its calls times out (issue 10.2).
+//!
+//! Time is `tokio::time::Instant`, so the rules are tested on a paused clock.
 
 use std::{
     sync::{
         Mutex,
         atomic::{AtomicU32, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 /// Smallest RTT used in the cost, so a fresh endpoint (no estimate yet) is cheap but not free.
 const FLOOR_NS: f64 = 1_000.0;
@@ -19,65 +34,153 @@ const FLOOR_NS: f64 = 1_000.0;
 /// The load of one endpoint.
 pub struct PeakEwma {
     decay_ns: f64,
-    estimate: Mutex<Estimate>,
+    state: Mutex<State>,
     pending: AtomicU32,
 }
 
-struct Estimate {
+struct State {
+    /// The estimate as of `at`, in nanoseconds.
     rtt_ns: f64,
+    /// When the estimate last took an answer (or was reset).
     at: Instant,
+    /// Calls waiting for response headers.
+    waiting: u32,
+    /// When the endpoint last answered anything, or when `waiting` went from 0 to 1, whichever is later.
+    heard: Instant,
+    /// The same estimate over answers only (unanswered calls left out), as of `answer_at`, in nanoseconds.
+    answer_ns: f64,
+    answer_at: Instant,
+    /// How far answers stray from the estimate: a time-weighted mean of |answer − estimate| (TCP's RTTVAR), ns.
+    dev_ns: f64,
+}
+
+impl State {
+    fn decayed(&self, now: Instant, decay_ns: f64) -> f64 {
+        let idle = now.saturating_duration_since(self.at).as_nanos() as f64;
+        self.rtt_ns * (-idle / decay_ns).exp()
+    }
 }
 
 impl PeakEwma {
-    /// A new estimate that decays over `decay` (tower and linkerd use 10 s).
+    /// A new estimate (zero: a new endpoint is tried at once) that decays over `decay` (e-folding time).
     pub fn new(decay: Duration) -> Self {
+        let now = Instant::now();
         Self {
             decay_ns: decay.as_nanos().max(1) as f64,
-            estimate: Mutex::new(Estimate { rtt_ns: 0.0, at: Instant::now() }),
+            state: Mutex::new(State {
+                rtt_ns: 0.0,
+                at: now,
+                waiting: 0,
+                heard: now,
+                answer_ns: 0.0,
+                answer_at: now,
+                dev_ns: 0.0,
+            }),
             pending: AtomicU32::new(0),
         }
     }
 
-    /// The cost of sending one more call here: decayed RTT estimate × (calls in flight + 1).
+    /// The cost of sending one more call here, in nanoseconds: latency × (calls in flight + 1), where latency is
+    /// the larger of the estimate and the current silence (at least the floor).
     pub fn cost(&self) -> f64 {
         let (rtt, pending) = self.load();
         rtt * (f64::from(pending) + 1.0)
     }
 
-    /// The decayed RTT estimate (at least the floor), in nanoseconds, and the calls in flight.
+    /// The latency used in the cost (estimate or silence, at least the floor), in nanoseconds, and the calls in
+    /// flight.
     pub fn load(&self) -> (f64, u32) {
         let now = Instant::now();
-        let mut e = self.lock();
-        let elapsed = now.saturating_duration_since(e.at).as_nanos() as f64;
-        e.rtt_ns *= (-elapsed / self.decay_ns).exp();
-        e.at = now;
-        (e.rtt_ns.max(FLOOR_NS), self.pending.load(Relaxed))
+        let s = self.lock();
+        let silence = if s.waiting > 0 { now.saturating_duration_since(s.heard).as_nanos() as f64 } else { 0.0 };
+        (s.decayed(now, self.decay_ns).max(silence).max(FLOOR_NS), self.pending.load(Relaxed))
     }
 
-    /// Marks a call started; pair with [`PeakEwma::finish`].
+    /// [`PeakEwma::load`] and how far answers stray from the estimate (ns), for the P2C comparison.
+    pub fn sample(&self) -> (f64, u32, f64) {
+        let (rtt, pending) = self.load();
+        (rtt, pending, self.lock().dev_ns)
+    }
+
+    /// Marks a call started (in flight, waiting for headers); pair with [`PeakEwma::answered`] (or
+    /// [`PeakEwma::unanswered`]) and [`PeakEwma::finish`].
     pub fn start(&self) {
         self.pending.fetch_add(1, Relaxed);
-    }
-
-    /// Marks a call finished.
-    pub fn finish(&self) {
-        self.pending.fetch_sub(1, Relaxed);
-    }
-
-    /// Folds in one observed round-trip time: a higher value replaces the estimate (the peak), a lower one is
-    /// averaged in, weighted by how long ago the estimate was updated.
-    pub fn observe(&self, rtt: Duration) {
-        let rtt_ns = rtt.as_nanos() as f64;
-        let now = Instant::now();
-        let mut e = self.lock();
-        if rtt_ns > e.rtt_ns {
-            e.rtt_ns = rtt_ns;
-        } else {
-            let elapsed = now.saturating_duration_since(e.at).as_nanos() as f64;
-            let decay = (-elapsed / self.decay_ns).exp();
-            e.rtt_ns = e.rtt_ns * decay + rtt_ns * (1.0 - decay);
+        let mut s = self.lock();
+        if s.waiting == 0 {
+            s.heard = Instant::now();
         }
-        e.at = now;
+        s.waiting += 1;
+    }
+
+    /// A call's response headers arrived after `rtt`: the endpoint is heard from, and `rtt` is folded in, its
+    /// peak limited to [`step_cap`] of the current estimate (one late answer is often a lost time slice).
+    pub fn answered(&self, rtt: Duration) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.waiting = s.waiting.saturating_sub(1);
+        s.heard = now;
+        let elapsed = now.saturating_duration_since(s.at).as_nanos() as f64;
+        let decay = (-elapsed / self.decay_ns).exp();
+        let stray = (rtt.as_nanos() as f64 - s.rtt_ns * decay).abs();
+        s.dev_ns = s.dev_ns * decay + stray * (1.0 - decay);
+        let cap = Some(step_cap as fn(f64) -> f64);
+        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, cap);
+        (s.answer_ns, s.answer_at) = peak_ewma(s.answer_ns, s.answer_at, now, rtt, self.decay_ns, cap);
+    }
+
+    /// A call ended after `elapsed` without any answer (cancelled, timed out, failed): the elapsed time is folded
+    /// in as tower's `PeakEwma` does when its handle is dropped, but the endpoint was not heard from.
+    pub fn unanswered(&self, elapsed: Duration) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.waiting = s.waiting.saturating_sub(1);
+        self.fold(&mut s, now, elapsed);
+    }
+
+    /// A call ended without an answer and without saying anything about latency (refused before it was
+    /// processed): it only stops waiting.
+    pub fn withdrawn(&self) {
+        let mut s = self.lock();
+        s.waiting = s.waiting.saturating_sub(1);
+    }
+
+    /// Marks a call finished (no longer in flight).
+    pub fn finish(&self) {
+        let _ = self.pending.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Folds in one observed round-trip time without touching the in-flight accounting.
+    pub fn observe(&self, rtt: Duration) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        self.fold(&mut s, now, rtt);
+    }
+
+    /// Sets the estimate to at least `rtt` from now on, as if just observed as a peak: a re-admitted endpoint
+    /// starts pessimistic rather than from a past that decayed while it was ejected.
+    pub fn reset_pessimistic(&self, rtt: Duration) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let current = s.decayed(now, self.decay_ns);
+        s.rtt_ns = current.max(rtt.as_nanos() as f64);
+        s.at = now;
+    }
+
+    /// How long the endpoint has been silent for a call that started at `since`: the time since the later of
+    /// `since` and the endpoint's last answer.
+    pub fn silent_for(&self, since: Instant) -> Duration {
+        let now = Instant::now();
+        let s = self.lock();
+        now.saturating_duration_since(since.max(s.heard))
+    }
+
+    /// The estimate over answered calls only, decayed: how long this endpoint takes to answer when it does. The
+    /// silence rule compares against this, since an estimate raised by timeouts would excuse the next ones.
+    pub fn answer_estimate(&self) -> Duration {
+        let s = self.lock();
+        let idle = Instant::now().saturating_duration_since(s.answer_at).as_nanos() as f64;
+        Duration::from_nanos((s.answer_ns * (-idle / self.decay_ns).exp()) as u64)
     }
 
     /// Calls in flight.
@@ -85,42 +188,202 @@ impl PeakEwma {
         self.pending.load(Relaxed)
     }
 
-    /// The current estimate without decaying it, in seconds.
+    /// The current (decayed) estimate, without the silence.
     pub fn estimate(&self) -> Duration {
-        Duration::from_nanos(self.lock().rtt_ns as u64)
+        let s = self.lock();
+        Duration::from_nanos(s.decayed(Instant::now(), self.decay_ns) as u64)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Estimate> {
-        self.estimate.lock().unwrap_or_else(|e| e.into_inner())
+    /// A higher value replaces the estimate (the peak); a lower one is averaged in, weighted by the time since the
+    /// previous answer.
+    fn fold(&self, s: &mut State, now: Instant, rtt: Duration) {
+        (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, None);
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The highest one answer may raise an estimate of `current` ns to: twice it, or 5 ms more, whichever is higher.
+///
+/// An answer slower than the estimate is the peak (Peak-EWMA), but on a shared node one late answer is as often a
+/// time slice lost by the pod or the sidecar as a slower pod; a pod that has become slow answers late again and
+/// reaches its real latency within a few answers (1 → 6 → 12 → 24 ms), while a lost time slice no longer makes an
+/// equal pod look slow for seconds (issue 10.5). A pod that answers nothing is seen through its silence instead,
+/// and an unanswered call's elapsed time is not capped.
+pub fn step_cap(current: f64) -> f64 {
+    (2.0 * current).max(current + 5e6)
+}
+
+/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`; a peak limited by `cap`.
+fn peak_ewma(
+    value: f64,
+    at: Instant,
+    now: Instant,
+    rtt: Duration,
+    decay_ns: f64,
+    cap: Option<fn(f64) -> f64>,
+) -> (f64, Instant) {
+    let rtt_ns = rtt.as_nanos() as f64;
+    let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
+    let decay = (-elapsed / decay_ns).exp();
+    let current = value * decay;
+    let next = if rtt_ns > current {
+        cap.map_or(rtt_ns, |cap| rtt_ns.min(cap(current)))
+    } else {
+        current + rtt_ns * (1.0 - decay)
+    };
+    (next, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_slow_response_raises_the_cost_at_once() {
-        let fast = PeakEwma::new(Duration::from_secs(10));
-        let slow = PeakEwma::new(Duration::from_secs(10));
-        fast.observe(Duration::from_micros(300));
-        slow.observe(Duration::from_millis(20));
-        assert!(slow.cost() > 10.0 * fast.cost());
-        // A fast answer after the peak only pulls the estimate down slowly.
-        slow.observe(Duration::from_micros(300));
-        assert!(slow.estimate() > Duration::from_millis(15));
+    const MS: Duration = Duration::from_millis(1);
+
+    fn ms(ns: f64) -> f64 {
+        (ns / 1e3).round() / 1e3
     }
 
-    #[test]
-    fn calls_in_flight_multiply_the_cost() {
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_is_the_peak_then_answers_are_averaged_by_time() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.observe(20 * MS);
+        assert_eq!(e.estimate(), 20 * MS);
+        // 100 ms later a 1 ms answer: weight 1 - e^-0.1; the 20 ms decayed by e^-0.1 first.
+        tokio::time::advance(100 * MS).await;
+        e.observe(MS);
+        let expect = 20.0 * (-0.1f64).exp() + 1.0 * (1.0 - (-0.1f64).exp());
+        assert_eq!(ms(e.estimate().as_nanos() as f64), (expect * 1e3).round() / 1e3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frequent_reads_do_not_freeze_the_average() {
+        // Equal answers every millisecond, read a hundred times in between: the estimate converges on them
+        // instead of staying at the old peak (tower's read-resets-the-clock behaviour kept it at the peak).
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.observe(10 * MS);
+        for _ in 0..3000 {
+            for _ in 0..100 {
+                let _ = e.load();
+            }
+            tokio::time::advance(MS).await;
+            e.observe(MS);
+        }
+        // After 3 s: 1 + 9·e^-3 ms.
+        assert_eq!(ms(e.estimate().as_nanos() as f64), ((1.0 + 9.0 * (-3.0f64).exp()) * 1e3).round() / 1e3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_is_latency_times_calls_in_flight_plus_one() {
         let e = PeakEwma::new(Duration::from_secs(10));
-        e.observe(Duration::from_millis(1));
-        let idle = e.cost();
+        e.observe(2 * MS);
+        assert_eq!(e.cost(), 2e6);
         e.start();
+        e.answered(2 * MS);
         e.start();
+        e.answered(2 * MS);
         assert_eq!(e.pending(), 2);
-        assert!(e.cost() > 2.5 * idle);
+        assert_eq!(e.cost(), 6e6, "2 ms × (2 + 1)");
         e.finish();
-        assert_eq!(e.pending(), 1);
+        assert_eq!(e.cost(), 4e6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_while_calls_wait_raises_the_cost_by_the_millisecond() {
+        let e = PeakEwma::new(Duration::from_secs(10));
+        e.observe(MS);
+        e.start();
+        tokio::time::advance(MS / 2).await;
+        assert_eq!(e.load().0, 1e6 * (-0.5e-3f64 / 10.0).exp(), "silence shorter than the estimate changes nothing");
+        tokio::time::advance(9 * MS + MS / 2).await;
+        // 10 ms without an answer: latency 10 ms, one call in flight.
+        assert_eq!(e.load(), (10e6, 1));
+        assert_eq!(e.cost(), 20e6);
+        // Another call answered: the endpoint is heard from, the silence starts over.
+        e.start();
+        e.answered(MS);
+        assert_eq!(e.load().0, 1e6, "the silence never entered the estimate");
+        assert_eq!(e.silent_for(Instant::now() - 5 * MS), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_call_folds_in_its_elapsed_time_but_is_not_heard() {
+        let e = PeakEwma::new(Duration::from_secs(10));
+        e.observe(MS);
+        let started = Instant::now();
+        e.start();
+        tokio::time::advance(2000 * MS).await;
+        assert_eq!(e.silent_for(started), 2000 * MS);
+        e.unanswered(2000 * MS);
+        e.finish();
+        assert_eq!(e.estimate(), 2000 * MS, "tower's PeakEwma on drop: the elapsed time is a peak");
+        assert_eq!(e.load(), (2e9, 0));
+        assert_eq!(e.answer_estimate(), Duration::ZERO, "no call was answered");
+        e.start();
+        e.answered(3 * MS);
+        assert_eq!(e.answer_estimate(), 3 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_late_answer_at_most_doubles_the_estimate_or_adds_5_ms() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(MS);
+        assert_eq!(e.estimate(), MS);
+        // A 30 ms answer 1 ms later: the estimate (1 ms, decayed by e^-0.001) + 5 ms.
+        tokio::time::advance(MS).await;
+        e.start();
+        e.answered(30 * MS);
+        let current = 1e6 * (-1e-3f64).exp();
+        assert_eq!(e.load().0, current + 5e6);
+        // A pod that stays slow gets there in a few answers: doubling from here.
+        let mut expect = current + 5e6;
+        for _ in 0..3 {
+            tokio::time::advance(MS).await;
+            e.start();
+            e.answered(30 * MS);
+            expect = (expect * (-1e-3f64).exp() * 2.0).min(30e6);
+            assert_eq!(e.load().0, expect);
+        }
+        assert_eq!(e.estimate(), 30 * MS);
+        // An unanswered call's elapsed time is a peak at once.
+        e.start();
+        e.unanswered(2000 * MS);
+        assert_eq!(e.estimate(), 2000 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn how_far_answers_stray_is_averaged_by_time_too() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(MS);
+        assert_eq!(e.sample().2, 0.0, "the first answer has no time weight yet");
+        let d = (-0.01f64).exp();
+        tokio::time::advance(10 * MS).await;
+        e.start();
+        e.answered(MS);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let dev = 1e6 * (1.0 - d) * (1.0 - d);
+        assert!(close(e.sample().2, dev), "{}", e.sample().2);
+        // One answer 20 ms late moves it by its time weight only: a lost time slice is not noise by itself.
+        tokio::time::advance(10 * MS).await;
+        e.start();
+        e.answered(21 * MS);
+        assert!(close(e.sample().2, dev * d + (21e6 - 1e6 * d) * (1.0 - d)), "{}", e.sample().2);
+        assert!(e.sample().2 < 0.25e6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_answers_the_estimate_decays_towards_zero() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.observe(20 * MS);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(e.estimate(), Duration::from_nanos((20e6 * (-2.0f64).exp()) as u64));
+        // A re-admitted endpoint starts pessimistic, not from the decayed past.
+        e.reset_pessimistic(30 * MS);
+        assert_eq!(e.estimate(), 30 * MS);
     }
 }

@@ -7,20 +7,17 @@
 
 pub mod breaker;
 pub mod ewma;
+mod p2c;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, RwLock, atomic::AtomicU64},
+    time::Duration,
 };
 
 use hyper::client::conn::http2::SendRequest;
-use rand::Rng;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::info;
 
 use crate::{
@@ -30,7 +27,7 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
-use self::{breaker::Breaker, ewma::PeakEwma};
+use self::{breaker::Breaker, ewma::PeakEwma, p2c::choose};
 
 /// One backend endpoint: its connection, its load and its breaker.
 pub struct Endpoint {
@@ -84,13 +81,27 @@ pub struct Balancer {
     metrics: Arc<Metrics>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Discovery's current problem, named in [`NoEndpoint`].
+    discovery_problem: RwLock<Option<String>>,
 }
 
 impl Balancer {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
-        Self { target, settings, metrics, endpoints: RwLock::default(), changed: Arc::new(changed) }
+        Self {
+            target,
+            settings,
+            metrics,
+            endpoints: RwLock::default(),
+            changed: Arc::new(changed),
+            discovery_problem: RwLock::default(),
+        }
+    }
+
+    /// Sets (or clears) discovery's current problem, which calls that find no endpoint are told.
+    pub fn set_discovery_problem(&self, problem: Option<String>) {
+        *self.discovery_problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// The target's name.
@@ -162,7 +173,7 @@ impl Balancer {
     /// Picks an endpoint for one attempt, avoiding `avoid` (endpoints that refused this call) while another one
     /// is usable: a refused stream never reached the application, so the same endpoint may take the retry when
     /// it is the only one. Waits for one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
-    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: Instant) -> Result<Picked, NoEndpoint> {
+    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: std::time::Instant) -> Result<Picked, NoEndpoint> {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
@@ -177,81 +188,14 @@ impl Balancer {
             }
             let waited = tokio::time::timeout_at(wait_until.into(), changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
-                return Err(NoEndpoint { target: self.target.clone(), detail: describe(&set) });
+                let mut detail = describe(&set);
+                if let Some(problem) = &*self.discovery_problem.read().unwrap_or_else(|e| e.into_inner()) {
+                    detail.push_str(&format!(" (discovery: {problem})"));
+                }
+                return Err(NoEndpoint { target: self.target.clone(), detail });
             }
         }
     }
-}
-
-/// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
-fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_too: bool) -> Option<Picked> {
-    let usable = |e: &Endpoint| -> Option<SendRequest<ReplayBody>> {
-        if exclude.contains(&e.addr) || (!ejected_too && e.breaker.is_ejected(now)) {
-            return None;
-        }
-        e.conn.sender()
-    };
-    let mut rng = rand::rng();
-    let n = set.len();
-    // Fast path: two random distinct probes, which succeed at once when the set is healthy.
-    if n >= 2 {
-        let a = rng.random_range(0..n);
-        let b = (a + rng.random_range(1..n)) % n;
-        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b])) {
-            return Some(cheaper(&mut rng, (&set[a], ta), (&set[b], tb)));
-        }
-    }
-    // Slow path: reservoir-sample two among the usable ones in one pass.
-    let mut picks: [Option<(usize, SendRequest<ReplayBody>)>; 2] = [None, None];
-    let mut seen = 0usize;
-    for (i, e) in set.iter().enumerate() {
-        let Some(tx) = usable(e) else { continue };
-        let slot = if seen < 2 { seen } else { rng.random_range(0..=seen) };
-        if slot < 2 {
-            picks[slot] = Some((i, tx));
-        }
-        seen += 1;
-    }
-    match picks {
-        [Some((a, ta)), Some((b, tb))] => Some(cheaper(&mut rng, (&set[a], ta), (&set[b], tb))),
-        [Some((a, ta)), None] => Some(Picked { endpoint: set[a].clone(), sender: ta }),
-        _ => None,
-    }
-}
-
-/// Latency estimates within this factor of each other count as the same: the difference is noise.
-const SAME_LATENCY: f64 = 2.0;
-
-/// The second half of P2C: choose between the two sampled endpoints.
-///
-/// When their Peak-EWMA latency estimates differ by more than [`SAME_LATENCY`], the cheaper one (estimate × calls
-/// in flight) is preferred in proportion to how much cheaper it is: an endpoint 10× slower gets ~9% of the picks it
-/// is sampled for. Proportional rather than strict, because strict "lower cost wins" starves a healthy pod for as
-/// long as one slow answer keeps its estimate up.
-///
-/// When the estimates are alike, the difference is noise, and comparing it would only add variance: the one with
-/// fewer calls in flight wins (join the shorter queue), and on a tie the one picked longer ago. That spreads equal
-/// pods near-evenly even one call at a time, while a hung pod (its calls piling up in flight) loses every time.
-fn cheaper(
-    rng: &mut impl Rng,
-    a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
-    b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
-) -> Picked {
-    static PICKS: AtomicU64 = AtomicU64::new(1);
-    let ((ra, pa), (rb, pb)) = (a.0.load.load(), b.0.load.load());
-    let pick_a = if ra.max(rb) <= SAME_LATENCY * ra.min(rb) {
-        match pa.cmp(&pb) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => a.0.last_pick.load(Relaxed) <= b.0.last_pick.load(Relaxed),
-        }
-    } else {
-        let (ca, cb) = (ra * (f64::from(pa) + 1.0), rb * (f64::from(pb) + 1.0));
-        rng.random::<f64>() < cb / (ca + cb)
-    };
-    let (e, sender) = if pick_a { a } else { b };
-    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
-    Picked { endpoint: e.clone(), sender }
 }
 
 /// A short account of why nothing was usable, for the `UNAVAILABLE` message.

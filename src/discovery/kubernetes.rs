@@ -5,27 +5,30 @@
 //! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone`: slices absent from
 //! the new list are gone, and nothing is removed half-way.
 //!
-//! Errors (API server down, 5xx, 410 Gone, dropped streams) never end the loop: the watcher retries with kube's
-//! default backoff, and the last set stays in use meanwhile (static stability).
+//! Errors (API server down, 403, 429, 5xx, 410 Gone, dropped streams) never end the loop, and the last set stays in
+//! use meanwhile (static stability). The retry policy is this module's own (`Retry`), because kube's
+//! `default_backoff()` gets two things wrong for a sidecar: it resets on the watcher's `Init` marker, which comes
+//! *before* the LIST, so a refused LIST was retried about once a second; and it resets only on an event, so after an
+//! outage a quiet watch kept the outage's backoff and a later 410 waited it out before re-listing (issue 10.6).
+//! What happens is reported through [`Health`] (the problem, errors by HTTP status, one log line per change).
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
     Api, Client,
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{WatchStreamExt, watcher},
+    runtime::watcher,
 };
-use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
 
 use super::{
     Discovered, PortRef,
+    health::Health,
     slices::{SliceEndpoint, endpoints_of, usable},
 };
 
@@ -37,22 +40,24 @@ pub async fn run(
     service: String,
     namespace: Option<String>,
     port: PortRef,
-    kubeconfig: Option<PathBuf>,
+    options: super::Options,
+    health: Arc<Health>,
     tx: mpsc::Sender<Vec<Discovered>>,
 ) {
-    let client = connect(kubeconfig.as_deref()).await;
+    let client = connect(options.kubeconfig.as_deref()).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     info!(%service, %namespace, %port, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = watcher(api, config).boxed();
 
     let mut slices: BTreeMap<String, Vec<SliceEndpoint>> = BTreeMap::new();
     let mut relist: Option<BTreeMap<String, Vec<SliceEndpoint>>> = None;
     let mut last: Option<Vec<Discovered>> = None;
-    let mut failing = false;
+    let mut retry = Retry::default();
     while let Some(event) = events.next().await {
         let changed = match event {
+            // `Init` comes before the LIST request: it says nothing about whether the API answers.
             Ok(watcher::Event::Init) => {
                 relist = Some(BTreeMap::new());
                 false
@@ -61,6 +66,7 @@ pub async fn run(
                 if let Some(buffer) = relist.as_mut() {
                     buffer.insert(name_of(&s), endpoints_of(&s, &port));
                 }
+                retry.reset();
                 false
             }
             Ok(watcher::Event::InitDone) => {
@@ -76,22 +82,29 @@ pub async fn run(
                 true
             }
             Err(e) => {
-                // Logged once per outage; the backoff keeps retrying and the last set stays in use.
-                if !failing {
-                    warn!(error = %e, "EndpointSlice watch failed; keeping the last known endpoints");
+                let failure = Failure::of(&e);
+                let delay = retry.after(&failure);
+                if failure.cause == "410" {
+                    // An expired resourceVersion is routine: kube re-lists on the next poll.
+                    debug!(error = %failure.message, "EndpointSlice watch expired; re-listing");
+                    health.count(&failure.cause);
+                } else {
+                    health.failed(&failure.cause, failure.message);
                 }
-                failing = true;
+                if !delay.is_zero() {
+                    debug!(retry_in = ?delay, "discovery backing off");
+                    tokio::time::sleep(delay).await;
+                }
+                retry.resumed();
                 continue;
             }
         };
-        if failing {
-            info!("EndpointSlice watch recovered");
-            failing = false;
-        }
         if !changed {
             continue;
         }
-        let set = usable(&slices);
+        retry.reset();
+        health.recovered();
+        let set = usable(&slices, options.ip_family);
         if last.as_ref() != Some(&set) {
             if tx.send(set.clone()).await.is_err() {
                 return;
@@ -101,12 +114,122 @@ pub async fn run(
     }
 }
 
+/// One failed request, as the retry policy and the operator see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    /// The HTTP status the API answered (`"403"`, `"429"`, `"410"` in-stream, …), or `connect` when it did not.
+    cause: String,
+    /// The API's `Retry-After` (`details.retryAfterSeconds` of its `Status`).
+    retry_after: Option<Duration>,
+    /// What to tell the operator.
+    message: String,
+}
+
+impl Failure {
+    fn of(e: &watcher::Error) -> Self {
+        let (what, inner) = match e {
+            watcher::Error::InitialListFailed(k) => ("EndpointSlice list", Some(k)),
+            watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => ("EndpointSlice watch", Some(k)),
+            watcher::Error::WatchError(status) => return Self::of_status("EndpointSlice watch", status),
+            watcher::Error::NoResourceVersion => ("EndpointSlice list", None),
+        };
+        match inner {
+            Some(kube::Error::Api(status)) => Self::of_status(what, status),
+            Some(other) => Self {
+                cause: "connect".into(),
+                retry_after: None,
+                message: format!("{what} failed: {}", crate::error_chain(other)),
+            },
+            None => Self { cause: "other".into(), retry_after: None, message: format!("{what} failed: {e}") },
+        }
+    }
+
+    fn of_status(what: &str, status: &kube::core::Status) -> Self {
+        let retry_after = status
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s)));
+        let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
+        Self {
+            cause: status.code.to_string(),
+            retry_after,
+            message: format!("{what} refused by the API server: HTTP {}{reason}: {}", status.code, status.message),
+        }
+    }
+}
+
+/// The API answered (no error) for at least this long since the last retry: the next error starts the backoff over.
+const ANSWERED_FOR: Duration = Duration::from_secs(2);
+
+/// When discovery retries after an error: exponential backoff with jitter from 800 ms to 30 s (kube's and
+/// client-go's reflector defaults, through `backon`), except that
+/// - an expired resourceVersion (410) re-lists at once;
+/// - a `Retry-After` (429) is honoured as given, without growing the backoff;
+/// - the backoff starts over once the API has answered again: on data, or when the last retry went ≥ 2 s without
+///   an error (a watch that opened and stayed open), so a problem after an outage is not made to wait out the
+///   outage's backoff.
+pub(crate) struct Retry {
+    backoff: backon::ExponentialBackoff,
+    resumed: Option<Instant>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { backoff: Self::builder().build(), resumed: None }
+    }
+}
+
+impl Retry {
+    fn builder() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(800))
+            .with_max_delay(Duration::from_secs(30))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// The API answered with data: start the backoff over.
+    pub(crate) fn reset(&mut self) {
+        self.backoff = Self::builder().build();
+    }
+
+    /// Polling resumes now, after an error's delay.
+    pub(crate) fn resumed(&mut self) {
+        self.resumed = Some(Instant::now());
+    }
+
+    /// The delay before retrying after `failure`.
+    fn after(&mut self, failure: &Failure) -> Duration {
+        if self.resumed.is_some_and(|t| t.elapsed() >= ANSWERED_FOR) {
+            self.reset();
+        }
+        if failure.cause == "410" {
+            return Duration::ZERO;
+        }
+        if let Some(after) = failure.retry_after {
+            return after;
+        }
+        self.backoff.next().unwrap_or(Duration::from_secs(30))
+    }
+}
+
 async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
-    let Some(path) = kubeconfig else { return Client::try_default().await.map_err(|e| e.to_string()) };
-    let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config = match kubeconfig {
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
+    // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
+    // the throttling ended. [`Retry`] handles those answers here instead.
+    config.default_retry = false;
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
@@ -128,5 +251,49 @@ async fn connect(kubeconfig: Option<&Path>) -> Client {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(cause: &str, retry_after: Option<u64>) -> Failure {
+        Failure { cause: cause.into(), retry_after: retry_after.map(Duration::from_secs), message: String::new() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_list_backs_off_and_the_backoff_starts_over_once_the_api_answers() {
+        let mut r = Retry::default();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            let d = r.after(&failure("403", None));
+            tokio::time::advance(d).await;
+            r.resumed();
+            delays.push(d);
+        }
+        // Exponential with jitter: each step in [base·2^n, base·2^(n+1)], capped at 30 s (+ jitter).
+        for (n, d) in delays.iter().enumerate() {
+            let base = Duration::from_millis(800).saturating_mul(1 << n).min(Duration::from_secs(30));
+            assert!(*d >= base && *d <= base * 2, "step {n}: {d:?}");
+        }
+        // The API answered for 2 s (a watch stayed open): a 410 now re-lists at once, and the next error starts
+        // from the bottom again.
+        tokio::time::advance(ANSWERED_FOR).await;
+        assert_eq!(r.after(&failure("410", None)), Duration::ZERO);
+        r.resumed();
+        let d = r.after(&failure("500", None));
+        assert!(d <= Duration::from_millis(1600), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_as_given() {
+        let mut r = Retry::default();
+        for _ in 0..5 {
+            assert_eq!(r.after(&failure("429", Some(3))), Duration::from_secs(3));
+            r.resumed();
+        }
+        // Throttling did not grow the backoff.
+        assert!(r.after(&failure("500", None)) <= Duration::from_millis(1600));
     }
 }

@@ -7,16 +7,20 @@
 //! Static stability: a source that loses its upstream (DNS, the API server) sends nothing, and the last set stays
 //! in use. Only a new set can remove an endpoint.
 
+pub mod health;
 pub mod kubernetes;
 pub mod slices;
 pub mod target;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
-use tracing::warn;
 
-pub use self::target::{PortRef, Target, TargetError};
+pub use self::{
+    health::Health,
+    slices::IpFamily,
+    target::{PortRef, Target, TargetError},
+};
 
 /// One usable endpoint as discovery sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,32 +31,51 @@ pub struct Discovered {
     pub pod: Option<String>,
     /// It is terminating but still serving (used only when no ready endpoint is left).
     pub terminating: bool,
+    /// Every address the pod is known by, `addr` first (a dual-stack pod has an IPv4 and an IPv6 one).
+    pub addresses: Vec<SocketAddr>,
 }
 
 impl Discovered {
     /// An endpoint known only by address.
     pub fn addr(addr: SocketAddr) -> Self {
-        Self { addr, pod: None, terminating: false }
+        Self { addr, pod: None, terminating: false, addresses: vec![addr] }
     }
 }
 
-/// Starts discovery for `target`; endpoint sets arrive on the returned channel. `kubeconfig` overrides the
-/// standard Kubernetes client configuration.
-pub fn spawn(target: Target, kubeconfig: Option<PathBuf>) -> mpsc::Receiver<Vec<Discovered>> {
-    let (tx, rx) = mpsc::channel(16);
+/// How discovery is set up beyond the target.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Overrides the standard Kubernetes client configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// Which address family to call a dual-stack pod on.
+    pub ip_family: IpFamily,
+}
+
+/// A running discovery: its endpoint sets and its health.
+pub struct Discovery {
+    /// Whole endpoint sets, as they change.
+    pub sets: mpsc::Receiver<Vec<Discovered>>,
+    /// What discovery is going through.
+    pub health: Arc<Health>,
+}
+
+/// Starts discovery for `target`.
+pub fn spawn(target: Target, options: Options) -> Discovery {
+    let (tx, sets) = mpsc::channel(16);
+    let health = Arc::new(Health::default());
     match target {
         Target::Static(hosts) => {
-            tokio::spawn(resolve_static(hosts, tx));
+            tokio::spawn(resolve_static(hosts, health.clone(), tx));
         }
         Target::Kubernetes { service, namespace, port } => {
-            tokio::spawn(kubernetes::run(service, namespace, port, kubeconfig, tx));
+            tokio::spawn(kubernetes::run(service, namespace, port, options, health.clone(), tx));
         }
     }
-    rx
+    Discovery { sets, health }
 }
 
 /// Resolves a static host list once (retrying with backoff until every name resolves), then holds the set.
-async fn resolve_static(hosts: Vec<String>, tx: mpsc::Sender<Vec<Discovered>>) {
+async fn resolve_static(hosts: Vec<String>, health: Arc<Health>, tx: mpsc::Sender<Vec<Discovered>>) {
     let mut delay = Duration::from_millis(100);
     loop {
         let mut set = Vec::new();
@@ -64,13 +87,14 @@ async fn resolve_static(hosts: Vec<String>, tx: mpsc::Sender<Vec<Discovered>>) {
             }
         }
         if let Some(err) = failed {
-            warn!(error = %err, retry_in = ?delay, "static target did not resolve");
+            health.failed("dns", format!("static target did not resolve: {err}"));
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
             continue;
         }
         set.sort_by_key(|d| d.addr);
         set.dedup_by_key(|d| d.addr);
+        health.recovered();
         if tx.send(set).await.is_err() {
             return;
         }

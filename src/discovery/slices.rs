@@ -8,6 +8,10 @@
 //! - Nil conditions follow the API's documented meaning: ready nil → ready, serving nil → same as ready,
 //!   terminating nil → not terminating.
 //! - `addressType` IPv4 and IPv6; FQDN slices are skipped with a warning.
+//! - One entry per **pod**, not per address: an endpoint's `addresses` are interchangeable, so only the first is
+//!   used (as kube-proxy does), and a dual-stack Service's IPv4 and IPv6 slices list the same pods, grouped here by
+//!   `targetRef` (endpoints without one stand for themselves). Which family a pod is called on is
+//!   [`IpFamily`]'s choice; the pod's other addresses are kept for `/debug/endpoints`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +23,29 @@ use tracing::warn;
 
 use super::{Discovered, PortRef};
 
-/// One endpoint address of one slice, with its conditions.
+/// Which address family a pod with addresses in both is called on (`--ip-family`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamily {
+    /// IPv4 when the pod has an IPv4 address, else IPv6.
+    #[default]
+    Auto,
+    /// IPv4 only: pods without an IPv4 address are not used.
+    Ipv4,
+    /// IPv6 only: pods without an IPv6 address are not used.
+    Ipv6,
+}
+
+impl IpFamily {
+    fn admits(self, addr: &SocketAddr) -> bool {
+        match self {
+            IpFamily::Auto => true,
+            IpFamily::Ipv4 => addr.is_ipv4(),
+            IpFamily::Ipv6 => addr.is_ipv6(),
+        }
+    }
+}
+
+/// One endpoint of one slice (its first address), with its conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceEndpoint {
     /// Address and resolved port.
@@ -63,52 +89,65 @@ pub fn endpoints_of(slice: &EndpointSlice, port: &PortRef) -> Vec<SliceEndpoint>
         let serving = c.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
         let pod = ep.target_ref.as_ref().and_then(|r| r.name.clone());
-        for address in &ep.addresses {
-            match address.parse::<IpAddr>() {
-                Ok(ip) => out.push(SliceEndpoint {
-                    addr: SocketAddr::new(ip, number),
-                    pod: pod.clone(),
-                    ready,
-                    serving,
-                    terminating,
-                }),
-                Err(_) => warn!(slice = name, %address, "skipping an address that is not an IP"),
-            }
+        // The addresses of one endpoint are interchangeable: use the first, as kube-proxy does.
+        let Some(address) = ep.addresses.first() else { continue };
+        match address.parse::<IpAddr>() {
+            Ok(ip) => out.push(SliceEndpoint { addr: SocketAddr::new(ip, number), pod, ready, serving, terminating }),
+            Err(_) => warn!(slice = name, %address, "skipping an address that is not an IP"),
         }
     }
     out
 }
 
-/// The usable endpoints of all slices, deduplicated and sorted by address.
-pub fn usable(slices: &BTreeMap<String, Vec<SliceEndpoint>>) -> Vec<Discovered> {
+/// The usable endpoints of all slices: one per pod, on the family `family` chooses, sorted by address.
+pub fn usable(slices: &BTreeMap<String, Vec<SliceEndpoint>>, family: IpFamily) -> Vec<Discovered> {
     // Per address, the best view any slice has of it (during a move between slices both may list it).
     let mut best: HashMap<SocketAddr, &SliceEndpoint> = HashMap::new();
-    let rank = |e: &SliceEndpoint| match (e.ready && !e.terminating, e.serving) {
-        (true, _) => 2,
-        (false, true) => 1,
-        _ => 0,
-    };
     for e in slices.values().flatten() {
         let keep = best.get(&e.addr).is_none_or(|old| rank(e) > rank(old));
         if keep {
             best.insert(e.addr, e);
         }
     }
-    let ready: Vec<Discovered> = best
-        .values()
-        .filter(|e| e.ready && !e.terminating)
-        .map(|e| Discovered { addr: e.addr, pod: e.pod.clone(), terminating: false })
-        .collect();
+    // Per pod, its addresses (a dual-stack pod has one per family); an endpoint without a targetRef is its own.
+    let mut pods: BTreeMap<String, Vec<&SliceEndpoint>> = BTreeMap::new();
+    for e in best.values() {
+        let key = e.pod.as_ref().map_or_else(|| format!("addr/{}", e.addr), |p| format!("pod/{p}"));
+        pods.entry(key).or_default().push(e);
+    }
+    let mut chosen: Vec<(&SliceEndpoint, Vec<SocketAddr>)> = Vec::with_capacity(pods.len());
+    for mut entries in pods.into_values() {
+        // Best conditions first, then IPv4 before IPv6 (auto), then the lower address.
+        entries.sort_by_key(|e| (std::cmp::Reverse(rank(e)), e.addr.is_ipv6(), e.addr));
+        let Some(pick) = entries.iter().find(|e| family.admits(&e.addr)) else { continue };
+        let mut addresses: Vec<SocketAddr> = entries.iter().map(|e| e.addr).collect();
+        addresses.sort_by_key(|a| (*a != pick.addr, a.is_ipv6(), *a));
+        chosen.push((pick, addresses));
+    }
+    let discovered = |(e, addresses): &(&SliceEndpoint, Vec<SocketAddr>), terminating| Discovered {
+        addr: e.addr,
+        pod: e.pod.clone(),
+        terminating,
+        addresses: addresses.clone(),
+    };
+    let ready: Vec<Discovered> =
+        chosen.iter().filter(|(e, _)| e.ready && !e.terminating).map(|c| discovered(c, false)).collect();
     let mut set = if ready.is_empty() {
-        best.values()
-            .filter(|e| e.serving && e.terminating)
-            .map(|e| Discovered { addr: e.addr, pod: e.pod.clone(), terminating: true })
-            .collect()
+        chosen.iter().filter(|(e, _)| e.serving && e.terminating).map(|c| discovered(c, true)).collect()
     } else {
         ready
     };
     set.sort_by_key(|d| d.addr);
     set
+}
+
+/// How usable an endpoint's conditions make it: ready 2, serving while terminating 1, else 0.
+fn rank(e: &SliceEndpoint) -> u8 {
+    match (e.ready && !e.terminating, e.serving) {
+        (true, _) => 2,
+        (false, true) => 1,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +198,7 @@ mod tests {
     fn merge(slices: &[EndpointSlice], port: &PortRef) -> Vec<String> {
         let map: BTreeMap<String, Vec<SliceEndpoint>> =
             slices.iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), endpoints_of(s, port))).collect();
-        usable(&map).into_iter().map(|d| d.addr.to_string()).collect()
+        usable(&map, IpFamily::Auto).into_iter().map(|d| d.addr.to_string()).collect()
     }
 
     fn grpc() -> PortRef {
@@ -210,7 +249,7 @@ mod tests {
     fn terminating_flag_marks_the_fallback_set() {
         let s = slice("s", "IPv4", &[("grpc", 1)], &[("10.0.0.2", TERMINATING_SERVING)]);
         let map = BTreeMap::from([("s".to_owned(), endpoints_of(&s, &grpc()))]);
-        let set = usable(&map);
+        let set = usable(&map, IpFamily::Auto);
         assert!(set[0].terminating);
         assert_eq!(set[0].pod.as_deref(), Some("pod-10.0.0.2"));
     }
@@ -243,5 +282,48 @@ mod tests {
         let v6 = slice("v6", "IPv6", &[("grpc", 8080)], &[("fd00::1", READY)]);
         let fqdn = slice("fqdn", "FQDN", &[("grpc", 8080)], &[("hello.example.com", READY)]);
         assert_eq!(merge(&[v4, v6, fqdn], &grpc()), ["10.0.0.1:8080", "[fd00::1]:8080"]);
+    }
+
+    fn dual_stack() -> Vec<EndpointSlice> {
+        let mut v6 = slice("v6", "IPv6", &[("grpc", 8080)], &[("fd00::1", READY), ("fd00::2", READY)]);
+        // The same two pods as the IPv4 slice: the targetRef says so.
+        for (ep, pod) in v6.endpoints.iter_mut().flatten().zip(["pod-10.0.0.1", "pod-10.0.0.2"]) {
+            ep.target_ref = Some(ObjectReference { name: Some(pod.into()), ..Default::default() });
+        }
+        let v4 =
+            slice("v4", "IPv4", &[("grpc", 8080)], &[("10.0.0.1", READY), ("10.0.0.2", READY), ("10.0.0.3", READY)]);
+        vec![v4, v6]
+    }
+
+    fn merged(slices: &[EndpointSlice], family: IpFamily) -> Vec<Discovered> {
+        let map: BTreeMap<String, Vec<SliceEndpoint>> =
+            slices.iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), endpoints_of(s, &grpc()))).collect();
+        usable(&map, family)
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_one_endpoint_with_both_addresses() {
+        let set = merged(&dual_stack(), IpFamily::Auto);
+        let addrs: Vec<String> = set.iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"], "three pods, three endpoints");
+        let all: Vec<String> = set[0].addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(all, ["10.0.0.1:8080", "[fd00::1]:8080"]);
+        assert_eq!(set[2].addresses.len(), 1);
+    }
+
+    #[test]
+    fn ip_family_picks_the_address_or_leaves_the_pod_out() {
+        let v6: Vec<String> = merged(&dual_stack(), IpFamily::Ipv6).iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(v6, ["[fd00::1]:8080", "[fd00::2]:8080"], "the IPv4-only pod has no IPv6 address");
+        assert_eq!(merged(&dual_stack(), IpFamily::Ipv4).len(), 3);
+    }
+
+    #[test]
+    fn only_the_first_address_of_an_endpoint_is_used() {
+        let mut s = slice("s", "IPv4", &[("grpc", 8080)], &[("10.0.0.1", READY)]);
+        if let Some(ep) = s.endpoints.as_mut().and_then(|e| e.first_mut()) {
+            ep.addresses.push("10.0.0.9".into());
+        }
+        assert_eq!(merge(&[s], &grpc()), ["10.0.0.1:8080"]);
     }
 }

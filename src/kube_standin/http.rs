@@ -15,7 +15,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Inner,
+    Inner, Refusal,
     store::{Selector, namespace_of},
 };
 use crate::BoxError;
@@ -52,6 +52,27 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         });
     if failing.is_ok() {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure");
+    }
+    let refusal = *inner.refusal.lock().unwrap_or_else(|e| e.into_inner());
+    match refusal {
+        Some(Refusal::Forbidden) => {
+            let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
+            let verb = if req.uri().query().is_some_and(|q| q.contains("watch=true")) { "watch" } else { "list" };
+            let message = format!(
+                "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
+                 cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\""
+            );
+            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+        }
+        Some(Refusal::Throttled { retry_after }) => {
+            let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
+                "details": {"retryAfterSeconds": retry_after}, "code": 429});
+            let mut res = json_response(StatusCode::TOO_MANY_REQUESTS, &v);
+            res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(retry_after));
+            return res;
+        }
+        None => {}
     }
     let mut stalled = inner.stalled.subscribe();
     let _ = stalled.wait_for(|s| !s).await;

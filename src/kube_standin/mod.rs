@@ -7,7 +7,8 @@
 //! `Status` with code 410. One global resourceVersion counter, like etcd.
 //!
 //! The control surface lets tests and the demo play the cluster and break the API: put and delete slices, compact
-//! history, drop every watch, fail the next N requests with 500, stall, go down and come back.
+//! history, drop every watch, fail the next N requests with 500, refuse every request with 403 (RBAC missing) or
+//! 429 with `Retry-After` (throttling), stall, go down and come back.
 
 pub mod controller;
 mod http;
@@ -31,6 +32,7 @@ use self::store::Store;
 pub(crate) struct Inner {
     pub(crate) store: Mutex<Store>,
     pub(crate) fail_next: AtomicU32,
+    pub(crate) refusal: Mutex<Option<Refusal>>,
     pub(crate) stalled: watch::Sender<bool>,
     /// Bumped to end every open watch stream abruptly.
     pub(crate) drop_watches: watch::Sender<u64>,
@@ -39,6 +41,19 @@ pub(crate) struct Inner {
     pub(crate) bookmark_every: Duration,
     pub(crate) lists: AtomicU64,
     pub(crate) watches: AtomicU64,
+}
+
+/// How the stand-in refuses every new request until told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// HTTP 403 `Forbidden`, as the API server answers a service account without the RBAC to list or watch.
+    Forbidden,
+    /// HTTP 429 `TooManyRequests` with `Retry-After` (header and `details.retryAfterSeconds`), as API Priority
+    /// and Fairness answers when it throttles.
+    Throttled {
+        /// The `Retry-After` in seconds.
+        retry_after: u32,
+    },
 }
 
 /// A running stand-in API server.
@@ -56,6 +71,7 @@ impl StandIn {
         let inner = Arc::new(Inner {
             store: Mutex::default(),
             fail_next: AtomicU32::new(0),
+            refusal: Mutex::default(),
             stalled: watch::channel(false).0,
             drop_watches: watch::channel(0).0,
             epoch: watch::channel(0).0,
@@ -107,6 +123,12 @@ impl StandIn {
     /// The next `n` requests get HTTP 500.
     pub fn fail_next(&self, n: u32) {
         self.inner.fail_next.store(n, Relaxed);
+    }
+
+    /// Refuses every new request (LIST and WATCH) so, or (`None`) answers them again. Open watches stay open, as
+    /// on a real API server.
+    pub fn refuse(&self, refusal: Option<Refusal>) {
+        *self.inner.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
     }
 
     /// While stalled, requests are accepted but not answered, and watches deliver nothing.

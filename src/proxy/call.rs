@@ -1,30 +1,60 @@
 //! The accounting of one forwarded call.
 //!
-//! An [`Attempt`] is one try on one endpoint: it counts the call in flight there and reports the outcome to the
-//! endpoint's breaker. Once response headers arrive, the attempt becomes a [`CallRecord`], which lives in the
-//! response body and also holds the concurrency permit and the metrics, so it ends when the last byte (or a
-//! reset) does.
+//! An [`Attempt`] is one try on one endpoint: it counts the call in flight there, feeds the endpoint's latency
+//! estimate and reports the outcome to the endpoint's breaker. Once response headers arrive, the attempt becomes a
+//! [`CallRecord`], which lives in the response body and also holds the concurrency permit and the metrics, so it
+//! ends when the last byte (or a reset) does. [`Unrecorded`] records a call the caller abandoned before any
+//! outcome was recorded.
+//!
+//! How an outcome is judged (what counts against the endpoint):
+//! - answered (response headers came): `UNAVAILABLE` (the connection failed mid-response) is a failure; a caller's
+//!   cancel or deadline after the answer began says nothing about the endpoint; any other status is a success (the
+//!   endpoint works, whatever the application said).
+//! - not answered: a failed connection or stream (`UNAVAILABLE`) is a failure; a deadline or a cancel is a failure
+//!   only when the endpoint was silent much longer than its own latency estimate
+//!   ([`crate::balance::breaker::silence_is_failure`]); either way the elapsed time enters the estimate, as
+//!   tower's `PeakEwma` does when a call is dropped.
+//! - [`Attempt::release`]: no verdict at all (the request was refused before any processing).
 
-use std::{sync::Arc, time::Instant};
+use std::{sync::Arc, time::Duration};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tonic::Code;
 
-use crate::{balance::Endpoint, pool::Lease, telemetry::metrics::Metrics};
+use crate::{
+    balance::{Endpoint, breaker::silence_is_failure},
+    pool::Lease,
+    telemetry::metrics::Metrics,
+};
 
-/// One try of a call on one endpoint. Dropping it unfinished counts as cancelled (no breaker verdict).
+/// Where a re-admitted endpoint's latency estimate starts: linkerd's default RTT for an endpoint it knows nothing
+/// of. Pessimistic against pods answering in a millisecond, so a pod back from ejection takes calls gradually.
+pub const READMIT_RTT: Duration = Duration::from_millis(30);
+
+/// One try of a call on one endpoint. Dropping it unfinished counts as cancelled by the caller.
 pub struct Attempt {
     endpoint: Arc<Endpoint>,
+    started: Instant,
+    /// How long the endpoint takes to answer, as estimated when the attempt began (the silence rule compares
+    /// against it).
+    estimate: Duration,
+    answered: bool,
+    /// This attempt is the one probe of an endpoint on probation.
+    probe: bool,
     finished: bool,
     /// The connection this attempt uses, counted in flight there until the call ends.
     _lease: Lease,
 }
 
 impl Attempt {
-    /// Counts a call in flight on `endpoint` and on the leased connection.
+    /// Counts a call in flight on `endpoint` and on the leased connection; on an endpoint on probation, this
+    /// attempt becomes its probe.
     pub fn begin(endpoint: Arc<Endpoint>, lease: Lease) -> Self {
+        let started = Instant::now();
+        let estimate = endpoint.load.answer_estimate();
         endpoint.load.start();
-        Self { endpoint, finished: false, _lease: lease }
+        let probe = endpoint.breaker.try_probe(started);
+        Self { endpoint, started, estimate, answered: false, probe, finished: false, _lease: lease }
     }
 
     /// The endpoint tried.
@@ -32,26 +62,77 @@ impl Attempt {
         &self.endpoint
     }
 
-    /// Ends the attempt with `code`: transport-level codes count against the endpoint's breaker.
+    /// Response headers arrived: the endpoint answered, and the time to the answer enters its estimate.
+    pub fn answered(&mut self) {
+        if self.answered || self.finished {
+            return;
+        }
+        self.answered = true;
+        self.endpoint.load.answered(self.started.elapsed());
+    }
+
+    /// Ends the attempt with `code`, judged as the module documents.
     pub fn finish(&mut self, code: Code) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        self.endpoint.load.finish();
-        match code {
-            Code::Unavailable | Code::DeadlineExceeded => self.endpoint.breaker.record_failure(),
-            Code::Cancelled | Code::ResourceExhausted => {}
-            _ => self.endpoint.breaker.record_success(),
-        }
+        let load = &self.endpoint.load;
+        let verdict = if self.answered {
+            match code {
+                Code::Unavailable => Some(false),
+                Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted => None,
+                _ => Some(true),
+            }
+        } else {
+            let silence = load.silent_for(self.started);
+            match code {
+                Code::ResourceExhausted => {
+                    load.withdrawn();
+                    None
+                }
+                Code::Unavailable => {
+                    load.unanswered(self.started.elapsed());
+                    Some(false)
+                }
+                Code::Cancelled | Code::DeadlineExceeded => {
+                    load.unanswered(self.started.elapsed());
+                    silence_is_failure(silence, self.estimate).then_some(false)
+                }
+                _ => {
+                    load.answered(self.started.elapsed());
+                    Some(true)
+                }
+            }
+        };
+        load.finish();
+        self.judge(verdict);
     }
-}
 
-impl Attempt {
-    /// Ends the attempt with no verdict on the endpoint: the request never reached its application (a refused
-    /// stream, above a GOAWAY's last-stream-id), which says nothing about the endpoint's health.
+    /// Ends the attempt with no verdict on the endpoint and nothing learnt about its latency: for a request the
+    /// endpoint refused before processing it (`REFUSED_STREAM`, a GOAWAY past the stream). A probe released so
+    /// leaves the probe slot to the next call.
     pub fn release(mut self) {
         self.finished = true;
+        if !self.answered {
+            self.endpoint.load.withdrawn();
+        }
         self.endpoint.load.finish();
+        self.judge(None);
+    }
+
+    fn judge(&self, verdict: Option<bool>) {
+        let breaker = &self.endpoint.breaker;
+        if self.probe {
+            if breaker.probe_done(verdict) {
+                self.endpoint.load.reset_pessimistic(READMIT_RTT);
+            }
+            return;
+        }
+        match verdict {
+            Some(true) => breaker.record_success(),
+            Some(false) => breaker.record_failure(),
+            None => {}
+        }
     }
 }
 
@@ -61,12 +142,41 @@ impl Drop for Attempt {
     }
 }
 
+/// A call whose outcome is not recorded yet. Dropped armed — the caller reset the stream or went away before the
+/// sidecar answered — it records the call as `CANCELLED`, so abandoned calls show in the request metrics.
+pub struct Unrecorded {
+    metrics: Arc<Metrics>,
+    method: Arc<str>,
+    start: std::time::Instant,
+    armed: bool,
+}
+
+impl Unrecorded {
+    /// Arms the record of a call that arrived at `start`.
+    pub fn new(metrics: Arc<Metrics>, method: Arc<str>, start: std::time::Instant) -> Self {
+        Self { metrics, method, start, armed: true }
+    }
+
+    /// The outcome was recorded elsewhere.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.record_call(&self.method, Code::Cancelled, self.start.elapsed());
+        }
+    }
+}
+
 /// A call whose response is streaming back. Finishing it records the call once; dropping it unfinished records
 /// `CANCELLED` (the client went away).
 pub struct CallRecord {
     attempt: Attempt,
     method: Arc<str>,
-    start: Instant,
+    start: std::time::Instant,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
@@ -76,10 +186,12 @@ impl CallRecord {
     pub fn new(
         attempt: Attempt,
         method: Arc<str>,
-        start: Instant,
+        start: std::time::Instant,
         metrics: Arc<Metrics>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
+        let mut attempt = attempt;
+        attempt.answered();
         Self { attempt, method, start, metrics, _permit: permit }
     }
 

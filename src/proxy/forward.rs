@@ -27,7 +27,7 @@ use crate::{
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallRecord},
+        call::{Attempt, CallRecord, Unrecorded},
         error::ProxyError,
         replay::ReplayBody,
         request_body::RequestBody,
@@ -44,7 +44,11 @@ impl Proxy {
     pub(super) async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
-        match self.try_forward(req, method.clone(), start).await {
+        // Records CANCELLED if the caller goes away before an outcome is recorded (this future is dropped).
+        let unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
+        let outcome = self.try_forward(req, method.clone(), start).await;
+        unrecorded.disarm();
+        match outcome {
             Ok(res) => res,
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
@@ -117,7 +121,6 @@ impl Proxy {
             let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
-                    endpoint.load.observe(now.elapsed());
                     attempt.finish(Code::DeadlineExceeded);
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
@@ -149,7 +152,7 @@ impl Proxy {
                 }
                 Ok(Ok(res)) => res,
             };
-            endpoint.load.observe(now.elapsed());
+            attempt.answered();
             let size = header_list_size(res.headers());
             if size > self.config.max_header_bytes {
                 attempt.finish(Code::ResourceExhausted);

@@ -115,8 +115,8 @@ impl Proxy {
             }
             Ok(Route::Reflection) => local(&self.reflection, req).await,
             Err(e) => {
-                if let ProxyError::Unimplemented(path) = &e {
-                    self.metrics.record_call(&self.method_label(path), e.code(), Duration::ZERO);
+                if let ProxyError::Unimplemented(_) = &e {
+                    self.metrics.record_call(OTHER_METHOD, e.code(), Duration::ZERO);
                 }
                 e.into_response()
             }
@@ -124,15 +124,18 @@ impl Proxy {
         Ok(res)
     }
 
-    /// The interned metrics label of a method path: one allocation per distinct method, not per call.
+    /// The interned metrics label of a method path: one allocation per distinct method, not per call. Only
+    /// methods of the compiled schema get their own label; every other path (unknown, refused, random) shares
+    /// [`OTHER_METHOD`], so no client can create series at will.
     fn method_label(&self, path: &str) -> Arc<str> {
         if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(path) {
             return m.clone();
         }
-        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
-        if methods.len() >= 256 {
-            return Arc::from("other");
+        if !is_known_method(path) {
+            static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(OTHER_METHOD));
+            return OTHER.clone();
         }
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
         methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone()
     }
 
@@ -214,6 +217,20 @@ fn inbound_connection_window(max_streams: u32) -> u32 {
     max_streams.saturating_mul(STREAM_WINDOW).min((1 << 31) - 1)
 }
 
+/// The `method` label of every call whose path is not a method of the compiled schema.
+pub const OTHER_METHOD: &str = "other";
+
+/// Whether `path` (`/package.Service/Method`) names a method in the compiled descriptor set.
+fn is_known_method(path: &str) -> bool {
+    static POOL: std::sync::OnceLock<Option<prost_reflect::DescriptorPool>> = std::sync::OnceLock::new();
+    let Some(pool) = POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok())
+    else {
+        return false;
+    };
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else { return false };
+    pool.get_service_by_name(service).is_some_and(|s| s.methods().any(|m| m.name() == method))
+}
+
 async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseBody> {
     match svc.clone().oneshot(req).await {
         Ok(res) => res.map(ResponseBody::local),
@@ -233,5 +250,13 @@ mod tests {
         // each) must fit many times over.
         let per_stalled_stream = u64::from(STREAM_WINDOW) / 15 * 241;
         assert!(u64::from(inbound_connection_window(1088)) / 2 > 30 * per_stalled_stream);
+    }
+
+    #[test]
+    fn only_methods_of_the_schema_are_labels() {
+        assert!(is_known_method("/hello.v1.HelloService/SayHello"));
+        for path in ["/hello.v1.HelloService/Nope", "/x.Y/Z", "/", "", "/hello.v1.HelloService", "/a/b/c"] {
+            assert!(!is_known_method(path), "{path}");
+        }
     }
 }

@@ -1,0 +1,186 @@
+//! The power of two choices: sample two usable endpoints, keep the cheaper (Mitzenmacher; tower's and linkerd's
+//! `p2c` balancers), with the comparison rule of [`prefer_first`].
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use hyper::client::conn::http2::SendRequest;
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::{Endpoint, Picked};
+use crate::proxy::replay::ReplayBody;
+
+/// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
+pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_too: bool) -> Option<Picked> {
+    let usable = |e: &Endpoint| -> Option<SendRequest<ReplayBody>> {
+        if exclude.contains(&e.addr) || (!ejected_too && !e.breaker.admits(now)) {
+            return None;
+        }
+        e.conn.sender()
+    };
+    let mut rng = rand::rng();
+    let n = set.len();
+    // Fast path: two random distinct probes, which succeed at once when the set is healthy.
+    if n >= 2 {
+        let a = rng.random_range(0..n);
+        let b = (a + rng.random_range(1..n)) % n;
+        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b])) {
+            return Some(cheaper((&set[a], ta), (&set[b], tb)));
+        }
+    }
+    // Slow path: reservoir-sample two among the usable ones in one pass.
+    let mut picks: [Option<(usize, SendRequest<ReplayBody>)>; 2] = [None, None];
+    let mut seen = 0usize;
+    for (i, e) in set.iter().enumerate() {
+        let Some(tx) = usable(e) else { continue };
+        let slot = if seen < 2 { seen } else { rng.random_range(0..=seen) };
+        if slot < 2 {
+            picks[slot] = Some((i, tx));
+        }
+        seen += 1;
+    }
+    match picks {
+        [Some((a, ta)), Some((b, tb))] => Some(cheaper((&set[a], ta), (&set[b], tb))),
+        [Some((a, ta)), None] => Some(Picked { endpoint: set[a].clone(), sender: ta }),
+        _ => None,
+    }
+}
+
+/// Latencies within this factor of each other count as alike: the difference is noise.
+const ALIKE: f64 = 2.0;
+/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far the endpoints' answers stray from their
+/// estimates (TCP's RTTVAR margin), at least [`NOISE_FLOOR_NS`]. On a loaded node answers stray by many
+/// milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one the margin is
+/// the floor, the most one late answer can add to an estimate ([`super::ewma::step_cap`]) (issue 10.5).
+const NOISE_DEVS: f64 = 3.0;
+/// The smallest noise margin, ns.
+const NOISE_FLOOR_NS: f64 = 5e6;
+
+/// One side of a P2C comparison: latency (estimate or silence, ns), calls in flight, when it was last picked (a
+/// balancer-wide sequence number), and how far its answers stray (ns).
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    rtt: f64,
+    pending: u32,
+    last_pick: u64,
+    dev: f64,
+}
+
+impl Side {
+    fn cost(self) -> f64 {
+        self.rtt * (f64::from(self.pending) + 1.0)
+    }
+}
+
+/// The second half of P2C: whether `a` wins over `b`.
+///
+/// The cost is Peak-EWMA × (calls in flight + 1), as tower's and linkerd's balancers compute it, where the latency
+/// is at least the endpoint's current silence ([`super::ewma::PeakEwma::load`]): an endpoint whose calls pile up without
+/// answers loses every comparison once its silence passes the noise (5 ms on a quiet node).
+///
+/// - Latencies that differ by more than [`ALIKE`]× *and* more than the noise: the cheaper cost wins, always.
+/// - Otherwise the difference is noise, and comparing it would only add variance: the one with fewer calls in
+///   flight wins (join the shorter queue), and on a tie the one picked longer ago. Equal pods so share near-evenly
+///   even one call at a time, and a stray slow answer does not starve a pod until its estimate decays.
+fn prefer_first(a: Side, b: Side) -> bool {
+    let (lo, hi) = (a.rtt.min(b.rtt), a.rtt.max(b.rtt));
+    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.max(b.dev));
+    if hi > ALIKE * lo && hi - lo > noise {
+        return a.cost() < b.cost();
+    }
+    match a.pending.cmp(&b.pending) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => a.last_pick <= b.last_pick,
+    }
+}
+
+fn cheaper(a: (&Arc<Endpoint>, SendRequest<ReplayBody>), b: (&Arc<Endpoint>, SendRequest<ReplayBody>)) -> Picked {
+    static PICKS: AtomicU64 = AtomicU64::new(1);
+    let side = |e: &Endpoint| {
+        let (rtt, pending, dev) = e.load.sample();
+        Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
+    };
+    let (e, sender) = if prefer_first(side(a.0), side(b.0)) { a } else { b };
+    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
+    Picked { endpoint: e.clone(), sender }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balance::ewma::PeakEwma;
+
+    fn side(rtt_ms: f64, pending: u32, last_pick: u64) -> Side {
+        Side { rtt: rtt_ms * 1e6, pending, last_pick, dev: 0.0 }
+    }
+
+    #[test]
+    fn a_clearly_slower_endpoint_loses_on_cost() {
+        // A hung pod: 40 ms of silence, 3 calls in flight (cost 160 ms), against 1 ms × (2 + 1).
+        assert!(!prefer_first(side(40.0, 3, 1), side(1.0, 2, 9)));
+        assert!(prefer_first(side(1.0, 2, 9), side(40.0, 3, 1)));
+        // 20 ms against 0.5 ms: the slow one wins only once the fast one has 40 calls in flight (20 vs 20.5).
+        assert!(!prefer_first(side(20.0, 0, 1), side(0.5, 38, 9)));
+        assert!(prefer_first(side(20.0, 0, 1), side(0.5, 40, 9)));
+    }
+
+    #[test]
+    fn alike_latencies_go_to_the_shorter_queue_then_the_one_picked_longer_ago() {
+        assert!(!prefer_first(side(2.0, 1, 1), side(1.5, 0, 9)), "fewer in flight wins within 2×");
+        assert!(prefer_first(side(1.0, 0, 3), side(1.0, 0, 7)), "a tie goes to the one picked longer ago");
+        assert!(!prefer_first(side(1.0, 0, 7), side(1.0, 0, 3)));
+        // One late answer (at most +5 ms on a quiet node) is noise, not a slow pod: 5.5 against 0.5 ms.
+        assert!(prefer_first(side(5.5, 0, 3), side(0.5, 0, 7)));
+        // 5.6 ms against 0.5 ms is no longer noise.
+        assert!(!prefer_first(side(5.6, 0, 3), side(0.5, 0, 7)));
+        // Slow pods alike each other: 100 ms and 190 ms are within 2×.
+        assert!(prefer_first(side(190.0, 0, 3), side(100.0, 1, 7)));
+    }
+
+    #[test]
+    fn the_noise_margin_follows_how_far_answers_stray() {
+        let loaded = |rtt_ms: f64, pending, last_pick| Side { dev: 4e6, ..side(rtt_ms, pending, last_pick) };
+        // On a loaded node (answers stray by 4 ms): 9 and 20 ms are within 3 × 4 ms of each other.
+        assert!(prefer_first(loaded(20.0, 0, 3), loaded(9.0, 1, 7)));
+        // A hung pod's silence passes the margin: 22 ms against 9 ms loses even with fewer calls in flight.
+        assert!(!prefer_first(loaded(22.0, 0, 3), loaded(9.0, 1, 7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn equal_pods_one_call_at_a_time_share_evenly() {
+        use rand::SeedableRng;
+        let pods: Vec<PeakEwma> = (0..3).map(|_| PeakEwma::new(Duration::from_secs(1))).collect();
+        let mut last = [0u64; 3];
+        let mut got = [0u32; 3];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for seq in 1..=3000u64 {
+            let a = rng.random_range(0..3);
+            let b = (a + rng.random_range(1..3)) % 3;
+            let s = |i: usize| {
+                let (rtt, pending, dev) = pods[i].sample();
+                Side { rtt, pending, last_pick: last[i], dev }
+            };
+            let i = if prefer_first(s(a), s(b)) { a } else { b };
+            last[i] = seq;
+            got[i] += 1;
+            pods[i].start();
+            // Latencies of 0.9–1.1 ms: noise, not a difference.
+            let rtt = Duration::from_micros(900 + rng.random_range(0..200));
+            tokio::time::advance(rtt).await;
+            pods[i].answered(rtt);
+            pods[i].finish();
+        }
+        for n in got {
+            assert!((950..=1050).contains(&n), "{got:?}");
+        }
+    }
+}

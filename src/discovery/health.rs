@@ -1,0 +1,91 @@
+//! What discovery is going through, for the operator: the current problem (for `/ready`'s body and the
+//! `UNAVAILABLE` message of calls that find no endpoint), errors counted by cause (HTTP status of the API's answer,
+//! or `connect` / `dns` when there was none), and one log line per change of state.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Discovery's state, shared with the admin port and the balancer.
+pub struct Health {
+    problem: watch::Sender<Option<String>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { problem: watch::channel(None).0, errors: Mutex::default() }
+    }
+}
+
+impl Health {
+    /// The current problem, e.g. `EndpointSlice list refused by the API server: 403 Forbidden: …`; `None` while
+    /// discovery works.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`Health::problem`].
+    pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.problem.subscribe()
+    }
+
+    /// Errors so far, by cause (`"403"`, `"429"`, `"410"`, `"connect"`, …).
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Counts one error with `cause` that is routine (an expired resourceVersion) and no problem.
+    pub fn count(&self, cause: &str) {
+        *self.lock().entry(cause.to_owned()).or_default() += 1;
+    }
+
+    /// Counts one error with `cause` and makes `message` the current problem; logs only when the problem changes.
+    pub fn failed(&self, cause: &str, message: String) {
+        *self.lock().entry(cause.to_owned()).or_default() += 1;
+        let changed = self.problem.send_if_modified(|p| {
+            if p.as_deref() == Some(message.as_str()) {
+                return false;
+            }
+            *p = Some(message.clone());
+            true
+        });
+        if changed {
+            warn!(problem = %message, "discovery failing; keeping the last known endpoints");
+        }
+    }
+
+    /// Discovery works (again); logs once when it had a problem.
+    pub fn recovered(&self) {
+        if let Some(was) = self.problem.send_replace(None) {
+            info!(was = %was, "discovery recovered");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_error_and_reports_the_current_problem() {
+        let h = Health::default();
+        let mut rx = h.subscribe();
+        h.failed("403", "forbidden".into());
+        h.failed("403", "forbidden".into());
+        assert!(rx.has_changed().unwrap_or(false));
+        rx.borrow_and_update();
+        h.failed("403", "forbidden".into());
+        assert!(!rx.has_changed().unwrap_or(true), "the same problem again is no change");
+        h.failed("429", "throttled".into());
+        assert_eq!(h.problem().as_deref(), Some("throttled"));
+        assert_eq!(h.errors(), [("403".to_owned(), 3), ("429".to_owned(), 1)]);
+        h.recovered();
+        assert_eq!(h.problem(), None);
+    }
+}
