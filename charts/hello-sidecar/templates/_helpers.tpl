@@ -156,6 +156,8 @@ app and stops after it. Every flag comes from .Values.sidecar. Use it from a cha
       value: {{ $s.keepaliveInterval | quote }}
     - name: HELLO_SIDECAR_EWMA_DECAY
       value: {{ $s.ewmaDecay | quote }}
+    - name: HELLO_SIDECAR_IP_FAMILY
+      value: {{ $s.ipFamily | quote }}
     - name: HELLO_SIDECAR_THREADS
       value: {{ $s.threads | quote }}
     - name: HELLO_SIDECAR_DRAIN_TIMEOUT
