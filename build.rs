@@ -13,5 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("hello_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // A second service the library is not compiled with, for the tests' routes (tests/common/echo.rs).
+    let echo = protox::compile(["echo/v1/echo.proto"], ["proto"])?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(echo)?;
     Ok(())
 }

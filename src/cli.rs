@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::discovery::Target;
+use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
 
 mod tls;
 pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs};
@@ -35,7 +35,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar proxy: take gRPC calls on loopback and spread them over the target's endpoints.
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
     /// Run the backend HelloService (the test fixture and the demo's pods).
     Server(ServerArgs),
     /// Call HelloService once or many times and print the outcome.
@@ -58,9 +58,19 @@ pub struct SidecarArgs {
     /// Admin address: /live, /ready, /metrics, /debug/endpoints.
     #[arg(long, env = "HELLO_SIDECAR_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
-    /// Where the backends are: `kubernetes:///svc.ns:port` or `static:///host:port,host:port`.
-    #[arg(long, env = "HELLO_SIDECAR_TARGET", value_parser = parse_target)]
-    pub target: Target,
+    /// Where HelloService's backends are: `kubernetes:///svc.ns:port` or `static:///host:port,host:port`; the
+    /// same as `--route hello.v1.HelloService=URI`.
+    #[arg(long, env = "HELLO_SIDECAR_TARGET", value_parser = parse_target, required_unless_present = "routes")]
+    pub target: Option<Target>,
+    /// A route, SERVICE=TARGET: calls to the gRPC service SERVICE (fully qualified, or * for every service without
+    /// a route of its own) go to TARGET. Repeatable; one value (and HELLO_SIDECAR_ROUTE) may hold several,
+    /// separated by commas or whitespace.
+    #[arg(long = "route", env = "HELLO_SIDECAR_ROUTE", value_parser = parse_routes, value_name = "SERVICE=TARGET")]
+    pub routes: Vec<Vec<Route>>,
+    /// Per-method policy in the standard gRPC service config format (methodConfig: timeout, waitForReady,
+    /// retryPolicy): a file, or the JSON itself.
+    #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_parser = parse_service_config, value_name = "FILE|JSON")]
+    pub service_config: Option<ServiceConfig>,
     /// Kubeconfig for `kubernetes:///` targets; without it: in-cluster service account, else KUBECONFIG or
     /// ~/.kube/config.
     #[arg(long, env = "HELLO_SIDECAR_KUBECONFIG")]
@@ -239,6 +249,30 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("'{s}' is not a number between 0 and 1")),
+    }
+}
+
+fn parse_routes(s: &str) -> Result<Vec<Route>, String> {
+    crate::routes::parse_routes(s).map_err(|e| e.to_string())
+}
+
+fn parse_service_config(s: &str) -> Result<ServiceConfig, String> {
+    let json = if s.trim_start().starts_with('{') {
+        s.to_owned()
+    } else {
+        std::fs::read_to_string(s).map_err(|e| format!("cannot read {s}: {e}"))?
+    };
+    ServiceConfig::parse(&json).map_err(|e| e.to_string())
+}
+
+impl SidecarArgs {
+    /// Every route: `--target` as HelloService's, then each `--route`, in order.
+    pub fn all_routes(&self) -> Vec<Route> {
+        let hello = self.target.iter().map(|t| Route {
+            service: crate::routes::ServiceMatch::Exact(crate::proxy::route::HELLO_SERVICE.to_owned()),
+            target: t.clone(),
+        });
+        hello.chain(self.routes.iter().flatten().cloned()).collect()
     }
 }
 

@@ -46,6 +46,7 @@ pub mod server;
 pub mod service_config;
 pub mod shutdown;
 pub mod sidecar;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 

@@ -24,6 +24,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Routes that contradict each other are a bad flag value too: one line, exit 2.
+    if let Command::Sidecar(args) = &cli.command
+        && let Err(e) = hello_sidecar::routes::check(&args.all_routes())
+    {
+        eprintln!("error: invalid value for '--route': {e}");
+        return ExitCode::from(2);
+    }
     // `inject` is a filter: no runtime, no logs, YAML on stdout, one line and exit 2 for bad input.
     if let Command::Inject(args) = &cli.command {
         return match inject::run(args) {
@@ -66,7 +73,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Sidecar(args) => match sidecar::start(args, shutdown::signal()).await {
+        Command::Sidecar(args) => match sidecar::start(*args, shutdown::signal()).await {
             Ok(running) => {
                 let _ = running.done.await;
                 ExitCode::SUCCESS

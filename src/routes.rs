@@ -101,6 +101,15 @@ fn is_service_name(s: &str) -> bool {
     s.split('.').count() >= 2 && s.split('.').all(ident)
 }
 
+/// Checks a whole set of routes: at least one, and no service routed twice.
+pub fn check(routes: &[Route]) -> Result<(), RouteError> {
+    if routes.is_empty() {
+        return Err(RouteError::Empty);
+    }
+    let mut table = RouteTable::default();
+    routes.iter().try_for_each(|r| table.insert(&r.service, ()))
+}
+
 /// Services mapped to values (targets, or their indices), looked up by `:path`.
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
@@ -142,6 +151,11 @@ impl<T> RouteTable<T> {
     /// The value for a service name.
     pub fn get_service(&self, service: &str) -> Option<&T> {
         self.exact.get(service).or(self.default.as_ref())
+    }
+
+    /// Whether `service` has a route of its own (not through `*`).
+    pub fn routes_by_name(&self, service: &str) -> bool {
+        self.exact.contains_key(service)
     }
 
     /// The services routed by name (not `*`).

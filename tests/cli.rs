@@ -22,6 +22,26 @@ fn bad_values_exit_2_with_one_line_naming_the_flag() {
         (&["server", "--error-code", "TEAPOT"], &[], "--error-code"),
         (&["call", "-n", "0"], &[], "--count"),
         (&["sidecar", "--target", "static:///127.0.0.1:1", "--log-format", "xml"], &[], "--log-format"),
+        (&["sidecar", "--route", "acme.v1.Orders"], &[], "--route"),
+        (&["sidecar", "--route", "=static:///127.0.0.1:1"], &[], "--route"),
+        (&["sidecar", "--route", "acme.v1.Orders=ftp:///x"], &[], "--route"),
+        (
+            &["sidecar", "--route", "acme.v1.Orders=static:///a:1", "--route", "acme.v1.Orders=static:///b:1"],
+            &[],
+            "--route",
+        ),
+        (&["sidecar", "--target", "static:///a:1", "--route", "hello.v1.HelloService=static:///b:1"], &[], "--route"),
+        (&["sidecar"], &[("HELLO_SIDECAR_ROUTE", "a.B=static:///a:1,a.B=static:///b:1")], "--route"),
+        (
+            &["sidecar", "--route", "a.B=static:///a:1", "--service-config", "{\"methodConfig\": [{\"timeout\": 5}]}"],
+            &[],
+            "--service-config",
+        ),
+        (
+            &["sidecar", "--route", "a.B=static:///a:1", "--service-config", "/nonexistent/config.json"],
+            &[],
+            "--service-config",
+        ),
     ];
     for (args, env, flag) in cases {
         let (code, stderr) = run(args, env);
@@ -68,4 +88,14 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(v["level"], "INFO", "{v}");
     assert_eq!(v["pod"], "json-pod", "structured fields are flattened: {v}");
     assert_eq!(v["addr"], format!("{ip}:8080"), "{v}");
+}
+
+#[test]
+fn service_config_errors_name_the_json_path() {
+    let (code, stderr) = run(
+        &["sidecar", "--route", "a.B=static:///a:1", "--service-config", "{\"methodConfig\": [{\"timeout\": \"x\"}]}"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("methodConfig[0].timeout"), "{stderr}");
 }

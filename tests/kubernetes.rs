@@ -221,7 +221,7 @@ async fn a_forbidden_api_is_named_in_ready_in_calls_and_in_metrics() {
     let retried = c.api.lists() - lists;
     assert!(retried <= 3, "{retried} LISTs in 6 s");
     let m = sidecar.metrics();
-    assert!(metric(&m, "hello_sidecar_discovery_errors_total{status=\"403\"}") >= 2, "{m}");
+    assert!(metric_sum(&m, "hello_sidecar_discovery_errors_total", "status=\"403\"") >= 2, "{m}");
     assert_eq!(metric(&m, "hello_sidecar_discovery_failing"), 1);
     // RBAC fixed: discovery recovers on its own and says so.
     c.api.refuse(None);
@@ -240,7 +240,7 @@ async fn throttling_honours_retry_after_and_discovery_resumes_promptly() {
     // 12 s of throttling: kube's backoff would have grown to 6–13 s by its end.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let m = sidecar.metrics();
-    let throttled = metric(&m, "hello_sidecar_discovery_errors_total{status=\"429\"}");
+    let throttled = metric_sum(&m, "hello_sidecar_discovery_errors_total", "status=\"429\"");
     assert!((6..=14).contains(&throttled), "one retry per Retry-After second, not a backoff: {throttled}\n{m}");
     let new = c.add_pod(Phase::Ready);
     c.api.refuse(None);

@@ -58,14 +58,18 @@ pub fn method(path: &str) -> Option<MethodDescriptor> {
     pool()?.get_service_by_name(service)?.methods().find(|m| m.name() == method)
 }
 
-/// The request message as protobuf bytes in a gRPC frame, or why it is not a valid request.
-pub fn request_frame(method: &MethodDescriptor, codec: Codec, body: &[u8]) -> Result<Bytes, String> {
-    let proto = match codec {
-        Codec::Proto => {
+/// The request message as protobuf bytes in a gRPC frame, or why it is not a valid request. `method` is the
+/// compiled schema's, when the sidecar has it: a proto request is then checked against it, and passed as it is
+/// without (a routed service the sidecar was not compiled with); JSON needs it.
+pub fn request_frame(method: Option<&MethodDescriptor>, codec: Codec, body: &[u8]) -> Result<Bytes, String> {
+    let proto = match (codec, method) {
+        (Codec::Proto, Some(method)) => {
             DynamicMessage::decode(method.input(), body).map_err(|e| format!("invalid protobuf request: {e}"))?;
             Bytes::copy_from_slice(body)
         }
-        Codec::Json => {
+        (Codec::Proto, None) => Bytes::copy_from_slice(body),
+        (Codec::Json, None) => return Err(NO_SCHEMA.into()),
+        (Codec::Json, Some(method)) => {
             let mut de = serde_json::Deserializer::from_slice(body);
             let msg = DynamicMessage::deserialize(method.input(), &mut de)
                 .and_then(|m| de.end().map(|()| m))
@@ -80,8 +84,12 @@ pub fn request_frame(method: &MethodDescriptor, codec: Codec, body: &[u8]) -> Re
     Ok(frame.freeze())
 }
 
+/// Why a Connect JSON call to a service the sidecar was not compiled with cannot be translated.
+pub const NO_SCHEMA: &str = "Connect JSON needs the method's schema, which this sidecar has only for the services \
+     compiled into it; call with content-type application/proto (or gRPC / gRPC-web), which need none";
+
 /// The reply message from a gRPC response body (one frame), in the request's codec.
-pub fn reply_body(method: &MethodDescriptor, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {
+pub fn reply_body(method: Option<&MethodDescriptor>, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {
     let payload = match grpc_body {
         [0, a, b, c, d, rest @ ..] => {
             let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
@@ -90,9 +98,10 @@ pub fn reply_body(method: &MethodDescriptor, codec: Codec, grpc_body: &[u8]) -> 
         [] => &[][..],
         _ => return Err("compressed or malformed reply frame".into()),
     };
-    match codec {
-        Codec::Proto => Ok(Bytes::copy_from_slice(payload)),
-        Codec::Json => {
+    match (codec, method) {
+        (Codec::Proto, _) => Ok(Bytes::copy_from_slice(payload)),
+        (Codec::Json, None) => Err(NO_SCHEMA.into()),
+        (Codec::Json, Some(method)) => {
             let msg = DynamicMessage::decode(method.output(), payload).map_err(|e| format!("invalid reply: {e}"))?;
             serde_json::to_vec(&msg).map(Bytes::from).map_err(|e| format!("reply to JSON: {e}"))
         }
@@ -220,17 +229,17 @@ mod tests {
 
     #[test]
     fn json_and_proto_requests_become_the_same_frame() {
-        let from_json = request_frame(&say_hello(), Codec::Json, br#"{"name":"world"}"#).expect("valid");
+        let from_json = request_frame(Some(&say_hello()), Codec::Json, br#"{"name":"world"}"#).expect("valid");
         let proto = crate::pb::HelloRequest { name: "world".into() }.encode_to_vec();
-        let from_proto = request_frame(&say_hello(), Codec::Proto, &proto).expect("valid");
+        let from_proto = request_frame(Some(&say_hello()), Codec::Proto, &proto).expect("valid");
         assert_eq!(from_json, from_proto);
         assert_eq!(&from_json[..5], &[0, 0, 0, 0, 7]);
     }
 
     #[test]
     fn bad_requests_are_named() {
-        assert!(request_frame(&say_hello(), Codec::Json, b"{").unwrap_err().contains("invalid JSON"));
-        assert!(request_frame(&say_hello(), Codec::Json, br#"{"nope":1}"#).is_err());
+        assert!(request_frame(Some(&say_hello()), Codec::Json, b"{").unwrap_err().contains("invalid JSON"));
+        assert!(request_frame(Some(&say_hello()), Codec::Json, br#"{"nope":1}"#).is_err());
         assert!(method("/hello.v1.HelloService/Nope").is_none());
         assert!(method("/other.Service/Call").is_none());
     }
@@ -240,10 +249,10 @@ mod tests {
         let reply = crate::pb::HelloResponse { message: "Hello, world!".into(), code: 200 }.encode_to_vec();
         let mut frame = vec![0, 0, 0, 0, reply.len() as u8];
         frame.extend(&reply);
-        let json = reply_body(&say_hello(), Codec::Json, &frame).expect("valid");
+        let json = reply_body(Some(&say_hello()), Codec::Json, &frame).expect("valid");
         let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
         assert_eq!(v, serde_json::json!({"message": "Hello, world!", "code": 200}));
-        assert_eq!(reply_body(&say_hello(), Codec::Proto, &frame).expect("valid"), Bytes::from(reply));
+        assert_eq!(reply_body(Some(&say_hello()), Codec::Proto, &frame).expect("valid"), Bytes::from(reply));
     }
 
     #[test]

@@ -29,9 +29,11 @@ impl Proxy {
 
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
         let path = req.uri().path().to_owned();
-        let Some(method) = connect::method(&path) else {
-            return error(Code::Unimplemented, &format!("unknown method {path}"), &HeaderMap::new());
-        };
+        let method = connect::method(&path);
+        if method.is_none() && codec == Codec::Json {
+            let msg = format!("{path}: {}", connect::NO_SCHEMA);
+            return error(Code::Unimplemented, &msg, &HeaderMap::new());
+        }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -47,7 +49,7 @@ impl Proxy {
             }
             Err(e) => return error(Code::Cancelled, &format!("request body: {e}"), &HeaderMap::new()),
         };
-        let frame = match connect::request_frame(&method, codec, &bytes) {
+        let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
             Err(msg) => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
         };
@@ -97,7 +99,7 @@ impl Proxy {
             let details = details.map(|v| connect::error_details(v.as_bytes())).unwrap_or_default();
             return error_with(code, &message, details, &meta);
         }
-        match connect::reply_body(&method, codec, &data) {
+        match connect::reply_body(method.as_ref(), codec, &data) {
             Ok(reply) => {
                 let mut res = Response::new(ResponseBody::bytes(reply));
                 *res.headers_mut() = meta;

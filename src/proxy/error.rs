@@ -56,7 +56,9 @@ pub enum ProxyError {
     #[error("too many concurrent calls at the sidecar (limit {0})")]
     Overloaded(u32),
     /// A path the sidecar does not route.
-    #[error("unknown method {0}: the sidecar routes hello.v1.HelloService, grpc.health.v1.Health and reflection")]
+    #[error(
+        "no route for {0}: give the sidecar --route SERVICE=TARGET for its service (grpc.health.v1.Health and reflection are answered here)"
+    )]
     Unimplemented(String),
     /// A `grpc-timeout` header that does not parse.
     #[error("malformed grpc-timeout {0:?}")]

@@ -9,11 +9,16 @@
 //! is passed through unchanged and at once. Every retry also needs the request body still kept (≤ 64 KiB) and
 //! time before the deadline; none happens after the first response byte. Transparent retries are bounded per call
 //! ([`MAX_ATTEMPTS`]), not by the retry budget, which is for retries of calls that reached a backend.
+//!
+//! Those are the opt-in: a method whose gRPC service config has a `retryPolicy` is sent again (to another
+//! endpoint while one is usable) when it ends with one of its `retryableStatusCodes` before any response header
+//! with a body — up to `maxAttempts`, after an exponential backoff with jitter (or the server's
+//! `grpc-retry-pushback-ms`), within the retry budget and the deadline (gRFC A6).
 
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http::{HeaderValue, Request, Response, Uri, Version, uri::Scheme};
@@ -32,6 +37,7 @@ use crate::{
         replay::ReplayBody,
         request_body::RequestBody,
     },
+    service_config::RetryPolicy,
 };
 
 /// Request bytes kept for a retry; a larger body is streamed without retries.
@@ -69,10 +75,23 @@ impl Proxy {
         method: Arc<str>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let timeout = match req.headers().get("grpc-timeout") {
-            Some(v) => parse_timeout(v.as_bytes())
-                .ok_or_else(|| ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned()))?,
-            None => self.config.default_timeout,
+        let path = req.uri().path();
+        let Some(balancer) = self.routes.get(path).cloned() else {
+            return Err(ProxyError::Unimplemented(path.to_owned()));
+        };
+        let policy = self.service_config.lookup(path).cloned();
+        let asked = match req.headers().get("grpc-timeout") {
+            Some(v) => Some(
+                parse_timeout(v.as_bytes())
+                    .ok_or_else(|| ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned()))?,
+            ),
+            None => None,
+        };
+        // The service config's `timeout` caps the caller's deadline and stands in for a missing one.
+        let timeout = match (asked, policy.as_ref().and_then(|p| p.timeout)) {
+            (Some(a), Some(p)) => a.min(p),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => self.config.default_timeout,
         };
         let size = header_list_size(req.headers());
         if size > self.config.max_header_bytes {
@@ -94,11 +113,16 @@ impl Proxy {
         // sent whatever the caller omitted (curl and some HTTP libraries do).
         parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         let origin = ReplayBody::new(body, RETRY_BUFFER, self.config.max_message_bytes);
-        let wait_until = deadline.min(start + self.config.failfast_timeout);
-        // Endpoints that refused this call: avoided by the next pick while another one is usable.
+        // `waitForReady` calls wait for an endpoint up to their deadline; the others fail fast.
+        let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
+        let wait_until = if wait_for_ready { deadline } else { deadline.min(start + self.config.failfast_timeout) };
+        let mut retry = PolicyRetry::new(policy.as_ref().and_then(|p| p.retry.as_ref()));
+        // Endpoints that refused this call (or failed it retryably): avoided by the next pick while another one is
+        // usable.
         let mut refused_by: Vec<SocketAddr> = Vec::new();
+        let mut attempts: u32 = 0;
         loop {
-            let Picked { endpoint, sender } = self.balancer.pick(&refused_by, wait_until).await?;
+            let Picked { endpoint, sender } = balancer.pick(&refused_by, wait_until).await?;
             let lease = endpoint.conn.lease(sender);
             let mut sender = lease.sender.clone();
             let Some(view) = origin.replay() else {
@@ -116,6 +140,11 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
                 upstream.headers_mut().insert("grpc-timeout", v);
             }
+            if attempts > 0 {
+                // gRFC A6: a retried attempt says how many came before it.
+                upstream.headers_mut().insert("grpc-previous-rpc-attempts", HeaderValue::from(attempts));
+            }
+            attempts += 1;
 
             let mut attempt = Attempt::begin(endpoint.clone(), lease);
             let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
@@ -148,7 +177,12 @@ impl Proxy {
                     } else {
                         attempt.finish(Code::Unavailable);
                     }
-                    return Err(ProxyError::Upstream { addr: endpoint.addr, failure, error });
+                    let err = ProxyError::Upstream { addr: endpoint.addr, failure, error };
+                    if self.policy_retry(&mut retry, err.code(), None, &origin, deadline).await {
+                        refused_by.push(endpoint.addr);
+                        continue;
+                    }
+                    return Err(err);
                 }
                 Ok(Ok(res)) => res,
             };
@@ -161,9 +195,15 @@ impl Proxy {
             }
             let header_code = status_of(res.headers());
             if res.body().is_end_stream() {
-                // Trailers-Only: the status is in the headers, passed through unchanged.
+                // Trailers-Only: the status is in the headers, passed through unchanged — or, when the method's
+                // retry policy names it, retried (a call is committed only by response headers with a body).
                 let code = header_code.unwrap_or(Code::Unknown);
                 attempt.finish(code);
+                let pushback = res.headers().get("grpc-retry-pushback-ms");
+                if self.policy_retry(&mut retry, code, pushback, &origin, deadline).await {
+                    refused_by.push(endpoint.addr);
+                    continue;
+                }
                 self.metrics.record_call(&method, code, start.elapsed());
                 return Ok(res.map(|_| ResponseBody::empty()));
             }
@@ -200,6 +240,62 @@ impl Proxy {
         }
         refused_by.push(refused);
         true
+    }
+}
+
+impl Proxy {
+    /// Whether the method's retry policy sends the call again after it ended with `code` (gRFC A6): the code is
+    /// retryable, attempts remain, the request body was kept, the budget allows it, and the backoff (or the
+    /// server's `grpc-retry-pushback-ms`; a malformed or negative one forbids the retry) ends before the deadline.
+    /// Waits out the backoff when it does.
+    async fn policy_retry(
+        &self,
+        retry: &mut PolicyRetry<'_>,
+        code: Code,
+        pushback: Option<&HeaderValue>,
+        origin: &ReplayBody,
+        deadline: Instant,
+    ) -> bool {
+        let Some(delay) = retry.next(code, pushback) else { return false };
+        if origin.replay().is_none() || Instant::now() + delay >= deadline {
+            return false;
+        }
+        if !self.budget.withdraw() {
+            self.metrics.retries_refused_by_budget.fetch_add(1, Relaxed);
+            return false;
+        }
+        self.metrics.retries_policy.fetch_add(1, Relaxed);
+        tokio::time::sleep(delay).await;
+        true
+    }
+}
+
+/// The state of one call's `retryPolicy`: attempts made and the next backoff.
+struct PolicyRetry<'a> {
+    policy: Option<&'a RetryPolicy>,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl<'a> PolicyRetry<'a> {
+    fn new(policy: Option<&'a RetryPolicy>) -> Self {
+        Self { policy, attempts: 1, backoff: policy.map_or(Duration::ZERO, |p| p.initial_backoff) }
+    }
+
+    /// The wait before the next attempt, if the policy retries after `code`: uniform in `[0, backoff]`, the
+    /// backoff then multiplied up to its maximum; or the server's pushback.
+    fn next(&mut self, code: Code, pushback: Option<&HeaderValue>) -> Option<Duration> {
+        let policy = self.policy?;
+        if !policy.retryable.contains(code) || self.attempts >= policy.max_attempts {
+            return None;
+        }
+        let delay = match pushback {
+            Some(v) => Duration::from_millis(v.to_str().ok()?.trim().parse::<u64>().ok()?),
+            None => self.backoff.mul_f64(rand::random::<f64>()),
+        };
+        self.attempts += 1;
+        self.backoff = self.backoff.mul_f64(policy.backoff_multiplier).min(policy.max_backoff);
+        Some(delay)
     }
 }
 

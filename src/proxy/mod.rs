@@ -42,6 +42,8 @@ use crate::{
     balance::Balancer,
     pool::STREAM_WINDOW,
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
+    routes::RouteTable,
+    service_config::ServiceConfig,
     telemetry::metrics::Metrics,
 };
 
@@ -69,7 +71,10 @@ pub struct Config {
 /// The proxy: everything a call needs, shared by every connection.
 pub struct Proxy {
     config: Config,
-    balancer: Arc<Balancer>,
+    /// Which target's balancer serves each gRPC service.
+    routes: RouteTable<Arc<Balancer>>,
+    /// Per-method policy (deadline, retries, wait-for-ready) from the gRPC service config.
+    service_config: ServiceConfig,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     budget: RetryBudget,
@@ -80,10 +85,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the proxy over `balancer`, with the local services it answers itself.
+    /// Builds the proxy over the route table, with the local services it answers itself.
     pub fn new(
         config: Config,
-        balancer: Arc<Balancer>,
+        routes: RouteTable<Arc<Balancer>>,
+        service_config: ServiceConfig,
         metrics: Arc<Metrics>,
         health: LocalService,
         reflection: LocalService,
@@ -93,7 +99,8 @@ impl Proxy {
             permits: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
             budget: RetryBudget::new(config.retry_budget),
             config,
-            balancer,
+            routes,
+            service_config,
             metrics,
             health,
             reflection,
@@ -124,19 +131,30 @@ impl Proxy {
         Ok(res)
     }
 
-    /// The interned metrics label of a method path: one allocation per distinct method, not per call. Only
-    /// methods of the compiled schema get their own label; every other path (unknown, refused, random) shares
-    /// [`OTHER_METHOD`], so no client can create series at will.
+    /// The interned metrics label of a method path: one allocation per distinct label, not per call, and a
+    /// bounded set of labels, so no client can create series at will. A method of the compiled schema is its
+    /// path; any other method of a service routed by name (whose schema the sidecar lacks) is `/service/*`, one
+    /// label per route; everything else (unknown methods of a compiled service, unrouted or random paths) is
+    /// [`OTHER_METHOD`].
     fn method_label(&self, path: &str) -> Arc<str> {
         if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(path) {
             return m.clone();
         }
-        if !is_known_method(path) {
-            static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(OTHER_METHOD));
-            return OTHER.clone();
+        if is_known_method(path) {
+            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            return methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone();
         }
-        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
-        methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone()
+        let service = path.strip_prefix('/').and_then(|p| p.split_once('/')).map(|(s, _)| s);
+        if let Some(service) = service.filter(|s| self.routes.routes_by_name(s) && !is_known_service(s)) {
+            let key = format!("/{service}/*");
+            if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                return m.clone();
+            }
+            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            return methods.entry(key.clone()).or_insert_with(|| Arc::from(key)).clone();
+        }
+        static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(OTHER_METHOD));
+        OTHER.clone()
     }
 
     /// Accepts connections until `shutdown` resolves, then waits up to `drain` for calls in flight.
@@ -220,13 +238,20 @@ fn inbound_connection_window(max_streams: u32) -> u32 {
 /// The `method` label of every call whose path is not a method of the compiled schema.
 pub const OTHER_METHOD: &str = "other";
 
+/// The compiled descriptor set, decoded once.
+fn schema() -> Option<&'static prost_reflect::DescriptorPool> {
+    static POOL: std::sync::OnceLock<Option<prost_reflect::DescriptorPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok()).as_ref()
+}
+
+/// Whether `service` is in the compiled descriptor set.
+fn is_known_service(service: &str) -> bool {
+    schema().is_some_and(|pool| pool.get_service_by_name(service).is_some())
+}
+
 /// Whether `path` (`/package.Service/Method`) names a method in the compiled descriptor set.
 fn is_known_method(path: &str) -> bool {
-    static POOL: std::sync::OnceLock<Option<prost_reflect::DescriptorPool>> = std::sync::OnceLock::new();
-    let Some(pool) = POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok())
-    else {
-        return false;
-    };
+    let Some(pool) = schema() else { return false };
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else { return false };
     pool.get_service_by_name(service).is_some_and(|s| s.methods().any(|m| m.name() == method))
 }

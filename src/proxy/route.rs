@@ -1,16 +1,17 @@
-//! Which way a request goes, decided from its version, content-type and `:path` alone.
+//! Which way a request goes, decided from its version, content-type and `:path` alone. Which target serves a
+//! forwarded call is the route table's business ([`crate::routes`]), looked up when the call is forwarded.
 
 use http::{Method, Request, Version, header};
 
 use crate::proxy::{connect::Codec, error::ProxyError, web};
 
-/// The HelloService prefix: every method under it is forwarded, so methods added later need no sidecar change.
-pub const FORWARDED_PREFIX: &str = "/hello.v1.HelloService/";
+/// The service `--target` routes (the built-in default and the demo's).
+pub const HELLO_SERVICE: &str = "hello.v1.HelloService";
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// To a backend, untouched.
+    /// To a backend, untouched (or UNIMPLEMENTED when no route names its service).
     Forward,
     /// `grpc.health.v1.Health`, answered here.
     Health,
@@ -33,11 +34,7 @@ pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
     let ct = content_type.unwrap_or("none");
     let path = req.uri().path();
     if let Some(mode) = web::mode_of(ct) {
-        return if path.starts_with(FORWARDED_PREFIX) {
-            Ok(Route::GrpcWeb(mode))
-        } else {
-            Err(ProxyError::Unimplemented(path.to_owned()))
-        };
+        return Ok(Route::GrpcWeb(mode));
     }
     if let Some(codec) = Codec::of(ct).filter(|_| req.method() == Method::POST) {
         return Ok(Route::Connect(codec));
@@ -50,16 +47,14 @@ pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
     if req.version() != Version::HTTP_2 {
         return Err(ProxyError::Http1);
     }
-    if path.starts_with(FORWARDED_PREFIX) {
-        Ok(Route::Forward)
-    } else if path.starts_with("/grpc.health.v1.Health/") {
+    if path.starts_with("/grpc.health.v1.Health/") {
         Ok(Route::Health)
     } else if path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
     {
         Ok(Route::Reflection)
     } else {
-        Err(ProxyError::Unimplemented(path.to_owned()))
+        Ok(Route::Forward)
     }
 }
 
@@ -84,9 +79,8 @@ mod tests {
         assert_eq!(route(&r).ok(), Some(Route::Reflection));
         let proto = Some("application/grpc+proto");
         assert_eq!(route(&req("/hello.v1.HelloService/Other", proto, Version::HTTP_2)).ok(), Some(Route::Forward));
-        assert!(
-            matches!(route(&req("/x.Y/Z", g, Version::HTTP_2)), Err(ProxyError::Unimplemented(p)) if p == "/x.Y/Z")
-        );
+        // Any other service is forwarded; the route table answers UNIMPLEMENTED for one it does not route.
+        assert_eq!(route(&req("/x.Y/Z", g, Version::HTTP_2)).ok(), Some(Route::Forward));
     }
 
     #[test]
@@ -99,7 +93,7 @@ mod tests {
         assert_eq!(route(&req(p, Some("application/json"), Version::HTTP_11)).ok(), Some(Route::Connect(Codec::Json)));
         assert_eq!(route(&req(p, Some("application/proto"), Version::HTTP_2)).ok(), Some(Route::Connect(Codec::Proto)));
         let other = req("/x.Y/Z", Some("application/grpc-web"), Version::HTTP_11);
-        assert!(matches!(route(&other), Err(ProxyError::Unimplemented(_))));
+        assert_eq!(route(&other).ok(), Some(Route::GrpcWeb(web::Mode::Binary)));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Transparent retries: attempts that never reached the backend's application (not sent, REFUSED_STREAM,
     /// above a GOAWAY's last-stream-id), sent again.
     pub retries_transparent: AtomicU64,
+    /// Retries by a method's `retryPolicy` (service config) after a retryable status.
+    pub retries_policy: AtomicU64,
     /// Backend connections closed by the peer's GOAWAY `too_many_pings` (our keepalive was doubled).
     pub keepalive_goaways: AtomicU64,
     /// Requests or responses refused because their header or trailer block was over `--max-header-bytes`.
@@ -127,7 +129,7 @@ impl Metrics {
             );
         }
         drop(calls);
-        let retries = [("transparent", &self.retries_transparent)];
+        let retries = [("transparent", &self.retries_transparent), ("policy", &self.retries_policy)];
         out.push_str("# HELP hello_sidecar_retries_total Attempts sent again, by reason (transparent: never reached the application).\n");
         out.push_str("# TYPE hello_sidecar_retries_total counter\n");
         for (reason, n) in retries {

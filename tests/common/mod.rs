@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod echo;
 pub mod h2peer;
 pub mod kind;
 pub mod raw_h2;
@@ -199,6 +200,17 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// The sum of every sample of metric `name` whose labels include `label` (e.g. `status="403"`), whatever its other
+/// labels (such as `target`).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{')?.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|l| l == label))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Makes `n` calls with `concurrency` in flight, returning every outcome.

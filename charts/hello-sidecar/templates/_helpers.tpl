@@ -128,6 +128,10 @@ app and stops after it. Every flag comes from .Values.sidecar. Use it from a cha
   env:
     - name: HELLO_SIDECAR_TARGET
       value: {{ include "hello-sidecar.target" . | quote }}
+    {{- with $s.serviceConfig }}
+    - name: HELLO_SIDECAR_SERVICE_CONFIG
+      value: {{ . | quote }}
+    {{- end }}
     - name: HELLO_SIDECAR_LISTEN
       value: {{ $s.listen | quote }}
     - name: HELLO_SIDECAR_ADMIN

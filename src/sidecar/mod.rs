@@ -1,0 +1,180 @@
+//! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection and the
+//! admin port.
+
+mod health;
+mod state;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
+
+use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+use tracing::info;
+
+pub use self::state::SidecarState;
+use crate::{
+    admin,
+    balance::{self, Balancer},
+    cli::SidecarArgs,
+    discovery, pool,
+    proxy::{self, Proxy},
+    routes::{RouteError, RouteTable},
+    target::Target,
+    telemetry::metrics::Metrics,
+};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reflection could not load the compiled descriptors (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The target's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The routes contradict each other (a service routed twice) or there are none.
+    #[error("invalid value for --route: {0}")]
+    Route(#[from] RouteError),
+}
+
+/// A running sidecar: its bound addresses, for tests and the demo.
+pub struct Running {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Where the admin server listens.
+    pub admin: SocketAddr,
+    /// Shared state (metrics, targets).
+    pub state: Arc<SidecarState>,
+    /// Completes when the sidecar has drained and stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the sidecar; it stops when `shutdown` resolves.
+pub async fn start(
+    args: SidecarArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
+    let settings = balance::Settings {
+        pool: pool::Settings {
+            connect_timeout: args.connect_timeout,
+            keepalive_interval: args.keepalive_interval,
+            max_header_list_bytes: proxy::h2_header_list_limit(args.max_header_bytes),
+            tls,
+            ..Default::default()
+        },
+        eject_after: args.eject_after,
+        ewma_decay: args.ewma_decay,
+    };
+    let (targets, routes, table) = build_targets(&args, &settings, &metrics)?;
+    if args.service_config.as_ref().is_some_and(|c| c.has_hedging()) {
+        tracing::warn!("--service-config: hedgingPolicy is not applied yet; those methods get one attempt at a time");
+    }
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
+        flag: "--listen",
+        addr: args.listen,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(args.admin).await.map_err(|source| StartError::Bind {
+        flag: "--admin",
+        addr: args.admin,
+        source,
+    })?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
+
+    let state = Arc::new(SidecarState {
+        targets,
+        routes,
+        metrics: metrics.clone(),
+        serving: std::sync::atomic::AtomicBool::new(true),
+    });
+    health::spawn(reporter, state.clone()).await;
+
+    let config = proxy::Config {
+        default_timeout: args.default_timeout,
+        failfast_timeout: args.failfast_timeout,
+        max_concurrent_calls: args.max_concurrent_calls,
+        max_message_bytes: args.max_message_bytes,
+        retry_budget: args.retry_budget,
+        max_header_bytes: args.max_header_bytes,
+    };
+    let proxy = Arc::new(Proxy::new(
+        config,
+        table,
+        args.service_config.clone().unwrap_or_default(),
+        metrics,
+        BoxCloneSyncService::new(health_service),
+        BoxCloneSyncService::new(reflection_v1),
+        BoxCloneSyncService::new(reflection_v1alpha),
+    ));
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(admin::serve(admin_listener, state.clone(), async move {
+        let _ = admin_stopped.await;
+    }));
+    let targets: Vec<&str> = state.targets.iter().map(|t| t.name()).collect();
+    info!(%listen, admin = %admin_addr, routes = state.routes.len(), ?targets, "sidecar listening");
+    let serving_state = state.clone();
+    let drain = args.drain_timeout;
+    let done = tokio::spawn(async move {
+        let shutdown = async move {
+            shutdown.await;
+            serving_state.serving.store(false, Relaxed);
+        };
+        proxy.serve(listener, shutdown, drain).await;
+        let _ = stop_admin.send(());
+        info!("sidecar stopped");
+    });
+    Ok(Running { listen, admin: admin_addr, state, done })
+}
+
+/// Every route's target, started once per distinct target URI; the route table the proxy looks calls up in.
+#[allow(clippy::type_complexity)]
+fn build_targets(
+    args: &SidecarArgs,
+    settings: &balance::Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<(Vec<Arc<Target>>, Vec<(crate::routes::ServiceMatch, usize)>, RouteTable<Arc<Balancer>>), RouteError> {
+    let routes = args.all_routes();
+    crate::routes::check(&routes)?;
+    let options = discovery::Options { kubeconfig: args.kubeconfig.clone(), ip_family: args.ip_family };
+    let (mut uris, mut targets, mut indexed, mut table): (Vec<discovery::Target>, Vec<Arc<Target>>, Vec<_>, _) =
+        (Vec::new(), Vec::new(), Vec::new(), RouteTable::default());
+    for route in routes {
+        let i = match uris.iter().position(|u| *u == route.target) {
+            Some(i) => i,
+            None => {
+                uris.push(route.target.clone());
+                targets.push(Target::spawn(route.target.clone(), settings.clone(), options.clone(), metrics.clone()));
+                targets.len() - 1
+            }
+        };
+        table.insert(&route.service, targets[i].balancer.clone())?;
+        indexed.push((route.service, i));
+    }
+    Ok((targets, indexed, table))
+}

@@ -1,0 +1,76 @@
+//! A target: one discovery source with its balancer and pool (DESIGN §10).
+//!
+//! Routes that name the same target URI share one [`Target`], so one Kubernetes Service has one EndpointSlice
+//! watch and one connection per pod however many gRPC services route to it. Each target runs two tasks: one feeds
+//! the balancer every endpoint set discovery sends, the other hands discovery's problems (an API answering 403,
+//! say) to the balancer, which names them when a call finds no endpoint.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
+
+use crate::{
+    balance::{self, Balancer},
+    discovery,
+    telemetry::metrics::Metrics,
+};
+
+/// A running target.
+pub struct Target {
+    /// The endpoint set and the choice among it.
+    pub balancer: Arc<Balancer>,
+    /// What discovery is going through.
+    pub discovery: Arc<discovery::Health>,
+    synced: AtomicBool,
+}
+
+impl Target {
+    /// Starts discovery for `uri` and the balancer it feeds.
+    pub fn spawn(
+        uri: discovery::Target,
+        settings: balance::Settings,
+        options: discovery::Options,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let balancer = Arc::new(Balancer::new(uri.to_string(), settings, metrics.clone()));
+        let discovery::Discovery { mut sets, health } = discovery::spawn(uri, options);
+        let target = Arc::new(Self { balancer, discovery: health, synced: AtomicBool::new(false) });
+
+        let mut problems = target.discovery.subscribe();
+        let balancer = target.balancer.clone();
+        tokio::spawn(async move {
+            loop {
+                let problem = problems.borrow_and_update().clone();
+                balancer.set_discovery_problem(problem);
+                if problems.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let fed = target.clone();
+        tokio::spawn(async move {
+            while let Some(set) = sets.recv().await {
+                metrics.discovery_updates.fetch_add(1, Relaxed);
+                fed.balancer.update(set);
+                fed.synced.store(true, Relaxed);
+            }
+        });
+        target
+    }
+
+    /// The target URI as given (`kubernetes:///hello.shop:grpc`).
+    pub fn name(&self) -> &str {
+        self.balancer.target()
+    }
+
+    /// Whether discovery has delivered an endpoint set at least once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Relaxed)
+    }
+
+    /// Whether some endpoint can take a call now.
+    pub fn serving(&self) -> bool {
+        self.balancer.ready_count() > 0
+    }
+}
