@@ -189,6 +189,40 @@ async fn resets_mid_response_keep_their_meaning_and_do_not_eject() {
     assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
 }
 
+// Review of 16.4: REFUSED_STREAM after the response headers is one stream's fate, not the endpoint's health: the
+// caller gets UNAVAILABLE and the pod is never ejected however often it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_after_the_answer_does_not_eject() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    for i in 0..12 {
+        let reply = unary(&mut c, s.addr, "reset:7").await;
+        assert_eq!(reply.grpc_status, Some(14), "call {i}, RST_STREAM(REFUSED_STREAM) after headers: {reply:?}");
+    }
+    let m = s.metrics();
+    assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 0, "a healthy pod was ejected:\n{m}");
+    assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
+}
+
+// Review of 16.4: trailers without grpc-status reach the caller as they are (grpcio and grpc-go report UNKNOWN);
+// the call metric records UNKNOWN too, not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_without_a_status_are_recorded_as_unknown() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    let reply = unary(&mut c, s.addr, "bare-trailers").await;
+    assert_eq!(reply.grpc_status, None, "trailers passed through as they are: {reply:?}");
+    let calls = |code: &str| {
+        let method = "method=\"/hello.v1.HelloService/SayHello\"";
+        let name = format!("hello_sidecar_requests_total{{{method},grpc_status=\"{code}\"}}");
+        wait_for("the call to be recorded", Duration::from_secs(10), || {
+            let m = s.metrics();
+            m.contains("grpc_status=").then(|| metric(&m, &name))
+        })
+    };
+    assert_eq!((calls("UNKNOWN"), calls("INTERNAL")), (1, 0), "the metric must match what the caller sees");
+}
+
 // 16.3/16.4: a reset before any response header answers the request, not the endpoint's health: the caller
 // gets the reset's status and the pod stays in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,6 +281,46 @@ async fn http1_callers_keep_their_host() {
     let (status, headers, body) = http1_post(s.addr, path, &connect, br#"{"name":"connect"}"#.to_vec()).await;
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(headers.get("x-seen-authority").map(|v| v.as_bytes()), Some(&b"api.example.test:8443"[..]));
+}
+
+// Review item 7: an HTTP/1.1 caller (grpc-web, Connect) may send as much metadata as an HTTP/2 caller: 150
+// fields and 20 KB passed, where hyper's defaults (100 fields) answered a bare 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_callers_get_the_same_header_room_as_http2() {
+    let (_b, s) = scripted().await;
+    let path = "/hello.v1.HelloService/SayHello";
+    let names: Vec<String> = (0..150).map(|i| format!("x-meta-{i}")).collect();
+    let big = "v".repeat(20_000);
+    let mut meta: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "value")).collect();
+    meta.push(("x-big", &big));
+    let web = [&[("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")][..], &meta].concat();
+    let (status, headers, body) = http1_post(s.addr, path, &web, grpc_frame(&hello_request("web"))).await;
+    assert_eq!(status, 200, "grpc-web: {body:?}");
+    let ok = headers.get("grpc-status").is_some_and(|v| v == "0") || body.windows(14).any(|w| w == b"grpc-status: 0");
+    assert!(ok, "grpc-web: {headers:?} {body:?}");
+    let connect = [&[("content-type", "application/json")][..], &meta].concat();
+    let (status, _, body) = http1_post(s.addr, path, &connect, br#"{"name":"connect"}"#.to_vec()).await;
+    assert_eq!(status, 200, "Connect: {body:?}");
+}
+
+// Review of 16.6: a Host with userinfo (RFC 9113 §8.3.1 forbids it in :authority) or several Host headers
+// (RFC 9112 §3.2) is a bad request, answered 400, and never reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_callers_with_a_bad_host_get_400() {
+    let (_b, s) = scripted().await;
+    let path = "/hello.v1.HelloService/SayHello";
+    let web = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")];
+    let connect = [("content-type", "application/json")];
+    let bad: [&[(&str, &str)]; 2] =
+        [&[("host", "user:pw@api.example.test")], &[("host", "a.test"), ("host", "b.test")]];
+    for hosts in bad {
+        let headers = [&web[..], hosts].concat();
+        let (status, _, body) = http1_post(s.addr, path, &headers, grpc_frame(&hello_request("web"))).await;
+        assert_eq!(status, 400, "grpc-web with {hosts:?}: {body:?}");
+        let headers = [&connect[..], hosts].concat();
+        let (status, _, body) = http1_post(s.addr, path, &headers, br#"{"name":"connect"}"#.to_vec()).await;
+        assert_eq!(status, 400, "Connect with {hosts:?}: {body:?}");
+    }
 }
 
 /// A stock grpcio server (Python) answering HelloService/SayHello with raw bytes, on `ip:8080`.
