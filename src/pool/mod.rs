@@ -374,9 +374,10 @@ pub enum ConnectError {
 
 /// The HTTP/2 stream window (RFC 9113 §6.9) on both sides of the sidecar, in bytes: what one call whose reader
 /// stops reading may hold here, in each direction, counted in bytes of data. A stream moves at most one window per
-/// round trip, so it also caps one stream's throughput: 256 KiB is ~250 MB/s at a 1 ms round trip (the fixed 64 KiB
-/// of grpc-go's and Envoy's starting value capped a bulk stream at 21 MB/s through a relay adding 1 ms each way,
-/// against 88 MB/s with hyper's adaptive windows).
+/// round trip, so it also caps one stream's throughput: 512 KiB is ~500 MB/s at a 1 ms round trip. Through a TCP
+/// relay adding 1 ms each way (the issue 16 review's `delay_relay.py`, debug builds, a busy 2-core machine), a fixed
+/// 64 KiB (grpc-go's and Envoy's starting value) carried one bulk stream at 12-22 MB/s, 256 KiB at 70 MB/s, 512 KiB
+/// at 85-118 MB/s (hyper's adaptive windows had reached 88 MB/s, without the slow-reader guarantee).
 ///
 /// Known limit: h2 (0.4.20) keeps each received DATA payload as a slice of the ~8 KiB read buffer it arrived in,
 /// and hyper releases a stream's flow-control capacity only as its body is polled, with no way to hold data
@@ -385,7 +386,7 @@ pub enum ConnectError {
 /// interleaved with larger frames on a stream another caller drains (which keep h2's small-DATA-frame budget
 /// topped up), pins about one read buffer per byte held (65,000 one-byte frames: +540 MB). See README, "Known
 /// limits".
-pub const STREAM_WINDOW: u32 = 256 << 10;
+pub const STREAM_WINDOW: u32 = 512 << 10;
 
 /// The largest HTTP/2 window (RFC 9113 §6.9.1: 2³¹−1).
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
@@ -399,8 +400,8 @@ pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// `DataFrameBudget::Auto`) lets a connection hold unread DATA frames shorter than 256 bytes worth
 /// `window / 2` bytes of accounted overhead (256 − payload bytes each), then sends GOAWAY `ENHANCE_YOUR_CALM`
 /// "too_many_data_frames"; frames of 256 bytes or more replenish it. A stalled stream of ten-byte gRPC messages
-/// (15-byte frames) holds at most 256 KiB / 15 × 241 B ≈ 4 MiB of it, so with the default 1,024 calls (a 256 MiB
-/// window, a 128 MiB budget) 32 such streams fit at once, while a peer that floods one-byte frames alone still
+/// (15-byte frames) holds at most 512 KiB / 15 × 241 B ≈ 8 MiB of it, so with the default 1,024 calls (a 512 MiB
+/// window, a 256 MiB budget) 32 such streams fit at once, while a peer that floods one-byte frames alone still
 /// trips it. h2 also ends a connection after 100 empty DATA frames without END_STREAM (`MAX_RECV_EMPTY_DATA_FRAMES`,
 /// no knob); stock gRPC peers do not send them.
 pub fn connection_window(streams: u32) -> u32 {
