@@ -208,6 +208,20 @@ async fn a_refused_stream_after_the_answer_does_not_eject() {
     assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
 }
 
+// Review of 16.4: a reset the sidecar's own HTTP/2 stack sent (the backend overran its stream window, RFC 9113
+// §6.9.1) is the backend's protocol failure, not a reset the backend chose: the caller
+// gets UNAVAILABLE naming it, not the INTERNAL of a remote RST_STREAM(FLOW_CONTROL_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_sent_by_our_own_http2_stack_is_not_the_backends_reset() {
+    let b = RawBackend::start(HeaderShape::Overflow, usize::MAX);
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &[]);
+    s.wait_ready_endpoints(1);
+    let mut c = h2_client(s.addr).await;
+    let reply = unary(&mut c, s.addr, "hello").await;
+    assert_eq!(reply.grpc_status, Some(14), "{reply:?}");
+    assert!(reply.grpc_message.contains("failed mid-response"), "{reply:?}");
+}
+
 // Review of 16.4: trailers without grpc-status reach the caller as they are (grpcio and grpc-go report UNKNOWN);
 // the call metric records UNKNOWN too, not INTERNAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,7 +207,7 @@ impl Body for UpstreamBody {
                     let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
                     return this.end_reset(code, &msg);
                 }
-                let msg = format!("upstream {addr} failed mid-response: {e}");
+                let msg = format!("upstream {addr} failed mid-response: {}", crate::error_chain(&e));
                 this.end_with(Code::Unavailable, &msg)
             }
             Poll::Ready(None) => match this.header_code {
