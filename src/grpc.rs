@@ -227,6 +227,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn goaway_warn_lines_are_rate_limited_per_side() {
+        // The first line of a side is due; a repeat within GOAWAY_WARN_EVERY is not (the metric still counts it).
+        assert!(goaway_warn_due(true).is_some());
+        assert_eq!(goaway_warn_due(true), None);
+        assert_eq!(goaway_warn_due(true), None);
+        assert!(goaway_warn_due(false).is_some(), "the other side has its own allowance");
+    }
+
+    #[test]
+    fn a_goaway_names_a_limit_or_a_rule() {
+        let e = std::io::Error::other("not h2");
+        assert_eq!(goaway_cause(h2::Reason::ENHANCE_YOUR_CALM, &e).0, "an HTTP/2 abuse limit");
+        assert_eq!(goaway_cause(h2::Reason::PROTOCOL_ERROR, &e).0, "an HTTP/2 protocol rule");
+    }
+
+    #[test]
     fn timeouts_parse_every_unit_and_reject_garbage() {
         assert_eq!(parse_timeout(b"5S"), Some(Duration::from_secs(5)));
         assert_eq!(parse_timeout(b"100m"), Some(Duration::from_millis(100)));
