@@ -127,25 +127,14 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     v.parse::<i32>().ok().map(Code::from_i32)
 }
 
-/// The HTTP/2 error somewhere in an error's chain of causes (hyper wraps h2's errors).
-pub fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-/// The stream reset behind `err`, if the failure was one stream's (`RST_STREAM`) rather than the connection's.
+/// The stream reset behind `err`, if the failure was one stream's `RST_STREAM` sent by the peer rather than the
+/// connection's failure or a reset this side's HTTP/2 stack sent (a protocol violation by the peer on that stream).
 ///
 /// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
 /// the endpoint. Returns the reason and the status a gRPC client reports for it ([`code_of_reset`]).
 pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<(h2::Reason, Code)> {
-    let e = h2_error(err)?;
-    if !e.is_reset() {
+    let e = crate::pool::h2_error(err)?;
+    if !e.is_reset() || !e.is_remote() {
         return None;
     }
     let reason = e.reason()?;
@@ -156,8 +145,43 @@ pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<(h2::Reas
 /// its abuse limits (`ENHANCE_YOUR_CALM`: rapid reset, CONTINUATION or small-DATA-frame floods), if that is why a
 /// connection ended with `err`. A GOAWAY the peer sent, an I/O error or a clean close give `None`.
 pub fn goaway_sent(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
-    let e = h2_error(err)?;
+    let e = crate::pool::h2_error(err)?;
     (e.is_go_away() && e.is_library()).then(|| e.reason()).flatten()
+}
+
+/// How a GOAWAY this side sent reads in a log line: `ENHANCE_YOUR_CALM` is one of h2's abuse limits (rapid reset,
+/// CONTINUATION or small-DATA-frame floods); any other code (`PROTOCOL_ERROR`, `FRAME_SIZE_ERROR`, …) is a broken
+/// protocol rule. h2's description of `err` carries the GOAWAY's debug data (e.g. `"too_many_data_frames"`).
+pub fn goaway_cause(reason: h2::Reason, err: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
+    let what =
+        if reason == h2::Reason::ENHANCE_YOUR_CALM { "an HTTP/2 abuse limit" } else { "an HTTP/2 protocol rule" };
+    (what, crate::pool::h2_error(err).map(ToString::to_string).unwrap_or_default())
+}
+
+/// The shortest time between two warn lines about GOAWAYs sent to one kind of peer: a client or backend that
+/// reconnects and breaks the same rule again would otherwise write a line per connection. The metric counts every
+/// GOAWAY regardless.
+pub const GOAWAY_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a warn line about a GOAWAY sent to a peer of this kind (`upstream`: a backend; else a client) is due
+/// now: at most one per [`GOAWAY_WARN_EVERY`] per kind, process-wide. Returns how many were suppressed since the
+/// last one, or `None` when this one is to be suppressed.
+pub fn goaway_warn_due(upstream: bool) -> Option<u64> {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    };
+    static LAST: [Mutex<Option<std::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
+    static SUPPRESSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let kind = usize::from(upstream);
+    let mut last = LAST[kind].lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < GOAWAY_WARN_EVERY) {
+        SUPPRESSED[kind].fetch_add(1, Relaxed);
+        return None;
+    }
+    *last = Some(now);
+    Some(SUPPRESSED[kind].swap(0, Relaxed))
 }
 
 /// Tracks gRPC message boundaries in a request body to enforce a per-message size limit, without copying.
@@ -201,6 +225,22 @@ impl MessageScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goaway_warn_lines_are_rate_limited_per_side() {
+        // The first line of a side is due; a repeat within GOAWAY_WARN_EVERY is not (the metric still counts it).
+        assert!(goaway_warn_due(true).is_some());
+        assert_eq!(goaway_warn_due(true), None);
+        assert_eq!(goaway_warn_due(true), None);
+        assert!(goaway_warn_due(false).is_some(), "the other side has its own allowance");
+    }
+
+    #[test]
+    fn a_goaway_names_a_limit_or_a_rule() {
+        let e = std::io::Error::other("not h2");
+        assert_eq!(goaway_cause(h2::Reason::ENHANCE_YOUR_CALM, &e).0, "an HTTP/2 abuse limit");
+        assert_eq!(goaway_cause(h2::Reason::PROTOCOL_ERROR, &e).0, "an HTTP/2 protocol rule");
+    }
 
     #[test]
     fn timeouts_parse_every_unit_and_reject_garbage() {

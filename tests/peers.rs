@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use common::*;
@@ -61,7 +64,8 @@ async fn unread_streams_do_not_stall_another_callers_call() {
 
     // Memory stays bounded: each stalled stream holds about one stream window in the sidecar.
     let grown = rss_kib(pid).saturating_sub(rss_before);
-    // (16 × 64 KiB of data; about 3 MiB of growth seen in a debug build.)
+    eprintln!("16 stalled streams: sidecar RSS grew by {grown} KiB");
+    // (16 × 512 KiB = 8 MiB of data; about 10.5 MiB of growth seen in a debug build.)
     assert!(grown < 16 * 1024, "sidecar RSS grew by {grown} KiB with 16 stalled streams");
     drop(held);
 }
@@ -189,6 +193,54 @@ async fn resets_mid_response_keep_their_meaning_and_do_not_eject() {
     assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
 }
 
+// Review of 16.4: REFUSED_STREAM after the response headers is one stream's fate, not the endpoint's health: the
+// caller gets UNAVAILABLE and the pod is never ejected however often it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_after_the_answer_does_not_eject() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    for i in 0..12 {
+        let reply = unary(&mut c, s.addr, "reset:7").await;
+        assert_eq!(reply.grpc_status, Some(14), "call {i}, RST_STREAM(REFUSED_STREAM) after headers: {reply:?}");
+    }
+    let m = s.metrics();
+    assert_eq!(metric(&m, "hello_sidecar_ejections_total"), 0, "a healthy pod was ejected:\n{m}");
+    assert_eq!(unary(&mut c, s.addr, "hello").await.grpc_status, Some(0));
+}
+
+// Review of 16.4: a reset the sidecar's own HTTP/2 stack sent (the backend overran its stream window, RFC 9113
+// §6.9.1) is the backend's protocol failure, not a reset the backend chose: the caller
+// gets UNAVAILABLE naming it, not the INTERNAL of a remote RST_STREAM(FLOW_CONTROL_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_sent_by_our_own_http2_stack_is_not_the_backends_reset() {
+    let b = RawBackend::start(HeaderShape::Overflow, usize::MAX);
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &[]);
+    s.wait_ready_endpoints(1);
+    let mut c = h2_client(s.addr).await;
+    let reply = unary(&mut c, s.addr, "hello").await;
+    assert_eq!(reply.grpc_status, Some(14), "{reply:?}");
+    assert!(reply.grpc_message.contains("failed mid-response"), "{reply:?}");
+}
+
+// Review of 16.4: trailers without grpc-status reach the caller as they are (grpcio and grpc-go report UNKNOWN);
+// the call metric records UNKNOWN too, not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_without_a_status_are_recorded_as_unknown() {
+    let (_b, s) = scripted().await;
+    let mut c = h2_client(s.addr).await;
+    let reply = unary(&mut c, s.addr, "bare-trailers").await;
+    assert_eq!(reply.grpc_status, None, "trailers passed through as they are: {reply:?}");
+    let calls = |code: &str| {
+        let method = "method=\"/hello.v1.HelloService/SayHello\"";
+        let name = format!("hello_sidecar_requests_total{{{method},grpc_status=\"{code}\"}}");
+        wait_for("the call to be recorded", Duration::from_secs(10), || {
+            let m = s.metrics();
+            m.contains("grpc_status=").then(|| metric(&m, &name))
+        })
+    };
+    assert_eq!((calls("UNKNOWN"), calls("INTERNAL")), (1, 0), "the metric must match what the caller sees");
+}
+
 // 16.3/16.4: a reset before any response header answers the request, not the endpoint's health: the caller
 // gets the reset's status and the pod stays in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,6 +299,46 @@ async fn http1_callers_keep_their_host() {
     let (status, headers, body) = http1_post(s.addr, path, &connect, br#"{"name":"connect"}"#.to_vec()).await;
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(headers.get("x-seen-authority").map(|v| v.as_bytes()), Some(&b"api.example.test:8443"[..]));
+}
+
+// Review item 7: an HTTP/1.1 caller (grpc-web, Connect) may send as much metadata as an HTTP/2 caller: 150
+// fields and 20 KB passed, where hyper's defaults (100 fields) answered a bare 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_callers_get_the_same_header_room_as_http2() {
+    let (_b, s) = scripted().await;
+    let path = "/hello.v1.HelloService/SayHello";
+    let names: Vec<String> = (0..150).map(|i| format!("x-meta-{i}")).collect();
+    let big = "v".repeat(20_000);
+    let mut meta: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "value")).collect();
+    meta.push(("x-big", &big));
+    let web = [&[("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")][..], &meta].concat();
+    let (status, headers, body) = http1_post(s.addr, path, &web, grpc_frame(&hello_request("web"))).await;
+    assert_eq!(status, 200, "grpc-web: {body:?}");
+    let ok = headers.get("grpc-status").is_some_and(|v| v == "0") || body.windows(14).any(|w| w == b"grpc-status: 0");
+    assert!(ok, "grpc-web: {headers:?} {body:?}");
+    let connect = [&[("content-type", "application/json")][..], &meta].concat();
+    let (status, _, body) = http1_post(s.addr, path, &connect, br#"{"name":"connect"}"#.to_vec()).await;
+    assert_eq!(status, 200, "Connect: {body:?}");
+}
+
+// Review of 16.6: a Host with userinfo (RFC 9113 §8.3.1 forbids it in :authority) or several Host headers
+// (RFC 9112 §3.2) is a bad request, answered 400, and never reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_callers_with_a_bad_host_get_400() {
+    let (_b, s) = scripted().await;
+    let path = "/hello.v1.HelloService/SayHello";
+    let web = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")];
+    let connect = [("content-type", "application/json")];
+    let bad: [&[(&str, &str)]; 2] =
+        [&[("host", "user:pw@api.example.test")], &[("host", "a.test"), ("host", "b.test")]];
+    for hosts in bad {
+        let headers = [&web[..], hosts].concat();
+        let (status, _, body) = http1_post(s.addr, path, &headers, grpc_frame(&hello_request("web"))).await;
+        assert_eq!(status, 400, "grpc-web with {hosts:?}: {body:?}");
+        let headers = [&connect[..], hosts].concat();
+        let (status, _, body) = http1_post(s.addr, path, &headers, br#"{"name":"connect"}"#.to_vec()).await;
+        assert_eq!(status, 400, "Connect with {hosts:?}: {body:?}");
+    }
 }
 
 /// A stock grpcio server (Python) answering HelloService/SayHello with raw bytes, on `ip:8080`.
@@ -362,4 +454,174 @@ async fn floods_are_bounded_and_the_sidecar_keeps_serving() {
         }
         still_serving(&mut s, rss, cpu, if kind == PING { "PING flood" } else { "SETTINGS flood" }).await;
     }
+}
+
+/// What the raw backend of the read-buffer test knows: request streams in arrival order and send windows.
+struct Windows {
+    streams: Vec<u32>,
+    stream: std::collections::HashMap<u32, i64>,
+    conn: i64,
+    initial: i64,
+}
+
+/// Reads a raw HTTP/2 peer's frames, acknowledging SETTINGS and PING; `on` sees every other frame.
+fn raw_reader(mut s: std::net::TcpStream, w: Arc<Mutex<std::net::TcpStream>>, mut on: impl FnMut(u8, u32, &[u8])) {
+    use std::io::Write;
+    while let Ok((kind, flags, stream, payload)) = read_frame(&mut s) {
+        let mut out = w.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                let _ = out.write_all(&frame(SETTINGS, ACK, 0, &[]));
+                drop(out);
+                on(kind, stream, &payload);
+            }
+            PING if flags & ACK == 0 => {
+                let _ = out.write_all(&frame(PING, ACK, 0, &payload));
+            }
+            _ => {
+                drop(out);
+                on(kind, stream, &payload);
+            }
+        }
+    }
+}
+
+// 16.1, memory (review of fbb437c): a stalled stream may hold its own window (`STREAM_WINDOW`), and no more
+// memory than that. h2 keeps each DATA payload as a slice of the read buffer it arrived in, so one stalled stream of 1-byte
+// DATA frames, interleaved with 4 KiB frames of a stream another caller drains, pins one ~8 KiB read buffer per
+// byte it holds: 20,000 bytes held cost ~160 MB here. (The large frames replenish h2's small-DATA-frame budget, so
+// no GOAWAY either.)
+//
+// Not fixed (README, "Known limits"): hyper's `Incoming` releases a stream's flow-control capacity the moment a
+// chunk is polled and has no way to defer it, so the sidecar cannot copy data out of h2's read buffers without
+// also opening the window (no backpressure); bounding frames held per stream needs h2's own API (`RecvStream`,
+// `FlowControl::release_capacity` once the caller takes the bytes) instead of hyper's client and server.
+#[test]
+#[ignore = "known limit: h2 keeps each DATA payload as a slice of its ~8 KiB read buffer and hyper's Incoming \
+            releases window as it is polled, so a stalled stream pins a read buffer per tiny frame (README, Known \
+            limits); needs h2's API below hyper"]
+fn a_stalled_stream_of_one_byte_frames_costs_its_window_not_a_read_buffer_per_byte() {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from((fresh_ip(), BACKEND_PORT));
+    let listener = std::net::TcpListener::bind(addr).expect("bind");
+    let state = Arc::new((
+        Mutex::new(Windows { streams: Vec::new(), stream: Default::default(), conn: 65_535, initial: 65_535 }),
+        Condvar::new(),
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        let Ok((mut tcp, _)) = listener.accept() else { return };
+        let _ = tcp.set_nodelay(true);
+        let mut preface = [0u8; 24];
+        let _ = std::io::Read::read_exact(&mut tcp, &mut preface);
+        let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[]));
+        let writer = Arc::new(Mutex::new(tcp.try_clone().expect("clone")));
+        let _ = tx.send(writer.clone());
+        raw_reader(tcp, writer, |kind, stream, payload| {
+            let (lock, cv) = &*shared;
+            let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+            match kind {
+                SETTINGS => {
+                    for s in payload.chunks_exact(6) {
+                        if u16::from_be_bytes([s[0], s[1]]) == 4 {
+                            st.initial = i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+                        }
+                    }
+                }
+                HEADERS => {
+                    st.streams.push(stream);
+                    let initial = st.initial;
+                    st.stream.insert(stream, initial);
+                }
+                WINDOW_UPDATE => {
+                    let n = i64::from(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
+                    if stream == 0 {
+                        st.conn += n;
+                    } else if let Some(w) = st.stream.get_mut(&stream) {
+                        *w += n;
+                    }
+                }
+                _ => {}
+            }
+            cv.notify_all();
+        });
+    });
+    let s = Sidecar::start(&format!("static:///{addr}"), &[]);
+    s.wait_ready_endpoints(1);
+    let backend = rx.recv_timeout(Duration::from_secs(10)).expect("the sidecar connected");
+    let pid = s.proc.child.id();
+
+    let mut block = RawClient::call_headers(&s.addr.to_string());
+    block.extend(hpack(&[("grpc-timeout", "60S")]));
+    let request = [frame(HEADERS, END_HEADERS, 1, &block), frame(DATA, END_STREAM, 1, &grpc_frame(b""))].concat();
+    let wait_streams = |n: usize| {
+        let (lock, cv) = &*state;
+        let st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (st, _) = cv.wait_timeout_while(st, Duration::from_secs(10), |st| st.streams.len() < n).expect("lock");
+        assert_eq!(st.streams.len(), n, "the backend saw {} streams", st.streams.len());
+    };
+    // Caller A grants no window (SETTINGS_INITIAL_WINDOW_SIZE 0): its stream stalls in the sidecar.
+    let mut a = std::net::TcpStream::connect(s.addr).expect("connect");
+    a.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]), &request].concat()).expect("a");
+    let aw = Arc::new(Mutex::new(a.try_clone().expect("clone")));
+    std::thread::spawn(move || raw_reader(a, aw, |_, _, _| {}));
+    wait_streams(1);
+    // Caller B drains its stream, returning every byte of window at once.
+    let mut b = std::net::TcpStream::connect(s.addr).expect("connect");
+    let _ = b.set_nodelay(true);
+    let big = (1u32 << 30).to_be_bytes();
+    let hello = [PREFACE, &frame(SETTINGS, 0, 0, &[0, 4, 0x40, 0, 0, 0]), &frame(WINDOW_UPDATE, 0, 0, &big)].concat();
+    b.write_all(&[hello, request].concat()).expect("b");
+    let bw = Arc::new(Mutex::new(b.try_clone().expect("clone")));
+    let bw2 = bw.clone();
+    std::thread::spawn(move || {
+        raw_reader(b, bw2.clone(), |kind, stream, payload| {
+            if kind == DATA && !payload.is_empty() {
+                let n = (payload.len() as u32).to_be_bytes();
+                let wu = [frame(WINDOW_UPDATE, 0, 0, &n), frame(WINDOW_UPDATE, 0, stream, &n)].concat();
+                let _ = bw2.lock().unwrap_or_else(|e| e.into_inner()).write_all(&wu);
+            }
+        })
+    });
+    drop(bw);
+    wait_streams(2);
+
+    let rss_before = rss_kib(pid);
+    let (stalled, drained) = {
+        let st = state.0.lock().unwrap_or_else(|e| e.into_inner());
+        (st.streams[0], st.streams[1])
+    };
+    let headers = hpack(&[(":status", "200"), ("content-type", "application/grpc")]);
+    {
+        let mut w = backend.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(
+            &[frame(HEADERS, END_HEADERS, stalled, &headers), frame(HEADERS, END_HEADERS, drained, &headers)].concat(),
+        )
+        .expect("headers");
+    }
+    let chunk = vec![0u8; 4096];
+    let round = [frame(DATA, 0, stalled, &[0]), frame(DATA, 0, drained, &chunk)].concat();
+    let mut held = 0;
+    for _ in 0..20_000 {
+        let (lock, cv) = &*state;
+        let st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = |st: &mut Windows| st.stream[&stalled] >= 1 && st.stream[&drained] >= 4096 && st.conn >= 4097;
+        let (mut st, _) = cv.wait_timeout_while(st, Duration::from_secs(10), |st| !ready(st)).expect("lock");
+        if !ready(&mut st) {
+            break;
+        }
+        *st.stream.get_mut(&stalled).expect("stalled") -= 1;
+        *st.stream.get_mut(&drained).expect("drained") -= 4096;
+        st.conn -= 4097;
+        drop(st);
+        backend.lock().unwrap_or_else(|e| e.into_inner()).write_all(&round).expect("data");
+        held += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    eprintln!("{held} one-byte frames held for caller A; sidecar RSS grew by {grown} KiB");
+    assert!(held > 10_000, "the backend could send only {held} frames");
+    // One stream window (512 KiB) and what a debug build allocates on the way: 32 MiB is generous.
+    assert!(grown < 32 * 1024, "sidecar RSS grew by {grown} KiB for {held} bytes held by one stalled stream");
 }

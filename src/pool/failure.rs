@@ -47,13 +47,14 @@ pub fn calm_goaway(e: &hyper::Error) -> bool {
     })
 }
 
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+/// The HTTP/2 error somewhere in an error's chain of causes (hyper wraps h2's errors), if any.
+pub fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return Some(h2);
         }
-        source = err.source();
+        source = e.source();
     }
     None
 }

@@ -40,7 +40,7 @@ use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::met
 mod failure;
 mod lease;
 
-pub use self::failure::{SendFailure, calm_goaway, classify};
+pub use self::failure::{SendFailure, calm_goaway, classify, h2_error};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, Overflow};
 
@@ -61,6 +61,9 @@ pub struct Settings {
     /// SETTINGS_MAX_HEADER_LIST_SIZE advertised to backends: the largest response header or trailer block
     /// accepted, in bytes as RFC 7541 §4.1 counts them (name + value + 32 per field).
     pub max_header_list_bytes: u32,
+    /// Calls that may be in flight on one backend connection at once (`--max-concurrent-calls`): its connection
+    /// window is [`connection_window`] of it.
+    pub max_streams: u32,
     /// TLS to the target's endpoints; `None` is h2c. On a certificate reload, each endpoint's connection is
     /// replaced make-before-break.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -75,6 +78,7 @@ impl Default for Settings {
             keepalive_interval: STOCK_MIN_PING_INTERVAL,
             keepalive_timeout: Duration::from_secs(20),
             max_header_list_bytes: 1 << 20,
+            max_streams: 1024,
             tls: None,
         }
     }
@@ -217,7 +221,10 @@ impl Connection {
             );
         } else if let Some(reason) = crate::grpc::goaway_sent(e) {
             self.metrics.record_goaway_sent(true, reason);
-            warn!(addr = %self.addr, ?reason, error = %crate::error_chain(e), "closed the connection: the backend broke an HTTP/2 limit");
+            let (what, goaway) = crate::grpc::goaway_cause(reason, e);
+            if let Some(suppressed) = crate::grpc::goaway_warn_due(true) {
+                warn!(addr = %self.addr, ?reason, %goaway, suppressed, "closed the connection: the backend broke {what}");
+            }
         } else {
             info!(addr = %self.addr, error = %crate::error_chain(e), "connection closed");
         }
@@ -366,24 +373,40 @@ pub enum ConnectError {
 }
 
 /// The HTTP/2 stream window (RFC 9113 §6.9) on both sides of the sidecar, in bytes: what one call whose reader
-/// stops reading may hold here, in each direction. 64 KiB is grpc-go's and Envoy's (edge) starting value; on
-/// loopback and in-cluster round trips it does not limit a stream's throughput.
-pub const STREAM_WINDOW: u32 = 64 << 10;
+/// stops reading may hold here, in each direction, counted in bytes of data. A stream moves at most one window per
+/// round trip, so it also caps one stream's throughput: 512 KiB is ~500 MB/s at a 1 ms round trip. Through a TCP
+/// relay adding 1 ms each way (the issue 16 review's `delay_relay.py`, debug builds, a busy 2-core machine), a fixed
+/// 64 KiB (grpc-go's and Envoy's starting value) carried one bulk stream at 12-22 MB/s, 256 KiB at 70 MB/s, 512 KiB
+/// at 85-118 MB/s (hyper's adaptive windows had reached 88 MB/s, without the slow-reader guarantee).
+///
+/// Known limit: h2 (0.4.20) keeps each received DATA payload as a slice of the ~8 KiB read buffer it arrived in,
+/// and hyper releases a stream's flow-control capacity only as its body is polled, with no way to hold data
+/// elsewhere without also releasing the window. So in memory a stalled stream is bounded by its window × the read
+/// buffer per frame, not by its window: a peer that sends one-byte DATA frames on a stream nobody reads,
+/// interleaved with larger frames on a stream another caller drains (which keep h2's small-DATA-frame budget
+/// topped up), pins about one read buffer per byte held (65,000 one-byte frames: +540 MB). See README, "Known
+/// limits".
+pub const STREAM_WINDOW: u32 = 512 << 10;
 
-/// Streams whose data a connection window covers at once: the default call limit (`--max-concurrent-calls`).
-pub const WINDOWED_STREAMS: u32 = 1024;
+/// The largest HTTP/2 window (RFC 9113 §6.9.1: 2³¹−1).
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
-/// The upstream connection window: [`WINDOWED_STREAMS`] full stream windows (64 MiB), so calls whose readers
-/// stalled (each holding at most its own stream window) cannot starve the connection that other callers share
-/// with them (issue 16.1). Memory stays bounded by the call limit × [`STREAM_WINDOW`].
+/// The connection window for a connection that may carry `streams` streams at once: `streams` full stream windows
+/// ([`STREAM_WINDOW`]), capped at [`MAX_WINDOW`], so streams whose readers stalled (each holding at most its own
+/// stream window) cannot starve the other calls that share the connection (issue 16.1). Data held stays bounded by
+/// the streams × [`STREAM_WINDOW`] bytes.
 ///
 /// It also sizes h2's small-DATA-frame flood budget, which hyper has no knob for: h2 (0.4.20,
 /// `DataFrameBudget::Auto`) lets a connection hold unread DATA frames shorter than 256 bytes worth
 /// `window / 2` bytes of accounted overhead (256 − payload bytes each), then sends GOAWAY `ENHANCE_YOUR_CALM`
-/// "too_many_data_frames". A stalled stream of ten-byte gRPC messages (15-byte frames) holds at most
-/// 64 KiB / 15 × 241 B ≈ 1 MiB of it, so 32 such streams fit in the 32 MiB budget at once, while a peer that
-/// floods one-byte frames still trips it after ~130 k buffered frames (memory ≈ the budget).
-pub const UPSTREAM_CONNECTION_WINDOW: u32 = WINDOWED_STREAMS * STREAM_WINDOW;
+/// "too_many_data_frames"; frames of 256 bytes or more replenish it. A stalled stream of ten-byte gRPC messages
+/// (15-byte frames) holds at most 512 KiB / 15 × 241 B ≈ 8 MiB of it, so with the default 1,024 calls (a 512 MiB
+/// window, a 256 MiB budget) 32 such streams fit at once, while a peer that floods one-byte frames alone still
+/// trips it. h2 also ends a connection after 100 empty DATA frames without END_STREAM (`MAX_RECV_EMPTY_DATA_FRAMES`,
+/// no knob); stock gRPC peers do not send them.
+pub fn connection_window(streams: u32) -> u32 {
+    streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
+}
 
 type Driver = http2::Connection<TokioIo<Stream>, ReplayBody, TokioExecutor>;
 
@@ -409,11 +432,11 @@ async fn connect(
             // Also h2's CONTINUATION flood limit, which hyper has no knob for: a header block may span at most
             // max(5, n + n/4) non-final CONTINUATION frames, n = this / 16 KiB (h2 0.4.20,
             // `calc_max_continuation_frames`). hyper's 16 KiB default allowed 5, so a backend splitting its headers
-            // into 8 small frames (legal; grpc-go and grpcio accept it) closed the shared connection; 1 MiB
-            // allows 80, and a flood of empty CONTINUATION frames still ends at frame 81.
+            // into 8 small frames (legal; grpc-go and grpcio accept it) closed the shared connection; the 16 MiB of
+            // `proxy::h2_header_list_limit` allow 1,280, and a flood of empty CONTINUATION frames still ends there.
             .max_header_list_size(settings.max_header_list_bytes)
             // Fixed windows, not adaptive ones (hyper's BDP estimate resizes both, breaking the ratio below).
-            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+            .initial_connection_window_size(connection_window(settings.max_streams))
             .initial_stream_window_size(STREAM_WINDOW)
             .handshake(TokioIo::new(io))
             .await?;

@@ -4,8 +4,9 @@
 //! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
 //! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset. A stream the backend
 //! resets mid-response ends with the status a gRPC client reports for that `RST_STREAM` code
-//! ([`crate::grpc::code_of_reset`]), and a response that ends without `grpc-status` with `INTERNAL`, as gRPC clients
-//! report it.
+//! ([`crate::grpc::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
+//! `grpc-status` is recorded as `UNKNOWN` (what grpcio and grpc-go report for it); one that ends with no trailers
+//! at all gets `INTERNAL` trailers, as grpc-go reports it.
 
 use std::{
     convert::Infallible,
@@ -133,9 +134,19 @@ impl UpstreamBody {
     }
 
     fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.record.finish(code);
+        self.trailers(code, message)
+    }
+
+    /// Ends with the status for a stream the backend reset, judged as a reset ([`CallRecord::finish_reset`]).
+    fn end_reset(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.record.finish_reset(code);
+        self.trailers(code, message)
+    }
+
+    fn trailers(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.inner = None;
         self.done = true;
-        self.record.finish(code);
         let mut t = HeaderMap::with_capacity(2);
         t.insert("grpc-status", HeaderValue::from(code as i32));
         if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
@@ -175,8 +186,9 @@ impl Body for UpstreamBody {
                         tracing::warn!(endpoint = %this.record.endpoint().addr, "{msg}");
                         return this.end_with(Code::ResourceExhausted, &msg);
                     }
-                    // Trailers without grpc-status: gRPC clients report INTERNAL.
-                    let code = status_of(trailers).unwrap_or(Code::Internal);
+                    // Trailers without grpc-status, passed through as they are: grpcio and grpc-go report UNKNOWN,
+                    // so the metric records that.
+                    let code = status_of(trailers).unwrap_or(Code::Unknown);
                     this.done = true;
                     this.inner = None;
                     this.record.finish(code);
@@ -190,11 +202,12 @@ impl Body for UpstreamBody {
                 }
                 let addr = this.record.endpoint().addr;
                 if let Some((reason, code)) = stream_reset(&e) {
-                    // One stream reset by the backend (or refused as malformed here): the connection is fine.
+                    // One stream reset by the backend: the connection is fine, and a reset says nothing about the
+                    // endpoint's health (REFUSED_STREAM after the answer began, too).
                     let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
-                    return this.end_with(code, &msg);
+                    return this.end_reset(code, &msg);
                 }
-                let msg = format!("upstream {addr} failed mid-response: {e}");
+                let msg = format!("upstream {addr} failed mid-response: {}", crate::error_chain(&e));
                 this.end_with(Code::Unavailable, &msg)
             }
             Poll::Ready(None) => match this.header_code {
@@ -205,7 +218,7 @@ impl Body for UpstreamBody {
                     Poll::Ready(None)
                 }
                 // The stream ended (END_STREAM on DATA, or RST_STREAM(NO_ERROR), which hyper reads as an end)
-                // without grpc-status: gRPC clients report INTERNAL; send that explicitly.
+                // with no trailers at all: grpc-go reports INTERNAL; send that explicitly.
                 None => this.end_with(Code::Internal, NO_STATUS),
             },
         }

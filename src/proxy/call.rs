@@ -7,7 +7,8 @@
 //! outcome was recorded.
 //!
 //! How an outcome is judged (what counts against the endpoint):
-//! - answered (response headers came): `UNAVAILABLE` (the connection failed mid-response) is a failure; a caller's
+//! - answered (response headers came): `UNAVAILABLE` (the connection failed mid-response) is a failure, unless the
+//!   backend reset the stream (`REFUSED_STREAM`: one stream's fate, not the endpoint's health); a caller's
 //!   cancel or deadline after the answer began says nothing about the endpoint; any other status is a success (the
 //!   endpoint works, whatever the application said).
 //! - not answered: a failed connection or stream (`UNAVAILABLE`) is a failure; a deadline or a cancel is a failure
@@ -73,12 +74,18 @@ impl Attempt {
 
     /// Ends the attempt with `code`, judged as the module documents.
     pub fn finish(&mut self, code: Code) {
+        self.finish_as(code, false);
+    }
+
+    /// [`Attempt::finish`]; `reset`: the backend reset the stream after answering, which is never a failure.
+    fn finish_as(&mut self, code: Code, reset: bool) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let load = &self.endpoint.load;
         let verdict = if self.answered {
             match code {
+                Code::Unavailable if reset => None,
                 Code::Unavailable => Some(false),
                 Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted => None,
                 _ => Some(true),
@@ -206,6 +213,17 @@ impl CallRecord {
             return;
         }
         self.attempt.finish(code);
+        self.metrics.record_call(&self.method, code, self.start.elapsed());
+    }
+
+    /// Ends the call with `code` from a stream the backend reset (`RST_STREAM`) after answering: a reset concerns
+    /// one stream and says nothing about the endpoint's health, so even `REFUSED_STREAM` (`UNAVAILABLE`) does not
+    /// count against it.
+    pub fn finish_reset(&mut self, code: Code) {
+        if self.attempt.finished {
+            return;
+        }
+        self.attempt.finish_as(code, true);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
     }
 }

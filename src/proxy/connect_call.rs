@@ -53,7 +53,9 @@ impl Proxy {
             Ok(f) => f,
             Err(msg) => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
         };
-        super::web_call::authority_from_host(&mut parts);
+        if let Err(e) = super::authority::authority_from_host(&mut parts) {
+            return super::web_call::bad_request(e);
+        }
         let h = &mut parts.headers;
         for name in [
             header::CONTENT_LENGTH,

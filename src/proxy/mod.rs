@@ -7,6 +7,7 @@
 //!                                        └─ anything else → UNIMPLEMENTED / 415 / 426
 //! ```
 
+mod authority;
 pub mod body;
 pub mod budget;
 pub mod call;
@@ -174,6 +175,13 @@ impl Proxy {
             .initial_connection_window_size(inbound_connection_window(max_streams))
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
+        // HTTP/1.1 callers (grpc-web, Connect) get the same header room as HTTP/2 ones: hyper's defaults (100
+        // fields, a ~408 KiB read buffer) answer a bare 431 where HTTP/2 reaches the call path, which refuses what
+        // is over `--max-header-bytes` with a status that names the size.
+        builder
+            .http1()
+            .max_headers(h1_max_headers(self.config.max_header_bytes))
+            .max_buf_size(h2_header_list_limit(self.config.max_header_bytes) as usize);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -192,7 +200,10 @@ impl Proxy {
                             if let Err(e) = conn.await {
                                 if let Some(reason) = crate::grpc::goaway_sent(&*e) {
                                     metrics.record_goaway_sent(false, reason);
-                                    warn!(%peer, ?reason, error = %crate::error_chain(&*e), "closed an inbound connection: the client broke an HTTP/2 limit");
+                                    let (what, goaway) = crate::grpc::goaway_cause(reason, &*e);
+                                    if let Some(suppressed) = crate::grpc::goaway_warn_due(false) {
+                                        warn!(%peer, ?reason, %goaway, suppressed, "closed an inbound connection: the client broke {what}");
+                                    }
                                 } else {
                                     tracing::debug!(error = %e, "inbound connection ended with an error");
                                 }
@@ -225,14 +236,22 @@ pub fn h2_header_list_limit(max_header_bytes: u32) -> u32 {
     max_header_bytes.saturating_mul(4).max(16 << 20)
 }
 
+/// How many header fields an HTTP/1.1 request may carry: as many of the smallest fields (32 bytes of RFC 7541
+/// overhead each, as `--max-header-bytes` counts them) as fit in `max_header_bytes`, at least hyper's default of
+/// 100 and at most 4,096 (hyper allocates room for them per request).
+fn h1_max_headers(max_header_bytes: u32) -> usize {
+    (max_header_bytes as usize / 32).clamp(100, 4096)
+}
+
 /// The inbound connection window: every stream the app may open (`max_streams`) × [`STREAM_WINDOW`], capped at
-/// the RFC 9113 maximum (2³¹−1). A request stream whose backend stops reading holds at most its own stream window
-/// here, so however many stall, the app's other calls on the same connection can still send (issue 16.1); memory
-/// stays bounded by the streams × [`STREAM_WINDOW`]. h2 derives its small-DATA-frame flood budget from this window
-/// (see [`crate::pool::UPSTREAM_CONNECTION_WINDOW`]): a client stream of 20,000 ten-byte messages, each in its own
-/// DATA frame, fits many times over, while a flood of one-byte frames still ends in GOAWAY `ENHANCE_YOUR_CALM`.
+/// the RFC 9113 maximum ([`crate::pool::connection_window`]). A request stream whose backend stops reading holds at
+/// most its own stream window here, so however many stall, the app's other calls on the same connection can still
+/// send (issue 16.1); data held stays bounded by the streams × [`STREAM_WINDOW`] (in memory, see the known limit
+/// at [`STREAM_WINDOW`]). h2 derives its small-DATA-frame flood budget from this window: a client stream of 20,000
+/// ten-byte messages, each in its own DATA frame, fits many times over, while a flood of one-byte frames still ends
+/// in GOAWAY `ENHANCE_YOUR_CALM`.
 fn inbound_connection_window(max_streams: u32) -> u32 {
-    max_streams.saturating_mul(STREAM_WINDOW).min((1 << 31) - 1)
+    crate::pool::connection_window(max_streams)
 }
 
 /// The `method` label of every call whose path is not a method of the compiled schema.

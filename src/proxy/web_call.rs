@@ -1,10 +1,11 @@
 //! A grpc-web call: re-labelled as gRPC, forwarded like any call, re-framed on the way back.
 
-use http::{HeaderValue, Request, Response, Uri, Version, header, request::Parts, uri::Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use crate::proxy::{
     Proxy,
+    authority::{BadAuthority, authority_from_host},
     body::ResponseBody,
     request_body::RequestBody,
     web::{self, Base64Decode, GrpcWebBody, Mode},
@@ -14,7 +15,9 @@ impl Proxy {
     pub(super) async fn grpc_web(&self, req: Request<Incoming>, mode: Mode) -> Response<ResponseBody> {
         let origin = req.headers().get(header::ORIGIN).cloned();
         let (mut parts, body) = req.into_parts();
-        authority_from_host(&mut parts);
+        if let Err(e) = authority_from_host(&mut parts) {
+            return bad_request(e);
+        }
         let h = &mut parts.headers;
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -39,44 +42,9 @@ impl Proxy {
     }
 }
 
-/// Gives an HTTP/1.1 request (origin-form URI, authority in `Host`) the `:authority` its caller named, before the
-/// `Host` header is dropped for HTTP/2: backends route and authorise on it, so it must be the caller's on every
-/// protocol (RFC 9113 §8.3.1: a proxy converting HTTP/1.1 puts the `Host` value in `:authority`). An HTTP/2 request
-/// already carries it in its URI and is left alone; a `Host` that is not a valid authority is ignored.
-pub(super) fn authority_from_host(parts: &mut Parts) {
-    if parts.uri.authority().is_some() {
-        return;
-    }
-    let Some(authority) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()?.parse().ok()) else {
-        return;
-    };
-    let mut uri = parts.uri.clone().into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
-    if let Ok(uri) = Uri::from_parts(uri) {
-        parts.uri = uri;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_becomes_the_authority_of_an_http1_request() {
-        let req = Request::post("/hello.v1.HelloService/SayHello").header("host", "api.example.test:8443").body(());
-        let (mut parts, ()) = req.expect("valid").into_parts();
-        authority_from_host(&mut parts);
-        assert_eq!(parts.uri.to_string(), "http://api.example.test:8443/hello.v1.HelloService/SayHello");
-
-        let req = Request::post("http://caller.test/x").header("host", "other.test").body(());
-        let (mut parts, ()) = req.expect("valid").into_parts();
-        authority_from_host(&mut parts);
-        assert_eq!(parts.uri.authority().map(|a| a.as_str()), Some("caller.test"), "HTTP/2 keeps :authority");
-
-        let req = Request::post("/x").header("host", "bad host").body(());
-        let (mut parts, ()) = req.expect("valid").into_parts();
-        authority_from_host(&mut parts);
-        assert_eq!(parts.uri.authority(), None);
-    }
+/// HTTP 400 for a request whose authority is refused ([`authority_from_host`]).
+pub(super) fn bad_request(e: BadAuthority) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::text(format!("bad request: {e}\n")));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res
 }

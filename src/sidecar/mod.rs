@@ -73,6 +73,7 @@ pub async fn start(
             connect_timeout: args.connect_timeout,
             keepalive_interval: args.keepalive_interval,
             max_header_list_bytes: proxy::h2_header_list_limit(args.max_header_bytes),
+            max_streams: args.max_concurrent_calls,
             tls,
             ..Default::default()
         },

@@ -39,6 +39,8 @@ pub enum Scenario {
     ResetBeforeHeaders(u32),
     /// Sends headers and one message, then ends the stream without trailers.
     NoStatus,
+    /// Sends headers and one message, then trailers without `grpc-status`.
+    BareTrailers,
     /// A Trailers-Only `INVALID_ARGUMENT` with this `grpc-status-details-bin` value.
     Details(String),
 }
@@ -54,6 +56,7 @@ impl Scenario {
             "reset" => Scenario::ResetAfterMessage(arg.parse().unwrap_or(0)),
             "reset-early" => Scenario::ResetBeforeHeaders(arg.parse().unwrap_or(0)),
             "no-status" => Scenario::NoStatus,
+            "bare-trailers" => Scenario::BareTrailers,
             "details" => Scenario::Details(arg.to_owned()),
             _ => Scenario::Hello,
         }
@@ -203,6 +206,14 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
             read_all(&mut body).await;
             let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
             let _ = tx.send_data(hello_reply("no status follows"), true);
+        }
+        Scenario::BareTrailers => {
+            read_all(&mut body).await;
+            let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
+            let _ = tx.send_data(hello_reply("trailers follow"), false);
+            let mut t = http::HeaderMap::new();
+            t.insert("x-trailer", HeaderValue::from_static("no status"));
+            let _ = tx.send_trailers(t);
         }
         Scenario::Details(bin) => {
             read_all(&mut body).await;

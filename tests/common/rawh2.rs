@@ -84,6 +84,9 @@ pub enum HeaderShape {
     Split(usize),
     /// HEADERS without END_HEADERS, then this many empty CONTINUATION frames (a CONTINUATION flood).
     Flood(usize),
+    /// 4 MiB of DATA at once, whatever the stream window: the receiving HTTP/2 stack resets the stream itself
+    /// (RST_STREAM FLOW_CONTROL_ERROR sent by the sidecar's h2, not by the backend; RFC 9113 §6.9.1).
+    Overflow,
 }
 
 /// A raw backend on `ip:8080`: answers each call with OK and one `HelloResponse`, its response headers shaped by
@@ -148,6 +151,14 @@ fn respond(s: &mut TcpStream, stream: u32, shape: Option<HeaderShape>) -> std::i
                 let flags = if i + 1 == rest.len() { END_HEADERS } else { 0 };
                 out.extend(frame(CONTINUATION, flags, stream, p));
             }
+        }
+        Some(HeaderShape::Overflow) => {
+            out.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            let chunk = vec![0u8; 16_384];
+            for _ in 0..256 {
+                out.extend(frame(DATA, 0, stream, &chunk));
+            }
+            return s.write_all(&out);
         }
         Some(HeaderShape::Flood(n)) => {
             out.extend(frame(HEADERS, 0, stream, &block));
