@@ -6,10 +6,14 @@
 //!
 //! # Where a call goes
 //!
-//! - [`proxy`]: the inbound HTTP/2 listener and the per-call policy — route by `:path`, apply the deadline, pick
-//!   an endpoint, forward frames untouched, retry only what is safe, and turn every failure into a gRPC status
-//!   ([`proxy::error`] is the one place that does that). grpc-web and Connect callers are translated to gRPC
-//!   on the way in and back ([`proxy::web`], [`proxy::connect`]).
+//! listener → route → target → balancer → endpoint → connection:
+//!
+//! - [`proxy`]: the inbound HTTP/2 listener and the per-call policy — find the route, apply the deadline and the
+//!   method's [`service_config`] policy, pick an endpoint, forward frames untouched, retry only what is safe, and
+//!   turn every failure into a gRPC status ([`proxy::error`] is the one place that does that). grpc-web and
+//!   Connect callers are translated to gRPC on the way in and back ([`proxy::web`], [`proxy::connect`]).
+//! - [`routes`]: `--route SERVICE=TARGET` and the table that maps a call's service to its target.
+//! - [`target`]: one discovery source with its balancer, shared by the routes that name it.
 //! - [`balance`]: the set of endpoints and the choice among them (power of two choices over Peak-EWMA latency),
 //!   with failure accrual (ejection).
 //! - [`pool`]: one multiplexed HTTP/2 connection per endpoint (more only at the peer's stream limit), kept up
@@ -19,6 +23,8 @@
 //!
 //! # Around it
 //!
+//! Fixtures, not product (kept in the binary because the README's first command, the demo, needs them):
+//!
 //! - [`server`]: the backend `HelloService` with fault-injection knobs: the test fixture and the demo's pods.
 //! - [`kube_standin`]: a Kubernetes API stand-in (EndpointSlice list/watch) and a small EndpointSlice controller,
 //!   so tests and [`demo`] can run a cluster on one machine.
@@ -26,7 +32,8 @@
 //!   [`pool`] per target and by [`inbound`], the server-side half that terminates mTLS in front of an app.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/debug/endpoints`; [`telemetry`]: logs and Prometheus metrics.
 //! - [`client`]: the `call` subcommand; [`cli`]: flags, env vars and their parsing; [`grpc`]: small wire helpers;
-//!   [`sidecar`]: wiring of the sidecar role; [`shutdown`]: SIGTERM handling.
+//!   [`sidecar`]: wiring of the sidecar role (routes, targets, health per service, admin state);
+//!   [`shutdown`]: SIGTERM handling.
 //! - [`inject`]: the `inject` subcommand — adds the sidecar to Kubernetes workload YAML.
 
 pub mod admin;
