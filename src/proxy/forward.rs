@@ -79,7 +79,7 @@ impl Proxy {
         let Some(balancer) = self.routes.get(path).cloned() else {
             return Err(ProxyError::Unimplemented(path.to_owned()));
         };
-        let policy = self.service_config.lookup(path).cloned();
+        let policy = if self.service_config.is_empty() { None } else { self.service_config.lookup(path).cloned() };
         let asked = match req.headers().get("grpc-timeout") {
             Some(v) => Some(
                 parse_timeout(v.as_bytes())
@@ -111,7 +111,9 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // gRPC over HTTP/2 requires `te: trailers`; stock servers (grpcio) reset a request without it, so it is
         // sent whatever the caller omitted (curl and some HTTP libraries do).
-        parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if parts.headers.get(http::header::TE).is_none_or(|v| v != "trailers") {
+            parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
         let origin = ReplayBody::new(body, RETRY_BUFFER, self.config.max_message_bytes);
         // `waitForReady` calls wait for an endpoint up to their deadline; the others fail fast.
         let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
