@@ -430,3 +430,78 @@ async fn an_app_that_is_down_behind_the_inbound_proxy_is_unavailable() {
     let series = format!("hello_inbound_requests_total{{client_id=\"{CHECKOUT_ID}\",outcome=\"unavailable\"}}");
     assert!(metric(&m, &series) >= 1, "{m}");
 }
+
+/// An h2c app that answers each request, after reading its body and trailers, with the
+/// `x-hello-sidecar-client-id` values it saw in the request trailers (`x-trailer-client-id`, "none" if absent).
+async fn trailer_echo_app(listener: tokio::net::TcpListener) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+                    let seen: Vec<&str> =
+                        trailers.get_all("x-hello-sidecar-client-id").iter().map(|v| v.to_str().unwrap()).collect();
+                    let seen = if seen.is_empty() { "none".to_owned() } else { seen.join(",") };
+                    let res = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "0")
+                        .header("x-trailer-client-id", seen)
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(res, true);
+                });
+            }
+        });
+    }
+}
+
+/// README: "a caller's own copy is removed". HTTP/2 request trailers reach apps that read them (Go's
+/// `r.Trailer`), so an allowed caller putting someone else's identity there must not get it through
+/// (review of issue 15).
+#[tokio::test]
+async fn a_callers_identity_header_in_request_trailers_does_not_reach_the_app() {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let dir = temp_dir("trailers");
+    let ca = Ca::new("test CA");
+    let app = SocketAddr::from((fresh_ip(), 8080));
+    tokio::spawn(trailer_echo_app(tokio::net::TcpListener::bind(app).await.unwrap()));
+    let (crt, key) = ca.issue(&dir, "backend", "backend.test", 1, false);
+    let inbound = Inbound::start(app, &crt, &key, &ca.write(&dir, "ca"), &["spiffe://td.test/ns/shop/*"]);
+
+    // A caller with a valid certificate, over TLS + h2, with an identity claim in its trailers.
+    let (cli_crt, cli_key) = ca.make(CHECKOUT_ID, 2, false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cli_crt.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(cli_key.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(hello_sidecar::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(inbound.addr).await.unwrap();
+    let name = ServerName::try_from("backend.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (mut tx, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("https://{}/hello.v1.HelloService/SayHello", inbound.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (res, mut body) = tx.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x03\x0a\x01x"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-hello-sidecar-client-id", "spiffe://td.test/ns/ops/sa/admin".parse().unwrap());
+    body.send_trailers(trailers).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), res).await.unwrap().unwrap();
+    let seen = res.headers().get("x-trailer-client-id").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(seen.as_deref(), Some("none"), "the app received the caller's own identity claim in the trailers");
+}

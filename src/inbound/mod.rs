@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod stats;
+pub mod strip;
 
 use std::{
     convert::Infallible,
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 use self::{
     app::App,
     stats::{Outcome, Stats},
+    strip::StripTrailer,
 };
 use crate::{
     admin,
@@ -42,7 +44,8 @@ use crate::{
     tls::{AllowList, ServerTls, SpiffeId, TlsError, verify},
 };
 
-/// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed.
+/// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed
+/// from the request headers and from the request trailers ([`strip::StripTrailer`]).
 pub const CLIENT_ID_HEADER: &str = "x-hello-sidecar-client-id";
 
 /// A response to the caller: the app's, or one made here.
@@ -244,6 +247,7 @@ impl Inbound {
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
         headers.insert(CLIENT_ID_HEADER, id.clone());
         *req.uri_mut() = absolute(req.uri(), self.app.addr());
+        let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
             Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
             Err(e) => Err(e),
