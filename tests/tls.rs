@@ -302,6 +302,64 @@ async fn certificates_rotated_on_disk_under_load_fail_no_call() {
     );
 }
 
+/// Make-before-break holds when the new certificate does not work: a sidecar certificate rotated to one the
+/// backend refuses (another CA) keeps the old connection serving, warns, backs off and retries the new files, and
+/// a good certificate after it is taken up (review of issue 15).
+#[tokio::test]
+async fn a_rotated_certificate_the_backend_refuses_keeps_the_old_connection_serving() {
+    let dir = temp_dir("rotate-bad");
+    let ca = Ca::new("test CA");
+    let other_ca = Ca::new("someone else's CA");
+    let (_app, inbound) = backend_behind_inbound(&dir, &ca);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 0x100, false);
+    let ca_file = ca.write(&dir, "ca");
+    let target = format!("static:///{}", inbound.addr);
+    let log = dir.join("sidecar.log");
+    let (mut proc, addr, _admin) = sidecar_logging(&target, &tls_flags(&crt, &key, &ca_file, BACKEND_ID), &log);
+    let serials = || http_get(inbound.admin, "/debug/endpoints").unwrap_or_default();
+    wait_for("the first client certificate in use", Duration::from_secs(10), || {
+        serials().contains("\"serial\": \"0100\"").then_some(())
+    });
+    let load = Load::start(&hello_sidecar::client::connect(&addr.to_string()).unwrap(), 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A certificate from a CA the backend does not trust: key first, so the pair is never half-new for long.
+    let (bad_cert, bad_key) = other_ca.make(CHECKOUT_ID, 0x200, false);
+    install(&key, &bad_key);
+    install(&crt, &bad_cert);
+    wait_for("the new certificate tried and refused", Duration::from_secs(20), || {
+        (metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total") >= 2).then_some(())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
+    assert!(failures <= 30, "{failures} refused handshakes: the endpoint is hammered, not backed off");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("WARN") && l.contains("previous connection keeps serving")),
+        "no WARN line for the failed new connect: {text}"
+    );
+
+    // A good certificate again: taken up, and no call failed throughout.
+    let (good_cert, good_key) = ca.make(CHECKOUT_ID, 0x300, false);
+    install(&key, &good_key);
+    install(&crt, &good_cert);
+    wait_for("the good new client certificate in use", Duration::from_secs(20), || {
+        serials().contains("\"serial\": \"0300\"").then_some(())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcomes = load.stop().await;
+    let failed = common::cluster::failures(&outcomes);
+    assert!(outcomes.len() > 100, "{} calls", outcomes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(proc.is_running());
+}
+
 #[test]
 fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
     let dir = temp_dir("flags");
