@@ -60,8 +60,27 @@ impl ClientTls {
             Identity::Dns(name) => name.clone(),
             Identity::Spiffe(_) => ServerName::IpAddress(addr.ip().into()),
         };
-        TlsConnector::from(self.config.current()).connect(name, tcp).await.map_err(readable)
+        let tls = TlsConnector::from(self.config.current()).connect(name, tcp).await.map_err(readable)?;
+        check_alpn(tls.get_ref().1.alpn_protocol())?;
+        Ok(tls)
     }
+}
+
+/// gRPC runs on HTTP/2 only, so the backend must pick `h2` by ALPN (RFC 7301 §3.2; gRPC's PROTOCOL-HTTP2 doc).
+/// rustls accepts a server that ignores ALPN; this refuses it rather than speak HTTP/2 to an HTTP/1.1 server.
+/// Errors: `InvalidData`, naming ALPN and what the server chose.
+fn check_alpn(chosen: Option<&[u8]>) -> std::io::Result<()> {
+    if chosen == Some(ALPN_H2) {
+        return Ok(());
+    }
+    let chosen = match chosen {
+        None => "none".to_owned(),
+        Some(p) => format!("'{}'", String::from_utf8_lossy(p)),
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("ALPN: the server did not negotiate h2 (chose {chosen}); gRPC needs HTTP/2"),
+    ))
 }
 
 /// rustls prints a custom certificate error with `Debug`; this says it in words (`invalid peer certificate:
@@ -98,4 +117,18 @@ fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientCo
         .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_h2_passes_the_alpn_check() {
+        assert!(check_alpn(Some(b"h2")).is_ok());
+        for (chosen, named) in [(None, "chose none"), (Some(&b"http/1.1"[..]), "chose 'http/1.1'")] {
+            let e = check_alpn(chosen).unwrap_err().to_string();
+            assert!(e.contains("ALPN") && e.contains(named), "{e}");
+        }
+    }
 }
