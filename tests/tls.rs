@@ -367,6 +367,10 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
     let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 1, false);
     let ca_file = ca.write(&dir, "ca");
     let missing = dir.join("missing.crt");
+    // A key of another certificate, and a CA file whose CERTIFICATE block is not DER X.509.
+    let (_, other_key) = ca.issue(&dir, "other", CHECKOUT_ID, 2, false);
+    let bad_ca = dir.join("bad-ca.pem");
+    std::fs::write(&bad_ca, "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n").unwrap();
     let sidecar =
         ["sidecar", "--target", "static:///127.0.0.1:8443", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     let inbound = ["inbound", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
@@ -375,6 +379,33 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
         ([&sidecar[..], &tls_flags(&crt, &crt, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
         ([&sidecar[..], &tls_flags(&crt, &key, &ca_file, "spiffe://TD/x")].concat(), "--tls-server-identity"),
         ([&sidecar[..], &["--tls-cert", s(&crt)]].concat(), "--tls-key"),
+        ([&sidecar[..], &tls_flags(&crt, &other_key, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
+        ([&sidecar[..], &tls_flags(&crt, &key, &bad_ca, BACKEND_ID)].concat(), "not a valid certificate"),
+        (
+            [
+                &inbound[..],
+                &[
+                    "--tls-cert",
+                    s(&crt),
+                    "--tls-key",
+                    s(&other_key),
+                    "--tls-ca",
+                    s(&ca_file),
+                    "--allow",
+                    "spiffe://td/ns/a/*",
+                ],
+            ]
+            .concat(),
+            "--tls-key",
+        ),
+        (
+            [
+                &inbound[..],
+                &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&bad_ca), "--allow", "spiffe://td/ns/a/*"],
+            ]
+            .concat(),
+            "--tls-ca",
+        ),
         ([&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]].concat(), "--allow"),
         (
             [&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]]

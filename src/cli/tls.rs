@@ -19,7 +19,7 @@ pub struct TlsArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// mTLS: PEM bundle of the CA(s) a backend's certificate must chain to.
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file, requires = "tls_cert")]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file, requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
     /// mTLS: who the backends must be: a SPIFFE ID (spiffe://TRUST_DOMAIN/ns/NS/sa/SA, matched against the
     /// certificate's URI SAN) or a DNS name (matched against its DNS SAN, and sent as SNI).
@@ -49,7 +49,7 @@ pub struct ServerTlsArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// mTLS: PEM CA bundle callers' client certificates must chain to (client certificates are required).
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file, requires = "tls_cert")]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file, requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -79,7 +79,7 @@ pub struct InboundArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file)]
     pub tls_key: PathBuf,
     /// PEM bundle of the CA(s) a caller's client certificate must chain to (client certificates are required).
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file)]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file)]
     pub tls_ca: PathBuf,
     /// Callers let through, by SPIFFE ID: `spiffe://TD/ns/NS/sa/SA`, or `spiffe://TD/ns/NS/*` for a whole
     /// namespace. Repeatable (comma-separated in the env var). Others get PERMISSION_DENIED.
@@ -97,6 +97,20 @@ impl InboundArgs {
     /// The allow list.
     pub fn allow_list(&self) -> AllowList {
         AllowList(self.allow.clone())
+    }
+}
+
+/// Checks what the flags of `command` name together and one flag's parser cannot: that `--tls-key` matches
+/// `--tls-cert`, and that the whole TLS config builds. Run before starting, so a bad pair is a bad flag (one line
+/// naming it, exit 2) rather than a start-up failure. Errors: [`tls::TlsError`], naming the flag.
+pub fn check(command: &super::Command) -> Result<(), tls::TlsError> {
+    match command {
+        super::Command::Sidecar(args) => args.tls.settings().map_or(Ok(()), |s| tls::ClientTls::check(&s)),
+        super::Command::Server(args) => {
+            args.tls.files().map_or(Ok(()), |(cert, key, ca)| tls::ServerTls::check(&cert, &key, &ca))
+        }
+        super::Command::Inbound(args) => tls::ServerTls::check(&args.tls_cert, &args.tls_key, &args.tls_ca),
+        _ => Ok(()),
     }
 }
 

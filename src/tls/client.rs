@@ -2,7 +2,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -41,6 +41,15 @@ impl ClientTls {
         let build = move |c: &[Vec<u8>]| build(&s, &c[0], &c[1], &c[2]);
         let config = Reloading::spawn(files, build, POLL_INTERVAL)?;
         Ok(Arc::new(Self { config, identity }))
+    }
+
+    /// Reads and builds `settings` once, without following the files (a start-up check of the flags, no runtime
+    /// needed). Errors as [`ClientTls::new`].
+    pub fn check(settings: &TlsSettings) -> Result<(), TlsError> {
+        let read = |flag, path| super::read(flag, path);
+        let (cert, key, ca) =
+            (read("--tls-cert", &settings.cert)?, read("--tls-key", &settings.key)?, read("--tls-ca", &settings.ca)?);
+        build(settings, &cert, &key, &ca).map(drop)
     }
 
     /// Who the backend must be.
@@ -98,14 +107,7 @@ fn readable(e: std::io::Error) -> std::io::Error {
 fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientConfig, TlsError> {
     let chain = parse_certs("--tls-cert", &s.cert, cert)?;
     let key = parse_key("--tls-key", &s.key, key)?;
-    let mut roots = RootCertStore::empty();
-    for ca_cert in parse_certs("--tls-ca", &s.ca, ca)? {
-        roots.add(ca_cert).map_err(|e| TlsError::Pem {
-            flag: "--tls-ca",
-            path: s.ca.clone(),
-            reason: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
+    let roots = super::roots("--tls-ca", &s.ca, ca)?;
     let provider = super::provider();
     let verifier = BackendVerifier::new(Arc::new(roots), s.server_identity.clone(), provider.clone());
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -114,7 +116,7 @@ fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientCo
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        .map_err(|e| super::pair_error(e, &s.cert, &s.key))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }
