@@ -379,6 +379,14 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
         ([&sidecar[..], &tls_flags(&crt, &crt, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
         ([&sidecar[..], &tls_flags(&crt, &key, &ca_file, "spiffe://TD/x")].concat(), "--tls-server-identity"),
         ([&sidecar[..], &["--tls-cert", s(&crt)]].concat(), "--tls-key"),
+        (
+            [&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]]
+                .concat()
+                .into_iter()
+                .chain(["--allow", "spiffe://td/ns/a/*", "--handshake-timeout", "0s"])
+                .collect(),
+            "--handshake-timeout",
+        ),
         ([&sidecar[..], &tls_flags(&crt, &other_key, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
         ([&sidecar[..], &tls_flags(&crt, &key, &bad_ca, BACKEND_ID)].concat(), "not a valid certificate"),
         (
@@ -593,4 +601,55 @@ async fn a_callers_identity_header_in_request_trailers_does_not_reach_the_app() 
     let res = tokio::time::timeout(Duration::from_secs(10), res).await.unwrap().unwrap();
     let seen = res.headers().get("x-trailer-client-id").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(seen.as_deref(), Some("none"), "the app received the caller's own identity claim in the trailers");
+}
+
+/// Handshakes pending at once are capped (`--max-pending-handshakes`): idle connections that never start TLS hold
+/// the slots, a connection beyond them is closed at once and counted, and a slot freed serves the next caller.
+#[test]
+fn connections_beyond_the_pending_handshake_cap_are_closed_at_once_and_counted() {
+    use std::io::Read;
+    let dir = temp_dir("pending");
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.issue(&dir, "backend", BACKEND_ID, 1, false);
+    let ca_file = ca.write(&dir, "ca");
+    let ip = fresh_ip();
+    let (addr, admin) = (SocketAddr::from((ip, 8443)), SocketAddr::from((ip, 9903)));
+    let (l, a) = (addr.to_string(), admin.to_string());
+    let mut args = vec!["inbound", "--listen", &l, "--admin", &a, "--forward", "127.0.0.1:9"];
+    args.extend(["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]);
+    args.extend([
+        "--allow",
+        "spiffe://td.test/ns/shop/*",
+        "--max-pending-handshakes",
+        "2",
+        "--handshake-timeout",
+        "60s",
+    ]);
+    let _proc = Proc::spawn("inbound", &args);
+    wait_for("inbound admin", Duration::from_secs(20), || http_get(admin, "/ready"));
+    let metrics = || http_get(admin, "/metrics").unwrap_or_default();
+
+    let idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // The accept loop takes the two idle connections' slots; the third connection is closed at once.
+    wait_for("the third connection shed", Duration::from_secs(10), || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let closed = matches!(tcp.read(&mut buf), Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4);
+        (closed && metric(&metrics(), "hello_inbound_handshakes_shed_total") >= 1).then_some(())
+    });
+    assert_eq!(metric(&metrics(), "hello_inbound_tls_handshake_failures_total"), 0);
+    drop(idle);
+    // Slots freed (the idle connections' handshakes fail at EOF): a new connection gets a handshake again.
+    wait_for("the slots freed", Duration::from_secs(10), || {
+        (metric(&metrics(), "hello_inbound_tls_handshake_failures_total") == 2).then_some(())
+    });
+    let shed = metric(&metrics(), "hello_inbound_handshakes_shed_total");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut tcp, b"not a TLS ClientHello\r\n").unwrap();
+    wait_for("the next connection handshaken", Duration::from_secs(10), || {
+        (metric(&metrics(), "hello_inbound_tls_handshake_failures_total") == 3).then_some(())
+    });
+    assert_eq!(metric(&metrics(), "hello_inbound_handshakes_shed_total"), shed);
 }

@@ -85,9 +85,14 @@ pub struct InboundArgs {
     /// namespace. Repeatable (comma-separated in the env var). Others get PERMISSION_DENIED.
     #[arg(long = "allow", env = "HELLO_SIDECAR_ALLOW", value_delimiter = ',', required = true, value_parser = parse_allow)]
     pub allow: Vec<AllowRule>,
-    /// Timeout of a TLS handshake with a caller.
-    #[arg(long, env = "HELLO_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Timeout of a TLS handshake with a caller (more than 0).
+    #[arg(long, env = "HELLO_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_handshake_timeout)]
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once, at most; a connection beyond it is closed at once and counted
+    /// (`hello_inbound_handshakes_shed_total`), so slow or idle callers cannot pile up handshakes.
+    #[arg(long, env = "HELLO_SIDECAR_MAX_PENDING_HANDSHAKES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_handshakes: u32,
     /// How long SIGTERM waits for calls in flight before closing.
     #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -111,6 +116,13 @@ pub fn check(command: &super::Command) -> Result<(), tls::TlsError> {
         }
         super::Command::Inbound(args) => tls::ServerTls::check(&args.tls_cert, &args.tls_key, &args.tls_ca),
         _ => Ok(()),
+    }
+}
+
+fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0 (a TLS handshake takes a round trip or two)".to_owned()),
+        d => Ok(d),
     }
 }
 
