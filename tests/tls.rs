@@ -338,6 +338,12 @@ async fn a_rotated_certificate_the_backend_refuses_keeps_the_old_connection_serv
         text.lines().any(|l| l.contains("WARN") && l.contains("previous connection keeps serving")),
         "no WARN line for the failed new connect: {text}"
     );
+    // The reload names the new certificate's serial and expiry.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("certificates reloaded") && l.contains("serial=0200") && l.contains("not_after=")),
+        "{text}"
+    );
 
     // A good certificate again: taken up, and no call failed throughout.
     let (good_cert, good_key) = ca.make(CHECKOUT_ID, 0x300, false);
@@ -652,4 +658,24 @@ fn connections_beyond_the_pending_handshake_cap_are_closed_at_once_and_counted()
         (metric(&metrics(), "hello_inbound_tls_handshake_failures_total") == 3).then_some(())
     });
     assert_eq!(metric(&metrics(), "hello_inbound_handshakes_shed_total"), shed);
+}
+
+/// The sidecar warns at start when its own certificate has expired (peers will refuse it), naming serial and expiry.
+#[test]
+fn an_expired_own_certificate_is_a_warning_at_start() {
+    let dir = temp_dir("own-expired");
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 0x42, true);
+    let ca_file = ca.write(&dir, "ca");
+    let log = dir.join("sidecar.log");
+    let (_proc, _addr, _admin) =
+        sidecar_logging("static:///127.0.0.1:9", &tls_flags(&crt, &key, &ca_file, BACKEND_ID), &log);
+    wait_for("the expiry warning", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .any(|l| {
+                l.contains("WARN") && l.contains("has expired") && l.contains("serial=42") && l.contains("2020-01-01")
+            })
+            .then_some(())
+    });
 }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod leaf;
 pub mod reload;
 pub mod server;
 pub mod stream;
