@@ -679,3 +679,53 @@ fn an_expired_own_certificate_is_a_warning_at_start() {
             .then_some(())
     });
 }
+
+/// A TLS backend that does not choose `h2` by ALPN (an HTTP/1.1-only server, say) is refused after the handshake:
+/// UNAVAILABLE naming ALPN, and reconnects back off (review of issue 15).
+#[tokio::test]
+async fn a_backend_that_does_not_negotiate_h2_is_unavailable_naming_alpn() {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let dir = temp_dir("alpn");
+    let ca = Ca::new("test CA");
+    let (srv_crt, srv_key) = ca.make(BACKEND_ID, 1, false);
+    let chain = vec![CertificateDer::from_pem_slice(srv_crt.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(srv_key.as_bytes()).unwrap();
+    // No alpn_protocols: the server answers without choosing one.
+    let config = rustls::ServerConfig::builder_with_provider(hello_sidecar::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let backend = SocketAddr::from((fresh_ip(), 8443));
+    let listener = tokio::net::TcpListener::bind(backend).await.unwrap();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tls);
+                }
+            });
+        }
+    });
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let ca_file = ca.write(&dir, "ca");
+    let sidecar = Sidecar::start(&format!("static:///{backend}"), &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+    let mut client = sidecar.client();
+    let started = Instant::now();
+    let mut named = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        let o = hello_sidecar::client::call_once(&mut client, "x", Some(Duration::from_secs(2))).await;
+        assert_eq!(o.code, Code::Unavailable, "{o:?}");
+        named |= o.message.contains("ALPN") && o.message.contains("h2");
+    }
+    assert!(named, "no call named ALPN");
+    let n = handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=20).contains(&n), "{n} handshakes in 3 s: not backed off");
+}
