@@ -41,7 +41,7 @@ use crate::{
     admin,
     cli::InboundArgs,
     proxy::error::status_response,
-    tls::{AllowList, ServerTls, SpiffeId, TlsError, verify},
+    tls::{AllowList, ServerTls, TlsError, verify},
 };
 
 /// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed
@@ -248,8 +248,9 @@ async fn handshake(
         }
     };
     let leaf = io.get_ref().1.peer_certificates().and_then(|c| c.first());
-    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard.
-    let id = leaf.and_then(verify::spiffe_id).filter(|id| id.parse::<SpiffeId>().is_ok());
+    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard
+    // (`spiffe_id` checks it, and that it is the certificate's only URI SAN).
+    let id = leaf.and_then(verify::spiffe_id);
     let serial = leaf.and_then(verify::serial_hex).unwrap_or_default();
     let label = id.clone().unwrap_or_else(|| "none".to_owned());
     inbound.stats.connected(&label, &serial);
@@ -266,8 +267,8 @@ impl Inbound {
             self.stats.record(&peer.label, Outcome::Unauthenticated);
             return answer(
                 Code::Unauthenticated,
-                "the client certificate carries no valid SPIFFE ID (one spiffe:// URI SAN); the inbound proxy knows \
-                 callers only by that",
+                "the client certificate carries no valid SPIFFE ID (exactly one URI SAN, a spiffe:// ID: X509-SVID \
+                 §2); the inbound proxy knows callers only by that",
             );
         };
         if !self.allow.allows(&peer.label) {
