@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
 
 mod tls;
-pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs};
+pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs, check as check_tls};
 
 /// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
 #[derive(Debug, Parser)]

@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         eprintln!("error: invalid value for '--route': {e}");
         return ExitCode::from(2);
     }
+    // A key that does not match its certificate, a CA bundle rustls cannot use: bad flag values too.
+    if let Err(e) = hello_sidecar::cli::check_tls(&cli.command) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // `inject` is a filter: no runtime, no logs, YAML on stdout, one line and exit 2 for bad input.
     if let Command::Inject(args) = &cli.command {
         return match inject::run(args) {

@@ -302,6 +302,70 @@ async fn certificates_rotated_on_disk_under_load_fail_no_call() {
     );
 }
 
+/// Make-before-break holds when the new certificate does not work: a sidecar certificate rotated to one the
+/// backend refuses (another CA) keeps the old connection serving, warns, backs off and retries the new files, and
+/// a good certificate after it is taken up (review of issue 15).
+#[tokio::test]
+async fn a_rotated_certificate_the_backend_refuses_keeps_the_old_connection_serving() {
+    let dir = temp_dir("rotate-bad");
+    let ca = Ca::new("test CA");
+    let other_ca = Ca::new("someone else's CA");
+    let (_app, inbound) = backend_behind_inbound(&dir, &ca);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 0x100, false);
+    let ca_file = ca.write(&dir, "ca");
+    let target = format!("static:///{}", inbound.addr);
+    let log = dir.join("sidecar.log");
+    let (mut proc, addr, _admin) = sidecar_logging(&target, &tls_flags(&crt, &key, &ca_file, BACKEND_ID), &log);
+    let serials = || http_get(inbound.admin, "/debug/endpoints").unwrap_or_default();
+    wait_for("the first client certificate in use", Duration::from_secs(10), || {
+        serials().contains("\"serial\": \"0100\"").then_some(())
+    });
+    let load = Load::start(&hello_sidecar::client::connect(&addr.to_string()).unwrap(), 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A certificate from a CA the backend does not trust: key first, so the pair is never half-new for long.
+    let (bad_cert, bad_key) = other_ca.make(CHECKOUT_ID, 0x200, false);
+    install(&key, &bad_key);
+    install(&crt, &bad_cert);
+    wait_for("the new certificate tried and refused", Duration::from_secs(20), || {
+        (metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total") >= 2).then_some(())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = metric(&inbound.metrics(), "hello_inbound_tls_handshake_failures_total");
+    assert!(failures <= 30, "{failures} refused handshakes: the endpoint is hammered, not backed off");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("WARN") && l.contains("previous connection keeps serving")),
+        "no WARN line for the failed new connect: {text}"
+    );
+    // The reload names the new certificate's serial and expiry.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("certificates reloaded") && l.contains("serial=0200") && l.contains("not_after=")),
+        "{text}"
+    );
+
+    // A good certificate again: taken up, and no call failed throughout.
+    let (good_cert, good_key) = ca.make(CHECKOUT_ID, 0x300, false);
+    install(&key, &good_key);
+    install(&crt, &good_cert);
+    wait_for("the good new client certificate in use", Duration::from_secs(20), || {
+        serials().contains("\"serial\": \"0300\"").then_some(())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcomes = load.stop().await;
+    let failed = common::cluster::failures(&outcomes);
+    assert!(outcomes.len() > 100, "{} calls", outcomes.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(proc.is_running());
+}
+
 #[test]
 fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
     let dir = temp_dir("flags");
@@ -309,6 +373,10 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
     let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 1, false);
     let ca_file = ca.write(&dir, "ca");
     let missing = dir.join("missing.crt");
+    // A key of another certificate, and a CA file whose CERTIFICATE block is not DER X.509.
+    let (_, other_key) = ca.issue(&dir, "other", CHECKOUT_ID, 2, false);
+    let bad_ca = dir.join("bad-ca.pem");
+    std::fs::write(&bad_ca, "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n").unwrap();
     let sidecar =
         ["sidecar", "--target", "static:///127.0.0.1:8443", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     let inbound = ["inbound", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
@@ -317,6 +385,41 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
         ([&sidecar[..], &tls_flags(&crt, &crt, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
         ([&sidecar[..], &tls_flags(&crt, &key, &ca_file, "spiffe://TD/x")].concat(), "--tls-server-identity"),
         ([&sidecar[..], &["--tls-cert", s(&crt)]].concat(), "--tls-key"),
+        (
+            [&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]]
+                .concat()
+                .into_iter()
+                .chain(["--allow", "spiffe://td/ns/a/*", "--handshake-timeout", "0s"])
+                .collect(),
+            "--handshake-timeout",
+        ),
+        ([&sidecar[..], &tls_flags(&crt, &other_key, &ca_file, BACKEND_ID)].concat(), "--tls-key"),
+        ([&sidecar[..], &tls_flags(&crt, &key, &bad_ca, BACKEND_ID)].concat(), "not a valid certificate"),
+        (
+            [
+                &inbound[..],
+                &[
+                    "--tls-cert",
+                    s(&crt),
+                    "--tls-key",
+                    s(&other_key),
+                    "--tls-ca",
+                    s(&ca_file),
+                    "--allow",
+                    "spiffe://td/ns/a/*",
+                ],
+            ]
+            .concat(),
+            "--tls-key",
+        ),
+        (
+            [
+                &inbound[..],
+                &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&bad_ca), "--allow", "spiffe://td/ns/a/*"],
+            ]
+            .concat(),
+            "--tls-ca",
+        ),
         ([&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]].concat(), "--allow"),
         (
             [&inbound[..], &["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]]
@@ -429,4 +532,200 @@ async fn an_app_that_is_down_behind_the_inbound_proxy_is_unavailable() {
     let m = inbound.metrics();
     let series = format!("hello_inbound_requests_total{{client_id=\"{CHECKOUT_ID}\",outcome=\"unavailable\"}}");
     assert!(metric(&m, &series) >= 1, "{m}");
+}
+
+/// An h2c app that answers each request, after reading its body and trailers, with the
+/// `x-hello-sidecar-client-id` values it saw in the request trailers (`x-trailer-client-id`, "none" if absent).
+async fn trailer_echo_app(listener: tokio::net::TcpListener) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+                    let seen: Vec<&str> =
+                        trailers.get_all("x-hello-sidecar-client-id").iter().map(|v| v.to_str().unwrap()).collect();
+                    let seen = if seen.is_empty() { "none".to_owned() } else { seen.join(",") };
+                    let res = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "0")
+                        .header("x-trailer-client-id", seen)
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(res, true);
+                });
+            }
+        });
+    }
+}
+
+/// README: "a caller's own copy is removed". HTTP/2 request trailers reach apps that read them (Go's
+/// `r.Trailer`), so an allowed caller putting someone else's identity there must not get it through
+/// (review of issue 15).
+#[tokio::test]
+async fn a_callers_identity_header_in_request_trailers_does_not_reach_the_app() {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let dir = temp_dir("trailers");
+    let ca = Ca::new("test CA");
+    let app = SocketAddr::from((fresh_ip(), 8080));
+    tokio::spawn(trailer_echo_app(tokio::net::TcpListener::bind(app).await.unwrap()));
+    let (crt, key) = ca.issue(&dir, "backend", "backend.test", 1, false);
+    let inbound = Inbound::start(app, &crt, &key, &ca.write(&dir, "ca"), &["spiffe://td.test/ns/shop/*"]);
+
+    // A caller with a valid certificate, over TLS + h2, with an identity claim in its trailers.
+    let (cli_crt, cli_key) = ca.make(CHECKOUT_ID, 2, false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cli_crt.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(cli_key.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(hello_sidecar::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(inbound.addr).await.unwrap();
+    let name = ServerName::try_from("backend.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (mut tx, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("https://{}/hello.v1.HelloService/SayHello", inbound.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (res, mut body) = tx.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x03\x0a\x01x"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-hello-sidecar-client-id", "spiffe://td.test/ns/ops/sa/admin".parse().unwrap());
+    body.send_trailers(trailers).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), res).await.unwrap().unwrap();
+    let seen = res.headers().get("x-trailer-client-id").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(seen.as_deref(), Some("none"), "the app received the caller's own identity claim in the trailers");
+}
+
+/// Handshakes pending at once are capped (`--max-pending-handshakes`): idle connections that never start TLS hold
+/// the slots, a connection beyond them is closed at once and counted, and a slot freed serves the next caller.
+#[test]
+fn connections_beyond_the_pending_handshake_cap_are_closed_at_once_and_counted() {
+    use std::io::Read;
+    let dir = temp_dir("pending");
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.issue(&dir, "backend", BACKEND_ID, 1, false);
+    let ca_file = ca.write(&dir, "ca");
+    let ip = fresh_ip();
+    let (addr, admin) = (SocketAddr::from((ip, 8443)), SocketAddr::from((ip, 9903)));
+    let (l, a) = (addr.to_string(), admin.to_string());
+    let mut args = vec!["inbound", "--listen", &l, "--admin", &a, "--forward", "127.0.0.1:9"];
+    args.extend(["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)]);
+    args.extend([
+        "--allow",
+        "spiffe://td.test/ns/shop/*",
+        "--max-pending-handshakes",
+        "2",
+        "--handshake-timeout",
+        "60s",
+    ]);
+    let _proc = Proc::spawn("inbound", &args);
+    wait_for("inbound admin", Duration::from_secs(20), || http_get(admin, "/ready"));
+    let metrics = || http_get(admin, "/metrics").unwrap_or_default();
+
+    let idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // The accept loop takes the two idle connections' slots; the third connection is closed at once.
+    wait_for("the third connection shed", Duration::from_secs(10), || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let closed = matches!(tcp.read(&mut buf), Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4);
+        (closed && metric(&metrics(), "hello_inbound_handshakes_shed_total") >= 1).then_some(())
+    });
+    assert_eq!(metric(&metrics(), "hello_inbound_tls_handshake_failures_total"), 0);
+    drop(idle);
+    // Slots freed (the idle connections' handshakes fail at EOF): a new connection gets a handshake again.
+    wait_for("the slots freed", Duration::from_secs(10), || {
+        (metric(&metrics(), "hello_inbound_tls_handshake_failures_total") == 2).then_some(())
+    });
+    let shed = metric(&metrics(), "hello_inbound_handshakes_shed_total");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut tcp, b"not a TLS ClientHello\r\n").unwrap();
+    wait_for("the next connection handshaken", Duration::from_secs(10), || {
+        (metric(&metrics(), "hello_inbound_tls_handshake_failures_total") == 3).then_some(())
+    });
+    assert_eq!(metric(&metrics(), "hello_inbound_handshakes_shed_total"), shed);
+}
+
+/// The sidecar warns at start when its own certificate has expired (peers will refuse it), naming serial and expiry.
+#[test]
+fn an_expired_own_certificate_is_a_warning_at_start() {
+    let dir = temp_dir("own-expired");
+    let ca = Ca::new("test CA");
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 0x42, true);
+    let ca_file = ca.write(&dir, "ca");
+    let log = dir.join("sidecar.log");
+    let (_proc, _addr, _admin) =
+        sidecar_logging("static:///127.0.0.1:9", &tls_flags(&crt, &key, &ca_file, BACKEND_ID), &log);
+    wait_for("the expiry warning", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .any(|l| {
+                l.contains("WARN") && l.contains("has expired") && l.contains("serial=42") && l.contains("2020-01-01")
+            })
+            .then_some(())
+    });
+}
+
+/// A TLS backend that does not choose `h2` by ALPN (an HTTP/1.1-only server, say) is refused after the handshake:
+/// UNAVAILABLE naming ALPN, and reconnects back off (review of issue 15).
+#[tokio::test]
+async fn a_backend_that_does_not_negotiate_h2_is_unavailable_naming_alpn() {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let dir = temp_dir("alpn");
+    let ca = Ca::new("test CA");
+    let (srv_crt, srv_key) = ca.make(BACKEND_ID, 1, false);
+    let chain = vec![CertificateDer::from_pem_slice(srv_crt.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(srv_key.as_bytes()).unwrap();
+    // No alpn_protocols: the server answers without choosing one.
+    let config = rustls::ServerConfig::builder_with_provider(hello_sidecar::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let backend = SocketAddr::from((fresh_ip(), 8443));
+    let listener = tokio::net::TcpListener::bind(backend).await.unwrap();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tls);
+                }
+            });
+        }
+    });
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let ca_file = ca.write(&dir, "ca");
+    let sidecar = Sidecar::start(&format!("static:///{backend}"), &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+    let mut client = sidecar.client();
+    let started = Instant::now();
+    let mut named = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        let o = hello_sidecar::client::call_once(&mut client, "x", Some(Duration::from_secs(2))).await;
+        assert_eq!(o.code, Code::Unavailable, "{o:?}");
+        named |= o.message.contains("ALPN") && o.message.contains("h2");
+    }
+    assert!(named, "no call named ALPN");
+    let n = handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=20).contains(&n), "{n} handshakes in 3 s: not backed off");
 }

@@ -19,7 +19,7 @@ pub struct TlsArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// mTLS: PEM bundle of the CA(s) a backend's certificate must chain to.
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file, requires = "tls_cert")]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file, requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
     /// mTLS: who the backends must be: a SPIFFE ID (spiffe://TRUST_DOMAIN/ns/NS/sa/SA, matched against the
     /// certificate's URI SAN) or a DNS name (matched against its DNS SAN, and sent as SNI).
@@ -49,7 +49,7 @@ pub struct ServerTlsArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// mTLS: PEM CA bundle callers' client certificates must chain to (client certificates are required).
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file, requires = "tls_cert")]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file, requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -79,15 +79,20 @@ pub struct InboundArgs {
     #[arg(long, env = "HELLO_SIDECAR_TLS_KEY", value_parser = tls::key_file)]
     pub tls_key: PathBuf,
     /// PEM bundle of the CA(s) a caller's client certificate must chain to (client certificates are required).
-    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::cert_file)]
+    #[arg(long, env = "HELLO_SIDECAR_TLS_CA", value_parser = tls::ca_file)]
     pub tls_ca: PathBuf,
     /// Callers let through, by SPIFFE ID: `spiffe://TD/ns/NS/sa/SA`, or `spiffe://TD/ns/NS/*` for a whole
     /// namespace. Repeatable (comma-separated in the env var). Others get PERMISSION_DENIED.
     #[arg(long = "allow", env = "HELLO_SIDECAR_ALLOW", value_delimiter = ',', required = true, value_parser = parse_allow)]
     pub allow: Vec<AllowRule>,
-    /// Timeout of a TLS handshake with a caller.
-    #[arg(long, env = "HELLO_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Timeout of a TLS handshake with a caller (more than 0).
+    #[arg(long, env = "HELLO_SIDECAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_handshake_timeout)]
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once, at most; a connection beyond it is closed at once and counted
+    /// (`hello_inbound_handshakes_shed_total`), so slow or idle callers cannot pile up handshakes.
+    #[arg(long, env = "HELLO_SIDECAR_MAX_PENDING_HANDSHAKES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_handshakes: u32,
     /// How long SIGTERM waits for calls in flight before closing.
     #[arg(long, env = "HELLO_SIDECAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -97,6 +102,27 @@ impl InboundArgs {
     /// The allow list.
     pub fn allow_list(&self) -> AllowList {
         AllowList(self.allow.clone())
+    }
+}
+
+/// Checks what the flags of `command` name together and one flag's parser cannot: that `--tls-key` matches
+/// `--tls-cert`, and that the whole TLS config builds. Run before starting, so a bad pair is a bad flag (one line
+/// naming it, exit 2) rather than a start-up failure. Errors: [`tls::TlsError`], naming the flag.
+pub fn check(command: &super::Command) -> Result<(), tls::TlsError> {
+    match command {
+        super::Command::Sidecar(args) => args.tls.settings().map_or(Ok(()), |s| tls::ClientTls::check(&s)),
+        super::Command::Server(args) => {
+            args.tls.files().map_or(Ok(()), |(cert, key, ca)| tls::ServerTls::check(&cert, &key, &ca))
+        }
+        super::Command::Inbound(args) => tls::ServerTls::check(&args.tls_cert, &args.tls_key, &args.tls_ca),
+        _ => Ok(()),
+    }
+}
+
+fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0 (a TLS handshake takes a round trip or two)".to_owned()),
+        d => Ok(d),
     }
 }
 

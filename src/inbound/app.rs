@@ -11,13 +11,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+/// What goes to the app: the caller's body, its trailers without the identity header.
+pub type AppBody = super::strip::StripTrailer<Incoming>;
+
 /// Connect + HTTP/2 handshake to the app, at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The app's HTTP/2 connection.
 pub struct App {
     addr: SocketAddr,
-    current: RwLock<Option<SendRequest<Incoming>>>,
+    current: RwLock<Option<SendRequest<AppBody>>>,
     /// Serialises reconnects, so a burst of calls after a restart of the app opens one connection, not many.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -33,7 +36,7 @@ impl App {
         self.addr
     }
 
-    fn usable(&self) -> Option<SendRequest<Incoming>> {
+    fn usable(&self) -> Option<SendRequest<AppBody>> {
         match &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
             Some(tx) if !tx.is_closed() => Some(tx.clone()),
             _ => None,
@@ -41,7 +44,7 @@ impl App {
     }
 
     /// A handle to send on, connecting first if needed. Errors: why the app cannot be reached.
-    pub async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
+    pub async fn sender(&self) -> Result<SendRequest<AppBody>, String> {
         if let Some(tx) = self.usable() {
             return Ok(tx);
         }
@@ -56,7 +59,7 @@ impl App {
         Ok(tx)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn connect(&self) -> Result<SendRequest<AppBody>, String> {
         let tcp = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod stats;
+pub mod strip;
 
 use std::{
     convert::Infallible,
@@ -33,16 +34,18 @@ use tracing::{debug, info, warn};
 
 use self::{
     app::App,
-    stats::{Outcome, Stats},
+    stats::{LogEvery, Outcome, Stats},
+    strip::StripTrailer,
 };
 use crate::{
     admin,
     cli::InboundArgs,
     proxy::error::status_response,
-    tls::{AllowList, ServerTls, SpiffeId, TlsError, verify},
+    tls::{AllowList, ServerTls, TlsError, verify},
 };
 
-/// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed.
+/// The request header that carries the verified caller's SPIFFE ID to the app. A caller's own copy is removed
+/// from the request headers and from the request trailers ([`strip::StripTrailer`]).
 pub const CLIENT_ID_HEADER: &str = "x-hello-sidecar-client-id";
 
 /// A response to the caller: the app's, or one made here.
@@ -120,18 +123,33 @@ pub async fn start(
             shutdown.await;
             stats.serving.store(false, Relaxed);
         };
-        serve(inbound, tls, listener, args.handshake_timeout, shutdown, args.drain_timeout).await;
+        let handshakes = Handshakes {
+            timeout: args.handshake_timeout,
+            pending: Arc::new(tokio::sync::Semaphore::new(args.max_pending_handshakes as usize)),
+        };
+        serve(inbound, tls, listener, handshakes, shutdown, args.drain_timeout).await;
         let _ = stop_admin.send(());
         info!("inbound stopped");
     });
     Ok(Running { listen, admin: admin_addr, done })
 }
 
+/// How caller handshakes are bounded: each within `timeout`, and at most `pending`'s permits at once.
+struct Handshakes {
+    timeout: Duration,
+    pending: Arc<tokio::sync::Semaphore>,
+}
+
+/// One log line per this period for failed handshakes, and one for shed connections.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+static HANDSHAKE_LOG: LogEvery = LogEvery::new(LOG_EVERY);
+static SHED_LOG: LogEvery = LogEvery::new(LOG_EVERY);
+
 async fn serve(
     inbound: Arc<Inbound>,
     tls: Arc<ServerTls>,
     listener: TcpListener,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -150,11 +168,23 @@ async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    // Too many handshakes pending (slow or idle callers, a flood): close this one at once.
+                    let Ok(permit) = handshakes.pending.clone().try_acquire_owned() else {
+                        inbound.stats.handshakes_shed.fetch_add(1, Relaxed);
+                        if let Some(suppressed) = SHED_LOG.due() {
+                            warn!(%remote, suppressed, "too many TLS handshakes pending; closed a caller's connection");
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (inbound, tls, conns_tx) = (inbound.clone(), tls.clone(), conns_tx.clone());
+                    let timeout = handshakes.timeout;
                     // The handshake runs in its own task: a slow caller must not hold up the accept loop.
                     tokio::spawn(async move {
-                        if let Some(ready) = handshake(&inbound, &tls, stream, remote, handshake_timeout).await {
+                        let ready = handshake(&inbound, &tls, stream, remote, timeout).await;
+                        drop(permit);
+                        if let Some(ready) = ready {
                             let _ = conns_tx.send(ready);
                         }
                     });
@@ -201,20 +231,26 @@ async fn handshake(
 ) -> Option<(TlsIo, Peer)> {
     let io = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
         Ok(Ok(io)) => io,
+        // Counted always; logged at most once per LOG_EVERY (a flood of bad callers must not flood the log).
         Ok(Err(e)) => {
             inbound.stats.handshake_failures.fetch_add(1, Relaxed);
-            info!(%remote, error = %e, "tls handshake with a caller failed");
+            if let Some(suppressed) = HANDSHAKE_LOG.due() {
+                info!(%remote, error = %e, suppressed, "tls handshake with a caller failed");
+            }
             return None;
         }
         Err(_) => {
             inbound.stats.handshake_failures.fetch_add(1, Relaxed);
-            info!(%remote, ?timeout, "tls handshake with a caller timed out");
+            if let Some(suppressed) = HANDSHAKE_LOG.due() {
+                info!(%remote, ?timeout, suppressed, "tls handshake with a caller timed out");
+            }
             return None;
         }
     };
     let leaf = io.get_ref().1.peer_certificates().and_then(|c| c.first());
-    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard.
-    let id = leaf.and_then(verify::spiffe_id).filter(|id| id.parse::<SpiffeId>().is_ok());
+    // Only a well-formed SPIFFE ID names a caller: `spiffe://td/ns/shop/../x` must not pass a namespace wildcard
+    // (`spiffe_id` checks it, and that it is the certificate's only URI SAN).
+    let id = leaf.and_then(verify::spiffe_id);
     let serial = leaf.and_then(verify::serial_hex).unwrap_or_default();
     let label = id.clone().unwrap_or_else(|| "none".to_owned());
     inbound.stats.connected(&label, &serial);
@@ -231,8 +267,8 @@ impl Inbound {
             self.stats.record(&peer.label, Outcome::Unauthenticated);
             return answer(
                 Code::Unauthenticated,
-                "the client certificate carries no valid SPIFFE ID (one spiffe:// URI SAN); the inbound proxy knows \
-                 callers only by that",
+                "the client certificate carries no valid SPIFFE ID (exactly one URI SAN, a spiffe:// ID: X509-SVID \
+                 §2); the inbound proxy knows callers only by that",
             );
         };
         if !self.allow.allows(&peer.label) {
@@ -244,6 +280,7 @@ impl Inbound {
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
         headers.insert(CLIENT_ID_HEADER, id.clone());
         *req.uri_mut() = absolute(req.uri(), self.app.addr());
+        let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
             Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
             Err(e) => Err(e),

@@ -9,8 +9,10 @@ use std::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
+
+use tokio::time::Instant;
 
 use serde_json::json;
 
@@ -61,6 +63,8 @@ pub struct Stats {
     callers: Mutex<BTreeMap<(String, String), Caller>>,
     /// TLS handshakes that failed (plaintext callers, unknown CAs, expired certificates…).
     pub handshake_failures: AtomicU64,
+    /// Connections closed unhandshaken because `--max-pending-handshakes` handshakes were already running.
+    pub handshakes_shed: AtomicU64,
     /// Connections whose handshake succeeded.
     pub connections: AtomicU64,
     /// False once shutdown began.
@@ -122,10 +126,14 @@ impl AdminState for Stats {
             "# HELP hello_inbound_tls_handshake_failures_total TLS handshakes with callers that failed.\n\
              # TYPE hello_inbound_tls_handshake_failures_total counter\n\
              hello_inbound_tls_handshake_failures_total {}\n\
+             # HELP hello_inbound_handshakes_shed_total Connections closed at once: too many handshakes pending.\n\
+             # TYPE hello_inbound_handshakes_shed_total counter\n\
+             hello_inbound_handshakes_shed_total {}\n\
              # HELP hello_inbound_connections_total Caller connections with a verified certificate.\n\
              # TYPE hello_inbound_connections_total counter\n\
              hello_inbound_connections_total {}\n",
             self.handshake_failures.load(Relaxed),
+            self.handshakes_shed.load(Relaxed),
             self.connections.load(Relaxed)
         ));
         out
@@ -142,9 +150,50 @@ impl AdminState for Stats {
     }
 }
 
+/// At most one log line per `every` for one kind of event (a caller's failed handshake, a shed connection), so a
+/// flood of bad connections cannot flood the log; the metrics count every event regardless.
+#[derive(Debug)]
+pub struct LogEvery {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogEvery {
+    /// A limiter allowing one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Self { every, last: Mutex::new(None), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line is due now, else `None` (and one more suppressed).
+    pub fn due(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < self.every) {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn log_lines_are_limited_to_one_per_period_and_count_the_rest() {
+        let l = LogEvery::new(Duration::from_secs(10));
+        assert_eq!(l.due(), Some(0));
+        assert_eq!(l.due(), None);
+        assert_eq!(l.due(), None);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(l.due(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.due(), Some(3));
+        assert_eq!(l.due(), None);
+    }
 
     #[test]
     fn identities_beyond_the_cap_count_as_other() {

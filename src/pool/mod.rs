@@ -248,20 +248,37 @@ async fn maintain(
     let mut tls_changes = settings.tls.as_ref().map(|t| t.subscribe());
     let mut rotating = false;
     while !*stop.borrow() {
-        // On a certificate rotation the old connection stays published until the new one replaces it.
-        if !std::mem::take(&mut rotating) {
+        // On a certificate rotation the old connection stays published until the new one replaces it
+        // (make-before-break), also across failed attempts with the new certificates while it still works.
+        if !rotating {
             conn.set(State::Connecting);
         }
-        let error = match connect(addr, &settings, conn.keepalive_interval()).await {
-            Ok((tx, driver)) => {
+        let connected = match connect(addr, &settings, conn.keepalive_interval()).await {
+            // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
+            Ok((tx, driver)) => Ok((tx, Box::pin(driver))),
+            Err(e) => Err(e.to_string()),
+        };
+        let connected = match connected {
+            Ok((tx, mut driver)) if rotating => {
+                match settle(&mut driver, settings.connect_timeout.min(ROTATION_SETTLE)).await {
+                    Err(e) => Err(format!("with the new certificates (client certificate refused?): {e}")),
+                    Ok(()) => Ok((tx, driver)),
+                }
+            }
+            other => other,
+        };
+        let error = match connected {
+            Ok((tx, mut driver)) => {
+                if std::mem::take(&mut rotating) {
+                    // Up with the new certificates: backoff and log level start fresh.
+                    failures = 0;
+                }
                 metrics.connects_ok.fetch_add(1, Relaxed);
                 breaker.record_success();
                 debug!(%addr, "connected");
                 let up_since = tokio::time::Instant::now();
                 let mut closed_with = None;
                 conn.set(State::Ready(tx));
-                // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
-                let mut driver = Box::pin(driver);
                 // The first reading waits a refresh period: until the peer's SETTINGS arrive, the driver reports
                 // a default (100), not the peer's limit.
                 let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
@@ -287,6 +304,8 @@ async fn maintain(
                     // closes once the new connection has replaced its handle.
                     debug!(%addr, "tls certificates changed; replacing the connection");
                     tokio::spawn(driver);
+                    // This connection was up: backoff and log level start fresh for the new certificates.
+                    failures = 0;
                     continue;
                 }
                 if retired {
@@ -318,25 +337,51 @@ async fn maintain(
                     }
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         metrics.connects_failed.fetch_add(1, Relaxed);
-        breaker.record_failure();
         failures = failures.saturating_add(1);
-        if failures == 1 {
-            warn!(%addr, %error, "connect failed");
+        // A failed rotation while the old connection still serves: keep it published, back off, retry.
+        rotating = rotating && conn.is_ready();
+        if rotating {
+            if failures == 1 {
+                warn!(%addr, %error, "connect failed; the previous connection keeps serving until the new certificates work");
+            } else {
+                debug!(%addr, %error, failures, "connect with the new certificates failed");
+            }
         } else {
-            debug!(%addr, %error, failures, "connect failed");
+            breaker.record_failure();
+            if failures == 1 {
+                warn!(%addr, %error, "connect failed");
+            } else {
+                debug!(%addr, %error, failures, "connect failed");
+            }
         }
         if *stop.borrow() {
             return;
         }
-        conn.set(State::Backoff { error });
+        if !rotating {
+            conn.set(State::Backoff { error });
+        }
         let delay = backoff(&settings, failures);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// How long a connection made with rotated certificates must stay up before it replaces the working one.
+const ROTATION_SETTLE: Duration = Duration::from_millis(500);
+
+/// Whether a new connection is up: a TLS 1.3 server can refuse our client certificate only after the handshake
+/// (RFC 8446 §4.4.2.4), which the driver then reads as an alert within a round trip. `Ok` when the driver is still
+/// running after `wait`.
+async fn settle(driver: &mut std::pin::Pin<Box<Driver>>, wait: Duration) -> Result<(), String> {
+    match tokio::time::timeout(wait, driver.as_mut()).await {
+        Err(_) => Ok(()),
+        Ok(Ok(())) => Err("closed by the peer right after the handshake".to_owned()),
+        Ok(Err(e)) => Err(crate::error_chain(&e)),
     }
 }
 

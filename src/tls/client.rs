@@ -2,7 +2,7 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -43,6 +43,15 @@ impl ClientTls {
         Ok(Arc::new(Self { config, identity }))
     }
 
+    /// Reads and builds `settings` once, without following the files (a start-up check of the flags, no runtime
+    /// needed). Errors as [`ClientTls::new`].
+    pub fn check(settings: &TlsSettings) -> Result<(), TlsError> {
+        let read = |flag, path| super::read(flag, path);
+        let (cert, key, ca) =
+            (read("--tls-cert", &settings.cert)?, read("--tls-key", &settings.key)?, read("--tls-ca", &settings.ca)?);
+        build(settings, &cert, &key, &ca).map(drop)
+    }
+
     /// Who the backend must be.
     pub fn identity(&self) -> &Identity {
         &self.identity
@@ -60,8 +69,27 @@ impl ClientTls {
             Identity::Dns(name) => name.clone(),
             Identity::Spiffe(_) => ServerName::IpAddress(addr.ip().into()),
         };
-        TlsConnector::from(self.config.current()).connect(name, tcp).await.map_err(readable)
+        let tls = TlsConnector::from(self.config.current()).connect(name, tcp).await.map_err(readable)?;
+        check_alpn(tls.get_ref().1.alpn_protocol())?;
+        Ok(tls)
     }
+}
+
+/// gRPC runs on HTTP/2 only, so the backend must pick `h2` by ALPN (RFC 7301 §3.2; gRPC's PROTOCOL-HTTP2 doc).
+/// rustls accepts a server that ignores ALPN; this refuses it rather than speak HTTP/2 to an HTTP/1.1 server.
+/// Errors: `InvalidData`, naming ALPN and what the server chose.
+fn check_alpn(chosen: Option<&[u8]>) -> std::io::Result<()> {
+    if chosen == Some(ALPN_H2) {
+        return Ok(());
+    }
+    let chosen = match chosen {
+        None => "none".to_owned(),
+        Some(p) => format!("'{}'", String::from_utf8_lossy(p)),
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("ALPN: the server did not negotiate h2 (chose {chosen}); gRPC needs HTTP/2"),
+    ))
 }
 
 /// rustls prints a custom certificate error with `Debug`; this says it in words (`invalid peer certificate:
@@ -79,14 +107,7 @@ fn readable(e: std::io::Error) -> std::io::Error {
 fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientConfig, TlsError> {
     let chain = parse_certs("--tls-cert", &s.cert, cert)?;
     let key = parse_key("--tls-key", &s.key, key)?;
-    let mut roots = RootCertStore::empty();
-    for ca_cert in parse_certs("--tls-ca", &s.ca, ca)? {
-        roots.add(ca_cert).map_err(|e| TlsError::Pem {
-            flag: "--tls-ca",
-            path: s.ca.clone(),
-            reason: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
+    let roots = super::roots("--tls-ca", &s.ca, ca)?;
     let provider = super::provider();
     let verifier = BackendVerifier::new(Arc::new(roots), s.server_identity.clone(), provider.clone());
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -95,7 +116,21 @@ fn build(s: &TlsSettings, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<ClientCo
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        .map_err(|e| super::pair_error(e, &s.cert, &s.key))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_h2_passes_the_alpn_check() {
+        assert!(check_alpn(Some(b"h2")).is_ok());
+        for (chosen, named) in [(None, "chose none"), (Some(&b"http/1.1"[..]), "chose 'http/1.1'")] {
+            let e = check_alpn(chosen).unwrap_err().to_string();
+            assert!(e.contains("ALPN") && e.contains(named), "{e}");
+        }
+    }
 }

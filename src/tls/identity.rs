@@ -85,7 +85,7 @@ impl FromStr for Identity {
 pub enum AllowRule {
     /// Exactly this ID.
     Exact(SpiffeId),
-    /// Any ID that starts with this prefix (`spiffe://TD/ns/NS/`) and has more after it.
+    /// Exactly `spiffe://TD/ns/NS/sa/SA` for any one segment `SA`; holds the prefix `spiffe://TD/ns/NS/sa/`.
     Namespace(String),
 }
 
@@ -101,18 +101,24 @@ impl FromStr for AllowRule {
             if segs.len() != 2 || segs[0] != "ns" {
                 return Err(format!("'{s}': a wildcard covers one namespace: spiffe://TRUST_DOMAIN/ns/NAMESPACE/*"));
             }
-            return Ok(AllowRule::Namespace(format!("{prefix}/")));
+            return Ok(AllowRule::Namespace(format!("{prefix}/sa/")));
         }
         s.parse().map(AllowRule::Exact)
     }
 }
 
 impl AllowRule {
-    /// Whether `id` is allowed by this rule.
+    /// Whether `id` is allowed by this rule. A namespace rule admits `spiffe://TD/ns/NS/sa/SA` with `SA` one
+    /// valid path segment (SPIFFE ID standard §2.2) and nothing deeper or differently shaped.
     pub fn allows(&self, id: &str) -> bool {
         match self {
             AllowRule::Exact(want) => want.as_str() == id,
-            AllowRule::Namespace(prefix) => id.len() > prefix.len() && id.starts_with(prefix.as_str()),
+            AllowRule::Namespace(prefix) => id.strip_prefix(prefix.as_str()).is_some_and(|sa| {
+                !sa.is_empty()
+                    && sa != "."
+                    && sa != ".."
+                    && sa.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            }),
         }
     }
 }
@@ -170,5 +176,23 @@ mod tests {
         assert!("spiffe://td/*".parse::<AllowRule>().is_err());
         assert!("spiffe://td/ns/a/sa/*".parse::<AllowRule>().is_err());
         assert!("*".parse::<AllowRule>().is_err());
+    }
+
+    /// `spiffe://td/ns/shop/*` is "every service account of namespace shop" (README, `--allow`): it matches
+    /// `…/ns/shop/sa/SA` and nothing deeper or differently shaped (review of issue 15).
+    #[test]
+    fn a_namespace_wildcard_matches_only_service_accounts_of_that_namespace() {
+        let list = AllowList(vec!["spiffe://td/ns/shop/*".parse().unwrap()]);
+        assert!(list.allows("spiffe://td/ns/shop/sa/checkout"));
+        for not in [
+            "spiffe://td/ns/shop/sa/x/extra",
+            "spiffe://td/ns/shop/anything",
+            "spiffe://td/ns/shop/sa/x/ns/ops/sa/admin",
+            "spiffe://td/ns/shop/sa/",
+            "spiffe://td/ns/shop/sa/..",
+            "spiffe://td/ns/shop/x/checkout",
+        ] {
+            assert!(!list.allows(not), "{not} passed spiffe://td/ns/shop/*");
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod leaf;
 pub mod reload;
 pub mod server;
 pub mod stream;
@@ -108,6 +109,46 @@ pub fn parse_key(flag: &'static str, path: &std::path::Path, pem: &[u8]) -> Resu
 /// Reads a file, naming `flag` in the error.
 pub fn read(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { flag, path: path.to_owned(), source })
+}
+
+/// The trust anchors of a PEM CA bundle (`--tls-ca`). Errors name `flag` and `path`: a block that is not a valid
+/// X.509 certificate, or one webpki cannot use as a trust anchor.
+pub fn roots(flag: &'static str, path: &std::path::Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in parse_certs(flag, path, pem)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            flag,
+            path: path.to_owned(),
+            reason: match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding) => {
+                    "not a valid certificate (a CERTIFICATE block that is not DER X.509)".to_owned()
+                }
+                e => format!("not a usable CA certificate: {e}"),
+            },
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Turns rustls' refusal of a certificate and key pair into an error naming the flag: a key that does not match
+/// the certificate names `--tls-key`.
+pub fn pair_error(e: rustls::Error, cert: &std::path::Path, key: &std::path::Path) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Pem {
+            flag: "--tls-key",
+            path: key.to_owned(),
+            reason: format!("the private key does not match the certificate in --tls-cert {}", cert.display()),
+        },
+        e => TlsError::Config(format!("--tls-cert/--tls-key: {e}")),
+    }
+}
+
+/// A clap value parser for a PEM CA bundle: the path, once every block in it is a usable trust anchor.
+pub fn ca_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read {s}: {e}"))?;
+    roots("", &path, &pem).map_err(|e| e.to_string().trim_start().to_owned())?;
+    Ok(path)
 }
 
 /// A clap value parser for a PEM certificate file: the path, once it reads and holds a certificate.

@@ -34,6 +34,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     {
         let contents = read_all(&files)?;
         let first = build(&contents)?;
+        warn_if_expired(&files, &contents);
         let this = Arc::new(Self { current: RwLock::new(Arc::new(first)), generation: watch::Sender::new(0) });
         tokio::spawn(poll(Arc::downgrade(&this), files, contents, build, interval));
         Ok(this)
@@ -82,12 +83,31 @@ async fn poll<T, F>(
                 *this.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
                 this.generation.send_modify(|g| *g = g.wrapping_add(1));
                 let names: Vec<String> = files.iter().map(|(_, p)| p.display().to_string()).collect();
-                info!(files = ?names, "tls: certificates reloaded");
+                match leaf(&files, &contents) {
+                    Some(l) => {
+                        info!(files = ?names, serial = %l.serial, not_after = %l.not_after, "tls: certificates reloaded")
+                    }
+                    None => info!(files = ?names, "tls: certificates reloaded"),
+                }
+                warn_if_expired(&files, &contents);
                 last = contents;
                 last_error = None;
             }
             Err(e) => note_error(&mut last_error, e.to_string()),
         }
+    }
+}
+
+/// Serial and expiry of the `--tls-cert` leaf among `files`.
+fn leaf(files: &[(&'static str, PathBuf)], contents: &[Vec<u8>]) -> Option<super::leaf::LeafInfo> {
+    let i = files.iter().position(|(flag, _)| *flag == "--tls-cert")?;
+    super::leaf::leaf_info_pem(contents.get(i)?)
+}
+
+/// Our own certificate expired: peers will refuse it. Warn (it still loads: the renewal may be on its way).
+fn warn_if_expired(files: &[(&'static str, PathBuf)], contents: &[Vec<u8>]) {
+    if let Some(l) = leaf(files, contents).filter(|l| l.expired_at(std::time::SystemTime::now())) {
+        warn!(serial = %l.serial, not_after = %l.not_after, "tls: our own certificate (--tls-cert) has expired; peers will refuse it until it is renewed");
     }
 }
 

@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+use rustls::{ServerConfig, server::WebPkiClientVerifier};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
@@ -28,23 +28,23 @@ impl ServerTls {
         Ok(Arc::new(Self { config: Reloading::spawn(files, build, POLL_INTERVAL)? }))
     }
 
+    /// Reads and builds the files once, without following them (a start-up check of the flags, no runtime
+    /// needed). Errors as [`ServerTls::new`].
+    pub fn check(cert: &Path, key: &Path, ca: &Path) -> Result<(), TlsError> {
+        let c = [super::read("--tls-cert", cert)?, super::read("--tls-key", key)?, super::read("--tls-ca", ca)?];
+        build(cert, key, ca, &c).map(drop)
+    }
+
     /// An acceptor with the config in use now.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.config.current())
     }
 }
 
-fn build(cert: &Path, key: &Path, ca: &Path, c: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+fn build(cert: &Path, key_path: &Path, ca: &Path, c: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
     let chain = parse_certs("--tls-cert", cert, &c[0])?;
-    let key = parse_key("--tls-key", key, &c[1])?;
-    let mut roots = RootCertStore::empty();
-    for ca_cert in parse_certs("--tls-ca", ca, &c[2])? {
-        roots.add(ca_cert).map_err(|e| TlsError::Pem {
-            flag: "--tls-ca",
-            path: ca.to_owned(),
-            reason: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
+    let key = parse_key("--tls-key", key_path, &c[1])?;
+    let roots = super::roots("--tls-ca", ca, &c[2])?;
     let provider = super::provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -54,7 +54,7 @@ fn build(cert: &Path, key: &Path, ca: &Path, c: &[Vec<u8>]) -> Result<ServerConf
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        .map_err(|e| super::pair_error(e, cert, key_path))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }

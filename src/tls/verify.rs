@@ -38,7 +38,7 @@ impl BackendVerifier {
 pub struct IdentityMismatch {
     /// The configured identity.
     pub expected: String,
-    /// The SPIFFE IDs the certificate carries (or "no SPIFFE ID").
+    /// The URI SANs the certificate carries (or "no URI SAN").
     pub presented: String,
 }
 
@@ -62,9 +62,14 @@ impl ServerCertVerifier for BackendVerifier {
         match &self.identity {
             Identity::Dns(name) => rustls::client::verify_server_name(&cert, name)?,
             Identity::Spiffe(want) => {
+                // X509-SVID §2: exactly one URI SAN, so a certificate naming two workloads is no SVID at all.
                 let ids = uri_sans(end_entity);
-                if !ids.iter().any(|id| id == want.as_str()) {
-                    let presented = if ids.is_empty() { "no SPIFFE ID".to_owned() } else { ids.join(", ") };
+                if ids.len() != 1 || ids[0] != want.as_str() {
+                    let presented = match ids.len() {
+                        0 => "no URI SAN".to_owned(),
+                        1 => ids.join(", "),
+                        n => format!("{n} URI SANs ({}; an SVID has exactly one)", ids.join(", ")),
+                    };
                     let mismatch = IdentityMismatch { expected: want.to_string(), presented };
                     return Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))));
                 }
@@ -96,22 +101,83 @@ impl ServerCertVerifier for BackendVerifier {
     }
 }
 
-/// The `spiffe://` URI SANs of a certificate (empty when it does not parse).
+/// All URI SANs of a certificate, of any scheme (empty when it does not parse).
 pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
     match webpki::EndEntityCert::try_from(cert) {
-        Ok(ee) => ee.valid_uri_names().filter(|u| u.starts_with("spiffe://")).map(str::to_owned).collect(),
+        Ok(ee) => ee.valid_uri_names().map(str::to_owned).collect(),
         Err(_) => Vec::new(),
     }
 }
 
-/// The SPIFFE ID of a verified peer certificate: its one `spiffe://` URI SAN (X509-SVID §2 allows exactly one).
+/// The SPIFFE ID of a verified peer certificate: its only URI SAN, when that is a valid `spiffe://` ID. X509-SVID
+/// §2 allows exactly one URI SAN of any scheme, so a second URI (even `https://…`) means no SPIFFE ID; the
+/// outbound [`BackendVerifier`] applies the same rule.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let mut ids = uri_sans(cert);
-    if ids.len() == 1 { ids.pop() } else { None }
+    if ids.len() != 1 {
+        return None;
+    }
+    let id = ids.pop()?;
+    id.parse::<super::SpiffeId>().ok().map(|_| id)
 }
 
 /// The serial number of a certificate in lowercase hex, for logs and `/debug` views.
 pub fn serial_hex(cert: &CertificateDer<'_>) -> Option<String> {
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
     Some(ee.serial().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+
+    use super::*;
+
+    /// A CA and a leaf it signed carrying `uris` as URI SANs.
+    fn ca_and_leaf(uris: &[&str]) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "verify test CA");
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect();
+        let leaf_der = leaf.signed_by(&key, &issuer).unwrap().der().clone();
+        (ca_der, leaf_der)
+    }
+
+    fn verify_backend(uris: &[&str], want: &str) -> Result<(), Error> {
+        let (ca, leaf) = ca_and_leaf(uris);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let v = BackendVerifier::new(Arc::new(roots), want.parse::<Identity>().unwrap(), super::super::provider());
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        v.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now()).map(|_| ())
+    }
+
+    /// X509-SVID §2: an SVID carries exactly one URI SAN; a server certificate naming two workloads is refused
+    /// even when one of them is the expected one (review of issue 15).
+    #[test]
+    fn a_backend_certificate_with_two_uri_sans_is_not_an_svid() {
+        let want = "spiffe://td/ns/shop/sa/backend";
+        assert!(verify_backend(&[want], want).is_ok());
+        for extra in ["spiffe://td/ns/shop/sa/evil", "https://evil.example/"] {
+            let err = verify_backend(&[extra, want], want).expect_err("two URI SANs passed as an SVID");
+            assert!(err.to_string().contains("2 URI SANs"), "{err}");
+            assert!(verify_backend(&[want, extra], want).is_err());
+        }
+    }
+
+    /// X509-SVID §2 again: exactly one URI SAN, of any scheme, on the caller's side as on the backend's.
+    #[test]
+    fn a_caller_certificate_with_a_spiffe_id_and_another_uri_is_not_an_svid() {
+        let (_, leaf) = ca_and_leaf(&["spiffe://td/ns/shop/sa/checkout", "https://evil.example/"]);
+        assert_eq!(spiffe_id(&leaf), None);
+        let (_, leaf) = ca_and_leaf(&["https://evil.example/"]);
+        assert_eq!(spiffe_id(&leaf), None);
+        let (_, leaf) = ca_and_leaf(&["spiffe://td/ns/shop/sa/checkout"]);
+        assert_eq!(spiffe_id(&leaf).as_deref(), Some("spiffe://td/ns/shop/sa/checkout"));
+    }
 }
