@@ -184,3 +184,58 @@ mod tests {
         }
     }
 }
+
+/// Review 10: a pod that stays much slower must not keep drawing calls one at a time. Each of its slow answers may
+/// raise its estimate only 2× or +5 ms (`step_cap`) while the estimate falls e-fold per second (1 s decay), and its
+/// answers' stray (`dev`, hundreds of ms) widens the noise margin (3 × dev) of every comparison it is in, so a
+/// pod that answers in 1 s is "alike" a 2 ms pod and takes a third of the calls.
+#[cfg(test)]
+mod review10 {
+    use std::time::Duration;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::balance::ewma::PeakEwma;
+
+    /// 3000 calls one at a time over pods answering in 2 ms, 2 ms and `slow`; the calls each pod got.
+    async fn one_at_a_time(slow: Duration) -> [u32; 3] {
+        let pods: Vec<PeakEwma> = (0..3).map(|_| PeakEwma::new(Duration::from_secs(1))).collect();
+        let latency = [Duration::from_millis(2), Duration::from_millis(2), slow];
+        let mut last = [0u64; 3];
+        let mut got = [0u32; 3];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for seq in 1..=3000u64 {
+            let a = rng.random_range(0..3);
+            let b = (a + rng.random_range(1..3)) % 3;
+            let s = |i: usize| {
+                let (rtt, pending, dev) = pods[i].sample();
+                Side { rtt, pending, last_pick: last[i], dev }
+            };
+            let i = if prefer_first(s(a), s(b)) { a } else { b };
+            last[i] = seq;
+            got[i] += 1;
+            pods[i].start();
+            tokio::time::advance(latency[i]).await;
+            pods[i].answered(latency[i]);
+            pods[i].finish();
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_answering_in_one_second_is_not_alike_a_2_ms_pod() {
+        // Observed: [1017, 989, 994]. The same through real processes: `server --delay 1s` as one of three pods,
+        // `call -n 60 -c 1` → {"s1":18,"s2":20,"s3":22}.
+        let got = one_at_a_time(Duration::from_secs(1)).await;
+        assert!(got[2] <= 30, "the 1 s pod got {} of 3000 calls: {got:?}", got[2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_answering_in_200_ms_gets_almost_no_calls() {
+        // Observed: [1474, 1469, 57] (real processes, `call -n 3000 -c 1`: 75 of 3000). tower's PeakEwma with the
+        // same decay retries it about once per 3.4 s (200 ms · e^-t < 7 ms): a handful in this run.
+        let got = one_at_a_time(Duration::from_millis(200)).await;
+        assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
+    }
+}
