@@ -54,10 +54,13 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
 
 /// Latencies within this factor of each other count as alike: the difference is noise.
 const ALIKE: f64 = 2.0;
-/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far the endpoints' answers stray from their
-/// estimates (TCP's RTTVAR margin), at least [`NOISE_FLOOR_NS`]. On a loaded node answers stray by many
-/// milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one the margin is
-/// the floor, the most one late answer can add to an estimate ([`super::ewma::step_cap`]) (issue 10.5).
+/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far answers stray from their estimates (TCP's
+/// RTTVAR margin) on the *steadier* of the two endpoints, at least [`NOISE_FLOOR_NS`]. On a loaded node every
+/// pod's answers stray by many milliseconds and a pod that lost the CPU for a while must not look slow for long;
+/// on a quiet one the margin is the floor, the most one late answer can add to a recent estimate
+/// ([`super::ewma::step_cap`]) (issue 10.5). The steadier side sets it because a pod that is much slower strays
+/// by its own slowness (each slow answer jumps from an estimate that decayed while it was avoided): its spread
+/// would otherwise make every difference "noise" and a 1 s pod would take a third of the calls.
 const NOISE_DEVS: f64 = 3.0;
 /// The smallest noise margin, ns.
 const NOISE_FLOOR_NS: f64 = 5e6;
@@ -90,7 +93,7 @@ impl Side {
 ///   even one call at a time, and a stray slow answer does not starve a pod until its estimate decays.
 fn prefer_first(a: Side, b: Side) -> bool {
     let (lo, hi) = (a.rtt.min(b.rtt), a.rtt.max(b.rtt));
-    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.max(b.dev));
+    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.min(b.dev));
     if hi > ALIKE * lo && hi - lo > noise {
         return a.cost() < b.cost();
     }
@@ -183,23 +186,12 @@ mod tests {
             assert!((950..=1050).contains(&n), "{got:?}");
         }
     }
-}
 
-/// Review 10: a pod that stays much slower must not keep drawing calls one at a time. Each of its slow answers may
-/// raise its estimate only 2× or +5 ms (`step_cap`) while the estimate falls e-fold per second (1 s decay), and its
-/// answers' stray (`dev`, hundreds of ms) widens the noise margin (3 × dev) of every comparison it is in, so a
-/// pod that answers in 1 s is "alike" a 2 ms pod and takes a third of the calls.
-#[cfg(test)]
-mod review10 {
-    use std::time::Duration;
-
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-    use crate::balance::ewma::PeakEwma;
-
-    /// 3000 calls one at a time over pods answering in 2 ms, 2 ms and `slow`; the calls each pod got.
+    /// 3000 calls one at a time over pods answering in 2 ms, 2 ms and `slow`; the calls each pod got. A pod
+    /// that stays much slower must not keep drawing calls: its own spread must not make the difference "noise",
+    /// and the step cap must not hold its estimate below its real latency (review of issue 10).
     async fn one_at_a_time(slow: Duration) -> [u32; 3] {
+        use rand::SeedableRng;
         let pods: Vec<PeakEwma> = (0..3).map(|_| PeakEwma::new(Duration::from_secs(1))).collect();
         let latency = [Duration::from_millis(2), Duration::from_millis(2), slow];
         let mut last = [0u64; 3];
@@ -237,5 +229,15 @@ mod review10 {
         // same decay retries it about once per 3.4 s (200 ms · e^-t < 7 ms): a handful in this run.
         let got = one_at_a_time(Duration::from_millis(200)).await;
         assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
+    }
+
+    #[test]
+    fn the_steadier_side_sets_the_noise_margin() {
+        // A 2 ms pod that answers steadily against a pod at 40 ms whose answers stray by 300 ms (each slow answer
+        // jumps from an estimate that decayed while it was avoided): the slow pod loses.
+        let steady = Side { dev: 0.1e6, ..side(2.0, 0, 7) };
+        let erratic = Side { dev: 300e6, ..side(40.0, 0, 3) };
+        assert!(!prefer_first(erratic, steady));
+        assert!(prefer_first(steady, erratic));
     }
 }
