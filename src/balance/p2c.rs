@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{Endpoint, Picked};
+use super::{Endpoint, Picked, breaker::Admission};
 use crate::proxy::replay::ReplayBody;
 
 /// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
@@ -30,8 +30,10 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
     if n >= 2 {
         let a = rng.random_range(0..n);
         let b = (a + rng.random_range(1..n)) % n;
-        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b])) {
-            return Some(cheaper((&set[a], ta), (&set[b], tb)));
+        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b]))
+            && let Some(picked) = cheaper((&set[a], ta), (&set[b], tb), now, ejected_too)
+        {
+            return Some(picked);
         }
     }
     // Slow path: reservoir-sample two among the usable ones in one pass.
@@ -46,21 +48,34 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
         seen += 1;
     }
     match picks {
-        [Some((a, ta)), Some((b, tb))] => Some(cheaper((&set[a], ta), (&set[b], tb))),
-        [Some((a, ta)), None] => Some(Picked { endpoint: set[a].clone(), sender: ta }),
+        [Some((a, ta)), Some((b, tb))] => cheaper((&set[a], ta), (&set[b], tb), now, ejected_too),
+        [Some((a, ta)), None] => admit(&set[a], ta, now, ejected_too),
         _ => None,
     }
 }
 
+/// Admits a call on `e` as its breaker says, taking the probe slot of an endpoint on probation in the same step
+/// ([`super::breaker::Breaker::admit`]); in panic mode (`ejected_too`) a refusal is overruled.
+fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, ejected_too: bool) -> Option<Picked> {
+    static PICKS: AtomicU64 = AtomicU64::new(1);
+    let probe = match e.breaker.admit(now) {
+        Admission::Closed => None,
+        Admission::Probe(slot) => Some(slot),
+        Admission::Refused if ejected_too => None,
+        Admission::Refused => return None,
+    };
+    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
+    Some(Picked { endpoint: e.clone(), sender, probe })
+}
+
 /// Latencies within this factor of each other count as alike: the difference is noise.
 const ALIKE: f64 = 2.0;
-/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far answers stray from their estimates (TCP's
-/// RTTVAR margin) on the *steadier* of the two endpoints, at least [`NOISE_FLOOR_NS`]. On a loaded node every
-/// pod's answers stray by many milliseconds and a pod that lost the CPU for a while must not look slow for long;
-/// on a quiet one the margin is the floor, the most one late answer can add to a recent estimate
-/// ([`super::ewma::step_cap`]) (issue 10.5). The steadier side sets it because a pod that is much slower strays
-/// by its own slowness (each slow answer jumps from an estimate that decayed while it was avoided): its spread
-/// would otherwise make every difference "noise" and a 1 s pod would take a third of the calls.
+/// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far the endpoints' answers stray from their
+/// mean (TCP's RTTVAR margin, decayed like the estimate), at least [`NOISE_FLOOR_NS`]. On a loaded node answers
+/// stray by many milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one
+/// the margin is the floor, the most one late answer can add to a recent estimate ([`super::ewma::step_cap`])
+/// (issue 10.5). A pod that is steadily slow does not stray, however far its estimate decays between its answers
+/// ([`super::ewma::PeakEwma::sample`]), so a 1 s pod is not "alike" a 2 ms one.
 const NOISE_DEVS: f64 = 3.0;
 /// The smallest noise margin, ns.
 const NOISE_FLOOR_NS: f64 = 5e6;
@@ -93,7 +108,7 @@ impl Side {
 ///   even one call at a time, and a stray slow answer does not starve a pod until its estimate decays.
 fn prefer_first(a: Side, b: Side) -> bool {
     let (lo, hi) = (a.rtt.min(b.rtt), a.rtt.max(b.rtt));
-    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.min(b.dev));
+    let noise = NOISE_FLOOR_NS.max(NOISE_DEVS * a.dev.max(b.dev));
     if hi > ALIKE * lo && hi - lo > noise {
         return a.cost() < b.cost();
     }
@@ -104,15 +119,20 @@ fn prefer_first(a: Side, b: Side) -> bool {
     }
 }
 
-fn cheaper(a: (&Arc<Endpoint>, SendRequest<ReplayBody>), b: (&Arc<Endpoint>, SendRequest<ReplayBody>)) -> Picked {
-    static PICKS: AtomicU64 = AtomicU64::new(1);
+/// The cheaper of two usable endpoints, admitted by its breaker; if another call took its probe slot meanwhile,
+/// the other one.
+fn cheaper(
+    a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+    b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+    now: Instant,
+    ejected_too: bool,
+) -> Option<Picked> {
     let side = |e: &Endpoint| {
         let (rtt, pending, dev) = e.load.sample();
         Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
-    let (e, sender) = if prefer_first(side(a.0), side(b.0)) { a } else { b };
-    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
-    Picked { endpoint: e.clone(), sender }
+    let (first, second) = if prefer_first(side(a.0), side(b.0)) { (a, b) } else { (b, a) };
+    admit(first.0, first.1, now, ejected_too).or_else(|| admit(second.0, second.1, now, ejected_too))
 }
 
 #[cfg(test)]
@@ -229,15 +249,5 @@ mod tests {
         // same decay retries it about once per 3.4 s (200 ms · e^-t < 7 ms): a handful in this run.
         let got = one_at_a_time(Duration::from_millis(200)).await;
         assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
-    }
-
-    #[test]
-    fn the_steadier_side_sets_the_noise_margin() {
-        // A 2 ms pod that answers steadily against a pod at 40 ms whose answers stray by 300 ms (each slow answer
-        // jumps from an estimate that decayed while it was avoided): the slow pod loses.
-        let steady = Side { dev: 0.1e6, ..side(2.0, 0, 7) };
-        let erratic = Side { dev: 300e6, ..side(40.0, 0, 3) };
-        assert!(!prefer_first(erratic, steady));
-        assert!(prefer_first(steady, erratic));
     }
 }
