@@ -52,7 +52,7 @@ pub struct Picked {
     /// Its connection's request handle.
     pub sender: SendRequest<ReplayBody>,
     /// The endpoint's probe slot when it is on probation and this attempt is its one probe (taken in the same
-    /// step as the choice, so two calls never both probe); hand it to [`crate::proxy::call::Attempt::begin`].
+    /// step as the choice, so two calls never both probe); the attempt that sends the call holds it.
     pub probe: Option<breaker::ProbeSlot>,
 }
 
