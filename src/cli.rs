@@ -113,7 +113,7 @@ pub struct SidecarArgs {
     pub keepalive_interval: Duration,
     /// How fast an endpoint's Peak-EWMA latency estimate forgets a slow answer (e-folding time). 1 s rather than
     /// linkerd's 10 s: a hung pod is caught by its silence and the breaker, not by the estimate's memory, so the
-    /// decay only sets how long one slow answer (beyond the 10 ms noise band) keeps an otherwise good pod avoided.
+    /// decay only sets how long one slow answer (beyond the 5 ms noise floor) keeps an otherwise good pod avoided.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
     /// Address family to call a dual-stack pod on: auto (IPv4 when the pod has one), ipv4 or ipv6.

@@ -264,6 +264,36 @@ async fn a_frozen_pod_costs_its_calls_in_flight_and_a_probe_per_backoff_step() {
     assert!(unanswered >= 1, "calls that ended without an answer are counted: {m}");
 }
 
+/// One call at a time (review of issue 10): once the frozen pod's one call had timed out its silence stopped
+/// counting and its estimate decayed within seconds, so it drew a call (and a deadline) every ~7 s without ever
+/// reaching `--eject-after` (5). A pod that answered before and then stays silent past its bar is hung: ejected
+/// at once, then one probe per backoff step (at +5 s and +15 s within the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_pod_at_one_call_at_a_time_is_ejected_at_its_first_timeout() {
+    let (a, b) = (Backend::start("lone-a", &[]), Backend::start("lone-b", &[]));
+    let frozen = Backend::start("lone-c", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a, &b, &frozen]), &[]);
+    sidecar.wait_ready_endpoints(3);
+    let mut c = sidecar.client();
+    // Every pod has answered before the freeze.
+    let warm = calls(&c, 30, 1, None).await;
+    assert!(warm.iter().all(|o| o.code == Code::Ok), "{warm:?}");
+    signal(frozen.proc.child.id(), "-STOP");
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut failed = Vec::new();
+    while Instant::now() < end {
+        let o = client::call_once(&mut c, "world", Some(Duration::from_secs(1))).await;
+        if o.code != Code::Ok {
+            failed.push(o);
+        }
+    }
+    signal(frozen.proc.child.id(), "-CONT");
+    assert!(failed.iter().all(|o| o.code == Code::DeadlineExceeded), "{failed:?}");
+    assert!(failed.len() <= 3, "{} failed: the one call at the freeze plus one probe per backoff step", failed.len());
+    let m = sidecar.metrics();
+    assert!(metric(&m, "hello_sidecar_ejections_total") >= 1, "the frozen pod was ejected: {m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_the_caller_abandons_are_counted_and_slow_the_endpoint_down() {
     let hung = Backend::start("abandoned", &["--delay", "1h"]);

@@ -1,10 +1,12 @@
 //! Failure accrual: an endpoint that fails N times in a row is ejected for a while, then put on probation
 //! (Envoy's outlier detection, linkerd's consecutive-failures breaker).
 //!
-//! - **Closed**: calls flow; N consecutive failures eject the endpoint.
+//! - **Closed**: calls flow; N consecutive failures eject the endpoint, and so does one hang
+//!   ([`Breaker::record_hang`]).
 //! - **Ejected** for a backoff: 5 s, doubling with every ejection in a row, capped at 60 s.
-//! - **Probation** once the backoff has passed: exactly ONE call (the probe) is admitted. If it succeeds the
-//!   endpoint is re-admitted and the backoff starts over; if it fails the endpoint is ejected again for twice as
+//! - **Probation** once the backoff has passed: exactly ONE call (the probe) is admitted, its slot taken in the
+//!   same step as the choice ([`Breaker::admit`]). If it succeeds (answers, see `proxy::call`) the endpoint is
+//!   re-admitted and the backoff starts over; if it fails the endpoint is ejected again for twice as
 //!   long; if it ends without a verdict (the caller cancelled early) the next call may probe. This is linkerd's
 //!   breaker ("probation"): an ejection never ends on a timer alone, so a pod that is still hung costs one call per
 //!   backoff step, not every call in flight.
@@ -124,6 +126,32 @@ impl Breaker {
         }
     }
 
+    /// A call got no answer while the endpoint, which has answered before, was silent far past its usual answer
+    /// time ([`silence_is_failure`]): it is hung, and waiting for `threshold` such calls would cost one deadline
+    /// each (at low concurrency the next one comes only once its estimate has decayed, seconds later). Ejects at
+    /// once, or again for twice as long on probation.
+    pub fn record_hang(&self) {
+        let mut s = self.lock();
+        if !matches!(s.phase, Phase::Ejected { .. }) {
+            self.eject(&mut s, "endpoint ejected: silent far longer than it takes to answer");
+        }
+    }
+
+    /// Admits a call now, atomically: [`Admission::Closed`], [`Admission::Probe`] (this call takes the one probe
+    /// slot of an endpoint on probation), or [`Admission::Refused`] (ejected, or a probe is already out).
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Admission {
+        let mut s = self.lock();
+        Self::advance(&mut s, now);
+        match s.phase {
+            Phase::Closed => Admission::Closed,
+            Phase::Probation { probe_out: false } => {
+                s.phase = Phase::Probation { probe_out: true };
+                Admission::Probe(ProbeSlot { breaker: self.clone(), done: false })
+            }
+            Phase::Probation { probe_out: true } | Phase::Ejected { .. } => Admission::Refused,
+        }
+    }
+
     /// Whether the balancer may send a call here now: closed, or on probation with no probe out.
     pub fn admits(&self, now: Instant) -> bool {
         let mut s = self.lock();
@@ -206,6 +234,39 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What [`Breaker::admit`] lets a call do.
+pub enum Admission {
+    /// The endpoint takes calls.
+    Closed,
+    /// The call is the endpoint's one probe.
+    Probe(ProbeSlot),
+    /// Ejected, or its probe is already out.
+    Refused,
+}
+
+/// The probe slot of an endpoint on probation, held by the one call that probes it. [`ProbeSlot::done`] gives the
+/// verdict; dropped without one (the call never started), it frees the slot for the next call.
+pub struct ProbeSlot {
+    breaker: Arc<Breaker>,
+    done: bool,
+}
+
+impl ProbeSlot {
+    /// The probe's verdict, as [`Breaker::probe_done`]: returns whether the endpoint was re-admitted.
+    pub fn done(mut self, verdict: Option<bool>) -> bool {
+        self.done = true;
+        self.breaker.probe_done(verdict)
+    }
+}
+
+impl Drop for ProbeSlot {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.probe_done(None);
+        }
     }
 }
 
@@ -293,5 +354,58 @@ mod tests {
         // A pod whose answers take 400 ms: 1.9 s of silence is within 5×; 2 s is not.
         assert!(!silence_is_failure(ms(1900), ms(400)));
         assert!(silence_is_failure(ms(2000), ms(400)));
+    }
+
+    /// A deadline the caller chose too short says nothing about the pod (issue 16.7), however long the pod was
+    /// idle before: its answer estimate is not decayed by idleness, so a 400 ms pod is not judged against the
+    /// 250 ms floor (review of issue 10: 300 ms deadlines on 400 ms pods ejected all of them).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_400_ms_pod_silent_for_one_second_is_not_hung() {
+        let e = crate::balance::ewma::PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(Duration::from_millis(400));
+        e.finish();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let estimate = e.answer_estimate();
+        assert_eq!(estimate, Duration::from_millis(400));
+        assert!(
+            !silence_is_failure(Duration::from_secs(1), estimate),
+            "1 s of silence from a pod whose answers take 400 ms counts against it (estimate read as {estimate:?})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_slot_is_taken_atomically_and_freed_when_unused() {
+        let b = Arc::new(Breaker::new("a".into(), 1, Arc::default()));
+        assert!(matches!(b.admit(Instant::now()), Admission::Closed));
+        b.record_failure();
+        assert!(matches!(b.admit(Instant::now()), Admission::Refused));
+        tokio::time::advance(5 * S).await;
+        let Admission::Probe(slot) = b.admit(Instant::now()) else { panic!("the first call after the backoff probes") };
+        assert!(matches!(b.admit(Instant::now()), Admission::Refused), "one probe at a time");
+        drop(slot);
+        let Admission::Probe(slot) = b.admit(Instant::now()) else { panic!("an unused slot is free again") };
+        assert!(slot.done(Some(true)));
+        assert!(matches!(b.admit(Instant::now()), Admission::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_endpoint_is_ejected_at_its_first_silent_timeout() {
+        // A pod frozen while one call at a time is sent: failures are bounded by the calls in flight at the freeze
+        // (one) plus one probe per backoff step, whatever --eject-after says.
+        let b = Arc::new(Breaker::new("a".into(), 5, Arc::default()));
+        b.record_hang();
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+        b.record_hang();
+        assert_eq!(b.metrics.ejections.load(Relaxed), 1, "already ejected: no second ejection");
+        tokio::time::advance(5 * S).await;
+        let Admission::Probe(slot) = b.admit(Instant::now()) else { panic!("probation") };
+        // The probe times out in silence too: ejected again for 10 s.
+        b.record_hang();
+        drop(slot);
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+        tokio::time::advance(10 * S - Duration::from_millis(1)).await;
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+        assert_eq!(b.metrics.ejections.load(Relaxed), 2);
     }
 }

@@ -47,10 +47,13 @@ struct State {
     waiting: u32,
     /// When the endpoint last answered anything, or when `waiting` went from 0 to 1, whichever is later.
     heard: Instant,
-    /// The same estimate over answers only (unanswered calls left out), as of `answer_at`, in nanoseconds.
+    /// How long answers take: a time-weighted mean over answers only (unanswered calls left out), in nanoseconds,
+    /// as of `answer_at`, when the last answer came (`None`: never answered). Not decayed while idle: a pod that
+    /// answered in 400 ms still takes 400 ms after a quiet minute (the silence rule judges against it).
     answer_ns: f64,
-    answer_at: Instant,
-    /// How far answers stray from the estimate: a time-weighted mean of |answer − estimate| (TCP's RTTVAR), ns.
+    answer_at: Option<Instant>,
+    /// How far answers stray from their mean: a time-weighted mean of |answer − `answer_ns`| (TCP's RTTVAR), ns,
+    /// as of `answer_at`; it decays like the estimate, so an old spread does not widen today's noise margin.
     dev_ns: f64,
 }
 
@@ -73,7 +76,7 @@ impl PeakEwma {
                 waiting: 0,
                 heard: now,
                 answer_ns: 0.0,
-                answer_at: now,
+                answer_at: None,
                 dev_ns: 0.0,
             }),
             pending: AtomicU32::new(0),
@@ -99,7 +102,9 @@ impl PeakEwma {
     /// [`PeakEwma::load`] and how far answers stray from the estimate (ns), for the P2C comparison.
     pub fn sample(&self) -> (f64, u32, f64) {
         let (rtt, pending) = self.load();
-        (rtt, pending, self.lock().dev_ns)
+        let s = self.lock();
+        let idle = s.answer_at.map_or(0.0, |t| Instant::now().saturating_duration_since(t).as_nanos() as f64);
+        (rtt, pending, s.dev_ns * (-idle / self.decay_ns).exp())
     }
 
     /// Marks a call started (in flight, waiting for headers); pair with [`PeakEwma::answered`] (or
@@ -113,20 +118,30 @@ impl PeakEwma {
         s.waiting += 1;
     }
 
-    /// A call's response headers arrived after `rtt`: the endpoint is heard from, and `rtt` is folded in, its
-    /// peak limited to [`step_cap`] of the current estimate (one late answer is often a lost time slice).
+    /// A call's response headers arrived after `rtt`: the endpoint is heard from, and `rtt` is folded in. When
+    /// the endpoint answered within the last decay period, a peak is limited to [`step_cap`] of the estimate as of
+    /// that answer (one late answer is often a lost time slice); the first answer, or the first after a quiet
+    /// decay period, is taken whole, since there is no recent estimate to doubt it against.
     pub fn answered(&self, rtt: Duration) {
         let now = Instant::now();
         let mut s = self.lock();
         s.waiting = s.waiting.saturating_sub(1);
         s.heard = now;
-        let elapsed = now.saturating_duration_since(s.at).as_nanos() as f64;
-        let decay = (-elapsed / self.decay_ns).exp();
-        let stray = (rtt.as_nanos() as f64 - s.rtt_ns * decay).abs();
-        s.dev_ns = s.dev_ns * decay + stray * (1.0 - decay);
-        let cap = Some(step_cap as fn(f64) -> f64);
+        let rtt_ns = rtt.as_nanos() as f64;
+        let since = s.answer_at.map(|t| now.saturating_duration_since(t).as_nanos() as f64);
+        let recent = since.is_some_and(|t| t < self.decay_ns);
+        // Time weight of this answer against the previous ones.
+        let keep = since.map_or(0.0, |t| (-t / self.decay_ns).exp());
+        if since.is_some() {
+            // How far this answer strays from the mean of answers (TCP's RTTVAR against SRTT), not from the
+            // estimate decayed while the endpoint was avoided: a pod that always answers in 1 s is steady. The
+            // first answer has nothing to stray from.
+            s.dev_ns = s.dev_ns * keep + (rtt_ns - s.answer_ns).abs() * (1.0 - keep);
+        }
+        s.answer_ns = s.answer_ns * keep + rtt_ns * (1.0 - keep);
+        s.answer_at = Some(now);
+        let cap = recent.then_some(step_cap(s.rtt_ns));
         (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, cap);
-        (s.answer_ns, s.answer_at) = peak_ewma(s.answer_ns, s.answer_at, now, rtt, self.decay_ns, cap);
     }
 
     /// A call ended after `elapsed` without any answer (cancelled, timed out, failed): the elapsed time is folded
@@ -175,12 +190,12 @@ impl PeakEwma {
         now.saturating_duration_since(since.max(s.heard))
     }
 
-    /// The estimate over answered calls only, decayed: how long this endpoint takes to answer when it does. The
-    /// silence rule compares against this, since an estimate raised by timeouts would excuse the next ones.
+    /// How long this endpoint takes to answer when it does: the time-weighted mean over answered calls only, not
+    /// decayed while idle (zero before the first answer). The silence rule compares against this, since an
+    /// estimate raised by timeouts would excuse the next ones, and one decayed by idleness would condemn a slow
+    /// pod that was merely not called for a while.
     pub fn answer_estimate(&self) -> Duration {
-        let s = self.lock();
-        let idle = Instant::now().saturating_duration_since(s.answer_at).as_nanos() as f64;
-        Duration::from_nanos((s.answer_ns * (-idle / self.decay_ns).exp()) as u64)
+        Duration::from_nanos(self.lock().answer_ns as u64)
     }
 
     /// Calls in flight.
@@ -205,32 +220,29 @@ impl PeakEwma {
     }
 }
 
-/// The highest one answer may raise an estimate of `current` ns to: twice it, or 5 ms more, whichever is higher.
+/// The highest one answer may raise an estimate of `current` ns (as of the endpoint's last answer) to: twice it,
+/// or 5 ms more, whichever is higher.
 ///
 /// An answer slower than the estimate is the peak (Peak-EWMA), but on a shared node one late answer is as often a
 /// time slice lost by the pod or the sidecar as a slower pod; a pod that has become slow answers late again and
 /// reaches its real latency within a few answers (1 → 6 → 12 → 24 ms), while a lost time slice no longer makes an
-/// equal pod look slow for seconds (issue 10.5). A pod that answers nothing is seen through its silence instead,
-/// and an unanswered call's elapsed time is not capped.
+/// equal pod look slow for seconds (issue 10.5). The cap is taken from the estimate as of the last answer, not
+/// its decayed value, so the decay between slow answers cannot shrink the estimate faster than the cap lets it
+/// grow; and it applies only to an endpoint that answered within the last decay period ([`PeakEwma::answered`]).
+/// A pod that answers nothing is seen through its silence instead, and an unanswered call's elapsed time is not
+/// capped.
 pub fn step_cap(current: f64) -> f64 {
     (2.0 * current).max(current + 5e6)
 }
 
-/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`; a peak limited by `cap`.
-fn peak_ewma(
-    value: f64,
-    at: Instant,
-    now: Instant,
-    rtt: Duration,
-    decay_ns: f64,
-    cap: Option<fn(f64) -> f64>,
-) -> (f64, Instant) {
+/// One Peak-EWMA step: `value` as of `at`, folded with `rtt` observed at `now`; a peak limited to `cap` ns.
+fn peak_ewma(value: f64, at: Instant, now: Instant, rtt: Duration, decay_ns: f64, cap: Option<f64>) -> (f64, Instant) {
     let rtt_ns = rtt.as_nanos() as f64;
     let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
     let decay = (-elapsed / decay_ns).exp();
     let current = value * decay;
     let next = if rtt_ns > current {
-        cap.map_or(rtt_ns, |cap| rtt_ns.min(cap(current)))
+        cap.map_or(rtt_ns, |cap| rtt_ns.min(cap.max(current)))
     } else {
         current + rtt_ns * (1.0 - decay)
     };
@@ -333,19 +345,17 @@ mod tests {
         e.start();
         e.answered(MS);
         assert_eq!(e.estimate(), MS);
-        // A 30 ms answer 1 ms later: the estimate (1 ms, decayed by e^-0.001) + 5 ms.
+        // A 30 ms answer 1 ms later: the estimate as of the last answer (1 ms) + 5 ms.
         tokio::time::advance(MS).await;
         e.start();
         e.answered(30 * MS);
-        let current = 1e6 * (-1e-3f64).exp();
-        assert_eq!(e.load().0, current + 5e6);
-        // A pod that stays slow gets there in a few answers: doubling from here.
-        let mut expect = current + 5e6;
-        for _ in 0..3 {
+        assert_eq!(e.load().0, 6e6);
+        // A pod that stays slow gets there in a few answers: doubling from the last estimate, whatever the decay
+        // in between took off.
+        for expect in [12e6, 24e6, 30e6] {
             tokio::time::advance(MS).await;
             e.start();
             e.answered(30 * MS);
-            expect = (expect * (-1e-3f64).exp() * 2.0).min(30e6);
             assert_eq!(e.load().0, expect);
         }
         assert_eq!(e.estimate(), 30 * MS);
@@ -356,24 +366,85 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_first_answer_and_the_first_after_a_quiet_decay_period_are_taken_whole() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(1000 * MS);
+        assert_eq!(e.estimate(), 1000 * MS, "no estimate to doubt the first answer against");
+        // Idle 5 s: the estimate decayed to 1 s · e^-5 ≈ 6.7 ms; the next 1 s answer is no lost time slice.
+        tokio::time::advance(5000 * MS).await;
+        e.start();
+        e.answered(1000 * MS);
+        assert_eq!(e.estimate(), 1000 * MS);
+        // Answered 999 ms ago: recent, so a 3 s answer is capped at twice the last estimate.
+        tokio::time::advance(999 * MS).await;
+        e.start();
+        e.answered(3000 * MS);
+        assert_eq!(e.estimate(), 2000 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_answer_estimate_is_a_mean_of_answers_that_idleness_does_not_decay() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        assert_eq!(e.answer_estimate(), Duration::ZERO);
+        e.start();
+        e.answered(400 * MS);
+        tokio::time::advance(3000 * MS).await;
+        assert_eq!(e.answer_estimate(), 400 * MS, "a quiet pod is as slow as it was");
+        // 1 s later a 100 ms answer: weight 1 - e^-1.
+        tokio::time::advance(1000 * MS).await;
+        e.start();
+        e.answered(100 * MS);
+        let keep = (-4.0f64).exp();
+        assert_eq!(e.answer_estimate(), Duration::from_nanos((400e6 * keep + 100e6 * (1.0 - keep)) as u64));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn how_far_answers_stray_is_averaged_by_time_too() {
         let e = PeakEwma::new(Duration::from_secs(1));
         e.start();
         e.answered(MS);
-        assert_eq!(e.sample().2, 0.0, "the first answer has no time weight yet");
+        assert_eq!(e.sample().2, 0.0, "the first answer has nothing to stray from");
         let d = (-0.01f64).exp();
         tokio::time::advance(10 * MS).await;
         e.start();
         e.answered(MS);
-        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
-        let dev = 1e6 * (1.0 - d) * (1.0 - d);
-        assert!(close(e.sample().2, dev), "{}", e.sample().2);
+        assert_eq!(e.sample().2, 0.0, "the same answer again");
         // One answer 20 ms late moves it by its time weight only: a lost time slice is not noise by itself.
         tokio::time::advance(10 * MS).await;
         e.start();
         e.answered(21 * MS);
-        assert!(close(e.sample().2, dev * d + (21e6 - 1e6 * d) * (1.0 - d)), "{}", e.sample().2);
+        assert_eq!(e.sample().2, 20e6 * (1.0 - d));
         assert!(e.sample().2 < 0.25e6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn how_far_answers_stray_decays_like_the_estimate() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        e.start();
+        e.answered(MS);
+        tokio::time::advance(MS).await;
+        e.start();
+        e.answered(11 * MS);
+        let dev = 10e6 * (1.0 - (-1e-3f64).exp());
+        assert_eq!(e.sample().2, dev);
+        tokio::time::advance(2000 * MS).await;
+        assert_eq!(e.sample().2, dev * (-2.0f64).exp());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_is_steadily_slow_does_not_stray() {
+        // A 1 s pod tried every 5 s: its estimate decays to 6.7 ms in between and jumps back to 1 s, but its
+        // answers do not stray from their mean, so its spread cannot make it look alike a fast pod.
+        let e = PeakEwma::new(Duration::from_secs(1));
+        for _ in 0..5 {
+            e.start();
+            tokio::time::advance(1000 * MS).await;
+            e.answered(1000 * MS);
+            e.finish();
+            assert_eq!(e.sample().2, 0.0);
+            tokio::time::advance(5000 * MS).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,9 @@ pub struct Picked {
     pub endpoint: Arc<Endpoint>,
     /// Its connection's request handle.
     pub sender: SendRequest<ReplayBody>,
+    /// The endpoint's probe slot when it is on probation and this attempt is its one probe (taken in the same
+    /// step as the choice, so two calls never both probe); the attempt that sends the call holds it.
+    pub probe: Option<breaker::ProbeSlot>,
 }
 
 /// No endpoint could take the call before the wait ended.

@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{Endpoint, Picked};
+use super::{Endpoint, Picked, breaker::Admission};
 use crate::proxy::replay::ReplayBody;
 
 /// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
@@ -30,8 +30,10 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
     if n >= 2 {
         let a = rng.random_range(0..n);
         let b = (a + rng.random_range(1..n)) % n;
-        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b])) {
-            return Some(cheaper((&set[a], ta), (&set[b], tb)));
+        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b]))
+            && let Some(picked) = cheaper((&set[a], ta), (&set[b], tb), now, ejected_too)
+        {
+            return Some(picked);
         }
     }
     // Slow path: reservoir-sample two among the usable ones in one pass.
@@ -46,18 +48,34 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
         seen += 1;
     }
     match picks {
-        [Some((a, ta)), Some((b, tb))] => Some(cheaper((&set[a], ta), (&set[b], tb))),
-        [Some((a, ta)), None] => Some(Picked { endpoint: set[a].clone(), sender: ta }),
+        [Some((a, ta)), Some((b, tb))] => cheaper((&set[a], ta), (&set[b], tb), now, ejected_too),
+        [Some((a, ta)), None] => admit(&set[a], ta, now, ejected_too),
         _ => None,
     }
+}
+
+/// Admits a call on `e` as its breaker says, taking the probe slot of an endpoint on probation in the same step
+/// ([`super::breaker::Breaker::admit`]); in panic mode (`ejected_too`) a refusal is overruled.
+fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, ejected_too: bool) -> Option<Picked> {
+    static PICKS: AtomicU64 = AtomicU64::new(1);
+    let probe = match e.breaker.admit(now) {
+        Admission::Closed => None,
+        Admission::Probe(slot) => Some(slot),
+        Admission::Refused if ejected_too => None,
+        Admission::Refused => return None,
+    };
+    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
+    Some(Picked { endpoint: e.clone(), sender, probe })
 }
 
 /// Latencies within this factor of each other count as alike: the difference is noise.
 const ALIKE: f64 = 2.0;
 /// … and so do latencies closer than the noise: [`NOISE_DEVS`] × how far the endpoints' answers stray from their
-/// estimates (TCP's RTTVAR margin), at least [`NOISE_FLOOR_NS`]. On a loaded node answers stray by many
-/// milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one the margin is
-/// the floor, the most one late answer can add to an estimate ([`super::ewma::step_cap`]) (issue 10.5).
+/// mean (TCP's RTTVAR margin, decayed like the estimate), at least [`NOISE_FLOOR_NS`]. On a loaded node answers
+/// stray by many milliseconds and a pod that lost the CPU for a while must not look slow for long; on a quiet one
+/// the margin is the floor, the most one late answer can add to a recent estimate ([`super::ewma::step_cap`])
+/// (issue 10.5). A pod that is steadily slow does not stray, however far its estimate decays between its answers
+/// ([`super::ewma::PeakEwma::sample`]), so a 1 s pod is not "alike" a 2 ms one.
 const NOISE_DEVS: f64 = 3.0;
 /// The smallest noise margin, ns.
 const NOISE_FLOOR_NS: f64 = 5e6;
@@ -101,15 +119,20 @@ fn prefer_first(a: Side, b: Side) -> bool {
     }
 }
 
-fn cheaper(a: (&Arc<Endpoint>, SendRequest<ReplayBody>), b: (&Arc<Endpoint>, SendRequest<ReplayBody>)) -> Picked {
-    static PICKS: AtomicU64 = AtomicU64::new(1);
+/// The cheaper of two usable endpoints, admitted by its breaker; if another call took its probe slot meanwhile,
+/// the other one.
+fn cheaper(
+    a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+    b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+    now: Instant,
+    ejected_too: bool,
+) -> Option<Picked> {
     let side = |e: &Endpoint| {
         let (rtt, pending, dev) = e.load.sample();
         Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
-    let (e, sender) = if prefer_first(side(a.0), side(b.0)) { a } else { b };
-    e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
-    Picked { endpoint: e.clone(), sender }
+    let (first, second) = if prefer_first(side(a.0), side(b.0)) { (a, b) } else { (b, a) };
+    admit(first.0, first.1, now, ejected_too).or_else(|| admit(second.0, second.1, now, ejected_too))
 }
 
 #[cfg(test)]
@@ -182,5 +205,49 @@ mod tests {
         for n in got {
             assert!((950..=1050).contains(&n), "{got:?}");
         }
+    }
+
+    /// 3000 calls one at a time over pods answering in 2 ms, 2 ms and `slow`; the calls each pod got. A pod
+    /// that stays much slower must not keep drawing calls: its own spread must not make the difference "noise",
+    /// and the step cap must not hold its estimate below its real latency (review of issue 10).
+    async fn one_at_a_time(slow: Duration) -> [u32; 3] {
+        use rand::SeedableRng;
+        let pods: Vec<PeakEwma> = (0..3).map(|_| PeakEwma::new(Duration::from_secs(1))).collect();
+        let latency = [Duration::from_millis(2), Duration::from_millis(2), slow];
+        let mut last = [0u64; 3];
+        let mut got = [0u32; 3];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for seq in 1..=3000u64 {
+            let a = rng.random_range(0..3);
+            let b = (a + rng.random_range(1..3)) % 3;
+            let s = |i: usize| {
+                let (rtt, pending, dev) = pods[i].sample();
+                Side { rtt, pending, last_pick: last[i], dev }
+            };
+            let i = if prefer_first(s(a), s(b)) { a } else { b };
+            last[i] = seq;
+            got[i] += 1;
+            pods[i].start();
+            tokio::time::advance(latency[i]).await;
+            pods[i].answered(latency[i]);
+            pods[i].finish();
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_answering_in_one_second_is_not_alike_a_2_ms_pod() {
+        // Observed: [1017, 989, 994]. The same through real processes: `server --delay 1s` as one of three pods,
+        // `call -n 60 -c 1` → {"s1":18,"s2":20,"s3":22}.
+        let got = one_at_a_time(Duration::from_secs(1)).await;
+        assert!(got[2] <= 30, "the 1 s pod got {} of 3000 calls: {got:?}", got[2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_answering_in_200_ms_gets_almost_no_calls() {
+        // Observed: [1474, 1469, 57] (real processes, `call -n 3000 -c 1`: 75 of 3000). tower's PeakEwma with the
+        // same decay retries it about once per 3.4 s (200 ms · e^-t < 7 ms): a handful in this run.
+        let got = one_at_a_time(Duration::from_millis(200)).await;
+        assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
     }
 }

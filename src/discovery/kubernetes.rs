@@ -11,6 +11,8 @@
 //! *before* the LIST, so a refused LIST was retried about once a second; and it resets only on an event, so after an
 //! outage a quiet watch kept the outage's backoff and a later 410 waited it out before re-listing (issue 10.6).
 //! What happens is reported through [`Health`] (the problem, errors by HTTP status, one log line per change).
+//! Recovery is reported on data, or, when a watch resumed after an error stays quiet (a watch resumed from its
+//! resourceVersion yields nothing when nothing changed), once a one-item LIST shows that the API answers again.
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
@@ -48,14 +50,34 @@ pub async fn run(
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     info!(%service, %namespace, %port, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
-    let mut events = watcher(api, config).boxed();
+    let selector = format!("{SERVICE_NAME_LABEL}={service}");
+    let config = watcher::Config::default().labels(&selector);
+    let mut events = watcher(api.clone(), config).boxed();
+    // After an error, when to ask the API directly whether it answers again (see `answers_again`).
+    let mut check_at: Option<Instant> = None;
 
     let mut slices: BTreeMap<String, Vec<SliceEndpoint>> = BTreeMap::new();
     let mut relist: Option<BTreeMap<String, Vec<SliceEndpoint>>> = None;
     let mut last: Option<Vec<Discovered>> = None;
     let mut retry = Retry::default();
-    while let Some(event) = events.next().await {
+    loop {
+        let next = match check_at {
+            Some(at) => tokio::time::timeout_at(at, events.next()).await.ok(),
+            None => Some(events.next().await),
+        };
+        let Some(next) = next else {
+            // The watch resumed after an error and has stayed quiet: a watch that resumes from its
+            // resourceVersion delivers nothing when nothing changed, so only the API itself can say it is back.
+            check_at = None;
+            if answers_again(&api, &selector).await {
+                retry.reset();
+                health.recovered();
+            } else {
+                check_at = Some(Instant::now() + RECHECK);
+            }
+            continue;
+        };
+        let Some(event) = next else { break };
         let changed = match event {
             // `Init` comes before the LIST request: it says nothing about whether the API answers.
             Ok(watcher::Event::Init) => {
@@ -96,6 +118,7 @@ pub async fn run(
                     tokio::time::sleep(delay).await;
                 }
                 retry.resumed();
+                check_at = health.problem().is_some().then(|| Instant::now() + ANSWERED_FOR);
                 continue;
             }
         };
@@ -104,6 +127,7 @@ pub async fn run(
         }
         retry.reset();
         health.recovered();
+        check_at = None;
         let set = usable(&slices, options.ip_family);
         if last.as_ref() != Some(&set) {
             if tx.send(set.clone()).await.is_err() {
@@ -113,6 +137,20 @@ pub async fn run(
         }
     }
 }
+
+/// Whether the API answers a LIST of the Service's slices (one item, within [`CHECK_TIMEOUT`]): asked once after a
+/// watch resumed from an error and stayed quiet for [`ANSWERED_FOR`], because a resumed watch with nothing to report
+/// yields no event, and without one discovery never said it had recovered. A real answer, not the mere absence of
+/// errors, so a stalled API is not taken for a working one.
+async fn answers_again(api: &Api<EndpointSlice>, selector: &str) -> bool {
+    let params = kube::api::ListParams::default().labels(selector).limit(1);
+    matches!(tokio::time::timeout(CHECK_TIMEOUT, api.list(&params)).await, Ok(Ok(_)))
+}
+
+/// How long [`answers_again`] waits for the API.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the watch stays quiet and the API did not answer [`answers_again`], how often to ask again.
+const RECHECK: Duration = Duration::from_secs(10);
 
 /// One failed request, as the retry policy and the operator see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,15 +7,21 @@
 //! outcome was recorded.
 //!
 //! How an outcome is judged (what counts against the endpoint):
-//! - answered (response headers came): `UNAVAILABLE` (the connection failed mid-response) is a failure, unless the
-//!   backend reset the stream (`REFUSED_STREAM`: one stream's fate, not the endpoint's health); a caller's
-//!   cancel or deadline after the answer began says nothing about the endpoint; any other status is a success (the
-//!   endpoint works, whatever the application said).
+//! - answered (response headers came): `UNAVAILABLE` is a failure, whether the application answered it or the
+//!   connection failed mid-response (Envoy's outlier detection counts it as a gateway failure; a gRPC server says
+//!   `UNAVAILABLE` when it cannot serve, e.g. overloaded or shutting down), unless the backend reset the stream
+//!   (`REFUSED_STREAM`: one stream's fate, not the endpoint's health); a caller's cancel or deadline after the
+//!   answer began says nothing about the endpoint; any other status is a success (the endpoint works, whatever
+//!   the application said).
 //! - not answered: a failed connection or stream (`UNAVAILABLE`) is a failure; a deadline or a cancel is a failure
-//!   only when the endpoint was silent much longer than its own latency estimate
-//!   ([`crate::balance::breaker::silence_is_failure`]); either way the elapsed time enters the estimate, as
-//!   tower's `PeakEwma` does when a call is dropped.
+//!   only when the endpoint was silent much longer than its own answers take
+//!   ([`crate::balance::breaker::silence_is_failure`]), and then, if the endpoint has answered before, it is hung
+//!   and ejected at once ([`crate::balance::breaker::Breaker::record_hang`]); either way the elapsed time enters
+//!   the estimate, as tower's `PeakEwma` does when a call is dropped.
 //! - [`Attempt::release`]: no verdict at all (the request was refused before any processing).
+//! - a probe (the one call to an endpoint on probation) is judged when its response headers come: the endpoint
+//!   answered, so it is re-admitted, and a long stream cannot hold the endpoint on probation; a probe that ends
+//!   without headers is judged as above.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,7 +29,10 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tonic::Code;
 
 use crate::{
-    balance::{Endpoint, breaker::silence_is_failure},
+    balance::{
+        Endpoint,
+        breaker::{ProbeSlot, silence_is_failure},
+    },
     pool::Lease,
     telemetry::metrics::Metrics,
 };
@@ -40,21 +49,20 @@ pub struct Attempt {
     /// against it).
     estimate: Duration,
     answered: bool,
-    /// This attempt is the one probe of an endpoint on probation.
-    probe: bool,
+    /// The probe slot, while this attempt is the one probe of an endpoint on probation and not judged yet.
+    probe: Option<ProbeSlot>,
     finished: bool,
     /// The connection this attempt uses, counted in flight there until the call ends.
     _lease: Lease,
 }
 
 impl Attempt {
-    /// Counts a call in flight on `endpoint` and on the leased connection; on an endpoint on probation, this
-    /// attempt becomes its probe.
-    pub fn begin(endpoint: Arc<Endpoint>, lease: Lease) -> Self {
+    /// Counts a call in flight on `endpoint` and on the leased connection; with `probe` (from
+    /// [`crate::balance::Picked`]) this attempt is the endpoint's probe.
+    pub fn begin(endpoint: Arc<Endpoint>, lease: Lease, probe: Option<ProbeSlot>) -> Self {
         let started = Instant::now();
         let estimate = endpoint.load.answer_estimate();
         endpoint.load.start();
-        let probe = endpoint.breaker.try_probe(started);
         Self { endpoint, started, estimate, answered: false, probe, finished: false, _lease: lease }
     }
 
@@ -70,6 +78,12 @@ impl Attempt {
         }
         self.answered = true;
         self.endpoint.load.answered(self.started.elapsed());
+        // A probe's verdict: the endpoint answered.
+        if let Some(slot) = self.probe.take()
+            && slot.done(Some(true))
+        {
+            self.endpoint.load.reset_pessimistic(READMIT_RTT);
+        }
     }
 
     /// Ends the attempt with `code`, judged as the module documents.
@@ -83,6 +97,7 @@ impl Attempt {
             return;
         }
         let load = &self.endpoint.load;
+        let mut hung = false;
         let verdict = if self.answered {
             match code {
                 Code::Unavailable if reset => None,
@@ -103,6 +118,7 @@ impl Attempt {
                 }
                 Code::Cancelled | Code::DeadlineExceeded => {
                     load.unanswered(self.started.elapsed());
+                    hung = silence_is_failure(silence, self.estimate) && !self.estimate.is_zero();
                     silence_is_failure(silence, self.estimate).then_some(false)
                 }
                 _ => {
@@ -112,7 +128,7 @@ impl Attempt {
             }
         };
         load.finish();
-        self.judge(verdict);
+        self.judge(verdict, hung);
     }
 
     /// Ends the attempt with no verdict on the endpoint and nothing learnt about its latency: for a request the
@@ -124,18 +140,21 @@ impl Attempt {
             self.endpoint.load.withdrawn();
         }
         self.endpoint.load.finish();
-        self.judge(None);
+        self.judge(None, false);
     }
 
-    fn judge(&self, verdict: Option<bool>) {
+    /// Reports `verdict` to the breaker: to the probe slot if this attempt still holds it; `hung` (no answer,
+    /// silent far past its usual answer time) ejects at once.
+    fn judge(&mut self, verdict: Option<bool>, hung: bool) {
         let breaker = &self.endpoint.breaker;
-        if self.probe {
-            if breaker.probe_done(verdict) {
+        if let Some(slot) = self.probe.take() {
+            if slot.done(verdict) {
                 self.endpoint.load.reset_pessimistic(READMIT_RTT);
             }
             return;
         }
         match verdict {
+            Some(false) if hung => breaker.record_hang(),
             Some(true) => breaker.record_success(),
             Some(false) => breaker.record_failure(),
             None => {}

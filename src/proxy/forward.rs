@@ -124,7 +124,7 @@ impl Proxy {
         let mut refused_by: Vec<SocketAddr> = Vec::new();
         let mut attempts: u32 = 0;
         loop {
-            let Picked { endpoint, sender } = balancer.pick(&refused_by, wait_until).await?;
+            let Picked { endpoint, sender, probe } = balancer.pick(&refused_by, wait_until).await?;
             let lease = endpoint.conn.lease(sender);
             let mut sender = lease.sender.clone();
             let Some(view) = origin.replay() else {
@@ -148,7 +148,7 @@ impl Proxy {
             }
             attempts += 1;
 
-            let mut attempt = Attempt::begin(endpoint.clone(), lease);
+            let mut attempt = Attempt::begin(endpoint.clone(), lease, probe);
             let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
