@@ -1,0 +1,218 @@
+"""Review of issue 13 (branch review13): inputs that break the shipped image check, `inject` and the chart.
+
+Each test here FAILS on fbb437c and names the finding of the review report it reproduces. Run them with
+    HELLO_SIDECAR_BIN=$PWD/target/debug/hello-sidecar .test-tools/venv/bin/python -m pytest -q tests/chart/test_review13.py
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import helm_python as helm
+import yaml
+from chartlib import CHART, ROOT, find, hello_sidecar, init_container, kubernetes_validate, render_docs
+
+TARGET = "kubernetes:///hello.shop:grpc"
+POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}\nspec:\n  containers: [{name: app, image: a}]\n"
+
+
+def sidecar_args(injected: str) -> list[str]:
+    (pod,) = [d for d in yaml.safe_load_all(injected) if d]
+    args = init_container(pod["spec"])["args"]
+    assert args[0] == "sidecar"
+    return args[1:]
+
+
+# --- chart as a dependency (README: "A chart that depends on this one can render the same container") -----------
+
+
+def parent_chart(tmp_path, template: str):
+    parent = tmp_path / "my-app"
+    (parent / "templates").mkdir(parents=True)
+    shutil.copytree(CHART, parent / "charts" / "hello-sidecar")
+    (parent / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: my-app\nversion: 1.0.0\nappVersion: '2.3.1'\n"
+        "dependencies:\n  - {name: hello-sidecar, version: 0.1.0}\n"
+    )
+    (parent / "values.yaml").write_text(
+        "hello-sidecar:\n  backend: {enabled: false}\n  client: {enabled: false}\n  tests: {enabled: false}\n"
+        "  sidecar: {target: 'kubernetes:///hello.shop:grpc'}\n"
+    )
+    (parent / "templates" / "deploy.yaml").write_text(template)
+    return helm.Chart.load(str(parent))
+
+
+def test_the_chart_installs_as_a_dependency(tmp_path):
+    """Helm gives every subchart a `global` value; values.schema.json (additionalProperties: false) refuses it."""
+    chart = parent_chart(tmp_path, "")
+    files = chart.render({}, name="rel", namespace="web", is_install=True)
+    rbac = [f for f in files if f.endswith("hello-sidecar/templates/rbac.yaml")]
+    assert rbac and "namespace: shop" in files[rbac[0]]
+
+
+def test_a_dependent_chart_renders_the_sidecar_with_the_documented_include(tmp_path):
+    """charts/hello-sidecar/README.md: `{{ include "hello-sidecar.sidecarContainer" . }}` from a chart that depends
+    on this one. With `.` the parent's context, .Values.image/.Values.sidecar/.Chart.AppVersion are the parent's."""
+    template = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: my-app}\nspec:\n"
+        "  selector: {matchLabels: {app: my-app}}\n  template:\n    metadata: {labels: {app: my-app}}\n"
+        "    spec:\n      initContainers:\n"
+        '        {{- include "hello-sidecar.sidecarContainer" . | nindent 8 }}\n'
+        "      containers: [{name: app, image: 'my-app:1'}]\n"
+    )
+    chart = parent_chart(tmp_path, template)
+    # Work around the `global` finding so this test shows the second problem on its own.
+    schema = tmp_path / "my-app" / "charts" / "hello-sidecar" / "values.schema.json"
+    s = json.loads(schema.read_text())
+    s["properties"]["global"] = {"type": "object"}
+    schema.write_text(json.dumps(s))
+    chart = helm.Chart.load(str(tmp_path / "my-app"))
+    files = chart.render({}, name="rel", namespace="web", is_install=True)
+    deploy = yaml.safe_load(files["my-app/templates/deploy.yaml"])
+    sidecar = init_container(deploy["spec"]["template"]["spec"])
+    assert sidecar["image"].endswith(":0.1.0"), sidecar["image"]
+
+
+# --- inject: the sidecar's command line must be one the sidecar accepts ----------------------------------------
+
+
+def test_inject_route_gives_a_sidecar_that_starts():
+    """`inject --route` writes `--route=...`, which `hello-sidecar sidecar` does not have: CrashLoopBackOff."""
+    out = hello_sidecar("inject", "--target", TARGET, "--route", "acme.Orders=kubernetes:///orders.billing:grpc", stdin=POD)
+    if out.returncode == 2:
+        return  # refused up front: fine
+    check = hello_sidecar("sidecar", *sidecar_args(out.stdout), "--help")
+    assert check.returncode == 0, check.stderr
+
+
+def test_inject_sidecar_arg_is_checked_against_the_sidecar_parser():
+    """`--sidecar-arg=--listen=…` duplicates --listen; `--sidecar-arg=--bogus` is unknown: both pods crash-loop."""
+    for extra in ("--sidecar-arg=--listen=0.0.0.0:50051", "--sidecar-arg=--bogus"):
+        out = hello_sidecar("inject", "--target", TARGET, extra, stdin=POD)
+        if out.returncode == 2:
+            continue
+        check = hello_sidecar("sidecar", *sidecar_args(out.stdout), "--help")
+        assert check.returncode == 0, (extra, check.stderr)
+
+
+def test_inject_refuses_a_pod_whose_app_already_uses_the_sidecars_ports():
+    """Containers of a pod share one network namespace: the sidecar cannot bind 9901 if the app does."""
+    pod = POD.replace("image: a}", "image: a, ports: [{containerPort: 9901, name: admin}]}")
+    out = hello_sidecar("inject", "--target", TARGET, stdin=pod)
+    assert out.returncode == 2 or "9901" in out.stderr, out.stderr
+
+
+def test_inject_refuses_a_pod_without_containers(tmp_path):
+    """`spec: {}` is injected and the output fails kubernetes-validate --strict ('containers' is required)."""
+    out = hello_sidecar("inject", "--target", TARGET, stdin=POD.replace("  containers: [{name: app, image: a}]\n", "  {}\n").replace("spec:\n  {}", "spec: {}"))
+    if out.returncode == 2:
+        return
+    path = tmp_path / "out.yaml"
+    path.write_text(out.stdout)
+    kv = kubernetes_validate(path)
+    assert kv.returncode == 0, kv.stdout + kv.stderr
+
+
+def test_a_custom_resource_of_kind_job_passes_through():
+    """Issue 13: unknown kinds pass through with a note. A Volcano Job (batch.volcano.sh) stops the whole stream."""
+    volcano = (
+        "apiVersion: batch.volcano.sh/v1alpha1\nkind: Job\nmetadata: {name: vj}\n"
+        "spec:\n  tasks:\n  - name: t\n    template:\n      spec:\n        containers: [{name: c, image: i}]\n"
+    )
+    out = hello_sidecar("inject", "--target", TARGET, stdin=volcano + "---\n" + POD)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(volcano)
+
+
+def test_a_list_of_a_few_thousand_deployments_injects():
+    """`kubectl get deploy -A -o yaml | hello-sidecar inject`: one List document; serde-saphyr's default node budget
+    (250,000) refuses it with 'budget breached: Nodes { nodes: 250001 }'."""
+    item = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "web", "labels": {"a": "b", "c": "d"}},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "app", "image": "i", "env": [{"name": f"E{i}", "value": "v"} for i in range(20)]}]},
+            },
+        },
+    }
+    text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [item] * 3000})
+    out = hello_sidecar("inject", "--target", TARGET, stdin=text)
+    assert out.returncode == 0, out.stderr
+
+
+def test_rbac_binding_names_are_unique_per_service_account():
+    """hello-sidecar-{ns}-{sa}: (shop-web, api) and (shop, web-api) get the same RoleBinding name in the target's
+    namespace, so `kubectl apply` keeps only one and the other pod's sidecar gets 403."""
+    a = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop-web}\nspec:\n  serviceAccountName: api\n  containers: [{name: app, image: a}]\n"
+    b = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: shop}\nspec:\n  serviceAccountName: web-api\n  containers: [{name: app, image: a}]\n"
+    out = hello_sidecar("inject", "--target", "kubernetes:///hello.backend:grpc", "--rbac", stdin=a + "---\n" + b)
+    assert out.returncode == 0, out.stderr
+    names = [(d["metadata"]["namespace"], d["metadata"]["name"]) for d in find(list(yaml.safe_load_all(out.stdout)), "RoleBinding")]
+    assert len(names) == len(set(names)) == 2, names
+
+
+def test_uninject_gives_back_the_bytes_inject_was_given():
+    """inject --help: '--uninject  Remove the sidecar instead (gives back what `inject` was given)'. Comments and
+    flow style inside an injected document are lost."""
+    text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}  # mine\nspec:\n  containers: [{name: app, image: a}]\n"
+    once = hello_sidecar("inject", "--target", TARGET, stdin=text)
+    back = hello_sidecar("inject", "--uninject", stdin=once.stdout)
+    assert back.stdout == text
+
+
+# --- chart values -------------------------------------------------------------------------------------------------
+
+
+def test_the_schema_accepts_a_numeric_cpu_quantity():
+    """`cpu: 0.5` is a valid Kubernetes quantity (and what many people write); the schema allows only int|string."""
+    helm.Chart.load(str(CHART)).validate_schema({"sidecar": {"resources": {"limits": {"cpu": 0.5}}}})
+
+
+def test_the_metrics_service_targets_the_admin_port_by_number():
+    """kubeVersion >=1.29, but a Service's named targetPort resolves to a native sidecar's port only from 1.32
+    (kubernetes/kubernetes#127958, fixed by #127976 + #128850, not backported): on 1.29-1.31 the ServiceMonitor
+    finds EndpointSlices without a port and scrapes nothing."""
+    docs = render_docs({"monitoring": {"serviceMonitor": {"enabled": True}}})
+    (svc,) = find(docs, "Service", "release-hello-sidecar-client-metrics")
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == [9901]
+
+
+# --- the docker build replay ----------------------------------------------------------------------------------------
+
+
+def test_the_replay_fails_when_the_final_stage_copies_what_the_builder_did_not_make(tmp_path):
+    """COPY --from=build in the runtime stage is never checked: a renamed binary or a changed WORKDIR passes the
+    replay and fails `docker build`."""
+    df = tmp_path / "Dockerfile"
+    df.write_text(
+        "FROM rust:1.95-bookworm AS build\nWORKDIR /src\nCOPY Cargo.toml ./\nRUN true\n"
+        "FROM gcr.io/distroless/cc-debian12:nonroot\n"
+        "COPY --from=build /src/target/release/no-such-binary /usr/local/bin/hello-sidecar\n"
+    )
+    di = tmp_path / "dockerignore"
+    di.write_text((ROOT / ".dockerignore").read_text())
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "docker_replay.py"), "--dockerfile", str(df), "--dockerignore", str(di)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode != 0, out.stdout + out.stderr
+
+
+def test_inject_handles_a_pod_that_does_not_mount_its_token():
+    """`automountServiceAccountToken: false` (common hardening) leaves the sidecar without in-cluster credentials:
+    it retries forever, /ready stays 503, the startup probe fails and the app never starts. inject should give the
+    sidecar a projected token (as linkerd inject does), or refuse / warn."""
+    pod = POD.replace("spec:\n", "spec:\n  automountServiceAccountToken: false\n")
+    out = hello_sidecar("inject", "--target", TARGET, stdin=pod)
+    if out.returncode == 2 or "automountServiceAccountToken" in out.stderr:
+        return
+    (obj,) = [d for d in yaml.safe_load_all(out.stdout) if d]
+    mounts = init_container(obj["spec"]).get("volumeMounts", [])
+    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounts), out.stdout
