@@ -72,6 +72,22 @@ def test_a_dependent_chart_renders_the_sidecar_with_the_documented_include(tmp_p
     deploy = yaml.safe_load(files["my-app/templates/deploy.yaml"])
     sidecar = init_container(deploy["spec"]["template"]["spec"])
     assert sidecar["image"].endswith(":0.1.0"), sidecar["image"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["HELLO_SIDECAR_TARGET"] == TARGET, env
+
+
+def test_an_aliased_dependency_renders_the_sidecar_too(tmp_path):
+    """The include finds this chart in .Subcharts by its chart name, so `alias:` in the parent's dependencies works."""
+    template = 'sidecar:\n{{- include "hello-sidecar.sidecarContainer" . | nindent 2 }}\n'
+    parent_chart(tmp_path, template)
+    chart_yaml = tmp_path / "my-app" / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.1.0}", "version: 0.1.0, alias: mesh}"))
+    values = tmp_path / "my-app" / "values.yaml"
+    values.write_text(values.read_text().replace("hello-sidecar:", "mesh:"))
+    files = helm.Chart.load(str(tmp_path / "my-app")).render({}, name="rel", namespace="web", is_install=True)
+    (sidecar,) = yaml.safe_load(files["my-app/templates/deploy.yaml"])["sidecar"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert sidecar["image"].endswith(":0.1.0") and env["HELLO_SIDECAR_TARGET"] == TARGET, sidecar
 
 
 # --- inject: the sidecar's command line must be one the sidecar accepts ----------------------------------------
