@@ -11,6 +11,7 @@
 //! ([`InjectError`], exit code 2).
 
 pub mod args;
+pub mod check;
 pub mod rbac;
 pub mod sidecar;
 pub mod workload;
@@ -33,6 +34,9 @@ pub enum InjectError {
         /// The I/O error.
         why: String,
     },
+    /// The sidecar command line `inject` would write is one the sidecar refuses ([`check::sidecar_args`]).
+    #[error("the sidecar would not start with these flags: {0}")]
+    SidecarArgs(String),
     /// A document is malformed YAML or a malformed workload.
     #[error("{source_name}: document {index} (from line {line}): {why}")]
     Document {
@@ -85,6 +89,9 @@ pub fn transform(input: &str, source_name: &str, args: &InjectArgs) -> Result<Ou
         admin_port: args.admin_port,
         extra_args: args.sidecar_arg.clone(),
     };
+    if !args.uninject {
+        check::sidecar_args(&spec.args()).map_err(InjectError::SidecarArgs)?;
+    }
     let sidecar = spec.node().map_err(|e| InjectError::Document {
         source_name: source_name.to_owned(),
         index: 0,

@@ -112,6 +112,18 @@ def test_inject_sidecar_arg_is_checked_against_the_sidecar_parser():
         assert check.returncode == 0, (extra, check.stderr)
 
 
+def test_inject_refuses_a_sidecar_command_line_the_sidecar_would_refuse():
+    """Checked with the sidecar's own parser: one line naming the problem, exit 2, nothing on stdout."""
+    for extra, says in [
+        (["--sidecar-arg=--bogus"], "--bogus"),
+        (["--sidecar-arg=--listen=0.0.0.0:50051"], "--listen"),
+        (["--admin-port", "50051"], "admin port 50051"),
+    ]:
+        out = hello_sidecar("inject", "--target", TARGET, *extra, stdin=POD)
+        assert out.returncode == 2 and out.stdout == "", (extra, out)
+        assert says in out.stderr and out.stderr.count("\n") == 1, (extra, out.stderr)
+
+
 def test_inject_refuses_a_pod_whose_app_already_uses_the_sidecars_ports():
     """Containers of a pod share one network namespace: the sidecar cannot bind 9901 if the app does."""
     pod = POD.replace("image: a}", "image: a, ports: [{containerPort: 9901, name: admin}]}")
