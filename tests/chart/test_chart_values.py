@@ -1,5 +1,6 @@
 """The chart for any app: RBAC in each target's namespace, every sidecar flag a value, optional monitors."""
 
+import hashlib
 import re
 
 import helm_python as helm
@@ -8,6 +9,12 @@ import yaml
 from chartlib import CHART, find, hello_sidecar, init_container, render_docs
 
 MONITORED = helm.values_from_yaml((CHART / "ci" / "monitored-values.yaml").read_text())
+
+
+def elsewhere(release_namespace: str, fullname: str = "release-hello-sidecar") -> str:
+    """The RBAC name outside the release namespace: full name, release namespace, hash of the two."""
+    digest = hashlib.sha256(f"{release_namespace}/{fullname}".encode()).hexdigest()[:8]
+    return f"{fullname}-{release_namespace}"[:54].rstrip("-") + "-" + digest
 
 
 def rbac_by_namespace(docs):
@@ -32,7 +39,7 @@ def test_a_cross_namespace_target_gets_its_role_and_binding_in_that_namespace():
     rbac = rbac_by_namespace(docs)
     # One Role + RoleBinding per Kubernetes target namespace (a target without one is the pod's own), none for
     # the static target, and no cluster-wide grant.
-    assert rbac["Role"] == [("billing", "release-hello-sidecar-web"), ("shop", "release-hello-sidecar-web"), ("web", "release-hello-sidecar")]
+    assert rbac["Role"] == [("billing", elsewhere("web")), ("shop", elsewhere("web")), ("web", "release-hello-sidecar")]
     assert rbac["RoleBinding"] == rbac["Role"]
     assert rbac["ClusterRole"] == [] and rbac["ClusterRoleBinding"] == []
     sa = find(docs, "ServiceAccount")[0]["metadata"]
@@ -53,7 +60,7 @@ def test_bring_your_own_service_gets_rbac_where_the_service_is():
     values = helm.values_from_yaml((CHART / "ci" / "bring-your-own-values.yaml").read_text())
     docs = render_docs(values, namespace="web")
     rbac = rbac_by_namespace(docs)
-    assert rbac["Role"] == [("shop", "release-hello-sidecar-web")] == rbac["RoleBinding"]
+    assert rbac["Role"] == [("shop", elsewhere("web"))] == rbac["RoleBinding"]
     binding = find(docs, "RoleBinding")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-app", "namespace": "web"}]
 

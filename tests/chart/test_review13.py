@@ -193,6 +193,24 @@ def test_uninject_gives_back_the_bytes_inject_was_given():
     assert back.stdout == text
 
 
+def test_chart_rbac_names_are_unique_per_release_and_namespace():
+    """Release a in namespace b-c and release a-b in namespace c both gave `a-hello-sidecar-b-c`... in the target's
+    namespace; long names were cut at 63 characters and could meet too. The name now carries a hash of the pair."""
+    values = {"sidecar": {"target": "kubernetes:///hello.shop:grpc"}, "backend": {"enabled": False}}
+    chart = helm.Chart.load(str(CHART))
+
+    def binding(release, namespace):
+        files = chart.render(values, name=release, namespace=namespace, is_install=True)
+        docs = [d for d in yaml.safe_load_all(files["hello-sidecar/templates/rbac.yaml"]) if d]
+        (b,) = find(docs, "RoleBinding")
+        assert len(b["metadata"]["name"]) <= 63 and b["metadata"]["namespace"] == "shop", b
+        return b["metadata"]["name"]
+
+    assert binding("a", "b-hello-sidecar-c") != binding("a-hello-sidecar-b", "c")
+    long = "n" * 40
+    assert binding("r", long + "-x") != binding("r", long + "-y")
+
+
 # --- chart values -------------------------------------------------------------------------------------------------
 
 

@@ -95,13 +95,20 @@ when a target names none. static:/// targets need no RBAC.
 {{- $namespaces | uniq | sortAlpha | toJson }}
 {{- end }}
 
-{{/* Name of the RBAC objects in namespace $ns (the release's name, plus the release namespace elsewhere). */}}
+{{/*
+Name of the RBAC objects in namespace $ns: the release's full name in its own namespace; elsewhere the full name,
+the release namespace and 8 hex digits of sha256("<release namespace>/<full name>"), so that releases whose
+names read the same once joined by "-" (release a in b-c, release a-b in c), or are cut at 63 characters, still
+get objects of their own.
+*/}}
 {{- define "hello-sidecar.rbacName" -}}
 {{- $root := index . 0 }}{{ $ns := index . 1 }}
+{{- $fullname := include "hello-sidecar.fullname" $root }}
 {{- if eq $ns $root.Release.Namespace }}
-{{- include "hello-sidecar.fullname" $root }}
+{{- $fullname }}
 {{- else }}
-{{- printf "%s-%s" (include "hello-sidecar.fullname" $root) $root.Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- $hash := printf "%s/%s" $root.Release.Namespace $fullname | sha256sum | trunc 8 }}
+{{- printf "%s-%s" (printf "%s-%s" $fullname $root.Release.Namespace | trunc 54 | trimSuffix "-") $hash }}
 {{- end }}
 {{- end }}
 
