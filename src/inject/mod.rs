@@ -176,8 +176,18 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
     let what = format!("{kind}/{}", name.unwrap_or("(unnamed)"));
     let namespace =
         metadata.and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or(&ctx.args.namespace).to_owned();
-    let Some(path) = workload::pod_spec_path(&kind) else {
-        ctx.notes.push(format!("{at}: {what} runs no pods; left as is"));
+    // Without an apiVersion (kubectl would refuse it), the kind alone decides, as it did before groups counted.
+    let standard = ["v1", "apps/v1", "batch/v1"].iter().find_map(|v| workload::pod_spec_path(v, &kind));
+    let api_version = node.get("apiVersion").and_then(Node::as_str).unwrap_or_default();
+    let path = if api_version.is_empty() { standard } else { workload::pod_spec_path(api_version, &kind) };
+    let Some(path) = path else {
+        // A kind Kubernetes runs pods for, under another API group, is a custom resource: passed through.
+        let why = if standard.is_some() {
+            format!("is not a Kubernetes workload (apiVersion '{api_version}')")
+        } else {
+            "runs no pods".to_owned()
+        };
+        ctx.notes.push(format!("{at}: {what} {why}; left as is"));
         return Ok(false);
     };
     let Some(pod_spec) = node.path_mut(path) else {

@@ -9,14 +9,18 @@ use k8s_openapi::api::core::v1::PodSpec;
 use super::sidecar::SIDECAR_NAME;
 use super::yaml::Node;
 
-/// The path from an object of `kind` to its pod spec, or `None` for a kind that runs no pods.
-pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "Pod" => Some(&["spec"]),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => {
-            Some(&["spec", "template", "spec"])
-        }
-        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template", "spec"]),
+/// The path from an object of `apiVersion` and `kind` to its pod spec, or `None` for one that is not a
+/// Kubernetes workload. The API group counts, not the version: a custom resource that reuses a kind
+/// (`batch.volcano.sh/v1alpha1` `Job`) is not one. Groups: core (`v1`) for Pod and ReplicationController, `apps`
+/// (and the retired `extensions`) for Deployment, StatefulSet, DaemonSet and ReplicaSet, `batch` for Job and CronJob.
+pub fn pod_spec_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    match (group, kind) {
+        ("", "Pod") => Some(&["spec"]),
+        ("apps" | "extensions", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("", "ReplicationController")
+        | ("batch", "Job") => Some(&["spec", "template", "spec"]),
+        ("batch", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template", "spec"]),
         _ => None,
     }
 }
@@ -93,10 +97,12 @@ mod tests {
 
     #[test]
     fn every_workload_kind_has_its_pod_spec_path() {
-        assert_eq!(pod_spec_path("Deployment"), Some(&["spec", "template", "spec"][..]));
-        assert_eq!(pod_spec_path("CronJob").map(<[_]>::len), Some(5));
-        assert_eq!(pod_spec_path("Pod"), Some(&["spec"][..]));
-        assert_eq!(pod_spec_path("Service"), None);
+        assert_eq!(pod_spec_path("apps/v1", "Deployment"), Some(&["spec", "template", "spec"][..]));
+        assert_eq!(pod_spec_path("batch/v1", "CronJob").map(<[_]>::len), Some(5));
+        assert_eq!(pod_spec_path("v1", "Pod"), Some(&["spec"][..]));
+        assert_eq!(pod_spec_path("v1", "Service"), None);
+        assert_eq!(pod_spec_path("batch.volcano.sh/v1alpha1", "Job"), None, "a custom resource of kind Job");
+        assert_eq!(pod_spec_path("example.com/v1", "Pod"), None);
     }
 
     #[test]

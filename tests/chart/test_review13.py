@@ -151,6 +151,7 @@ def test_a_custom_resource_of_kind_job_passes_through():
     out = hello_sidecar("inject", "--target", TARGET, stdin=volcano + "---\n" + POD)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(volcano)
+    assert "Job/vj is not a Kubernetes workload (apiVersion 'batch.volcano.sh/v1alpha1'); left as is" in out.stderr
 
 
 def test_a_list_of_a_few_thousand_deployments_injects():
