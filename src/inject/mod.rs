@@ -14,6 +14,7 @@ pub mod args;
 pub mod check;
 pub mod rbac;
 pub mod sidecar;
+pub mod token;
 pub mod workload;
 pub mod yaml;
 

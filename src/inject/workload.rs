@@ -7,6 +7,7 @@
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::sidecar::SIDECAR_NAME;
+use super::token;
 use super::yaml::Node;
 
 /// The path from an object of `apiVersion` and `kind` to its pod spec, or `None` for one that is not a
@@ -44,8 +45,14 @@ pub fn check_pod_spec(pod_spec: &Node) -> Result<(), String> {
 }
 
 /// Adds (or replaces) the sidecar in a pod spec. Fails if an app container already has the sidecar's name.
-pub fn inject(pod_spec: &mut Node, sidecar: Node) -> Result<(), String> {
+/// With `automountServiceAccountToken: false` the sidecar (only) gets a projected token ([`token`]).
+pub fn inject(pod_spec: &mut Node, mut sidecar: Node) -> Result<(), String> {
     check_pod_spec(pod_spec)?;
+    if token::automount_off(pod_spec) {
+        token::add(pod_spec, &mut sidecar)?;
+    } else {
+        token::remove(pod_spec);
+    }
     if let Some(Node::Seq(containers)) = pod_spec.get("containers")
         && containers.iter().any(is_sidecar)
     {
@@ -74,6 +81,9 @@ pub fn uninject(pod_spec: &mut Node) -> bool {
     let removed = init.len() != before;
     if removed && init.is_empty() {
         pod_spec.remove("initContainers");
+    }
+    if removed {
+        token::remove(pod_spec);
     }
     removed
 }
@@ -136,6 +146,25 @@ mod tests {
         assert!(inject(&mut parse("initContainers: {a: 1}\ncontainers: []\n"), sidecar()).is_err());
         let clash = inject(&mut parse("containers: [{name: hello-sidecar, image: x}]\n"), sidecar());
         assert!(clash.unwrap_err().contains("already named"));
+    }
+
+    #[test]
+    fn without_an_automounted_token_the_sidecar_alone_gets_a_projected_one() {
+        let original = parse("automountServiceAccountToken: false\ncontainers: [{name: app, image: app}]\n");
+        let mut spec = original.clone();
+        inject(&mut spec, sidecar()).unwrap();
+        let once = spec.clone();
+        inject(&mut spec, sidecar()).unwrap();
+        assert_eq!(spec, once, "inject twice = once");
+        let Some(Node::Seq(volumes)) = spec.get("volumes") else { panic!("no volumes: {spec:?}") };
+        assert_eq!(volumes.len(), 1);
+        let Some(Node::Seq(init)) = spec.get("initContainers") else { panic!("no list") };
+        let mounts = init[0].get("volumeMounts").expect("the sidecar mounts the token");
+        assert_eq!(mounts, &Node::Seq(vec![token::mount().unwrap()]));
+        let Some(Node::Seq(containers)) = spec.get("containers") else { panic!("no containers") };
+        assert!(containers[0].get("volumeMounts").is_none(), "the app still has no token");
+        assert!(uninject(&mut spec));
+        assert_eq!(spec, original);
     }
 
     #[test]

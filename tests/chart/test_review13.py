@@ -252,7 +252,7 @@ def test_the_replay_fails_when_the_final_stage_copies_what_the_builder_did_not_m
     assert out.returncode != 0, out.stdout + out.stderr
 
 
-def test_inject_handles_a_pod_that_does_not_mount_its_token():
+def test_inject_handles_a_pod_that_does_not_mount_its_token(tmp_path):
     """`automountServiceAccountToken: false` (common hardening) leaves the sidecar without in-cluster credentials:
     it retries forever, /ready stays 503, the startup probe fails and the app never starts. inject should give the
     sidecar a projected token (as linkerd inject does), or refuse / warn."""
@@ -263,3 +263,11 @@ def test_inject_handles_a_pod_that_does_not_mount_its_token():
     (obj,) = [d for d in yaml.safe_load_all(out.stdout) if d]
     mounts = init_container(obj["spec"]).get("volumeMounts", [])
     assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounts), out.stdout
+    # Only the sidecar: the app keeps its hardening. The output is a valid pod, and uninject takes it all back.
+    assert all("volumeMounts" not in c for c in obj["spec"]["containers"]), out.stdout
+    path = tmp_path / "out.yaml"
+    path.write_text(out.stdout)
+    kv = kubernetes_validate(path)
+    assert kv.returncode == 0, kv.stdout + kv.stderr
+    back = hello_sidecar("inject", "--uninject", stdin=out.stdout)
+    assert yaml.safe_load(back.stdout) == yaml.safe_load(pod), back.stdout
