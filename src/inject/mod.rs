@@ -128,7 +128,10 @@ pub fn transform(input: &str, source_name: &str, args: &InjectArgs) -> Result<Ou
             docs.push(node.and_then(|n| yaml::emit(&n)).unwrap_or_default());
         }
     }
-    Ok(Outcome { text: docs.join("---\n"), notes: ctx.notes })
+    let text = docs.join("---\n");
+    // A stream written with CRLF line endings keeps them, separators and --rbac objects included.
+    let text = if input.contains("\r\n") { text.replace("\r\n", "\n").replace('\n', "\r\n") } else { text };
+    Ok(Outcome { text, notes: ctx.notes })
 }
 
 struct Context<'a> {
@@ -199,7 +202,14 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
         ctx.notes.push(format!("{at}: {what} {}", if removed { "uninjected" } else { "has no sidecar" }));
         return Ok(removed);
     }
-    workload::inject(pod_spec, ctx.sidecar.clone()).map_err(|e| format!("{what}: {e}"))?;
+    let ports = [ctx.args.listen.port(), ctx.args.admin_port];
+    workload::inject(pod_spec, ctx.sidecar.clone(), &ports).map_err(|e| format!("{what}: {e}"))?;
+    if pod_spec.get("hostNetwork") == Some(&Node::Bool(true)) {
+        ctx.notes.push(format!(
+            "{at}: warning: {what} uses hostNetwork: the sidecar binds ports {} and {} on the node itself",
+            ports[0], ports[1]
+        ));
+    }
     ctx.subjects.insert((namespace, workload::service_account(pod_spec)));
     ctx.notes.push(format!("{at}: {what} injected"));
     Ok(true)
@@ -242,6 +252,15 @@ mod tests {
         let back = transform(&injected, "stdin", &args(&["--uninject"])).unwrap().text;
         let parse = |t: &str| Document { text: t, line: 1 }.parse().unwrap();
         assert_eq!(parse(&back), parse(POD));
+    }
+
+    #[test]
+    fn crlf_documents_keep_their_line_endings() {
+        let crlf = format!("{POD}---\n{SERVICE}").replace('\n', "\r\n");
+        let out = transform(&crlf, "stdin", &args(&["--target", "kubernetes:///h.shop:grpc", "--rbac"])).unwrap().text;
+        assert!(out.contains("---\r\nkind: Service  # as written\r\n"), "{out:?}");
+        assert!(out.contains("restartPolicy: Always\r\n"), "{out:?}");
+        assert_eq!(out.matches('\n').count(), out.matches("\r\n").count(), "{out:?}");
     }
 
     #[test]

@@ -46,8 +46,19 @@ pub fn check_pod_spec(pod_spec: &Node) -> Result<(), String> {
 
 /// Adds (or replaces) the sidecar in a pod spec. Fails if an app container already has the sidecar's name.
 /// With `automountServiceAccountToken: false` the sidecar (only) gets a projected token ([`token`]).
-pub fn inject(pod_spec: &mut Node, mut sidecar: Node) -> Result<(), String> {
+///
+/// `ports` are the ones the sidecar binds: containers of a pod share one network namespace, so a pod whose
+/// containers already declare one is refused, as is a pod spec without containers (the API server would be).
+pub fn inject(pod_spec: &mut Node, mut sidecar: Node, ports: &[u16]) -> Result<(), String> {
     check_pod_spec(pod_spec)?;
+    if !matches!(pod_spec.get("containers"), Some(Node::Seq(c)) if !c.is_empty()) {
+        return Err("the pod spec has no containers".to_owned());
+    }
+    if let Some((container, port)) = port_in_use(pod_spec, ports) {
+        return Err(format!(
+            "container '{container}' already uses port {port}, which the sidecar binds (pick others with --admin-port or --listen)"
+        ));
+    }
     if token::automount_off(pod_spec) {
         token::add(pod_spec, &mut sidecar)?;
     } else {
@@ -88,6 +99,22 @@ pub fn uninject(pod_spec: &mut Node) -> bool {
     removed
 }
 
+/// The first app or init container (not the sidecar) that declares one of `ports`, and the port.
+fn port_in_use(pod_spec: &Node, ports: &[u16]) -> Option<(String, u16)> {
+    let lists = ["containers", "initContainers"].into_iter().filter_map(|k| match pod_spec.get(k) {
+        Some(Node::Seq(c)) => Some(c),
+        _ => None,
+    });
+    lists.flatten().filter(|c| !is_sidecar(c)).find_map(|c| {
+        let Some(Node::Seq(declared)) = c.get("ports") else { return None };
+        let name = c.get("name").and_then(Node::as_str).unwrap_or_default().to_owned();
+        declared.iter().find_map(|p| match p.get("containerPort") {
+            Some(Node::Uint(n)) => ports.iter().find(|want| u64::from(**want) == *n).map(|want| (name.clone(), *want)),
+            _ => None,
+        })
+    })
+}
+
 fn is_sidecar(container: &Node) -> bool {
     container.get("name").and_then(Node::as_str) == Some(SIDECAR_NAME)
 }
@@ -119,9 +146,9 @@ mod tests {
     fn inject_puts_the_sidecar_first_once_and_uninject_takes_it_back() {
         let original = parse("containers: [{name: app, image: app}]\ninitContainers: [{name: migrate, image: m}]\n");
         let mut spec = original.clone();
-        inject(&mut spec, sidecar()).unwrap();
+        inject(&mut spec, sidecar(), &[9901]).unwrap();
         let once = spec.clone();
-        inject(&mut spec, sidecar()).unwrap();
+        inject(&mut spec, sidecar(), &[9901]).unwrap();
         assert_eq!(spec, once, "inject twice = once");
         let Some(Node::Seq(init)) = spec.get("initContainers") else { panic!("no list") };
         assert_eq!(init.len(), 2);
@@ -135,26 +162,31 @@ mod tests {
     fn uninject_drops_the_list_it_created() {
         let original = parse("containers: [{name: app, image: app}]\n");
         let mut spec = original.clone();
-        inject(&mut spec, sidecar()).unwrap();
+        inject(&mut spec, sidecar(), &[9901]).unwrap();
         assert!(uninject(&mut spec));
         assert_eq!(spec, original);
     }
 
     #[test]
     fn malformed_or_conflicting_pod_specs_are_refused() {
-        assert!(inject(&mut parse("containers: 3\n"), sidecar()).is_err());
-        assert!(inject(&mut parse("initContainers: {a: 1}\ncontainers: []\n"), sidecar()).is_err());
-        let clash = inject(&mut parse("containers: [{name: hello-sidecar, image: x}]\n"), sidecar());
+        assert!(inject(&mut parse("containers: 3\n"), sidecar(), &[]).is_err());
+        assert!(inject(&mut parse("initContainers: {a: 1}\ncontainers: [{name: a}]\n"), sidecar(), &[]).is_err());
+        let clash = inject(&mut parse("containers: [{name: hello-sidecar, image: x}]\n"), sidecar(), &[]);
         assert!(clash.unwrap_err().contains("already named"));
+        let none = inject(&mut parse("{}"), sidecar(), &[]);
+        assert_eq!(none.unwrap_err(), "the pod spec has no containers");
+        let taken = "containers: [{name: app, ports: [{containerPort: 8080}, {containerPort: 9901}]}]\n";
+        let err = inject(&mut parse(taken), sidecar(), &[50051, 9901]).unwrap_err();
+        assert!(err.starts_with("container 'app' already uses port 9901"), "{err}");
     }
 
     #[test]
     fn without_an_automounted_token_the_sidecar_alone_gets_a_projected_one() {
         let original = parse("automountServiceAccountToken: false\ncontainers: [{name: app, image: app}]\n");
         let mut spec = original.clone();
-        inject(&mut spec, sidecar()).unwrap();
+        inject(&mut spec, sidecar(), &[9901]).unwrap();
         let once = spec.clone();
-        inject(&mut spec, sidecar()).unwrap();
+        inject(&mut spec, sidecar(), &[9901]).unwrap();
         assert_eq!(spec, once, "inject twice = once");
         let Some(Node::Seq(volumes)) = spec.get("volumes") else { panic!("no volumes: {spec:?}") };
         assert_eq!(volumes.len(), 1);

@@ -11,7 +11,7 @@ import sys
 
 import helm_python as helm
 import yaml
-from chartlib import CHART, ROOT, find, hello_sidecar, init_container, kubernetes_validate, render_docs
+from chartlib import CHART, HELLO_SIDECAR, ROOT, find, hello_sidecar, init_container, kubernetes_validate, render_docs
 
 TARGET = "kubernetes:///hello.shop:grpc"
 POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: web}\nspec:\n  containers: [{name: app, image: a}]\n"
@@ -129,6 +129,16 @@ def test_inject_refuses_a_pod_whose_app_already_uses_the_sidecars_ports():
     pod = POD.replace("image: a}", "image: a, ports: [{containerPort: 9901, name: admin}]}")
     out = hello_sidecar("inject", "--target", TARGET, stdin=pod)
     assert out.returncode == 2 or "9901" in out.stderr, out.stderr
+    assert "container 'app' already uses port 9901" in out.stderr and out.stdout == "", out
+
+
+def test_inject_warns_on_host_network_and_keeps_crlf():
+    """hostNetwork: the sidecar's ports are the node's. CRLF input (a file from Windows) stays CRLF."""
+    out = hello_sidecar("inject", "--target", TARGET, stdin=POD.replace("spec:\n", "spec:\n  hostNetwork: true\n"))
+    assert out.returncode == 0 and "warning" in out.stderr and "hostNetwork" in out.stderr, out.stderr
+    crlf = (POD + "---\n" + POD.replace("name: p,", "name: q,")).replace("\n", "\r\n").encode()
+    raw = subprocess.run([HELLO_SIDECAR, "inject", "--target", TARGET], input=crlf, capture_output=True, timeout=60)
+    assert raw.returncode == 0 and raw.stdout.count(b"\n") == raw.stdout.count(b"\r\n") > 10, raw
 
 
 def test_inject_refuses_a_pod_without_containers(tmp_path):
