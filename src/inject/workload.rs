@@ -2,7 +2,7 @@
 //!
 //! Only `initContainers` changes: the sidecar entry is put first (so it also serves the other init
 //! containers), or replaced in place when it is already there (inject twice = once). Removing it drops an
-//! `initContainers` list left empty, so `--uninject` gives back what `inject` was given.
+//! `initContainers` list left empty, so `--uninject` gives back what `inject` was given (its meaning).
 
 use k8s_openapi::api::core::v1::PodSpec;
 
