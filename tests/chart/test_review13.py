@@ -278,6 +278,19 @@ def test_the_replay_fails_when_the_final_stage_copies_what_the_builder_did_not_m
         timeout=600,
     )
     assert out.returncode != 0, out.stdout + out.stderr
+    assert "COPY --from=build /src/target/release/no-such-binary: the build stage did not make it" in out.stderr, out.stderr
+    # And what the builder did make passes.
+    df.write_text(
+        "FROM rust:1.95-bookworm AS build\nWORKDIR /src\nCOPY Cargo.toml ./\nRUN mkdir -p out && echo hi > out/app\n"
+        "FROM gcr.io/distroless/cc-debian12:nonroot\nCOPY --from=build /src/out/app /usr/local/bin/app\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "docker_replay.py"), "--dockerfile", str(df), "--dockerignore", str(di)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "COPY --from=build /src/out/app: present" in out.stdout, out.stdout + out.stderr
 
 
 def test_inject_handles_a_pod_that_does_not_mount_its_token(tmp_path):
