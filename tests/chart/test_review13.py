@@ -312,3 +312,23 @@ def test_inject_handles_a_pod_that_does_not_mount_its_token(tmp_path):
     assert kv.returncode == 0, kv.stdout + kv.stderr
     back = hello_sidecar("inject", "--uninject", stdin=out.stdout)
     assert yaml.safe_load(back.stdout) == yaml.safe_load(pod), back.stdout
+
+
+# --- release ------------------------------------------------------------------------------------------------------
+
+
+def test_release_check_uses_the_owner_the_workflow_pushes_to():
+    """The workflow pushes ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/hello-sidecar; release_check.py read the owner
+    from Chart.yaml's home only, so a fork's release passed the check and published a chart naming another image."""
+    import os
+
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+    def check(owner):
+        env = {k: v for k, v in os.environ.items() if k != "GITHUB_REPOSITORY_OWNER"} | ({"GITHUB_REPOSITORY_OWNER": owner} if owner else {})
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "release_check.py"), f"v{version}"], capture_output=True, text=True, env=env)
+
+    assert check(None).returncode == 0
+    assert check("Hello-Sidecar").returncode == 0, "GHCR names are lower case"
+    fork = check("someone-else")
+    assert fork.returncode == 1 and "ghcr.io/someone-else/hello-sidecar" in fork.stderr, fork.stderr
