@@ -4,6 +4,7 @@
 An empty directory receives exactly what the stage's COPY lines bring from the build context (after
 .dockerignore, matched by the Docker SDK's own matcher), then the stage's RUN commands run there with /bin/sh -c,
 as `docker build` would run them. A file the build needs but the context lacks fails here as it fails there.
+Then every `COPY --from=<builder>` of the later stages must find its source in what the builder made.
 
     .test-tools/venv/bin/python scripts/docker_replay.py                  # replay every builder stage
     .test-tools/venv/bin/python scripts/docker_replay.py --exact          # the release profile untouched (slow)
@@ -108,6 +109,7 @@ def replay(dockerfile_path: Path, ignore_path: Path, context: Path, work: Path, 
         env |= FAST_PROFILE
     stage, root, workdir, stage_env = None, None, None, {}
     replayed = set()
+    later_copies = []  # (line, builder stage, sources) of COPY --from=<builder> in the stages not replayed
     for c in commands:
         if c.cmd == "FROM":
             stage = c.value[2] if len(c.value) == 3 and c.value[1].upper() == "AS" else None
@@ -115,6 +117,10 @@ def replay(dockerfile_path: Path, ignore_path: Path, context: Path, work: Path, 
             workdir, stage_env = root, {}
             continue
         if stage not in wanted:
+            if c.cmd == "COPY":
+                for flag in c.flags:
+                    if flag.startswith("--from=") and flag.removeprefix("--from=") in wanted:
+                        later_copies.append((c.start_line, flag.removeprefix("--from="), c.value[:-1]))
             continue
         replayed.add(stage)
         where = f"Dockerfile:{c.start_line}"
@@ -151,6 +157,19 @@ def replay(dockerfile_path: Path, ignore_path: Path, context: Path, work: Path, 
             raise ReplayError(f"{where}: {c.cmd} is not replayed by {Path(__file__).name}")
     if not replayed:
         raise ReplayError("no builder stage found (a stage that a later COPY --from names)")
+    check_later_copies(work, later_copies)
+
+
+def check_later_copies(work: Path, copies) -> None:
+    """Every `COPY --from=<builder> SRC` of a later stage names something the builder's RUN steps made (a renamed
+    binary or a changed WORKDIR fails `docker build` there, and here)."""
+    for line, stage, sources in copies:
+        for s in sources:
+            path = str(work / f"stage-{stage}" / s.lstrip("/"))
+            hits = glob.glob(path) if glob.has_magic(s) else [path]
+            if not [h for h in hits if os.path.exists(h)]:
+                raise ReplayError(f"Dockerfile:{line}: COPY --from={stage} {s}: the {stage} stage did not make it")
+            print(f"==> Dockerfile:{line}: COPY --from={stage} {s}: present", flush=True)
 
 
 def main() -> int:

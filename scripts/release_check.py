@@ -6,9 +6,12 @@
 A tag vX.Y.Z publishes ghcr.io/<owner>/hello-sidecar:X.Y.Z (.github/workflows/release.yml). For a user who
 installs the chart or applies manifests/ to get that image, these must all say the same: Cargo.toml's version,
 Chart.yaml's appVersion, values.yaml's image (repository ghcr.io/<owner>/hello-sidecar, tag empty = appVersion)
-and every image in manifests/. <owner> is the GitHub owner in Chart.yaml's `home`. Needs PyYAML.
+and every image in manifests/. <owner> is $GITHUB_REPOSITORY_OWNER when set (as in the workflow, which pushes
+there: a fork's tag must not publish a chart that names the upstream image), else the GitHub owner in
+Chart.yaml's `home`; lower-cased, as GHCR wants. Needs PyYAML.
 """
 
+import os
 import re
 import sys
 import tomllib
@@ -23,10 +26,13 @@ CHART = ROOT / "charts" / "hello-sidecar"
 def expected_image() -> tuple[str, str]:
     """(repository, tag) that the chart and manifests/ must name."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    owner = re.fullmatch(r"https://github\.com/([^/]+)/[^/]+/?", chart["home"])
+    owner = os.environ.get("GITHUB_REPOSITORY_OWNER", "").strip()
     if not owner:
-        raise SystemExit(f"Chart.yaml home {chart['home']!r} is not a GitHub repository URL")
-    return f"ghcr.io/{owner.group(1).lower()}/hello-sidecar", str(chart["appVersion"])
+        from_home = re.fullmatch(r"https://github\.com/([^/]+)/[^/]+/?", chart["home"])
+        if not from_home:
+            raise SystemExit(f"Chart.yaml home {chart['home']!r} is not a GitHub repository URL")
+        owner = from_home.group(1)
+    return f"ghcr.io/{owner.lower()}/hello-sidecar", str(chart["appVersion"])
 
 
 def problems(tag: str) -> list[str]:

@@ -33,7 +33,9 @@ pub struct InjectArgs {
     /// One more sidecar flag, as given (repeatable), e.g. `--sidecar-arg=--retry-budget=0.1`.
     #[arg(long, allow_hyphen_values = true)]
     pub sidecar_arg: Vec<String>,
-    /// Remove the sidecar instead (gives back what `inject` was given).
+    /// Remove the sidecar instead: gives back the meaning of what `inject` was given, not its bytes (an injected
+    /// document was re-written, so its comments and flow style are gone; documents without a sidecar are
+    /// written back byte for byte).
     #[arg(long, conflicts_with_all = ["target", "route", "rbac"])]
     pub uninject: bool,
     /// Also print the ServiceAccount, Role and RoleBinding each injected workload needs.

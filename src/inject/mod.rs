@@ -11,8 +11,10 @@
 //! ([`InjectError`], exit code 2).
 
 pub mod args;
+pub mod check;
 pub mod rbac;
 pub mod sidecar;
+pub mod token;
 pub mod workload;
 pub mod yaml;
 
@@ -33,6 +35,9 @@ pub enum InjectError {
         /// The I/O error.
         why: String,
     },
+    /// The sidecar command line `inject` would write is one the sidecar refuses ([`check::sidecar_args`]).
+    #[error("the sidecar would not start with these flags: {0}")]
+    SidecarArgs(String),
     /// A document is malformed YAML or a malformed workload.
     #[error("{source_name}: document {index} (from line {line}): {why}")]
     Document {
@@ -85,6 +90,9 @@ pub fn transform(input: &str, source_name: &str, args: &InjectArgs) -> Result<Ou
         admin_port: args.admin_port,
         extra_args: args.sidecar_arg.clone(),
     };
+    if !args.uninject {
+        check::sidecar_args(&spec.args()).map_err(InjectError::SidecarArgs)?;
+    }
     let sidecar = spec.node().map_err(|e| InjectError::Document {
         source_name: source_name.to_owned(),
         index: 0,
@@ -120,7 +128,10 @@ pub fn transform(input: &str, source_name: &str, args: &InjectArgs) -> Result<Ou
             docs.push(node.and_then(|n| yaml::emit(&n)).unwrap_or_default());
         }
     }
-    Ok(Outcome { text: docs.join("---\n"), notes: ctx.notes })
+    let text = docs.join("---\n");
+    // A stream written with CRLF line endings keeps them, separators and --rbac objects included.
+    let text = if input.contains("\r\n") { text.replace("\r\n", "\n").replace('\n', "\r\n") } else { text };
+    Ok(Outcome { text, notes: ctx.notes })
 }
 
 struct Context<'a> {
@@ -169,8 +180,18 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
     let what = format!("{kind}/{}", name.unwrap_or("(unnamed)"));
     let namespace =
         metadata.and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or(&ctx.args.namespace).to_owned();
-    let Some(path) = workload::pod_spec_path(&kind) else {
-        ctx.notes.push(format!("{at}: {what} runs no pods; left as is"));
+    // Without an apiVersion (kubectl would refuse it), the kind alone decides, as it did before groups counted.
+    let standard = ["v1", "apps/v1", "batch/v1"].iter().find_map(|v| workload::pod_spec_path(v, &kind));
+    let api_version = node.get("apiVersion").and_then(Node::as_str).unwrap_or_default();
+    let path = if api_version.is_empty() { standard } else { workload::pod_spec_path(api_version, &kind) };
+    let Some(path) = path else {
+        // A kind Kubernetes runs pods for, under another API group, is a custom resource: passed through.
+        let why = if standard.is_some() {
+            format!("is not a Kubernetes workload (apiVersion '{api_version}')")
+        } else {
+            "runs no pods".to_owned()
+        };
+        ctx.notes.push(format!("{at}: {what} {why}; left as is"));
         return Ok(false);
     };
     let Some(pod_spec) = node.path_mut(path) else {
@@ -181,7 +202,14 @@ fn object(node: &mut Node, ctx: &mut Context<'_>, at: &str) -> Result<bool, Stri
         ctx.notes.push(format!("{at}: {what} {}", if removed { "uninjected" } else { "has no sidecar" }));
         return Ok(removed);
     }
-    workload::inject(pod_spec, ctx.sidecar.clone()).map_err(|e| format!("{what}: {e}"))?;
+    let ports = [ctx.args.listen.port(), ctx.args.admin_port];
+    workload::inject(pod_spec, ctx.sidecar.clone(), &ports).map_err(|e| format!("{what}: {e}"))?;
+    if pod_spec.get("hostNetwork") == Some(&Node::Bool(true)) {
+        ctx.notes.push(format!(
+            "{at}: warning: {what} uses hostNetwork: the sidecar binds ports {} and {} on the node itself",
+            ports[0], ports[1]
+        ));
+    }
     ctx.subjects.insert((namespace, workload::service_account(pod_spec)));
     ctx.notes.push(format!("{at}: {what} injected"));
     Ok(true)
@@ -224,6 +252,15 @@ mod tests {
         let back = transform(&injected, "stdin", &args(&["--uninject"])).unwrap().text;
         let parse = |t: &str| Document { text: t, line: 1 }.parse().unwrap();
         assert_eq!(parse(&back), parse(POD));
+    }
+
+    #[test]
+    fn crlf_documents_keep_their_line_endings() {
+        let crlf = format!("{POD}---\n{SERVICE}").replace('\n', "\r\n");
+        let out = transform(&crlf, "stdin", &args(&["--target", "kubernetes:///h.shop:grpc", "--rbac"])).unwrap().text;
+        assert!(out.contains("---\r\nkind: Service  # as written\r\n"), "{out:?}");
+        assert!(out.contains("restartPolicy: Always\r\n"), "{out:?}");
+        assert_eq!(out.matches('\n').count(), out.matches("\r\n").count(), "{out:?}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn objects(targets: &[Target], subjects: &Subjects) -> Result<Vec<serde_json
     for (tns, (ns, sa)) in &pairs {
         out.push(serde_json::to_value(RoleBinding {
             // One binding per service account: injecting another app later adds a binding, never rewrites one.
-            metadata: meta(&format!("hello-sidecar-{ns}-{sa}"), tns),
+            metadata: meta(&binding_name(ns, sa), tns),
             role_ref: RoleRef {
                 api_group: Some("rbac.authorization.k8s.io".to_owned()),
                 kind: "Role".to_owned(),
@@ -66,6 +66,22 @@ pub fn objects(targets: &[Target], subjects: &Subjects) -> Result<Vec<serde_json
         })?);
     }
     Ok(out)
+}
+
+/// The RoleBinding name for service account `sa` of namespace `ns`: `hello-sidecar-{ns}-{sa}-{hash}`. The
+/// hash (8 hex digits of FNV-1a, 32 bits, over `ns/sa`) keeps pairs apart that read the same once joined by `-`
+/// (`shop-web`/`api` and `shop`/`web-api`). At most 253 characters, the limit of an object name.
+pub fn binding_name(ns: &str, sa: &str) -> String {
+    let hash = format!("{:08x}", fnv1a32(format!("{ns}/{sa}").as_bytes()));
+    let readable = format!("hello-sidecar-{ns}-{sa}");
+    let room = 253 - hash.len() - 1;
+    let readable = if readable.len() > room { readable[..room].trim_end_matches(['-', '.']) } else { &readable };
+    format!("{readable}-{hash}")
+}
+
+/// FNV-1a, 32 bits (http://www.isthe.com/chongo/tech/comp/fnv/): stable across versions and machines.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 fn meta(name: &str, namespace: &str) -> ObjectMeta {
@@ -104,12 +120,21 @@ mod tests {
                 row("ServiceAccount", "web", "frontend"),
                 row("Role", "shop", ROLE_NAME),
                 row("Role", "web", ROLE_NAME),
-                row("RoleBinding", "shop", "hello-sidecar-web-frontend"),
-                row("RoleBinding", "web", "hello-sidecar-web-frontend"),
+                row("RoleBinding", "shop", &binding_name("web", "frontend")),
+                row("RoleBinding", "web", &binding_name("web", "frontend")),
             ]
         );
         assert_eq!(objs[3].pointer("/subjects/0/namespace").and_then(|v| v.as_str()), Some("web"));
         assert!(!objs.iter().any(|o| o["kind"] == "ClusterRole"));
+    }
+
+    #[test]
+    fn binding_names_tell_every_service_account_apart() {
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c, "the published FNV-1a test vector");
+        let (a, b) = (binding_name("shop-web", "api"), binding_name("shop", "web-api"));
+        assert!(a.starts_with("hello-sidecar-shop-web-api-") && a != b, "{a} {b}");
+        assert_eq!(binding_name("web", "x".repeat(300).as_str()).len(), 253);
     }
 
     #[test]

@@ -210,10 +210,16 @@ impl Document<'_> {
         })
     }
 
-    /// Parses the document.
+    /// Parses the document, within limits that grow with its size ([`limits`]).
     pub fn parse(&self) -> Result<Node, String> {
-        serde_saphyr::from_str::<Node>(self.text).map_err(|e| {
+        serde_saphyr::from_str_with_options::<Node>(self.text, limits(self.text.len())).map_err(|e| {
+            if let serde_saphyr::Error::Budget { breach, .. } = e.without_snippet() {
+                return format!("document too large to inject: {}", too_large(breach));
+            }
             let text = e.to_string();
+            if text.contains("budget breached") {
+                return format!("document too large to inject: {}", too_large_text(&text));
+            }
             let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid YAML");
             self.absolute(first.trim_start_matches("error: "))
         })
@@ -226,6 +232,57 @@ impl Document<'_> {
             .and_then(|rest| rest.split_once(' '))
             .and_then(|(n, rest)| n.parse::<usize>().ok().map(|n| format!("line {} {rest}", n + self.line - 1)));
         parsed.unwrap_or_else(|| message.to_owned())
+    }
+}
+
+/// Deepest nesting accepted: far past any workload, and well within the stack.
+pub const MAX_DEPTH: usize = 256;
+
+/// Values (nodes) a document may hold at least, aliases expanded: 8 times serde-saphyr's default, about
+/// 200 MB of tree at worst. A document written out in full may hold as many as it has bytes.
+pub const MAX_NODES: usize = 2_000_000;
+
+/// The parser's resource limits for a document of `len` bytes. serde-saphyr's defaults (250,000 nodes,
+/// 1,000,000 events) refuse a `kubectl get deploy -A -o yaml` List of a few thousand items. A node or an event
+/// takes at least a byte or two of text, so limits that grow with the input bound only what aliases could
+/// expand to (whose own limits stay at the defaults) and never refuse YAML written out in full.
+fn limits(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_NODES.max(len.saturating_add(16));
+    budget.max_events = budget.max_events.max(4 * MAX_NODES).max(len.saturating_mul(2).saturating_add(16));
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len.saturating_add(16));
+    budget.max_depth = MAX_DEPTH;
+    // One anchor used thousands of times (PyYAML writes a repeated object so) is fine: the node and event
+    // limits above already bound what aliases expand to.
+    budget.enforce_alias_anchor_ratio = false;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// A budget breach in words, without the parser's internals.
+fn too_large(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Depth { .. } => format!("nested deeper than {MAX_DEPTH} levels"),
+        B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } | B::MergeKeys { .. } => {
+            "too many aliases, anchors or merge keys".to_owned()
+        }
+        B::Nodes { .. } => format!("more than {MAX_NODES} values once aliases are expanded"),
+        _ => "more values than its size allows (aliases expanding?)".to_owned(),
+    }
+}
+
+/// The same, for a breach the parser reports only as text (`budget breached: Nodes { nodes: … }`).
+fn too_large_text(text: &str) -> String {
+    let kind = text.split("budget breached:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("");
+    match kind {
+        "Depth" => format!("nested deeper than {MAX_DEPTH} levels"),
+        "Aliases" | "Anchors" | "AliasAnchorRatio" | "MergeKeys" => {
+            "too many aliases, anchors or merge keys".to_owned()
+        }
+        "Nodes" => format!("more than {MAX_NODES} values once aliases are expanded"),
+        _ => "more values than its size allows (aliases expanding?)".to_owned(),
     }
 }
 
@@ -264,6 +321,7 @@ pub fn emit(node: &Node) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_saphyr::budget::BudgetBreach as B;
 
     #[test]
     fn splits_at_separator_lines_only() {
@@ -285,6 +343,25 @@ mod tests {
         assert_eq!(node.get("port"), Some(&Node::Uint(8080)));
         let again = Document { text: &emit(&node).unwrap(), line: 1 }.parse().unwrap();
         assert_eq!(again, node, "re-emitted text must parse to the same tree");
+    }
+
+    #[test]
+    fn a_large_document_parses_and_a_breach_is_named_plainly() {
+        // 11 nodes an item: 330,000 in all, past serde-saphyr's default of 250,000.
+        let big = format!("items:\n{}", "- {a: 1, b: [x, y], c: {d: e}}\n".repeat(30_000));
+        let Some(Node::Seq(items)) = Document { text: &big, line: 1 }.parse().unwrap().get("items").cloned() else {
+            panic!("no items")
+        };
+        assert_eq!(items.len(), 30_000);
+        // A billion laughs: 10 levels of 10 aliases each would be 10^10 values.
+        let mut laughs = "a0: &a0 [x]\n".to_owned();
+        for i in 1..10 {
+            laughs += &format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", "));
+        }
+        let err = Document { text: &laughs, line: 1 }.parse().unwrap_err();
+        assert!(err.starts_with("document too large to inject: "), "{err}");
+        assert!(!err.contains('{'), "no parser internals: {err}");
+        assert_eq!(too_large_text("line 3: budget breached: Nodes { nodes: 1 }"), too_large(&B::Nodes { nodes: 1 }));
     }
 
     #[test]

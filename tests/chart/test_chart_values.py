@@ -1,5 +1,6 @@
 """The chart for any app: RBAC in each target's namespace, every sidecar flag a value, optional monitors."""
 
+import hashlib
 import re
 
 import helm_python as helm
@@ -8,6 +9,12 @@ import yaml
 from chartlib import CHART, find, hello_sidecar, init_container, render_docs
 
 MONITORED = helm.values_from_yaml((CHART / "ci" / "monitored-values.yaml").read_text())
+
+
+def elsewhere(release_namespace: str, fullname: str = "release-hello-sidecar") -> str:
+    """The RBAC name outside the release namespace: full name, release namespace, hash of the two."""
+    digest = hashlib.sha256(f"{release_namespace}/{fullname}".encode()).hexdigest()[:8]
+    return f"{fullname}-{release_namespace}"[:54].rstrip("-") + "-" + digest
 
 
 def rbac_by_namespace(docs):
@@ -32,7 +39,7 @@ def test_a_cross_namespace_target_gets_its_role_and_binding_in_that_namespace():
     rbac = rbac_by_namespace(docs)
     # One Role + RoleBinding per Kubernetes target namespace (a target without one is the pod's own), none for
     # the static target, and no cluster-wide grant.
-    assert rbac["Role"] == [("billing", "release-hello-sidecar-web"), ("shop", "release-hello-sidecar-web"), ("web", "release-hello-sidecar")]
+    assert rbac["Role"] == [("billing", elsewhere("web")), ("shop", elsewhere("web")), ("web", "release-hello-sidecar")]
     assert rbac["RoleBinding"] == rbac["Role"]
     assert rbac["ClusterRole"] == [] and rbac["ClusterRoleBinding"] == []
     sa = find(docs, "ServiceAccount")[0]["metadata"]
@@ -53,7 +60,7 @@ def test_bring_your_own_service_gets_rbac_where_the_service_is():
     values = helm.values_from_yaml((CHART / "ci" / "bring-your-own-values.yaml").read_text())
     docs = render_docs(values, namespace="web")
     rbac = rbac_by_namespace(docs)
-    assert rbac["Role"] == [("shop", "release-hello-sidecar-web")] == rbac["RoleBinding"]
+    assert rbac["Role"] == [("shop", elsewhere("web"))] == rbac["RoleBinding"]
     binding = find(docs, "RoleBinding")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-app", "namespace": "web"}]
 
@@ -147,6 +154,7 @@ def test_monitors_render_when_enabled_and_select_the_sidecars_admin_port():
     client = find(docs, "Deployment", "release-hello-sidecar-client")[0]
     pod_labels = client["spec"]["template"]["metadata"]["labels"]
     admin_ports = {p["name"] for p in init_container(client["spec"]["template"]["spec"])["ports"]}
+    admin_numbers = {p["containerPort"] for p in init_container(client["spec"]["template"]["spec"])["ports"]}
     (pm,) = find(docs, "PodMonitor")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["metadata"]["labels"]["release"] == "prometheus"
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ns"]}
@@ -157,7 +165,9 @@ def test_monitors_render_when_enabled_and_select_the_sidecars_admin_port():
     (svc,) = find(docs, "Service", "release-hello-sidecar-client-metrics")
     assert subset(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
     assert subset(svc["spec"]["selector"], pod_labels)
-    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["admin"] and "admin" in admin_ports
+    # By number: a named targetPort resolves to a native sidecar's port only from Kubernetes 1.32.
+    ((target_port,),) = [[p["targetPort"] for p in svc["spec"]["ports"]]]
+    assert isinstance(target_port, int) and target_port in admin_numbers
     (sm_endpoint,) = sm["spec"]["endpoints"]
     assert sm_endpoint["port"] == svc["spec"]["ports"][0]["name"] and sm_endpoint["interval"] == "15s"
     # A backend Service must not be picked up by the ServiceMonitor.

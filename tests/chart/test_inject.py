@@ -149,7 +149,7 @@ def test_the_default_image_is_the_one_the_chart_names():
 @pytest.mark.parametrize(
     "text, args, says",
     [
-        ("kind: Pod\nspec: {containers: []}\n---\nkind: Pod\nspec: [1, 2\n", [], "stdin: document 2 (from line 4): line 5 "),
+        ("kind: Pod\nspec: {containers: [{name: a, image: b}]}\n---\nkind: Pod\nspec: [1, 2\n", [], "stdin: document 2 (from line 4): line 5 "),
         ("kind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {containers: 3}}}\n", [], "Deployment/d: not a valid pod spec"),
         ("kind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n", [], "Deployment/d has no spec.template.spec"),
         ("a: 1\na: 2\n", [], "duplicate"),

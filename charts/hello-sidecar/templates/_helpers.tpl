@@ -95,23 +95,49 @@ when a target names none. static:/// targets need no RBAC.
 {{- $namespaces | uniq | sortAlpha | toJson }}
 {{- end }}
 
-{{/* Name of the RBAC objects in namespace $ns (the release's name, plus the release namespace elsewhere). */}}
+{{/*
+Name of the RBAC objects in namespace $ns: the release's full name in its own namespace; elsewhere the full name,
+the release namespace and 8 hex digits of sha256("<release namespace>/<full name>"), so that releases whose
+names read the same once joined by "-" (release a in b-c, release a-b in c), or are cut at 63 characters, still
+get objects of their own.
+*/}}
 {{- define "hello-sidecar.rbacName" -}}
 {{- $root := index . 0 }}{{ $ns := index . 1 }}
+{{- $fullname := include "hello-sidecar.fullname" $root }}
 {{- if eq $ns $root.Release.Namespace }}
-{{- include "hello-sidecar.fullname" $root }}
+{{- $fullname }}
 {{- else }}
-{{- printf "%s-%s" (include "hello-sidecar.fullname" $root) $root.Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- $hash := printf "%s/%s" $root.Release.Namespace $fullname | sha256sum | trunc 8 }}
+{{- printf "%s-%s" (printf "%s-%s" $fullname $root.Release.Namespace | trunc 54 | trimSuffix "-") $hash }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when a template context is this chart's (Chart.yaml's hello-sidecar/chart annotation). */}}
+{{- define "hello-sidecar.isThisChart" -}}
+{{- eq (index .Chart.Annotations "hello-sidecar/chart") "hello-sidecar" }}
 {{- end }}
 
 {{/*
 The sidecar container, as a native sidecar (an init container with restartPolicy: Always): it starts before the
-app and stops after it. Every flag comes from .Values.sidecar. Use it from a chart that depends on this one:
+app and stops after it. Every flag comes from this chart's .Values.sidecar. Use it from a chart that depends on
+this one, with that chart's own context:
   initContainers:
     {{- include "hello-sidecar.sidecarContainer" . | nindent 4 }}
+Called from another chart, `.` holds that chart's .Values and .Chart, so the container is rendered from this
+chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so an `alias:` works too).
 */}}
 {{- define "hello-sidecar.sidecarContainer" -}}
+{{- $ctx := . }}
+{{- if ne (include "hello-sidecar.isThisChart" .) "true" }}
+{{- $ctx = dict }}
+{{- range $_, $sub := (.Subcharts | default dict) }}
+{{- if eq (include "hello-sidecar.isThisChart" $sub) "true" }}{{ $ctx = $sub }}{{ end }}
+{{- end }}
+{{- if not $ctx }}
+{{- fail (printf "hello-sidecar.sidecarContainer: chart %s does not depend on hello-sidecar (none in .Subcharts)" .Chart.Name) }}
+{{- end }}
+{{- end }}
+{{- with $ctx }}
 {{- $s := .Values.sidecar -}}
 - name: hello-sidecar
   image: {{ include "hello-sidecar.image" . }}
@@ -193,6 +219,7 @@ app and stops after it. Every flag comes from .Values.sidecar. Use it from a cha
     {{- toYaml $s.resources | nindent 4 }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level scheduling settings shared by every pod. */}}
