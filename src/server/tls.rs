@@ -3,17 +3,12 @@
 
 use std::{
     io,
-    pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use futures_util::{Stream, StreamExt, future::Either};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -25,21 +20,16 @@ use crate::tls::ServerTls;
 /// A TLS handshake with a caller takes this long at most.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One accepted connection: plain h2c, or TLS.
-pub enum ServerIo {
-    /// h2c.
-    Plain(TcpStream),
-    /// TLS, handshake done.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// One accepted connection: plain h2c, or TLS with its handshake done.
+pub type ServerIo = crate::tls::Stream<TlsStream<TcpStream>>;
 
 impl Connected for ServerIo {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
         match self {
-            ServerIo::Plain(s) => s.connect_info(),
-            ServerIo::Tls(s) => s.get_ref().0.connect_info(),
+            crate::tls::Stream::Plain(s) => s.connect_info(),
+            crate::tls::Stream::Tls(s) => s.get_ref().0.connect_info(),
         }
     }
 }
@@ -56,7 +46,7 @@ pub fn incoming(
             let stream = conn?;
             stats.connections.fetch_add(1, Relaxed);
             let _ = stream.set_nodelay(true);
-            Ok(ServerIo::Plain(stream))
+            Ok(crate::tls::Stream::Plain(stream))
         }));
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -75,7 +65,7 @@ pub fn incoming(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
                     Ok(Ok(io)) => {
                         stats.connections.fetch_add(1, Relaxed);
-                        let _ = tx.send(Ok(ServerIo::Tls(Box::new(io)))).await;
+                        let _ = tx.send(Ok(crate::tls::Stream::Tls(Box::new(io)))).await;
                     }
                     Ok(Err(e)) => info!(%remote, error = %e, "tls handshake with a caller failed"),
                     Err(_) => info!(%remote, "tls handshake with a caller timed out"),
@@ -84,54 +74,4 @@ pub fn incoming(
         }
     });
     Either::Right(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-}
-
-impl AsyncRead for ServerIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain(s) => s.is_write_vectored(),
-            ServerIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }

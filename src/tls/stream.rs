@@ -1,4 +1,5 @@
-//! A connection to an endpoint: plain TCP (h2c) or TLS over TCP, one type for the pool's HTTP/2 driver.
+//! A connection: plain TCP (h2c) or TLS over TCP, one type for an HTTP/2 driver — the pool's to an endpoint
+//! (client TLS, the default) and the server fixture's from a caller (`Stream<server::TlsStream<TcpStream>>`).
 
 use std::{
     io,
@@ -14,14 +15,14 @@ use tokio_rustls::client::TlsStream;
 
 /// Plain or TLS; an enum rather than a box so h2c pays one branch per read, not a virtual call.
 #[derive(Debug)]
-pub enum Stream {
+pub enum Stream<T = TlsStream<TcpStream>> {
     /// h2c with prior knowledge.
     Plain(TcpStream),
     /// TLS (boxed: rustls' state is large).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<T>),
 }
 
-impl AsyncRead for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -30,7 +31,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
