@@ -46,6 +46,7 @@ pub mod grpc;
 pub mod inbound;
 pub mod inject;
 pub mod kube_standin;
+pub mod listen;
 pub mod pool;
 pub mod proxy;
 pub mod routes;

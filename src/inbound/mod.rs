@@ -55,15 +55,8 @@ pub type InboundBody = Either<Incoming, Empty<Bytes>>;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({flag}): {source}")]
-    Bind {
-        /// The flag that named the address.
-        flag: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -97,16 +90,8 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let tls = ServerTls::new(args.tls_cert.clone(), args.tls_key.clone(), args.tls_ca.clone())?;
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
-        flag: "--listen",
-        addr: args.listen,
-        source,
-    })?;
-    let admin_listener = TcpListener::bind(args.admin).await.map_err(|source| StartError::Bind {
-        flag: "--admin",
-        addr: args.admin,
-        source,
-    })?;
+    let listener = crate::listen::bind("--listen", args.listen).await?;
+    let admin_listener = crate::listen::bind("--admin", args.admin).await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
     let stats = Arc::new(Stats::default());

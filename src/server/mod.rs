@@ -19,7 +19,6 @@ use std::{
     },
 };
 
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, metadata::MetadataValue, transport::server::TcpConnectInfo};
 use tracing::info;
 
@@ -117,15 +116,8 @@ impl HelloService for Hello {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({flag}): {source}")]
-    Bind {
-        /// The flag naming the address.
-        flag: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
     /// `--id` or `POD_NAME` is not a valid header value.
     #[error("--id {0:?} must be printable ASCII")]
     BadId(String),
@@ -163,16 +155,11 @@ pub async fn run(
         Some((cert, key, ca)) => Some(crate::tls::ServerTls::new(cert, key, ca)?),
         None => None,
     };
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
-        flag: "--listen",
-        addr: args.listen,
-        source,
-    })?;
+    let listener = crate::listen::bind("--listen", args.listen).await?;
     let local = listener.local_addr().unwrap_or(args.listen);
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = args.admin {
-        let admin_listener =
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag: "--admin", addr, source })?;
+        let admin_listener = crate::listen::bind("--admin", addr).await?;
         tokio::spawn(admin::serve(admin_listener, stats.clone(), async move {
             let _ = admin_stopped.await;
         }));

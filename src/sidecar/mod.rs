@@ -9,7 +9,6 @@ use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
 };
 
-use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tracing::info;
 
@@ -29,15 +28,8 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({flag}): {source}")]
-    Bind {
-        /// The flag that named the address.
-        flag: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
     /// Reflection could not load the compiled descriptors (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -94,16 +86,8 @@ pub async fn start(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Bind {
-        flag: "--listen",
-        addr: args.listen,
-        source,
-    })?;
-    let admin_listener = TcpListener::bind(args.admin).await.map_err(|source| StartError::Bind {
-        flag: "--admin",
-        addr: args.admin,
-        source,
-    })?;
+    let listener = crate::listen::bind("--listen", args.listen).await?;
+    let admin_listener = crate::listen::bind("--admin", args.admin).await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
 
