@@ -210,7 +210,7 @@ impl Document<'_> {
         })
     }
 
-    /// Parses the document, within limits that grow with its size ([`limits`]).
+    /// Parses the document, within limits that grow with its size (`limits`).
     pub fn parse(&self) -> Result<Node, String> {
         serde_saphyr::from_str_with_options::<Node>(self.text, limits(self.text.len())).map_err(|e| {
             if let serde_saphyr::Error::Budget { breach, .. } = e.without_snippet() {

@@ -30,7 +30,7 @@ pub fn leaf_info_pem(pem: &[u8]) -> Option<LeafInfo> {
     leaf_info(&CertificateDer::pem_slice_iter(pem).next()?.ok()?)
 }
 
-/// Serial and notAfter of a DER certificate: Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+/// Serial and notAfter of a DER certificate: Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { `[0]` version
 /// OPTIONAL, serialNumber INTEGER, signature SEQUENCE, issuer SEQUENCE, validity SEQUENCE { notBefore, notAfter },
 /// … } … }.
 pub fn leaf_info(der: &CertificateDer<'_>) -> Option<LeafInfo> {

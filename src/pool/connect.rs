@@ -1,0 +1,125 @@
+//! Opening one HTTP/2 connection to an endpoint: TCP with kernel keepalive, optional TLS, and the h2 settings that
+//! stock peers and stalled readers need (windows, header-list size, PINGs only while streams are open).
+
+use std::{net::SocketAddr, time::Duration};
+
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::Settings;
+use crate::{proxy::replay::ReplayBody, tls::Stream};
+
+/// TCP keepalive: probes start after this much idle time…
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// …and repeat this often, `TCP_KEEPALIVE_PROBES` times, before the kernel drops the connection.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// Data written but unacknowledged this long drops the connection (Linux `TCP_USER_TIMEOUT`): keepalive probes
+/// do not run while data is in flight.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a connect failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect + handshake took longer than the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// TCP connect failed (refused, unreachable…).
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS handshake failed (the certificate's reason, e.g. `invalid peer certificate: Expired`).
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
+    /// The HTTP/2 handshake failed.
+    #[error("http/2 handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// The HTTP/2 stream window (RFC 9113 §6.9) on both sides of the sidecar, in bytes: what one call whose reader
+/// stops reading may hold here, in each direction, counted in bytes of data. A stream moves at most one window per
+/// round trip, so it also caps one stream's throughput: 512 KiB is ~500 MB/s at a 1 ms round trip. Through a TCP
+/// relay adding 1 ms each way (the issue 16 review's `delay_relay.py`, debug builds, a busy 2-core machine), a fixed
+/// 64 KiB (grpc-go's and Envoy's starting value) carried one bulk stream at 12-22 MB/s, 256 KiB at 70 MB/s, 512 KiB
+/// at 85-118 MB/s (hyper's adaptive windows had reached 88 MB/s, without the slow-reader guarantee).
+///
+/// Known limit: h2 (0.4.20) keeps each received DATA payload as a slice of the ~8 KiB read buffer it arrived in,
+/// and hyper releases a stream's flow-control capacity only as its body is polled, with no way to hold data
+/// elsewhere without also releasing the window. So in memory a stalled stream is bounded by its window × the read
+/// buffer per frame, not by its window: a peer that sends one-byte DATA frames on a stream nobody reads,
+/// interleaved with larger frames on a stream another caller drains (which keep h2's small-DATA-frame budget
+/// topped up), pins about one read buffer per byte held (65,000 one-byte frames: +540 MB). See README, "Known
+/// limits".
+pub const STREAM_WINDOW: u32 = 512 << 10;
+
+/// The largest HTTP/2 window (RFC 9113 §6.9.1: 2³¹−1).
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// The connection window for a connection that may carry `streams` streams at once: `streams` full stream windows
+/// ([`STREAM_WINDOW`]), capped at [`MAX_WINDOW`], so streams whose readers stalled (each holding at most its own
+/// stream window) cannot starve the other calls that share the connection (issue 16.1). Data held stays bounded by
+/// the streams × [`STREAM_WINDOW`] bytes.
+///
+/// It also sizes h2's small-DATA-frame flood budget, which hyper has no knob for: h2 (0.4.20,
+/// `DataFrameBudget::Auto`) lets a connection hold unread DATA frames shorter than 256 bytes worth
+/// `window / 2` bytes of accounted overhead (256 − payload bytes each), then sends GOAWAY `ENHANCE_YOUR_CALM`
+/// "too_many_data_frames"; frames of 256 bytes or more replenish it. A stalled stream of ten-byte gRPC messages
+/// (15-byte frames) holds at most 512 KiB / 15 × 241 B ≈ 8 MiB of it, so with the default 1,024 calls (a 512 MiB
+/// window, a 256 MiB budget) 32 such streams fit at once, while a peer that floods one-byte frames alone still
+/// trips it. h2 also ends a connection after 100 empty DATA frames without END_STREAM (`MAX_RECV_EMPTY_DATA_FRAMES`,
+/// no knob); stock gRPC peers do not send them.
+pub fn connection_window(streams: u32) -> u32 {
+    streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
+}
+
+pub(super) type Driver = http2::Connection<TokioIo<Stream>, ReplayBody, TokioExecutor>;
+
+pub(super) async fn connect(
+    addr: SocketAddr,
+    settings: &Settings,
+    keepalive: Duration,
+) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        tcp_keepalive(&tcp)?;
+        let io = match &settings.tls {
+            Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
+            None => Stream::Plain(tcp),
+        };
+        let (tx, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
+            .keep_alive_timeout(settings.keepalive_timeout)
+            // No PINGs without open streams: stock servers count them as abuse (see the module doc).
+            .keep_alive_while_idle(false)
+            // Also h2's CONTINUATION flood limit, which hyper has no knob for: a header block may span at most
+            // max(5, n + n/4) non-final CONTINUATION frames, n = this / 16 KiB (h2 0.4.20,
+            // `calc_max_continuation_frames`). hyper's 16 KiB default allowed 5, so a backend splitting its headers
+            // into 8 small frames (legal; grpc-go and grpcio accept it) closed the shared connection; the 16 MiB of
+            // `proxy::h2_header_list_limit` allow 1,280, and a flood of empty CONTINUATION frames still ends there.
+            .max_header_list_size(settings.max_header_list_bytes)
+            // Fixed windows, not adaptive ones (hyper's BDP estimate resizes both, breaking the ratio below).
+            .initial_connection_window_size(connection_window(settings.max_streams))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .handshake(TokioIo::new(io))
+            .await?;
+        Ok::<_, ConnectError>((tx, driver))
+    };
+    tokio::time::timeout(settings.connect_timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout(settings.connect_timeout))?
+}
+
+/// Kernel-level liveness checks on a backend connection (see the module doc), invisible to the HTTP/2 peer.
+fn tcp_keepalive(tcp: &TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
+    Ok(())
+}
