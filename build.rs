@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     // A second service the library is not compiled with, for the tests' routes (tests/common/echo.rs).
     let echo = protox::compile(["echo/v1/echo.proto"], ["proto"])?;
+    // Its descriptor set, for the test backends' reflection (tests/reflection.rs).
+    fs::write(out.join("echo_descriptor.bin"), echo.encode_to_vec())?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(echo)?;
     Ok(())
 }

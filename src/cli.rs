@@ -71,6 +71,11 @@ pub struct SidecarArgs {
     /// retryPolicy): a file, or the JSON itself.
     #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_parser = parse_service_config, value_name = "FILE|JSON")]
     pub service_config: Option<ServiceConfig>,
+    /// Message types for Connect JSON (and reflection) of routed services: a FileDescriptorSet as `protoc -o` or
+    /// `buf build -o` writes it. Repeatable; HELLO_SIDECAR_DESCRIPTOR_SET may list several, comma-separated.
+    /// Without one, the sidecar learns a routed service's types from its backends' gRPC server reflection.
+    #[arg(long = "descriptor-set", env = "HELLO_SIDECAR_DESCRIPTOR_SET", value_name = "FILE", value_delimiter = ',')]
+    pub descriptor_sets: Vec<std::path::PathBuf>,
     /// Kubeconfig for `kubernetes:///` targets; without it: in-cluster service account, else KUBECONFIG or
     /// ~/.kube/config.
     #[arg(long, env = "HELLO_SIDECAR_KUBECONFIG")]
@@ -273,6 +278,32 @@ impl SidecarArgs {
             target: t.clone(),
         });
         hello.chain(self.routes.iter().flatten().cloned()).collect()
+    }
+}
+
+impl SidecarArgs {
+    /// Every `--descriptor-set` file read into one descriptor pool, or `None` without any. Errors name the file:
+    /// unreadable, not a `FileDescriptorSet`, or a file that contradicts another set's.
+    pub fn descriptor_pool(&self) -> Result<Option<prost_reflect::DescriptorPool>, String> {
+        if self.descriptor_sets.is_empty() {
+            return Ok(None);
+        }
+        let mut pool = prost_reflect::DescriptorPool::new();
+        for path in &self.descriptor_sets {
+            let shown = path.display();
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+            let invalid = |e: &dyn std::fmt::Display| {
+                let e = e.to_string().replace('\n', " ");
+                format!("{shown} is not a valid FileDescriptorSet (as protoc -o or buf build -o write): {e}")
+            };
+            let set = <prost_reflect::prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice())
+                .map_err(|e| invalid(&e))?;
+            if set.file.is_empty() {
+                return Err(invalid(&"it holds no files"));
+            }
+            pool.add_file_descriptor_set(set).map_err(|e| invalid(&e))?;
+        }
+        Ok(Some(pool))
     }
 }
 

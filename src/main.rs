@@ -31,6 +31,13 @@ fn main() -> ExitCode {
         eprintln!("error: invalid value for '--route': {e}");
         return ExitCode::from(2);
     }
+    // A descriptor set that cannot be read or decoded: a bad flag value too.
+    if let Command::Sidecar(args) = &cli.command
+        && let Err(e) = args.descriptor_pool()
+    {
+        eprintln!("error: invalid value for '--descriptor-set': {e}");
+        return ExitCode::from(2);
+    }
     // A key that does not match its certificate, a CA bundle rustls cannot use: bad flag values too.
     if let Err(e) = hello_sidecar::cli::check_tls(&cli.command) {
         eprintln!("error: {e}");

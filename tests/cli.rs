@@ -42,6 +42,16 @@ fn bad_values_exit_2_with_one_line_naming_the_flag() {
             &[],
             "--service-config",
         ),
+        (
+            &["sidecar", "--route", "a.B=static:///a:1", "--descriptor-set", "/nonexistent/echo.pb"],
+            &[],
+            "--descriptor-set",
+        ),
+        (
+            &["sidecar", "--route", "a.B=static:///a:1"],
+            &[("HELLO_SIDECAR_DESCRIPTOR_SET", "/nonexistent/a.pb")],
+            "--descriptor-set",
+        ),
     ];
     for (args, env, flag) in cases {
         let (code, stderr) = run(args, env);
@@ -88,6 +98,23 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(v["level"], "INFO", "{v}");
     assert_eq!(v["pod"], "json-pod", "structured fields are flattened: {v}");
     assert_eq!(v["addr"], format!("{ip}:8080"), "{v}");
+}
+
+#[test]
+fn a_descriptor_set_that_does_not_decode_is_a_bad_flag_value() {
+    let dir = std::env::temp_dir().join(format!("hello-sidecar-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (garbage, empty) = (dir.join("garbage.pb"), dir.join("empty.pb"));
+    std::fs::write(&garbage, b"syntax = \"proto3\";\nmessage X {}\n").expect("write");
+    std::fs::write(&empty, b"").expect("write");
+    for (file, why) in [(&garbage, "is not a valid FileDescriptorSet"), (&empty, "holds no files")] {
+        let path = file.to_str().expect("utf-8 path");
+        let (code, stderr) = run(&["sidecar", "--route", "a.B=static:///a:1", "--descriptor-set", path], &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("--descriptor-set") && stderr.contains(path) && stderr.contains(why), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

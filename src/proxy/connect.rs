@@ -5,7 +5,8 @@
 //! ```
 //!
 //! The request is one bare message (`application/proto`, or proto3 JSON with `application/json`, mapped with the
-//! descriptors compiled into the binary); `connect-timeout-ms` becomes `grpc-timeout`. The answer is the bare
+//! descriptors compiled into the binary, from `--descriptor-set`, or learned from the route's backends through
+//! server reflection: [`crate::reflection::schema`]); `connect-timeout-ms` becomes `grpc-timeout`. The answer is the bare
 //! reply message in the same codec, or a Connect error: an HTTP status from the gRPC code and
 //! `{"code":"invalid_argument","message":"name is required"}`, with the backend's `grpc-status-details-bin` as
 //! `details` ([`error_details`]). Backend trailers come back as `trailer-` headers.
@@ -85,8 +86,10 @@ pub fn request_frame(method: Option<&MethodDescriptor>, codec: Codec, body: &[u8
 }
 
 /// Why a Connect JSON call to a service the sidecar was not compiled with cannot be translated.
-pub const NO_SCHEMA: &str = "Connect JSON needs the method's schema, which this sidecar has only for the services \
-     compiled into it; call with content-type application/proto (or gRPC / gRPC-web), which need none";
+pub const NO_SCHEMA: &str = "Connect JSON needs the method's message types: the sidecar learns them from the \
+     route's backends if they serve gRPC server reflection, or from --descriptor-set FILE (a FileDescriptorSet, as \
+     protoc -o or buf build -o write); or call with content-type application/proto (or gRPC / gRPC-web), which \
+     need none";
 
 /// The reply message from a gRPC response body (one frame), in the request's codec.
 pub fn reply_body(method: Option<&MethodDescriptor>, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {

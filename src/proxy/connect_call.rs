@@ -1,7 +1,7 @@
 //! A Connect unary call: the bare message is translated to a gRPC frame, forwarded like any call, and the
 //! collected gRPC answer is translated back (see [`super::connect`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -9,11 +9,13 @@ use hyper::body::Incoming;
 use tonic::Code;
 
 use crate::{
+    balance::Balancer,
     grpc::{decode_message, encode_timeout, status_of},
     proxy::{
         Proxy,
         body::ResponseBody,
         connect::{self, Codec},
+        error::ProxyError,
         request_body::RequestBody,
         web,
     },
@@ -29,11 +31,25 @@ impl Proxy {
 
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
         let path = req.uri().path().to_owned();
-        let method = connect::method(&path);
-        if method.is_none() && codec == Codec::Json {
-            let msg = format!("{path}: {}", connect::NO_SCHEMA);
-            return error(Code::Unimplemented, &msg, &HeaderMap::new());
-        }
+        let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
+        // Set when the schema was learned from this target's backends: refreshed if a message does not map.
+        let mut learned_from = None;
+        let method = match held {
+            Some(m) => Some(m),
+            None if codec == Codec::Json => match self.learn_schema(&path).await {
+                Ok((m, balancer)) => {
+                    learned_from = Some(balancer);
+                    Some(m)
+                }
+                Err(msg) => return error(Code::Unimplemented, &msg, &HeaderMap::new()),
+            },
+            None => None,
+        };
+        let refresh = || {
+            if let (Some(schemas), Some(b)) = (&self.schemas, &learned_from) {
+                schemas.refresh(b);
+            }
+        };
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -51,7 +67,10 @@ impl Proxy {
         };
         let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
-            Err(msg) => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
+            Err(msg) => {
+                refresh();
+                return error(Code::InvalidArgument, &msg, &HeaderMap::new());
+            }
         };
         if let Err(e) = super::authority::authority_from_host(&mut parts) {
             return super::web_call::bad_request(e);
@@ -108,7 +127,25 @@ impl Proxy {
                 res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
                 res
             }
-            Err(msg) => error(Code::Internal, &msg, &meta),
+            Err(msg) => {
+                refresh();
+                error(Code::Internal, &msg, &meta)
+            }
+        }
+    }
+
+    /// The method's schema from the route's backends (server reflection, cached per target), with the target's
+    /// balancer; or the Connect error message: no route, or why no schema is to be had.
+    async fn learn_schema(&self, path: &str) -> Result<(prost_reflect::MethodDescriptor, Arc<Balancer>), String> {
+        let Some(balancer) = self.routes.get(path).cloned() else {
+            return Err(ProxyError::Unimplemented(path.to_owned()).to_string());
+        };
+        let Some(schemas) = &self.schemas else {
+            return Err(format!("{path}: {}", connect::NO_SCHEMA));
+        };
+        match schemas.learned(&balancer, path).await {
+            Ok(m) => Ok((m, balancer)),
+            Err(why) => Err(format!("{path}: {} ({why})", connect::NO_SCHEMA)),
         }
     }
 }

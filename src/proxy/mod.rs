@@ -3,7 +3,7 @@
 //! ```text
 //! accept → route (:path, content-type) ─┬─ HelloService → forward (deadline, pick, retry) → pooled h2 → backend
 //!                                        ├─ grpc-web, Connect → translated (web_call, connect_call) → forward
-//!                                        ├─ grpc.health.v1 / reflection → answered here
+//!                                        ├─ grpc.health.v1 → answered here; reflection → here or the route's backends
 //!                                        └─ anything else → UNIMPLEMENTED / 415 / 426
 //! ```
 
@@ -83,6 +83,8 @@ pub struct Proxy {
     reflection: LocalService,
     reflection_v1alpha: LocalService,
     methods: RwLock<HashMap<String, Arc<str>>>,
+    /// Message types for Connect JSON beyond the compiled schema (descriptor sets, backends' reflection).
+    schemas: Option<Arc<crate::reflection::schema::Schemas>>,
 }
 
 impl Proxy {
@@ -107,7 +109,15 @@ impl Proxy {
             reflection,
             reflection_v1alpha,
             methods: RwLock::default(),
+            schemas: None,
         }
+    }
+
+    /// Lets Connect JSON find message types in `schemas` (descriptor sets, the routes' backends' reflection) for
+    /// services the sidecar was not compiled with.
+    pub fn with_schemas(mut self, schemas: Arc<crate::reflection::schema::Schemas>) -> Self {
+        self.schemas = Some(schemas);
+        self
     }
 
     /// Answers one request. Never fails: every failure is a response.

@@ -1,5 +1,5 @@
-//! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection and the
-//! admin port.
+//! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection (local and
+//! forwarded, [`crate::reflection`]) and the admin port.
 
 mod health;
 mod state;
@@ -19,6 +19,7 @@ use crate::{
     cli::SidecarArgs,
     discovery, pool,
     proxy::{self, Proxy},
+    reflection::{Reflector, schema::Schemas},
     routes::{RouteError, RouteTable},
     target::Target,
     telemetry::metrics::Metrics,
@@ -30,9 +31,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error(transparent)]
     Bind(#[from] crate::listen::BindError),
-    /// Reflection could not load the compiled descriptors (a build problem).
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// A `--descriptor-set` file cannot be read or decoded.
+    #[error("invalid value for --descriptor-set: {0}")]
+    DescriptorSet(String),
     /// The target's TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -78,13 +79,13 @@ pub async fn start(
     }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Reflection and Connect JSON answer from the compiled schema and the descriptor sets, and ask the routes'
+    // backends for the rest.
+    let mut pools = vec![Reflector::compiled()];
+    pools.extend(args.descriptor_pool().map_err(StartError::DescriptorSet)?);
+    let reflector = Reflector::new(pools, table.clone());
+    let (reflection_v1, reflection_v1alpha) = reflector.services();
+    let schemas = Arc::new(Schemas::new(reflector));
 
     let listener = crate::listen::bind("--listen", args.listen).await?;
     let admin_listener = crate::listen::bind("--admin", args.admin).await?;
@@ -107,15 +108,18 @@ pub async fn start(
         retry_budget: args.retry_budget,
         max_header_bytes: args.max_header_bytes,
     };
-    let proxy = Arc::new(Proxy::new(
-        config,
-        table,
-        args.service_config.clone().unwrap_or_default(),
-        metrics,
-        BoxCloneSyncService::new(health_service),
-        BoxCloneSyncService::new(reflection_v1),
-        BoxCloneSyncService::new(reflection_v1alpha),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            config,
+            table,
+            args.service_config.clone().unwrap_or_default(),
+            metrics,
+            BoxCloneSyncService::new(health_service),
+            reflection_v1,
+            reflection_v1alpha,
+        )
+        .with_schemas(schemas),
+    );
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(admin::serve(admin_listener, state.clone(), async move {

@@ -16,6 +16,20 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub mod pb {
     tonic::include_proto!("echo.v1");
+
+    /// The encoded descriptor set of `echo.proto` (build.rs writes it), for the backends' reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("echo_descriptor");
+}
+
+/// Which gRPC server reflection an echo backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflection {
+    /// None: the sidecar cannot learn the schema from it.
+    None,
+    /// `grpc.reflection.v1` only.
+    V1,
+    /// `grpc.reflection.v1alpha` only, as many deployed servers.
+    V1Alpha,
 }
 
 use pb::{
@@ -45,13 +59,28 @@ impl EchoBackend {
     }
 
     pub async fn start_at(ip: std::net::Ipv4Addr, id: &str) -> Self {
+        Self::start_with(ip, id, Reflection::None).await
+    }
+
+    /// A backend that also serves reflection in the given version.
+    pub async fn start_with(ip: std::net::Ipv4Addr, id: &str, reflection: Reflection) -> Self {
         let addr = SocketAddr::from((ip, super::BACKEND_PORT));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let stats = Arc::new(EchoStats::default());
         let svc = Echo { id: id.to_owned(), stats: stats.clone() };
+        let builder = || {
+            tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        };
+        let (v1, v1alpha) = match reflection {
+            Reflection::None => (None, None),
+            Reflection::V1 => (Some(builder().build_v1().expect("v1 reflection")), None),
+            Reflection::V1Alpha => (None, Some(builder().build_v1alpha().expect("v1alpha reflection"))),
+        };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(EchoServiceServer::new(svc))
+                .add_optional_service(v1)
+                .add_optional_service(v1alpha)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         Self { addr, id: id.to_owned(), stats }
