@@ -87,6 +87,8 @@ mod tests {
         check(&["--retry-budget=0.1", "--route=acme.Orders=kubernetes:///orders.billing:grpc"]).unwrap();
         check(&["--service-config=/etc/hello/sc.json"]).unwrap();
         check(&["--service-config", "/etc/hello/sc.json"]).unwrap();
+        // A descriptor set is read in the pod too: its path is not opened here.
+        check(&["--descriptor-set=/etc/hello-sidecar/descriptor-sets/orders.pb"]).unwrap();
     }
 
     #[test]

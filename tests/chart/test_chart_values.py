@@ -117,6 +117,18 @@ def test_every_sidecar_flag_is_a_value_and_reaches_the_sidecar():
     assert hello_sidecar("sidecar", *given, "--eject-after=none", "--help").returncode == 2
 
 
+def test_a_descriptor_set_config_map_is_mounted_in_the_sidecar_next_to_its_certificate():
+    values = {"sidecar": {"descriptorSetConfigMap": "acme-sets"}, "mtls": {"enabled": True}}
+    client = find(render_docs(values), "Deployment", "release-hello-sidecar-client")[0]["spec"]["template"]["spec"]
+    assert {"name": "descriptor-sets", "configMap": {"name": "acme-sets"}} in client["volumes"]
+    assert any(v["name"] == "mtls" for v in client["volumes"]), client["volumes"]
+    mounts = {m["name"]: m["mountPath"] for m in init_container(client)["volumeMounts"]}
+    assert mounts["descriptor-sets"] == "/etc/hello-sidecar/descriptor-sets", mounts
+    assert "mtls" in mounts, mounts
+    plain = find(render_docs({}), "Deployment", "release-hello-sidecar-client")[0]["spec"]["template"]["spec"]
+    assert "volumes" not in plain and "volumeMounts" not in init_container(plain)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -130,6 +142,7 @@ def test_every_sidecar_flag_is_a_value_and_reaches_the_sidecar():
         {"sidecar": {"ejectAfter": 0}},
         {"sidecar": {"threads": -1}},
         {"sidecar": {"failfastTimeout": "soon"}},
+        {"sidecar": {"descriptorSetConfigMap": "Not A Name"}},
         {"monitoring": {"podMonitor": {"enabled": "yes"}}},
         {"monitoring": {"grafana": {}}},
     ],

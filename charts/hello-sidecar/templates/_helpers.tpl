@@ -162,6 +162,10 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
       value: {{ $s.listen | quote }}
     - name: HELLO_SIDECAR_ADMIN
       value: {{ printf "0.0.0.0:%v" $s.adminPort | quote }}
+    {{- with $s.descriptorSet }}
+    - name: HELLO_SIDECAR_DESCRIPTOR_SET
+      value: {{ . | quote }}
+    {{- end }}
     {{- with $s.kubeconfig }}
     - name: HELLO_SIDECAR_KUBECONFIG
       value: {{ . | quote }}
@@ -200,7 +204,7 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
     {{- toYaml . | nindent 4 }}
     {{- end }}
     {{- with include "hello-sidecar.mtls.sidecarEnv" . }}{{ . | trim | nindent 4 }}{{- end }}
-  {{- with include "hello-sidecar.mtls.volumeMounts" . }}{{ . | trim | nindent 2 }}{{- end }}
+  {{- with include "hello-sidecar.sidecarVolumeMounts" . }}{{ . | trim | nindent 2 }}{{- end }}
   ports:
     - name: admin
       containerPort: {{ $s.adminPort }}
@@ -239,5 +243,43 @@ affinity:
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Where sidecar.descriptorSetConfigMap is mounted in the sidecar container. */}}
+{{- define "hello-sidecar.descriptorSetDir" -}}
+/etc/hello-sidecar/descriptor-sets
+{{- end }}
+
+{{/* The sidecar container's mounts: its mTLS certificate, the descriptor sets' ConfigMap. */}}
+{{- define "hello-sidecar.sidecarVolumeMounts" -}}
+{{- $items := include "hello-sidecar.mtls.volumeMountItems" . | trim }}
+{{- if or $items .Values.sidecar.descriptorSetConfigMap }}
+volumeMounts:
+{{- with $items }}
+{{ . | indent 2 }}
+{{- end }}
+{{- if .Values.sidecar.descriptorSetConfigMap }}
+  - name: descriptor-sets
+    mountPath: {{ include "hello-sidecar.descriptorSetDir" . }}
+    readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Pod volumes of a client pod (the client Deployment, the helm test pod): the sidecar's certificate and its
+descriptor sets' ConfigMap. */}}
+{{- define "hello-sidecar.clientVolumes" -}}
+{{- $items := include "hello-sidecar.mtls.clientVolumeItems" . | trim }}
+{{- if or $items .Values.sidecar.descriptorSetConfigMap }}
+volumes:
+{{- with $items }}
+{{ . | indent 2 }}
+{{- end }}
+{{- with .Values.sidecar.descriptorSetConfigMap }}
+  - name: descriptor-sets
+    configMap:
+      name: {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -47,21 +47,27 @@ listens on loopback only. Everything here renders nothing while mtls.enabled is 
 
 {{/* The certificate's mount, in a container. */}}
 {{- define "hello-sidecar.mtls.volumeMounts" -}}
-{{- if .Values.mtls.enabled }}
+{{- with include "hello-sidecar.mtls.volumeMountItems" . }}
 volumeMounts:
-  - name: mtls
-    mountPath: {{ include "hello-sidecar.mtls.dir" . }}
-    readOnly: true
+{{ . | trim | indent 2 }}
 {{- end }}
 {{- end }}
 
-{{/* Pod volumes of a client pod (the client Deployment, the helm test pod). */}}
-{{- define "hello-sidecar.mtls.clientVolumes" -}}
+{{/* The certificate's mount as list items (the sidecar adds its own, see hello-sidecar.sidecarVolumeMounts). */}}
+{{- define "hello-sidecar.mtls.volumeMountItems" -}}
 {{- if .Values.mtls.enabled }}
-volumes:
-  - name: mtls
-    secret:
-      secretName: {{ include "hello-sidecar.mtls.clientSecret" . }}
+- name: mtls
+  mountPath: {{ include "hello-sidecar.mtls.dir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The certificate's volume of a client pod, as list items (see hello-sidecar.clientVolumes). */}}
+{{- define "hello-sidecar.mtls.clientVolumeItems" -}}
+{{- if .Values.mtls.enabled }}
+- name: mtls
+  secret:
+    secretName: {{ include "hello-sidecar.mtls.clientSecret" . }}
 {{- end }}
 {{- end }}
 
