@@ -123,10 +123,20 @@ async fn reflection_lists_and_resolves_a_routed_service_whatever_version_each_si
         let echo = EchoBackend::start_with(fresh_ip(), "reflect-echo", backend_version).await;
         let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &echo_route(&echo)]);
         sidecar.wait_ready_endpoints(2);
-        // Each caller version twice: the second stream uses the version the sidecar remembered for the target.
-        for caller in [Caller::V1, Caller::V1Alpha, Caller::V1Alpha, Caller::V1] {
+        // Each caller version twice: after the first miss, every stream uses the version the sidecar remembered.
+        let callers = match backend_version {
+            Reflection::V1Alpha => [Caller::V1, Caller::V1Alpha, Caller::V1Alpha, Caller::V1],
+            _ => [Caller::V1Alpha, Caller::V1, Caller::V1, Caller::V1Alpha],
+        };
+        for caller in callers {
             lists_and_resolves(&sidecar, caller).await;
         }
+        let (spoken, other) = match backend_version {
+            Reflection::V1Alpha => (V1ALPHA_PATH, V1_PATH),
+            _ => (V1_PATH, V1ALPHA_PATH),
+        };
+        assert_eq!(echo.stats.path_count(other), 1, "one miss, then the remembered version");
+        assert!(echo.stats.path_count(spoken) >= 4, "{:?}", echo.stats.paths.lock().expect("paths"));
     }
 }
 
@@ -187,6 +197,8 @@ async fn curl_json(s: &Sidecar, path: &str, body: &str) -> (u16, serde_json::Val
     (status, serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")))
 }
 
+const V1_PATH: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+const V1ALPHA_PATH: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
 const ECHO: &str = "/echo.v1.EchoService/Echo";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,12 +213,16 @@ async fn connect_json_learns_the_types_from_the_backends_reflection() {
             assert_eq!(status, 200, "{version:?}: {v}");
             assert_eq!(v, serde_json::json!({"message": format!("json {i}"), "server": "json-echo"}));
         }
-        // A field the schema lacks is the caller's mistake, named.
+        let spoken = if version == Reflection::V1Alpha { V1ALPHA_PATH } else { V1_PATH };
+        let lookups = || echo.stats.path_count(V1_PATH) + echo.stats.path_count(V1ALPHA_PATH);
+        assert_eq!(echo.stats.path_count(spoken), 1, "learned once for the target, then cached");
+        // A field the schema lacks is the caller's mistake, named; the schema is refreshed in case it was stale.
+        let before = lookups();
         let (status, v) = curl_json(&sidecar, ECHO, r#"{"nope":1}"#).await;
         assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
-        // And the call after it still works (the schema is learned again).
         let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"again","count":2}"#).await;
         assert_eq!((status, v["message"].as_str()), (200, Some("again")), "{v}");
+        assert_eq!(lookups(), before + 1, "learned again once, in the version remembered for the target");
     }
 }
 

@@ -21,6 +21,7 @@
 //! never the other way round.
 
 mod local;
+mod owners;
 pub mod schema;
 pub mod upstream;
 
@@ -44,6 +45,7 @@ use tonic_reflection::pb::v1::{
 };
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
+use self::owners::StreamState;
 pub use self::upstream::Version;
 use crate::{balance::Balancer, routes::RouteTable};
 
@@ -213,72 +215,6 @@ impl Reflector {
             service: names.into_iter().map(|name| ServiceResponse { name }).collect(),
         })
     }
-
-    /// Who may know `symbol`: the route of its service, routes of its package, targets that answered on this
-    /// stream, then `*`.
-    fn owners_of_symbol(&self, stream: &StreamState, symbol: &str) -> Vec<Arc<Balancer>> {
-        let mut out = Vec::new();
-        let exact = self.routes.services().filter(|(s, _)| symbol == *s || is_child(symbol, s));
-        push_unique(&mut out, exact.map(|(_, b)| b.clone()));
-        let same_package = self.routes.services().filter(|(s, _)| package(s).is_some_and(|p| is_child(symbol, p)));
-        push_unique(&mut out, same_package.map(|(_, b)| b.clone()));
-        self.then_stream_and_default(out, stream)
-    }
-
-    /// Who may have file `name`: targets that answered on this stream (a file's dependencies come from where the
-    /// file came from), routes whose package is the file's directory (`echo/v1/echo.proto` for `echo.v1`), `*`.
-    fn owners_of_file(&self, stream: &StreamState, name: &str) -> Vec<Arc<Balancer>> {
-        let mut out = Vec::new();
-        push_unique(&mut out, stream.answered.iter().cloned());
-        let by_dir = self
-            .routes
-            .services()
-            .filter(|(s, _)| package(s).is_some_and(|p| name.starts_with(&format!("{}/", p.replace('.', "/")))));
-        push_unique(&mut out, by_dir.map(|(_, b)| b.clone()));
-        self.then_stream_and_default(out, stream)
-    }
-
-    fn then_stream_and_default(&self, mut out: Vec<Arc<Balancer>>, stream: &StreamState) -> Vec<Arc<Balancer>> {
-        push_unique(&mut out, stream.answered.iter().cloned());
-        push_unique(&mut out, self.routes.default_route().cloned());
-        out
-    }
-}
-
-/// Per caller stream: the endpoint pinned for each target, and the targets that answered (most recent first).
-#[derive(Default)]
-struct StreamState {
-    pinned: HashMap<String, upstream::Pinned>,
-    answered: Vec<Arc<Balancer>>,
-}
-
-impl StreamState {
-    fn pinned(&mut self, target: &str) -> &mut upstream::Pinned {
-        self.pinned.entry(target.to_owned()).or_default()
-    }
-
-    fn answered(&mut self, balancer: Arc<Balancer>) {
-        self.answered.retain(|b| !Arc::ptr_eq(b, &balancer));
-        self.answered.insert(0, balancer);
-    }
-}
-
-fn push_unique(out: &mut Vec<Arc<Balancer>>, more: impl IntoIterator<Item = Arc<Balancer>>) {
-    for b in more {
-        if !out.iter().any(|o| Arc::ptr_eq(o, &b)) {
-            out.push(b);
-        }
-    }
-}
-
-/// `a.b.C.D` is a child of `a.b.C` and of `a.b`.
-fn is_child(symbol: &str, parent: &str) -> bool {
-    symbol.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// The package of a fully qualified service name (`acme.orders.v1` of `acme.orders.v1.OrderService`).
-fn package(service: &str) -> Option<&str> {
-    service.rsplit_once('.').map(|(p, _)| p)
 }
 
 fn describe(request: &MessageRequest) -> String {
@@ -336,19 +272,5 @@ impl ServerReflection for Handler {
             }
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn symbols_belong_to_their_service_and_package() {
-        assert!(is_child("echo.v1.EchoService.Echo", "echo.v1.EchoService"));
-        assert!(is_child("echo.v1.EchoRequest", "echo.v1"));
-        assert!(!is_child("echo.v10.X", "echo.v1"));
-        assert!(!is_child("echo.v1", "echo.v1"));
-        assert_eq!(package("acme.orders.v1.OrderService"), Some("acme.orders.v1"));
     }
 }

@@ -44,6 +44,15 @@ pub struct EchoStats {
     pub calls: AtomicU64,
     /// Server streams that ended because the caller went away (a send found no receiver).
     pub cancelled: AtomicU64,
+    /// The path of every request that reached the server, in order.
+    pub paths: std::sync::Mutex<Vec<String>>,
+}
+
+impl EchoStats {
+    /// How many requests had this path.
+    pub fn path_count(&self, path: &str) -> usize {
+        self.paths.lock().expect("paths").iter().filter(|p| *p == path).count()
+    }
 }
 
 /// A running echo backend.
@@ -76,8 +85,14 @@ impl EchoBackend {
             Reflection::V1 => (Some(builder().build_v1().expect("v1 reflection")), None),
             Reflection::V1Alpha => (None, Some(builder().build_v1alpha().expect("v1alpha reflection"))),
         };
+        let seen = stats.clone();
+        let record = tower::util::MapRequestLayer::new(move |req: http::Request<tonic::body::Body>| {
+            seen.paths.lock().expect("paths").push(req.uri().path().to_owned());
+            req
+        });
         tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(record)
                 .add_service(EchoServiceServer::new(svc))
                 .add_optional_service(v1)
                 .add_optional_service(v1alpha)
