@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_reflection::pb::{
     v1::{
-        ServerReflectionRequest, ServerReflectionResponse, server_reflection_request::MessageRequest,
+        ExtensionRequest, ServerReflectionRequest, ServerReflectionResponse, server_reflection_request::MessageRequest,
         server_reflection_response::MessageResponse,
     },
     v1alpha,
@@ -96,6 +96,11 @@ async fn lists_and_resolves(sidecar: &Sidecar, caller: Caller) {
         symbol("hello.v1.HelloService"),
         symbol("nope.v1.Nope"),
         symbol("echo.v1.EchoService"),
+        MessageRequest::AllExtensionNumbersOfType("echo.v1.EchoRequest".into()),
+        MessageRequest::FileContainingExtension(ExtensionRequest {
+            containing_type: "echo.v1.EchoRequest".into(),
+            extension_number: 100,
+        }),
     ];
     let answers = reflect(sidecar, caller, &requests).await;
     assert_eq!(answers.len(), requests.len(), "one answer per request ({caller:?})");
@@ -114,6 +119,18 @@ async fn lists_and_resolves(sidecar: &Sidecar, caller: Caller) {
     assert_eq!(first_file(&answers[5]).name(), "hello/v1/hello.proto", "answered by the sidecar itself");
     let (code, message) = error_of(&answers[6]);
     assert_eq!(code, tonic::Code::NotFound as i32, "{message}");
+    // Extension requests for a type only the backend knows reach the backend (tonic's server knows no extensions).
+    assert!(
+        matches!(&answers[8].message_response, Some(MessageResponse::AllExtensionNumbersResponse(e)) if e.extension_number.is_empty()),
+        "{:?}",
+        answers[8]
+    );
+    let (code, message) = error_of(&answers[9]);
+    assert_eq!(
+        (code, message.contains("extensions are not supported")),
+        (tonic::Code::NotFound as i32, true),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
