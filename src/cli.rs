@@ -279,9 +279,7 @@ impl SidecarArgs {
         });
         hello.chain(self.routes.iter().flatten().cloned()).collect()
     }
-}
 
-impl SidecarArgs {
     /// Every `--descriptor-set` file read into one descriptor pool, or `None` without any. Errors name the file:
     /// unreadable, not a `FileDescriptorSet`, or a file that contradicts another set's.
     pub fn descriptor_pool(&self) -> Result<Option<prost_reflect::DescriptorPool>, String> {
