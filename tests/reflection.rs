@@ -200,6 +200,55 @@ async fn a_backend_without_reflection_gets_an_in_stream_error_and_the_stream_goe
     assert_eq!(first_file(&answers[1]).name(), "hello/v1/hello.proto");
 }
 
+/// A stock reflection client: grpcio-reflection's descriptor database (Python; it speaks v1alpha), resolving a
+/// service through a protobuf descriptor pool as a dynamic client does.
+const PYTHON_CLIENT: &str = r#"
+import json, sys, grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(sys.argv[1]))
+pool = DescriptorPool(db)
+service = pool.FindServiceByName("echo.v1.EchoService")
+request = pool.FindMessageTypeByName("echo.v1.EchoRequest")
+print(json.dumps({
+    "services": sorted(db.get_services()),
+    "methods": [m.name for m in service.methods],
+    "fields": [f.name for f in request.fields],
+    "file": service.file.name,
+}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_v1alpha_client_resolves_a_routed_service_whose_backend_speaks_v1() {
+    let python = [concat!(env!("CARGO_MANIFEST_DIR"), "/.test-tools/venv/bin/python"), "python3"]
+        .into_iter()
+        .find(|p| {
+            let check = std::process::Command::new(p).args(["-c", "import grpc_reflection"]).output();
+            check.is_ok_and(|o| o.status.success())
+        })
+        .expect("Python with grpcio-reflection (scripts/test installs it into .test-tools/venv)");
+    let hello = Backend::start("stock-reflect-hello", &[]);
+    let echo = EchoBackend::start_with(fresh_ip(), "stock-reflect-echo", Reflection::V1).await;
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &echo_route(&echo)]);
+    sidecar.wait_ready_endpoints(2);
+    let out = tokio::process::Command::new(python)
+        .args(["-c", PYTHON_CLIENT, &sidecar.addr.to_string()])
+        .output()
+        .await
+        .expect("run the Python client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let services = v["services"].as_array().expect("services");
+    for s in ["echo.v1.EchoService", "hello.v1.HelloService"] {
+        assert!(services.iter().any(|x| x == s), "{s} not in {v}");
+    }
+    assert_eq!(v["methods"], serde_json::json!(["Echo", "ServerStream", "ClientStream", "Bidi"]));
+    assert_eq!(v["fields"], serde_json::json!(["message", "count", "delay_ms"]));
+    assert_eq!(v["file"], "echo/v1/echo.proto");
+    assert!(echo.stats.path_count(V1_PATH) >= 1, "the v1alpha client's requests reached the backend as v1");
+}
+
 /// One Connect call with a real curl: (HTTP status, body).
 async fn curl_json(s: &Sidecar, path: &str, body: &str) -> (u16, serde_json::Value) {
     let out = tokio::process::Command::new("curl")
