@@ -200,6 +200,34 @@ async fn a_backend_without_reflection_gets_an_in_stream_error_and_the_stream_goe
     assert_eq!(first_file(&answers[1]).name(), "hello/v1/hello.proto");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_route_without_endpoints_leaves_the_rest_of_the_list_and_fails_only_its_own_answers() {
+    let hello = Backend::start("reflect-down-hello", &[]);
+    let echo = EchoBackend::start_with(fresh_ip(), "reflect-down-echo", Reflection::V1).await;
+    let nowhere = format!("*=static:///{}:1", fresh_ip());
+    let sidecar =
+        Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &echo_route(&echo), "--route", &nowhere]);
+    sidecar.wait_ready_endpoints(2);
+    let answers = reflect(
+        &sidecar,
+        Caller::V1,
+        &[
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol("other.v1.Other".into()),
+            MessageRequest::FileContainingSymbol("echo.v1.EchoService".into()),
+        ],
+    )
+    .await;
+    let listed = services(&answers[0]);
+    for s in ["hello.v1.HelloService", "echo.v1.EchoService"] {
+        assert!(listed.iter().any(|l| l == s), "{s} missing from {listed:?}");
+    }
+    let (code, message) = error_of(&answers[1]);
+    assert_eq!(code, tonic::Code::Unavailable as i32, "{message}");
+    assert!(message.contains("no ready endpoints for static:///"), "{message}");
+    assert_eq!(first_file(&answers[2]).name(), "echo/v1/echo.proto", "the stream goes on");
+}
+
 /// A stock reflection client: grpcio-reflection's descriptor database (Python; it speaks v1alpha), resolving a
 /// service through a protobuf descriptor pool as a dynamic client does.
 const PYTHON_CLIENT: &str = r#"

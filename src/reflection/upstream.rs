@@ -72,6 +72,9 @@ impl Version {
 
 /// How long one forwarded reflection request may take, the endpoint wait included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for a usable endpoint (`--failfast-timeout`'s default): a target with none fails its answer
+/// fast, and the caller's stream moves on to its next request.
+const ENDPOINT_WAIT: Duration = Duration::from_secs(1);
 /// The largest reflection answer taken from a backend (file descriptors of a large schema fit many times over).
 const MAX_REPLY: usize = 16 << 20;
 
@@ -82,7 +85,8 @@ pub struct Pinned(Option<Arc<Endpoint>>);
 /// Sends `req` to one of `balancer`'s endpoints as `version` and returns its one answer. A gRPC status is the
 /// backend's (UNIMPLEMENTED when it does not speak `version`) or the sidecar's (UNAVAILABLE: no endpoint, the
 /// connection failed; DEADLINE_EXCEEDED after [`TIMEOUT`]). Reflection requests only read, so one that failed on
-/// the way is sent once more, to another endpoint when there is one.
+/// the way is sent once more, to another endpoint when there is one. The request passes no verdict on the
+/// endpoint (a breaker's probe slot taken by the pick is freed unused): reflection says little about the app's calls.
 pub async fn call(
     balancer: &Balancer,
     pinned: &mut Pinned,
@@ -96,7 +100,8 @@ pub async fn call(
         let (endpoint, sender) = match pin {
             Some(p) => p,
             None => {
-                let picked = balancer.pick(&avoid, deadline).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                let wait_until = deadline.min(Instant::now() + ENDPOINT_WAIT);
+                let picked = balancer.pick(&avoid, wait_until).await.map_err(|e| Status::unavailable(e.to_string()))?;
                 (picked.endpoint, picked.sender)
             }
         };
