@@ -13,7 +13,8 @@
 //! Those are the opt-in: a method whose gRPC service config has a `retryPolicy` is sent again (to another
 //! endpoint while one is usable) when it ends with one of its `retryableStatusCodes` before any response header
 //! with a body — up to `maxAttempts`, after an exponential backoff with jitter (or the server's
-//! `grpc-retry-pushback-ms`), within the retry budget and the deadline (gRFC A6).
+//! `grpc-retry-pushback-ms`), within the retry budget and the deadline (gRFC A6). A method with a `hedgingPolicy`
+//! is sent by [`super::hedge`] instead: several attempts in flight, the first answer wins.
 
 use std::{
     net::SocketAddr,
