@@ -69,6 +69,8 @@ pub struct ReplayBody<B = RequestBody> {
     shared: Arc<Mutex<Shared<B>>>,
     pos: usize,
     trailers_sent: bool,
+    /// Made after [`ReplayBody::share`]: dropping it wakes the parked views (no lock taken on a plain call).
+    shared_view: bool,
 }
 
 impl<B: Body> ReplayBody<B> {
@@ -90,7 +92,7 @@ impl<B: Body> ReplayBody<B> {
             failed: false,
             parked: None,
         };
-        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false }
+        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false, shared_view: false }
     }
 
     /// A fresh view from the start, if everything read so far was kept; `None` when a retry is impossible.
@@ -100,6 +102,7 @@ impl<B: Body> ReplayBody<B> {
             shared: self.shared.clone(),
             pos: 0,
             trailers_sent: false,
+            shared_view: s.parked.is_some(),
         })
     }
 
@@ -226,8 +229,9 @@ impl<B> Drop for ReplayBody<B> {
     /// A view dropped while it was the one registered with the client's body (a cancelled hedge) would leave the
     /// others waiting for a wake-up that goes nowhere: they are woken to take over.
     fn drop(&mut self) {
-        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.wake_parked();
+        if self.shared_view {
+            self.shared.lock().unwrap_or_else(|e| e.into_inner()).wake_parked();
+        }
     }
 }
 
