@@ -114,3 +114,27 @@ async fn a_method_without_the_policy_is_sent_once() {
     }
     assert_eq!(metric(&sidecar.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}"), 0);
 }
+
+/// Only a request whose body is still kept (≤ 64 KiB) is hedged: a larger one gets the first attempt only, while
+/// a small one to the same slow pods gets its hedge (and the loser is cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_replay_buffer_is_not_hedged() {
+    let (a, b) = (Backend::start("hedge-big-a", &["--delay", "3s"]), Backend::start("hedge-big-b", &["--delay", "3s"]));
+    let config = config("SayHello", "0.1s");
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&a, &b]), &["--service-config", &config]);
+    sidecar.wait_ready_endpoints(2);
+    let mut client = sidecar.client();
+    let total = || server_metric(&a, "hello_server_calls_total") + server_metric(&b, "hello_server_calls_total");
+
+    let big = HelloRequest { name: "x".repeat(100 * 1024) };
+    client.say_hello(big).await.expect("answered by the one attempt");
+    assert_eq!(total(), 1, "a body past the replay buffer cannot be sent twice");
+
+    client.say_hello(hello(&[])).await.expect("answered");
+    assert_eq!(total(), 3, "the small call was hedged after 0.1 s");
+    let cancelled = || {
+        server_metric(&a, "hello_server_calls_cancelled_total")
+            + server_metric(&b, "hello_server_calls_cancelled_total")
+    };
+    wait_for("the losing attempt to be cancelled", Duration::from_secs(10), || (cancelled() == 1).then_some(()));
+}
