@@ -201,13 +201,16 @@ impl Proxy {
             if schedule.due() {
                 let first = attempts.is_empty();
                 let view = origin.replay();
-                if view.is_none() || (!first && !std::mem::take(&mut resend) && !self.withdraw_hedge()) {
+                if view.is_none() {
                     schedule.stop();
                 } else if let Some(view) = view {
                     // A hedge takes an endpoint that is usable now; with nothing else in flight the call may wait
                     // as a plain one does.
                     let wait = if in_flight.is_empty() { wait_until } else { Instant::now() };
                     match balancer.pick(&tried, wait).await {
+                        // The budget is asked once an endpoint is there to take the hedge, so a postponed hedge
+                        // spends no token.
+                        Ok(_) if !first && !std::mem::take(&mut resend) && !self.withdraw_hedge() => schedule.stop(),
                         Ok(Picked { endpoint, sender, probe }) => {
                             let lease = endpoint.conn.lease(sender);
                             let mut sender = lease.sender.clone();
