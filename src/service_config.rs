@@ -153,16 +153,6 @@ impl ServiceConfig {
         }
     }
 
-    /// Whether any method has a `hedgingPolicy` (parsed and checked, not applied yet).
-    pub fn has_hedging(&self) -> bool {
-        let hedged = |p: &Arc<MethodPolicy>| p.hedging.is_some();
-        self.default.as_ref().is_some_and(hedged)
-            || self
-                .services
-                .values()
-                .any(|s| s.all_methods.as_ref().is_some_and(hedged) || s.methods.values().any(hedged))
-    }
-
     /// Whether no method has a policy.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.default.is_none()

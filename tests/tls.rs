@@ -515,6 +515,33 @@ async fn the_server_fixture_can_terminate_mtls_itself() {
     assert_eq!(o.code, Code::Unavailable, "{o:?}");
 }
 
+/// RFC 9113 §8.3.1: `:scheme` is the scheme of the target URI, so a request the sidecar sends over TLS says
+/// `https` (a backend that routes or authorizes by scheme sees the truth), and one over h2c says `http`.
+#[tokio::test]
+async fn requests_forwarded_over_tls_carry_scheme_https() {
+    let dir = temp_dir("scheme");
+    let ca = Ca::new("test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (server_crt, server_key) = ca.issue(&dir, "backend", BACKEND_ID, 1, false);
+    let tls = ["--tls-cert", s(&server_crt), "--tls-key", s(&server_key), "--tls-ca", s(&ca_file)];
+    let backend = Backend::start("scheme-tls", &tls);
+    let (crt, key) = ca.issue(&dir, "checkout", CHECKOUT_ID, 10, false);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &tls_flags(&crt, &key, &ca_file, BACKEND_ID));
+    let plain_backend = Backend::start("scheme-plain", &[]);
+    let plain = Sidecar::start(&Sidecar::static_target(&[&plain_backend]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    plain.wait_ready_endpoints(1);
+    for (sidecar, want) in [(&sidecar, "https"), (&plain, "http")] {
+        let res = sidecar
+            .client()
+            .say_hello(HelloRequest { name: "scheme".into() })
+            .await
+            .unwrap_or_else(|e| panic!("{want}: {e}"));
+        let seen = res.metadata().get("x-hello-scheme").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(seen.as_deref(), Some(want));
+    }
+}
+
 #[tokio::test]
 async fn an_app_that_is_down_behind_the_inbound_proxy_is_unavailable() {
     let dir = temp_dir("app-down");

@@ -143,6 +143,13 @@ impl Attempt {
         self.judge(None, false);
     }
 
+    /// Ends an attempt the sidecar cancelled itself (a hedge that lost to another attempt): like
+    /// [`Attempt::release`], no verdict and nothing learnt about latency, since the endpoint did nothing wrong and
+    /// the time it ran says nothing about how long it takes to answer.
+    pub fn abandon(self) {
+        self.release();
+    }
+
     /// Reports `verdict` to the breaker: to the probe slot if this attempt still holds it; `hung` (no answer,
     /// silent far past its usual answer time) ejects at once.
     fn judge(&mut self, verdict: Option<bool>, hung: bool) {

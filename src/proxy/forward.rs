@@ -13,7 +13,8 @@
 //! Those are the opt-in: a method whose gRPC service config has a `retryPolicy` is sent again (to another
 //! endpoint while one is usable) when it ends with one of its `retryableStatusCodes` before any response header
 //! with a body — up to `maxAttempts`, after an exponential backoff with jitter (or the server's
-//! `grpc-retry-pushback-ms`), within the retry budget and the deadline (gRFC A6).
+//! `grpc-retry-pushback-ms`), within the retry budget and the deadline (gRFC A6). A method with a `hedgingPolicy`
+//! is sent by [`super::hedge`] instead: several attempts in flight, the first answer wins.
 
 use std::{
     net::SocketAddr,
@@ -34,6 +35,7 @@ use crate::{
         body::{ResponseBody, UpstreamBody},
         call::{Attempt, CallRecord, Unrecorded},
         error::ProxyError,
+        hedge::HedgedCall,
         replay::ReplayBody,
         request_body::RequestBody,
     },
@@ -118,6 +120,10 @@ impl Proxy {
         // `waitForReady` calls wait for an endpoint up to their deadline; the others fail fast.
         let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
         let wait_until = if wait_for_ready { deadline } else { deadline.min(start + self.config.failfast_timeout) };
+        if let Some(hedging) = policy.as_ref().and_then(|p| p.hedging.as_ref()) {
+            let call = HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit };
+            return self.hedged(call, hedging).await;
+        }
         let mut retry = PolicyRetry::new(policy.as_ref().and_then(|p| p.retry.as_ref()));
         // Endpoints that refused this call (or failed it retryably): avoided by the next pick while another one is
         // usable.
@@ -130,22 +136,9 @@ impl Proxy {
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(upstream) = self.upstream_request(&parts, view, endpoint.addr, deadline, attempts) else {
                 return Err(ProxyError::DeadlineExceeded(timeout));
-            }
-            let mut upstream = Request::new(view);
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = absolute_uri(&parts.uri, endpoint.addr);
-            *upstream.version_mut() = Version::HTTP_2;
-            *upstream.headers_mut() = parts.headers.clone();
-            if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
-                upstream.headers_mut().insert("grpc-timeout", v);
-            }
-            if attempts > 0 {
-                // gRFC A6: a retried attempt says how many came before it.
-                upstream.headers_mut().insert("grpc-previous-rpc-attempts", HeaderValue::from(attempts));
-            }
+            };
             attempts += 1;
 
             let mut attempt = Attempt::begin(endpoint.clone(), lease, probe);
@@ -210,20 +203,64 @@ impl Proxy {
                 return Ok(res.map(|_| ResponseBody::empty()));
             }
             let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
-            let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
-            let limits = (self.config.max_header_bytes, self.metrics.clone());
-            return Ok(res.map(|body| {
-                ResponseBody::Upstream(Box::new(UpstreamBody::new(
-                    body,
-                    sleep,
-                    timeout,
-                    header_code,
-                    record,
-                    origin,
-                    limits,
-                )))
-            }));
+            return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
         }
+    }
+
+    /// The request for one attempt on `addr`: the caller's method, path and metadata, `:scheme https` when the
+    /// backend connections use TLS, the time left as `grpc-timeout`, and after `previous` attempts
+    /// `grpc-previous-rpc-attempts` (gRFC A6). `None` when the deadline has passed.
+    pub(super) fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        view: ReplayBody,
+        addr: SocketAddr,
+        deadline: Instant,
+        previous: u32,
+    ) -> Option<Request<ReplayBody>> {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let mut upstream = Request::new(view);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = absolute_uri(&parts.uri, addr, self.config.backend_tls);
+        *upstream.version_mut() = Version::HTTP_2;
+        *upstream.headers_mut() = parts.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
+            upstream.headers_mut().insert("grpc-timeout", v);
+        }
+        if previous > 0 {
+            // gRFC A6: a retried or hedged attempt says how many came before it.
+            upstream.headers_mut().insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
+        }
+        Some(upstream)
+    }
+
+    /// The committed attempt's response handed to the caller: its body passed through under the call's deadline,
+    /// with the call's record ending when the body does.
+    pub(super) fn pass_through(
+        &self,
+        res: Response<hyper::body::Incoming>,
+        record: CallRecord,
+        origin: ReplayBody,
+        header_code: Option<Code>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Response<ResponseBody> {
+        let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+        let limits = (self.config.max_header_bytes, self.metrics.clone());
+        res.map(|body| {
+            ResponseBody::Upstream(Box::new(UpstreamBody::new(
+                body,
+                sleep,
+                timeout,
+                header_code,
+                record,
+                origin,
+                limits,
+            )))
+        })
     }
 
     /// Whether a call that never reached the application may be sent again; notes the endpoint that refused it
@@ -308,13 +345,18 @@ pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
     u32::try_from(size).unwrap_or(u32::MAX)
 }
 
-/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers.
-fn absolute_uri(uri: &Uri, addr: SocketAddr) -> Uri {
-    if uri.scheme().is_some() && uri.authority().is_some() {
+/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers. The scheme is
+/// the backend connection's, not the caller's (RFC 9113 §8.3.1: `:scheme` names the scheme of the target URI, and
+/// a TLS connection to the endpoint makes it `https`; the app speaks h2c to the sidecar, so its own is `http`).
+fn absolute_uri(uri: &Uri, addr: SocketAddr, tls: bool) -> Uri {
+    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+    if uri.scheme() == Some(&scheme) && uri.authority().is_some() {
         return uri.clone();
     }
     let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = addr.to_string().parse().ok();
+    if parts.scheme.is_none() || parts.authority.is_none() {
+        parts.authority = addr.to_string().parse().ok();
+    }
+    parts.scheme = Some(scheme);
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }

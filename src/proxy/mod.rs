@@ -15,6 +15,7 @@ pub mod connect;
 mod connect_call;
 pub mod error;
 mod forward;
+mod hedge;
 pub mod replay;
 pub mod request_body;
 pub mod route;
@@ -67,6 +68,8 @@ pub struct Config {
     /// Largest header or trailer block passed through, in RFC 7541 §4.1 bytes; larger ones get an explicit
     /// `RESOURCE_EXHAUSTED` naming the size.
     pub max_header_bytes: u32,
+    /// The backend connections use TLS (`--tls-*`): forwarded requests carry `:scheme https`.
+    pub backend_tls: bool,
 }
 
 /// The proxy: everything a call needs, shared by every connection.

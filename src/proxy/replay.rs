@@ -11,7 +11,7 @@
 use std::{
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
 };
 
 use bytes::Bytes;
@@ -50,6 +50,18 @@ struct Shared<B> {
     limit: u64,
     too_large: Option<u64>,
     failed: bool,
+    /// Several views read at once (a hedged call): each waiting view parks its waker here, since the client's
+    /// body wakes only the last view that polled it. Empty, and never allocated, on a call that is not hedged.
+    parked: Option<Vec<Waker>>,
+}
+
+impl<B> Shared<B> {
+    /// Wakes every parked view, so the next one to poll takes over reading the client's body.
+    fn wake_parked(&mut self) {
+        if let Some(parked) = &mut self.parked {
+            parked.drain(..).for_each(Waker::wake);
+        }
+    }
 }
 
 /// One view of the request body. [`ReplayBody::replay`] makes a fresh view for a retry.
@@ -57,6 +69,8 @@ pub struct ReplayBody<B = RequestBody> {
     shared: Arc<Mutex<Shared<B>>>,
     pos: usize,
     trailers_sent: bool,
+    /// Made after [`ReplayBody::share`]: dropping it wakes the parked views (no lock taken on a plain call).
+    shared_view: bool,
 }
 
 impl<B: Body> ReplayBody<B> {
@@ -76,8 +90,9 @@ impl<B: Body> ReplayBody<B> {
             limit,
             too_large: None,
             failed: false,
+            parked: None,
         };
-        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false }
+        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false, shared_view: false }
     }
 
     /// A fresh view from the start, if everything read so far was kept; `None` when a retry is impossible.
@@ -87,7 +102,17 @@ impl<B: Body> ReplayBody<B> {
             shared: self.shared.clone(),
             pos: 0,
             trailers_sent: false,
+            shared_view: s.parked.is_some(),
         })
+    }
+
+    /// Lets several views read at once (gRFC A6 hedging: each attempt replays the body and the leading one reads
+    /// on from the client); a view that finds nothing new waits for the others' progress.
+    pub fn share(&self) {
+        let mut s = self.lock();
+        if s.parked.is_none() {
+            s.parked = Some(Vec::new());
+        }
     }
 
     /// The size of the oversized message that stopped the call, if any.
@@ -134,7 +159,18 @@ where
         let Some(inner) = s.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Some(parked) = &mut s.parked {
+            if polled.is_pending() {
+                if !parked.iter().any(|w| w.will_wake(cx.waker())) {
+                    parked.push(cx.waker().clone());
+                }
+            } else {
+                // Progress (a frame, the end, an error): the other views have something new to read.
+                parked.drain(..).for_each(Waker::wake);
+            }
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let limit = s.limit;
@@ -186,6 +222,16 @@ where
         // it (servers count empty frames as abuse).
         let ended = s.done || s.inner.as_ref().is_some_and(Body::is_end_stream);
         ended && self.pos >= s.read && (self.trailers_sent || s.trailers.is_none()) && s.too_large.is_none()
+    }
+}
+
+impl<B> Drop for ReplayBody<B> {
+    /// A view dropped while it was the one registered with the client's body (a cancelled hedge) would leave the
+    /// others waiting for a wake-up that goes nowhere: they are woken to take over.
+    fn drop(&mut self) {
+        if self.shared_view {
+            self.shared.lock().unwrap_or_else(|e| e.into_inner()).wake_parked();
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! - `SayHello`: empty name → `INVALID_ARGUMENT` "name is required"; else `Hello, <name>!` and code 200.
 //! - Every answer (errors too) carries `x-hello-pod` (which pod answered) and `x-hello-peer` (the caller's
 //!   address, i.e. which connection carried the call); behind the `inbound` proxy also `x-hello-client-id`
-//!   (the caller's verified SPIFFE ID, from `x-hello-sidecar-client-id`).
+//!   (the caller's verified SPIFFE ID, from `x-hello-sidecar-client-id`); `x-hello-scheme` is the `:scheme` the
+//!   call came with.
 //! - Fault knobs, off by default ([`faults`]): delay, jitter, error rate with a chosen status, and per-call
 //!   overrides by metadata.
 //! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
@@ -40,6 +41,8 @@ pub struct ServerStats {
     pub connections: AtomicU64,
     /// Calls answered (any status).
     pub calls: AtomicU64,
+    /// Calls the caller cancelled (`RST_STREAM`) before the answer was ready.
+    pub cancelled: AtomicU64,
 }
 
 impl AdminState for ServerStats {
@@ -54,9 +57,13 @@ impl AdminState for ServerStats {
              hello_server_connections_accepted_total {}\n\
              # HELP hello_server_calls_total Calls answered.\n\
              # TYPE hello_server_calls_total counter\n\
-             hello_server_calls_total {}\n",
+             hello_server_calls_total {}\n\
+             # HELP hello_server_calls_cancelled_total Calls the caller cancelled before the answer was ready.\n\
+             # TYPE hello_server_calls_cancelled_total counter\n\
+             hello_server_calls_cancelled_total {}\n",
             self.connections.load(Relaxed),
-            self.calls.load(Relaxed)
+            self.calls.load(Relaxed),
+            self.cancelled.load(Relaxed)
         )
     }
 }
@@ -79,8 +86,13 @@ impl HelloService for Hello {
         // Behind the mTLS `inbound` proxy: the verified caller, echoed so tests and the demo can see it.
         let client_id = req.metadata().get(crate::inbound::CLIENT_ID_HEADER).cloned();
         let plan = self.faults.plan(req.metadata());
+        // The `:scheme` the call came with (`https` over TLS), echoed as `x-hello-scheme`.
+        let scheme = req.extensions().get::<http::uri::Scheme>().and_then(|s| MetadataValue::try_from(s.as_str()).ok());
         if !plan.delay.is_zero() {
+            // tonic drops this future when the caller resets the stream: counted as cancelled.
+            let cancelled = Cancelled(Some(&self.stats));
             tokio::time::sleep(plan.delay).await;
+            cancelled.disarm();
         }
         let result = match plan.fail {
             Some(status) => Err(status),
@@ -98,6 +110,9 @@ impl HelloService for Hello {
             if let Some(id) = &client_id {
                 md.insert("x-hello-client-id", id.clone());
             }
+            if let Some(s) = &scheme {
+                md.insert("x-hello-scheme", s.clone());
+            }
         };
         match result {
             Ok(mut res) => {
@@ -110,6 +125,31 @@ impl HelloService for Hello {
             }
         }
     }
+}
+
+/// Counts a call whose handler was dropped (the caller cancelled) unless disarmed first.
+struct Cancelled<'a>(Option<&'a ServerStats>);
+
+impl Cancelled<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(stats) = self.0 {
+            stats.cancelled.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Keeps the request's `:scheme` for the handler (tonic passes extensions on, not the URI).
+fn keep_scheme(mut req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    if let Some(scheme) = req.uri().scheme().cloned() {
+        req.extensions_mut().insert(scheme);
+    }
+    req
 }
 
 /// Why the server could not start.
@@ -185,6 +225,7 @@ pub async fn run(
         // As grpc-go (16 MiB) rather than hyper's 16 KiB: the fixture stands for stock servers, which accept large
         // metadata.
         .http2_max_header_list_size(16 << 20)
+        .layer(tower::util::MapRequestLayer::new(keep_scheme))
         .add_service(health)
         .add_service(reflection)
         .add_service(HelloServiceServer::new(hello))

@@ -41,6 +41,18 @@ fn the_most_specific_name_wins() {
 }
 
 #[test]
+fn hedging_max_attempts_is_capped_at_five_and_the_delay_defaults_to_zero() {
+    let c = ServiceConfig::parse(
+        r#"{"methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 12, "nonFatalStatusCodes": [14]}}]}"#,
+    )
+    .expect("valid");
+    let hedged = c.lookup("/a.B/C").and_then(|p| p.hedging.clone()).expect("hedging");
+    assert_eq!(hedged.max_attempts, 5, "gRFC A6: values over 5 are treated as 5");
+    assert_eq!(hedged.delay, Duration::ZERO, "gRFC A6: unset sends every attempt at once");
+    assert!(hedged.non_fatal.contains(Code::Unavailable));
+}
+
+#[test]
 fn without_a_default_unnamed_methods_have_no_policy() {
     let c =
         ServiceConfig::parse(r#"{"methodConfig": [{"name": [{"service": "a.B"}], "timeout": "1s"}]}"#).expect("valid");

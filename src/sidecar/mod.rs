@@ -74,9 +74,6 @@ pub async fn start(
         ewma_decay: args.ewma_decay,
     };
     let (targets, routes, table) = build_targets(&args, &settings, &metrics)?;
-    if args.service_config.as_ref().is_some_and(|c| c.has_hedging()) {
-        tracing::warn!("--service-config: hedgingPolicy is not applied yet; those methods get one attempt at a time");
-    }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Reflection and Connect JSON answer from the compiled schema and the descriptor sets, and ask the routes'
@@ -107,6 +104,7 @@ pub async fn start(
         max_message_bytes: args.max_message_bytes,
         retry_budget: args.retry_budget,
         max_header_bytes: args.max_header_bytes,
+        backend_tls: settings.pool.tls.is_some(),
     };
     let proxy = Arc::new(
         Proxy::new(

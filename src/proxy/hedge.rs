@@ -1,0 +1,370 @@
+//! Hedging (gRFC A6 `hedgingPolicy`): a method the user marked safe to run more than once is sent again, to
+//! another endpoint, each `hedgingDelay` without an answer; the first answer wins and the other attempts are
+//! cancelled. It cuts the tail latency a slow pod (a GC pause, a noisy neighbour) adds, at the cost of extra load
+//! that the retry budget bounds.
+//!
+//! The rules, each from gRFC A6 ("Hedging Policy", "Throttling Retry Attempts and Hedged RPCs", "Pushback",
+//! "Summary of Retry and Hedging Logic", "When Retries are Valid"):
+//! - the first attempt goes at once; one more each `hedgingDelay` while none has answered, up to `maxAttempts`
+//!   (capped at 5 when the config is parsed); a delay of zero sends them all at once;
+//! - each hedge avoids the endpoints already tried while another one is usable, and carries
+//!   `grpc-previous-rpc-attempts` (the attempts sent before it);
+//! - response headers commit the call to their attempt (A6: an RPC is committed by Response-Headers), and the
+//!   other attempts are cancelled: dropping a pending response future makes hyper reset the stream
+//!   (`RST_STREAM CANCEL`), so the backends stop working on them;
+//! - a status in `nonFatalStatusCodes` (a Trailers-Only answer or a failed stream) sends the next hedge at once;
+//!   its `grpc-retry-pushback-ms` instead delays the next hedge by that much, and a negative or malformed one stops
+//!   hedging; any other status ends the call with it, and the other attempts are cancelled;
+//! - when every attempt failed non-fatally and none is left to send, the last failure is the call's answer;
+//! - every hedge after the first attempt takes a token from the retry budget; an empty budget stops hedging
+//!   (throttling), never the attempts already sent;
+//! - the call's deadline covers all attempts;
+//! - only a request whose body is still kept (≤ 64 KiB, A6 "Memory Management") can be hedged: a larger one gets
+//!   only the attempts already sent, and the attempts that fell behind it fail.
+//!
+//! A hedge cancelled because another attempt won is our decision, not the endpoint's fault: it is released with no
+//! verdict for the breaker and nothing learnt for the latency estimate ([`Attempt::abandon`]). A request the
+//! endpoint never processed (the connection closed first, `REFUSED_STREAM`, above a GOAWAY) is sent again at once
+//! and does not count against `maxAttempts` (A6 "Transparent Retries"), at most [`MAX_TRANSPARENT`] times.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use http::{HeaderValue, Response};
+use http_body::Body;
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::Code;
+
+use crate::{
+    balance::{Balancer, Picked},
+    grpc::status_of,
+    pool::{self, SendFailure},
+    proxy::{
+        Proxy,
+        body::ResponseBody,
+        call::{Attempt, CallRecord},
+        error::ProxyError,
+        forward::header_list_size,
+        replay::ReplayBody,
+    },
+    service_config::{CodeSet, HedgingPolicy},
+};
+
+/// Requests the endpoints never processed, sent again per call at most.
+const MAX_TRANSPARENT: u32 = 4;
+
+/// A call on its way to being hedged: what [`Proxy::hedged`] needs from `try_forward`.
+pub(super) struct HedgedCall {
+    pub balancer: Arc<Balancer>,
+    pub parts: http::request::Parts,
+    pub origin: ReplayBody,
+    pub method: Arc<str>,
+    pub start: Instant,
+    pub deadline: Instant,
+    pub timeout: Duration,
+    /// How long the first pick may wait for a usable endpoint (`waitForReady`, else the fail-fast timeout).
+    pub wait_until: Instant,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// When the next hedge is due: the pure part of the policy, on tokio's clock so it is tested on a paused one.
+#[derive(Debug)]
+pub(super) struct Schedule {
+    max_attempts: u32,
+    delay: Duration,
+    /// Attempts sent that count against `maxAttempts`.
+    sent: u32,
+    /// When the next attempt goes; `None`: no more (all sent, or hedging stopped).
+    next: Option<tokio::time::Instant>,
+}
+
+impl Schedule {
+    /// The first attempt is due now.
+    pub fn new(policy: &HedgingPolicy) -> Self {
+        Self {
+            max_attempts: policy.max_attempts,
+            delay: policy.delay,
+            sent: 0,
+            next: Some(tokio::time::Instant::now()),
+        }
+    }
+
+    /// When the next attempt is due, if one is left.
+    pub fn next(&self) -> Option<tokio::time::Instant> {
+        self.next
+    }
+
+    /// Whether an attempt is due now.
+    pub fn due(&self) -> bool {
+        self.next.is_some_and(|t| t <= tokio::time::Instant::now())
+    }
+
+    /// Attempts sent so far (the value of the next attempt's `grpc-previous-rpc-attempts`).
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+
+    /// An attempt went out: the next one is due a `hedgingDelay` later, if any is left.
+    pub fn on_sent(&mut self) {
+        self.sent += 1;
+        self.next = (self.sent < self.max_attempts).then(|| tokio::time::Instant::now() + self.delay);
+    }
+
+    /// No endpoint could take the due hedge now: it is tried again a `hedgingDelay` later.
+    pub fn postpone(&mut self) {
+        if self.next.is_some() {
+            self.next = Some(tokio::time::Instant::now() + self.delay);
+        }
+    }
+
+    /// An attempt failed with a non-fatal status: the next hedge goes at once, or after the server's pushback; a
+    /// pushback that is negative or not a number stops hedging (gRFC A6 "Pushback").
+    pub fn on_non_fatal(&mut self, pushback: Option<&HeaderValue>) {
+        if self.next.is_none() {
+            return;
+        }
+        let wait = match pushback {
+            None => Duration::ZERO,
+            Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<i32>().ok()) {
+                Some(ms) if ms >= 0 => Duration::from_millis(ms.unsigned_abs().into()),
+                _ => return self.stop(),
+            },
+        };
+        self.next = Some(tokio::time::Instant::now() + wait);
+    }
+
+    /// An attempt the endpoint never processed: sent again at once, not counted against `maxAttempts`.
+    pub fn resend(&mut self) {
+        self.sent = self.sent.saturating_sub(1);
+        self.next = Some(tokio::time::Instant::now());
+    }
+
+    /// No more attempts (throttled, pushback said no, the body is no longer kept).
+    pub fn stop(&mut self) {
+        self.next = None;
+    }
+}
+
+/// What one attempt's outcome means for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Response headers with a body: the call is this attempt's.
+    Commit,
+    /// The call ends with this status; the other attempts are cancelled.
+    Fatal,
+    /// The other attempts go on, and the next hedge goes at once.
+    NonFatal,
+}
+
+/// Judges an attempt that ended with `code` (`None`: response headers came with a body to follow).
+pub(super) fn verdict(code: Option<Code>, non_fatal: CodeSet) -> Verdict {
+    match code {
+        None => Verdict::Commit,
+        Some(code) if non_fatal.contains(code) => Verdict::NonFatal,
+        Some(_) => Verdict::Fatal,
+    }
+}
+
+/// The last non-fatal failure, the call's answer if no attempt does better.
+enum Failure {
+    Answered(Response<ResponseBody>, Code),
+    Error(ProxyError),
+}
+
+impl Proxy {
+    /// Forwards a call under its hedging policy (see the module doc).
+    pub(super) async fn hedged(
+        &self,
+        call: HedgedCall,
+        policy: &HedgingPolicy,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit } = call;
+        origin.share();
+        let mut schedule = Schedule::new(policy);
+        let mut tried: Vec<SocketAddr> = Vec::with_capacity(policy.max_attempts as usize);
+        // Attempt `i` is `attempts[i]` until it ends; the in-flight futures carry only `i`, so the losers can be
+        // released (not dropped, which would judge them as cancelled by the caller).
+        let mut attempts: Vec<Option<Attempt>> = Vec::with_capacity(policy.max_attempts as usize);
+        let mut in_flight = FuturesUnordered::new();
+        let mut last: Option<Failure> = None;
+        let mut transparent = 0;
+        // The next attempt re-sends one the endpoint never processed: not charged to the budget.
+        let mut resend = false;
+        let finish = |attempts: &mut Vec<Option<Attempt>>| {
+            attempts.iter_mut().filter_map(Option::take).for_each(Attempt::abandon);
+        };
+        loop {
+            if schedule.due() {
+                let first = attempts.is_empty();
+                let view = origin.replay();
+                if view.is_none() {
+                    schedule.stop();
+                } else if let Some(view) = view {
+                    // A hedge takes an endpoint that is usable now; with nothing else in flight the call may wait
+                    // as a plain one does.
+                    let wait = if in_flight.is_empty() { wait_until } else { Instant::now() };
+                    match balancer.pick(&tried, wait).await {
+                        // The budget is asked once an endpoint is there to take the hedge, so a postponed hedge
+                        // spends no token.
+                        Ok(_) if !first && !std::mem::take(&mut resend) && !self.withdraw_hedge() => schedule.stop(),
+                        Ok(Picked { endpoint, sender, probe }) => {
+                            let lease = endpoint.conn.lease(sender);
+                            let mut sender = lease.sender.clone();
+                            let Some(req) =
+                                self.upstream_request(&parts, view, endpoint.addr, deadline, schedule.sent())
+                            else {
+                                finish(&mut attempts);
+                                return Err(ProxyError::DeadlineExceeded(timeout));
+                            };
+                            tried.push(endpoint.addr);
+                            let i = attempts.len();
+                            attempts.push(Some(Attempt::begin(endpoint, lease, probe)));
+                            let sent = sender.try_send_request(req);
+                            in_flight.push(async move { (i, sent.await) });
+                            schedule.on_sent();
+                        }
+                        Err(e) if in_flight.is_empty() => {
+                            return match last {
+                                Some(failure) => self.give_up(failure, &method, start),
+                                None => Err(e.into()),
+                            };
+                        }
+                        Err(_) => schedule.postpone(),
+                    }
+                }
+            }
+            if in_flight.is_empty() && schedule.next().is_none() {
+                let failure = last.unwrap_or_else(|| {
+                    Failure::Error(ProxyError::RequestBody("the request body could not be replayed".into()))
+                });
+                return self.give_up(failure, &method, start);
+            }
+            let hedge_at = schedule.next().unwrap_or_else(|| tokio::time::Instant::from_std(deadline));
+            let (i, sent) = tokio::select! {
+                biased;
+                Some(done) = in_flight.next() => done,
+                () = tokio::time::sleep_until(hedge_at), if schedule.next().is_some() => continue,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    drop(in_flight);
+                    attempts.iter_mut().filter_map(Option::take).for_each(|mut a| a.finish(Code::DeadlineExceeded));
+                    return Err(ProxyError::DeadlineExceeded(timeout));
+                }
+            };
+            let Some(mut attempt) = attempts.get_mut(i).and_then(Option::take) else { continue };
+            let addr = attempt.endpoint().addr;
+            let res = match sent {
+                Ok(res) => res,
+                Err(mut e) => {
+                    if let Some((size, limit)) = origin.too_large() {
+                        attempt.finish(Code::ResourceExhausted);
+                        drop(in_flight);
+                        finish(&mut attempts);
+                        return Err(ProxyError::TooLarge { size, limit });
+                    }
+                    let failure = match e.take_message() {
+                        Some(_) => SendFailure::Unprocessed,
+                        None => pool::classify(e.error()),
+                    };
+                    let error = crate::error_chain(e.error());
+                    if failure == SendFailure::Unprocessed && transparent < MAX_TRANSPARENT {
+                        attempt.release();
+                        transparent += 1;
+                        self.metrics.retries_transparent.fetch_add(1, Relaxed);
+                        schedule.resend();
+                        resend = true;
+                        continue;
+                    }
+                    if origin.replay().is_none() && !in_flight.is_empty() {
+                        // The body outgrew the buffer and this attempt fell behind the one that reads on: ours to
+                        // drop, not the endpoint's failure.
+                        attempt.abandon();
+                        continue;
+                    }
+                    match failure {
+                        SendFailure::Unprocessed => attempt.release(),
+                        SendFailure::Reset(reason) => attempt.finish(crate::grpc::code_of_reset(reason)),
+                        _ => attempt.finish(Code::Unavailable),
+                    }
+                    let err = ProxyError::Upstream { addr, failure, error };
+                    if verdict(Some(err.code()), policy.non_fatal) == Verdict::Fatal {
+                        drop(in_flight);
+                        finish(&mut attempts);
+                        return Err(err);
+                    }
+                    schedule.on_non_fatal(None);
+                    last = Some(Failure::Error(err));
+                    continue;
+                }
+            };
+            attempt.answered();
+            let size = header_list_size(res.headers());
+            if size > self.config.max_header_bytes {
+                attempt.finish(Code::ResourceExhausted);
+                drop(in_flight);
+                finish(&mut attempts);
+                let limit = self.config.max_header_bytes;
+                return Err(ProxyError::HeadersTooLarge { what: "response headers from the backend", size, limit });
+            }
+            let header_code = status_of(res.headers());
+            // A Trailers-Only answer carries its status in the headers; headers with a body to follow commit.
+            let code = res.body().is_end_stream().then(|| header_code.unwrap_or(Code::Unknown));
+            match (verdict(code, policy.non_fatal), code) {
+                (Verdict::Commit, _) | (_, None) => {
+                    // The losers are reset first (their response futures dropped), then released.
+                    drop(in_flight);
+                    finish(&mut attempts);
+                    let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
+                    return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
+                }
+                (Verdict::Fatal, Some(code)) => {
+                    attempt.finish(code);
+                    drop(in_flight);
+                    finish(&mut attempts);
+                    self.metrics.record_call(&method, code, start.elapsed());
+                    return Ok(res.map(|_| ResponseBody::empty()));
+                }
+                (Verdict::NonFatal, Some(code)) => {
+                    attempt.finish(code);
+                    tracing::debug!(endpoint = %addr, ?code, "hedged attempt failed with a non-fatal status");
+                    schedule.on_non_fatal(res.headers().get("grpc-retry-pushback-ms"));
+                    last = Some(Failure::Answered(res.map(|_| ResponseBody::empty()), code));
+                }
+            }
+        }
+    }
+
+    /// Takes a hedge from the retry budget (gRFC A6: throttling applies to hedged RPCs).
+    fn withdraw_hedge(&self) -> bool {
+        if self.budget.withdraw() {
+            // A6 "Retry and Hedging Statistics": hedges are counted as retry attempts.
+            self.metrics.retries_policy.fetch_add(1, Relaxed);
+            true
+        } else {
+            self.metrics.retries_refused_by_budget.fetch_add(1, Relaxed);
+            false
+        }
+    }
+
+    /// Every attempt failed non-fatally: the last failure is the call's answer.
+    fn give_up(
+        &self,
+        failure: Failure,
+        method: &Arc<str>,
+        start: Instant,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        match failure {
+            Failure::Answered(res, code) => {
+                self.metrics.record_call(method, code, start.elapsed());
+                Ok(res)
+            }
+            Failure::Error(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
