@@ -237,6 +237,18 @@ impl Breaker {
     }
 }
 
+/// The pool's connect outcomes count like calls': N failed connects in a row eject the endpoint, a connect that
+/// works resets the count (the breaker is the one judge of what the pool reports).
+impl crate::pool::ConnectOutcomes for Breaker {
+    fn connected(&self) {
+        self.record_success();
+    }
+
+    fn connect_failed(&self) {
+        self.record_failure();
+    }
+}
+
 /// What [`Breaker::admit`] lets a call do.
 pub enum Admission {
     /// The endpoint takes calls.

@@ -9,20 +9,21 @@ use std::{
     },
 };
 
-use hyper::client::conn::http2::SendRequest;
 use rand::Rng;
 use tokio::time::Instant;
 
 use super::{Endpoint, Picked, breaker::Admission};
-use crate::proxy::replay::ReplayBody;
+use crate::pool::SendBody;
 
 /// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
-pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_too: bool) -> Option<Picked> {
-    let usable = |e: &Endpoint| -> Option<SendRequest<ReplayBody>> {
-        if exclude.contains(&e.addr) || (!ejected_too && !e.breaker.admits(now)) {
-            return None;
-        }
-        e.conn.sender()
+pub(super) fn choose<B: SendBody>(
+    set: &[Arc<Endpoint<B>>],
+    exclude: &[SocketAddr],
+    now: Instant,
+    ejected_too: bool,
+) -> Option<Picked<B>> {
+    let usable = |e: &Endpoint<B>| -> bool {
+        !exclude.contains(&e.addr) && (ejected_too || e.breaker.admits(now)) && e.conn.is_ready()
     };
     let mut rng = rand::rng();
     let n = set.len();
@@ -30,33 +31,38 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
     if n >= 2 {
         let a = rng.random_range(0..n);
         let b = (a + rng.random_range(1..n)) % n;
-        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b]))
-            && let Some(picked) = cheaper((&set[a], ta), (&set[b], tb), now, ejected_too)
+        if usable(&set[a])
+            && usable(&set[b])
+            && let Some(picked) = cheaper(&set[a], &set[b], now, ejected_too)
         {
             return Some(picked);
         }
     }
     // Slow path: reservoir-sample two among the usable ones in one pass.
-    let mut picks: [Option<(usize, SendRequest<ReplayBody>)>; 2] = [None, None];
+    let mut picks: [Option<usize>; 2] = [None, None];
     let mut seen = 0usize;
     for (i, e) in set.iter().enumerate() {
-        let Some(tx) = usable(e) else { continue };
+        if !usable(e) {
+            continue;
+        }
         let slot = if seen < 2 { seen } else { rng.random_range(0..=seen) };
         if slot < 2 {
-            picks[slot] = Some((i, tx));
+            picks[slot] = Some(i);
         }
         seen += 1;
     }
     match picks {
-        [Some((a, ta)), Some((b, tb))] => cheaper((&set[a], ta), (&set[b], tb), now, ejected_too),
-        [Some((a, ta)), None] => admit(&set[a], ta, now, ejected_too),
+        [Some(a), Some(b)] => cheaper(&set[a], &set[b], now, ejected_too),
+        [Some(a), None] => admit(&set[a], now, ejected_too),
         _ => None,
     }
 }
 
 /// Admits a call on `e` as its breaker says, taking the probe slot of an endpoint on probation in the same step
-/// ([`super::breaker::Breaker::admit`]); in panic mode (`ejected_too`) a refusal is overruled.
-fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, ejected_too: bool) -> Option<Picked> {
+/// ([`super::breaker::Breaker::admit`]), and leases the connection that carries it
+/// ([`crate::pool::Connection::lease`]); in panic mode (`ejected_too`) a refusal is overruled. `None` also when
+/// the connection went down since it was sampled (the probe slot, if taken, is freed again).
+fn admit<B: SendBody>(e: &Arc<Endpoint<B>>, now: Instant, ejected_too: bool) -> Option<Picked<B>> {
     static PICKS: AtomicU64 = AtomicU64::new(1);
     let probe = match e.breaker.admit(now) {
         Admission::Closed => None,
@@ -64,8 +70,9 @@ fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, eject
         Admission::Refused if ejected_too => None,
         Admission::Refused => return None,
     };
+    let lease = e.conn.lease()?;
     e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
-    Some(Picked { endpoint: e.clone(), sender, probe })
+    Some(Picked { endpoint: e.clone(), lease, probe })
 }
 
 /// Latencies within this factor of each other count as alike: the difference is noise.
@@ -121,18 +128,18 @@ fn prefer_first(a: Side, b: Side) -> bool {
 
 /// The cheaper of two usable endpoints, admitted by its breaker; if another call took its probe slot meanwhile,
 /// the other one.
-fn cheaper(
-    a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
-    b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+fn cheaper<B: SendBody>(
+    a: &Arc<Endpoint<B>>,
+    b: &Arc<Endpoint<B>>,
     now: Instant,
     ejected_too: bool,
-) -> Option<Picked> {
-    let side = |e: &Endpoint| {
+) -> Option<Picked<B>> {
+    let side = |e: &Endpoint<B>| {
         let (rtt, pending, dev) = e.load.sample();
         Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
-    let (first, second) = if prefer_first(side(a.0), side(b.0)) { (a, b) } else { (b, a) };
-    admit(first.0, first.1, now, ejected_too).or_else(|| admit(second.0, second.1, now, ejected_too))
+    let (first, second) = if prefer_first(side(a), side(b)) { (a, b) } else { (b, a) };
+    admit(first, now, ejected_too).or_else(|| admit(second, now, ejected_too))
 }
 
 #[cfg(test)]

@@ -12,18 +12,22 @@ use std::{
 use hyper::client::conn::http2::SendRequest;
 use tracing::{debug, info};
 
-use super::{Connection, connect};
-use crate::proxy::replay::ReplayBody;
+use super::{Connection, SendBody, connect};
 
-#[derive(Default)]
-pub(super) struct Overflow {
-    pub(super) conns: Vec<Extra>,
+pub(super) struct Overflow<B> {
+    pub(super) conns: Vec<Extra<B>>,
     opening: bool,
 }
 
+impl<B> Default for Overflow<B> {
+    fn default() -> Self {
+        Self { conns: Vec::new(), opening: false }
+    }
+}
+
 /// One extra connection: its handle, its calls in flight, and the peer's stream limit on it.
-pub(super) struct Extra {
-    pub(super) tx: SendRequest<ReplayBody>,
+pub(super) struct Extra<B> {
+    pub(super) tx: SendRequest<B>,
     in_flight: Arc<AtomicU32>,
     max_streams: Arc<AtomicUsize>,
 }
@@ -36,28 +40,34 @@ const OVERFLOW_IDLE: Duration = Duration::from_secs(30);
 pub(super) const LIMIT_REFRESH: Duration = Duration::from_millis(250);
 
 /// A connection handle for one call; counts the call in flight on that connection until dropped.
-pub struct Lease {
+pub struct Lease<B> {
     /// The handle to send on.
-    pub sender: SendRequest<ReplayBody>,
+    pub sender: SendRequest<B>,
     in_flight: Arc<AtomicU32>,
 }
 
-impl Drop for Lease {
+impl<B> Drop for Lease<B> {
     fn drop(&mut self) {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
-fn lease(sender: SendRequest<ReplayBody>, in_flight: &Arc<AtomicU32>) -> Lease {
+fn lease<B>(sender: SendRequest<B>, in_flight: &Arc<AtomicU32>) -> Lease<B> {
     in_flight.fetch_add(1, Relaxed);
     Lease { sender, in_flight: in_flight.clone() }
 }
 
-impl Connection {
-    /// A handle for one call: the primary connection while the peer accepts more streams on it, else an extra
-    /// connection with room. When every connection is at the peer's limit, one more is opened in the background
-    /// (at most four) and this call queues on the primary meanwhile, as hyper does.
-    pub fn lease(self: &Arc<Self>, primary: SendRequest<ReplayBody>) -> Lease {
+impl<B: SendBody> Connection<B> {
+    /// A handle for one call, or `None` while the connection is not up: the primary connection while the peer
+    /// accepts more streams on it, else an extra connection with room. When every connection is at the peer's
+    /// limit, one more is opened in the background (at most four) and this call queues on the primary meanwhile,
+    /// as hyper does. This is the one place that decides which connection carries a call.
+    pub fn lease(self: &Arc<Self>) -> Option<Lease<B>> {
+        let primary = self.sender()?;
+        Some(self.lease_with(primary))
+    }
+
+    fn lease_with(self: &Arc<Self>, primary: SendRequest<B>) -> Lease<B> {
         if (self.primary_in_flight.load(Relaxed) as usize) < self.primary_max_streams.load(Relaxed) {
             return lease(primary, &self.primary_in_flight);
         }
@@ -73,7 +83,9 @@ impl Connection {
         }
         lease(primary, &self.primary_in_flight)
     }
+}
 
+impl<B> Connection<B> {
     /// Open connections (primary and extra), for metrics.
     pub fn open_connections(&self) -> usize {
         let extra =
@@ -83,7 +95,7 @@ impl Connection {
 }
 
 /// Opens one extra connection, lends it out while it is needed, and lets it close once idle.
-async fn open_overflow(conn: Arc<Connection>) {
+async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
     let result = connect(conn.addr, &conn.settings, conn.keepalive_interval()).await;
     let (tx, driver) = match result {
         Ok(c) => c,

@@ -26,13 +26,12 @@ use http_body::Body;
 use tonic::Code;
 
 use crate::{
-    balance::Picked,
     grpc::{encode_timeout, parse_timeout, status_of},
     pool::{self, SendFailure},
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallRecord, Unrecorded},
+        call::{CallRecord, Unrecorded},
         error::ProxyError,
         replay::ReplayBody,
         request_body::RequestBody,
@@ -124,9 +123,8 @@ impl Proxy {
         let mut refused_by: Vec<SocketAddr> = Vec::new();
         let mut attempts: u32 = 0;
         loop {
-            let Picked { endpoint, sender, probe } = balancer.pick(&refused_by, wait_until).await?;
-            let lease = endpoint.conn.lease(sender);
-            let mut sender = lease.sender.clone();
+            let picked = balancer.pick(&refused_by, wait_until).await?;
+            let addr = picked.addr();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
@@ -136,7 +134,7 @@ impl Proxy {
             }
             let mut upstream = Request::new(view);
             *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = absolute_uri(&parts.uri, endpoint.addr);
+            *upstream.uri_mut() = absolute_uri(&parts.uri, addr);
             *upstream.version_mut() = Version::HTTP_2;
             *upstream.headers_mut() = parts.headers.clone();
             if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
@@ -148,7 +146,7 @@ impl Proxy {
             }
             attempts += 1;
 
-            let mut attempt = Attempt::begin(endpoint.clone(), lease, probe);
+            let (mut attempt, mut sender) = picked.begin();
             let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
@@ -168,9 +166,9 @@ impl Proxy {
                     let error = crate::error_chain(e.error());
                     if failure == SendFailure::Unprocessed {
                         attempt.release();
-                        if self.may_resend(&origin, &mut refused_by, endpoint.addr, deadline) {
+                        if self.may_resend(&origin, &mut refused_by, addr, deadline) {
                             self.metrics.retries_transparent.fetch_add(1, Relaxed);
-                            tracing::debug!(endpoint = %endpoint.addr, %error, "transparent retry: the request never reached the application");
+                            tracing::debug!(endpoint = %addr, %error, "transparent retry: the request never reached the application");
                             continue;
                         }
                     } else if let SendFailure::Reset(reason) = failure {
@@ -179,9 +177,9 @@ impl Proxy {
                     } else {
                         attempt.finish(Code::Unavailable);
                     }
-                    let err = ProxyError::Upstream { addr: endpoint.addr, failure, error };
+                    let err = ProxyError::Upstream { addr, failure, error };
                     if self.policy_retry(&mut retry, err.code(), None, &origin, deadline).await {
-                        refused_by.push(endpoint.addr);
+                        refused_by.push(addr);
                         continue;
                     }
                     return Err(err);
@@ -203,7 +201,7 @@ impl Proxy {
                 attempt.finish(code);
                 let pushback = res.headers().get("grpc-retry-pushback-ms");
                 if self.policy_retry(&mut retry, code, pushback, &origin, deadline).await {
-                    refused_by.push(endpoint.addr);
+                    refused_by.push(addr);
                     continue;
                 }
                 self.metrics.record_call(&method, code, start.elapsed());

@@ -40,13 +40,20 @@ use tower::{ServiceExt, util::BoxCloneSyncService};
 use tracing::{info, warn};
 
 use crate::{
-    balance::Balancer,
     pool::STREAM_WINDOW,
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     routes::RouteTable,
     service_config::ServiceConfig,
     telemetry::metrics::Metrics,
 };
+
+/// The request body the proxy sends upstream: the caller's body, kept for retries. The one place that names the
+/// concrete body the balancer and the pool carry (both are generic over it).
+pub type UpstreamRequestBody = replay::ReplayBody;
+/// The balancer of a target, carrying [`UpstreamRequestBody`].
+pub type Balancer = crate::balance::Balancer<UpstreamRequestBody>;
+/// One try of a call on one endpoint ([`crate::balance::Attempt`]).
+pub type Attempt = crate::balance::Attempt<UpstreamRequestBody>;
 
 /// A gRPC service answered inside the sidecar (health, reflection).
 pub type LocalService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
