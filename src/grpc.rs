@@ -167,15 +167,14 @@ pub const GOAWAY_WARN_EVERY: Duration = Duration::from_secs(10);
 /// now: at most one per [`GOAWAY_WARN_EVERY`] per kind, process-wide. Returns how many were suppressed since the
 /// last one, or `None` when this one is to be suppressed.
 pub fn goaway_warn_due(upstream: bool) -> Option<u64> {
-    use std::sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    };
-    static LAST: [Mutex<Option<std::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    use parking_lot::Mutex;
+    static LAST: [Mutex<Option<tokio::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
     static SUPPRESSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
     let kind = usize::from(upstream);
-    let mut last = LAST[kind].lock().unwrap_or_else(|e| e.into_inner());
-    let now = std::time::Instant::now();
+    let mut last = LAST[kind].lock();
+    let now = tokio::time::Instant::now();
     if last.is_some_and(|t| now.duration_since(t) < GOAWAY_WARN_EVERY) {
         SUPPRESSED[kind].fetch_add(1, Relaxed);
         return None;

@@ -17,11 +17,9 @@
 //! What counts as a failure is decided by the caller of [`Breaker::record_failure`]; for calls that end without an
 //! answer the rule is [`silence_is_failure`].
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -232,8 +230,8 @@ impl Breaker {
         warn!(endpoint = %self.label, ejected_for = ?period, "{why}");
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 }
 

@@ -13,11 +13,12 @@ mod p2c;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, RwLock, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
 use hyper::client::conn::http2::SendRequest;
+use parking_lot::RwLock;
 use tokio::{sync::watch, time::Instant};
 use tracing::info;
 
@@ -59,7 +60,7 @@ impl<B> Endpoint<B> {
 
     /// What discovery last said of it (pod name, addresses, terminating).
     pub fn meta(&self) -> Discovered {
-        self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.meta.read().clone()
     }
 
     /// Its connection's state.
@@ -165,7 +166,7 @@ impl<B: SendBody> Balancer<B> {
 
     /// Sets (or clears) discovery's current problem, which calls that find no endpoint are told.
     pub fn set_discovery_problem(&self, problem: Option<String>) {
-        *self.discovery_problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+        *self.discovery_problem.write() = problem;
     }
 
     /// The target's name.
@@ -175,7 +176,7 @@ impl<B: SendBody> Balancer<B> {
 
     /// The current endpoints.
     pub fn snapshot(&self) -> Arc<Vec<Arc<Endpoint<B>>>> {
-        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.endpoints.read().clone()
     }
 
     /// A receiver that sees a new value on every change of the set or of a connection.
@@ -196,7 +197,7 @@ impl<B: SendBody> Balancer<B> {
         let (mut added, mut kept) = (0, 0);
         for d in set {
             if let Some(ep) = by_addr.remove(&d.addr) {
-                *ep.meta.write().unwrap_or_else(|e| e.into_inner()) = d;
+                *ep.meta.write() = d;
                 next.push(ep.clone());
                 kept += 1;
             } else if !next.iter().any(|e: &Arc<Endpoint<B>>| e.addr == d.addr) {
@@ -208,7 +209,7 @@ impl<B: SendBody> Balancer<B> {
         for ep in by_addr.values() {
             ep.conn.retire();
         }
-        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        *self.endpoints.write() = Arc::new(next);
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
         if added + removed > 0 {
             info!(target = %self.target, added, removed, kept, "endpoints updated");
@@ -237,7 +238,7 @@ impl<B: SendBody> Balancer<B> {
     /// Picks an endpoint for one attempt and leases the connection that carries it, avoiding `avoid` (endpoints that refused this call) while another one
     /// is usable: a refused stream never reached the application, so the same endpoint may take the retry when
     /// it is the only one. Waits for one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
-    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: std::time::Instant) -> Result<Picked<B>, NoEndpoint> {
+    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: Instant) -> Result<Picked<B>, NoEndpoint> {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
@@ -250,10 +251,10 @@ impl<B: SendBody> Balancer<B> {
             if let Some(p) = picked {
                 return Ok(p);
             }
-            let waited = tokio::time::timeout_at(wait_until.into(), changes.changed()).await;
+            let waited = tokio::time::timeout_at(wait_until, changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
                 let mut detail = describe(&set);
-                if let Some(problem) = &*self.discovery_problem.read().unwrap_or_else(|e| e.into_inner()) {
+                if let Some(problem) = &*self.discovery_problem.read() {
                     detail.push_str(&format!(" (discovery: {problem})"));
                 }
                 return Err(NoEndpoint { target: self.target.clone(), detail });

@@ -71,7 +71,7 @@ impl<B: SendBody> Connection<B> {
         if (self.primary_in_flight.load(Relaxed) as usize) < self.primary_max_streams.load(Relaxed) {
             return lease(primary, &self.primary_in_flight);
         }
-        let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overflow = self.overflow.lock();
         overflow.conns.retain(|x| !x.tx.is_closed());
         let room = overflow.conns.iter().find(|x| (x.in_flight.load(Relaxed) as usize) < x.max_streams.load(Relaxed));
         if let Some(x) = room {
@@ -88,8 +88,7 @@ impl<B: SendBody> Connection<B> {
 impl<B> Connection<B> {
     /// Open connections (primary and extra), for metrics.
     pub fn open_connections(&self) -> usize {
-        let extra =
-            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.iter().filter(|x| !x.tx.is_closed()).count();
+        let extra = self.overflow.lock().conns.iter().filter(|x| !x.tx.is_closed()).count();
         usize::from(self.is_ready()) + extra
     }
 }
@@ -102,7 +101,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
         Err(e) => {
             conn.metrics.connects_failed.fetch_add(1, Relaxed);
             debug!(addr = %conn.addr, error = %e, "extra connection failed");
-            conn.overflow.lock().unwrap_or_else(|e| e.into_inner()).opening = false;
+            conn.overflow.lock().opening = false;
             return;
         }
     };
@@ -111,7 +110,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
     // Until the peer's SETTINGS arrive the driver reports a default; lend it as if the primary's limit applied.
     let max_streams = Arc::new(AtomicUsize::new(conn.primary_max_streams.load(Relaxed)));
     {
-        let mut overflow = conn.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overflow = conn.overflow.lock();
         overflow.opening = false;
         if *conn.stop.borrow() {
             return;
@@ -135,7 +134,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
                     idle_since = tokio::time::Instant::now();
                 } else if idle_since.elapsed() >= OVERFLOW_IDLE {
                     // Idle: stop lending it; hyper closes it once the last handle is gone.
-                    conn.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
+                    conn.overflow.lock().conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
                     let _ = driver.await;
                     return;
                 }

@@ -23,13 +23,14 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use hyper::client::conn::http2::SendRequest;
+use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -202,7 +203,7 @@ impl<B: SendBody> Connection<B> {
 impl<B> Connection<B> {
     /// The request handle, if the connection is up.
     pub fn sender(&self) -> Option<SendRequest<B>> {
-        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.state.read() {
             State::Ready(tx) if !tx.is_closed() => Some(tx.clone()),
             _ => None,
         }
@@ -210,19 +211,19 @@ impl<B> Connection<B> {
 
     /// The current state (for metrics and debugging).
     pub fn state(&self) -> State<B> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state.read().clone()
     }
 
     /// Whether a call could be sent now.
     pub fn is_ready(&self) -> bool {
-        matches!(&*self.state.read().unwrap_or_else(|e| e.into_inner()), State::Ready(tx) if !tx.is_closed())
+        matches!(&*self.state.read(), State::Ready(tx) if !tx.is_closed())
     }
 
     /// Stops reconnecting and lets the connection close once its calls in flight finish.
     pub fn retire(&self) {
         self.stop.send_replace(true);
         self.set(State::Draining);
-        self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.clear();
+        self.overflow.lock().conns.clear();
     }
 
     /// The keepalive interval the next connection to this endpoint uses.
@@ -260,7 +261,7 @@ impl<B> Connection<B> {
     }
 
     fn set(&self, state: State<B>) {
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.write() = state;
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 }

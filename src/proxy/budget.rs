@@ -4,7 +4,8 @@
 //! Without a budget, retries multiply load exactly when backends are failing, which turns a partial outage into
 //! a full one.
 
-use std::{sync::Mutex, time::Instant};
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 /// Retries allowed per second even with no traffic.
 const FLOOR_PER_SEC: f64 = 10.0;
@@ -25,13 +26,13 @@ impl RetryBudget {
 
     /// Records one call.
     pub fn deposit(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         s.0 = (s.0 + self.ratio).min(MAX_TOKENS);
     }
 
     /// Takes one retry from the budget, if there is one.
     pub fn withdraw(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         let now = Instant::now();
         let refill = now.saturating_duration_since(s.1).as_secs_f64() * FLOOR_PER_SEC;
         s.0 = (s.0 + refill).min(MAX_TOKENS);

@@ -8,6 +8,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tonic::Code;
 
 use super::Attempt;
@@ -18,13 +19,13 @@ use crate::telemetry::metrics::Metrics;
 pub struct Unrecorded {
     metrics: Arc<Metrics>,
     method: Arc<str>,
-    start: std::time::Instant,
+    start: Instant,
     armed: bool,
 }
 
 impl Unrecorded {
     /// Arms the record of a call that arrived at `start`.
-    pub fn new(metrics: Arc<Metrics>, method: Arc<str>, start: std::time::Instant) -> Self {
+    pub fn new(metrics: Arc<Metrics>, method: Arc<str>, start: Instant) -> Self {
         Self { metrics, method, start, armed: true }
     }
 
@@ -47,7 +48,7 @@ impl Drop for Unrecorded {
 pub struct CallRecord {
     attempt: Attempt,
     method: Arc<str>,
-    start: std::time::Instant,
+    start: Instant,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
@@ -57,7 +58,7 @@ impl CallRecord {
     pub fn new(
         attempt: Attempt,
         method: Arc<str>,
-        start: std::time::Instant,
+        start: Instant,
         metrics: Arc<Metrics>,
         permit: OwnedSemaphorePermit,
     ) -> Self {

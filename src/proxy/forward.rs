@@ -18,11 +18,12 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use http::{HeaderValue, Request, Response, Uri, Version, uri::Scheme};
 use http_body::Body;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
@@ -147,7 +148,7 @@ impl Proxy {
             attempts += 1;
 
             let (mut attempt, mut sender) = picked.begin();
-            let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
+            let sent = tokio::time::timeout_at(deadline, sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
                     attempt.finish(Code::DeadlineExceeded);
@@ -208,7 +209,7 @@ impl Proxy {
                 return Ok(res.map(|_| ResponseBody::empty()));
             }
             let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
-            let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+            let sleep = Box::pin(tokio::time::sleep_until(deadline));
             let limits = (self.config.max_header_bytes, self.metrics.clone());
             return Ok(res.map(|body| {
                 ResponseBody::Upstream(Box::new(UpstreamBody::new(

@@ -21,13 +21,7 @@ pub mod route;
 pub mod web;
 mod web_call;
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    future::Future,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
@@ -35,6 +29,8 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
+use parking_lot::RwLock;
+use tokio::time::Instant;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 use tracing::{info, warn};
@@ -145,20 +141,20 @@ impl Proxy {
     /// label per route; everything else (unknown methods of a compiled service, unrouted or random paths) is
     /// [`OTHER_METHOD`].
     fn method_label(&self, path: &str) -> Arc<str> {
-        if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(path) {
+        if let Some(m) = self.methods.read().get(path) {
             return m.clone();
         }
         if is_known_method(path) {
-            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            let mut methods = self.methods.write();
             return methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone();
         }
         let service = path.strip_prefix('/').and_then(|p| p.split_once('/')).map(|(s, _)| s);
         if let Some(service) = service.filter(|s| self.routes.routes_by_name(s) && !is_known_service(s)) {
             let key = format!("/{service}/*");
-            if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if let Some(m) = self.methods.read().get(&key) {
                 return m.clone();
             }
-            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            let mut methods = self.methods.write();
             return methods.entry(key.clone()).or_insert_with(|| Arc::from(key)).clone();
         }
         static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(OTHER_METHOD));
