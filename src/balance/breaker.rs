@@ -418,4 +418,58 @@ mod tests {
         assert_eq!(b.health(Instant::now()), Health::Ejected);
         assert_eq!(b.metrics.ejections.load(Relaxed), 2);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_outcomes_count_like_calls() {
+        use crate::pool::ConnectOutcomes;
+        let b = Breaker::new("a".into(), 2, Arc::default());
+        b.connect_failed();
+        b.connected();
+        b.connect_failed();
+        assert_eq!(b.health(Instant::now()), Health::Ok, "a connect that works resets the count");
+        b.connect_failed();
+        assert_eq!(b.health(Instant::now()), Health::Ejected, "two failed connects in a row eject");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_neither_extend_nor_repeat_the_ejection() {
+        let b = Breaker::new("a".into(), 1, Arc::default());
+        b.record_failure();
+        tokio::time::advance(4 * S).await;
+        b.record_failure();
+        b.record_failure();
+        tokio::time::advance(S).await;
+        assert_eq!(b.health(Instant::now()), Health::Probation, "still 5 s from the first failure");
+        assert_eq!(b.metrics.ejections.load(Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_ends_probation() {
+        let b = Arc::new(Breaker::new("a".into(), 1, Arc::default()));
+        b.record_failure();
+        tokio::time::advance(5 * S).await;
+        b.record_success();
+        assert_eq!(b.health(Instant::now()), Health::Probation, "a success that was not the probe's");
+        let Admission::Probe(slot) = b.admit(Instant::now()) else { panic!("the probe slot is still free") };
+        assert!(slot.done(Some(true)));
+        assert_eq!(b.health(Instant::now()), Health::Ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_threshold_of_zero_means_one() {
+        let b = Breaker::new("a".into(), 0, Arc::default());
+        assert_eq!(b.health(Instant::now()), Health::Ok);
+        b.record_failure();
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+    }
+
+    #[test]
+    fn silence_is_a_failure_past_the_floor_and_five_times_the_estimate() {
+        let ms = Duration::from_millis;
+        assert!(!silence_is_failure(ms(249), ms(1)), "under the 250 ms floor");
+        assert!(silence_is_failure(ms(250), ms(1)));
+        assert!(!silence_is_failure(ms(499), ms(100)), "under 5 × 100 ms");
+        assert!(silence_is_failure(ms(500), ms(100)));
+        assert!(silence_is_failure(ms(250), Duration::ZERO), "an endpoint never heard from: the floor alone");
+    }
 }

@@ -257,4 +257,50 @@ mod tests {
         let got = one_at_a_time(Duration::from_millis(200)).await;
         assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
     }
+
+    fn sampled(e: &PeakEwma, last_pick: u64) -> Side {
+        let (rtt, pending, dev) = e.sample();
+        Side { rtt, pending, last_pick, dev }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_peak_stops_mattering() {
+        let (slow, fast) = (PeakEwma::new(Duration::from_secs(1)), PeakEwma::new(Duration::from_secs(1)));
+        slow.observe(Duration::from_millis(200));
+        fast.observe(Duration::from_millis(1));
+        // Fresh, the 200 ms peak loses even though the slow pod was picked longer ago.
+        assert!(!prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+        // 4 s later it has decayed to 200 · e⁻⁴ ≈ 3.7 ms: within the 5 ms noise, so the one picked longer ago wins.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+        assert!(!prefer_first(sampled(&fast, 9), sampled(&slow, 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peak_still_matters_within_its_decay() {
+        let (slow, fast) = (PeakEwma::new(Duration::from_secs(1)), PeakEwma::new(Duration::from_secs(1)));
+        slow.observe(Duration::from_millis(200));
+        fast.observe(Duration::from_millis(1));
+        // 2 s later: 200 · e⁻² ≈ 27 ms against 1 · e⁻² ms, far apart.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_endpoint_costs_the_floor_times_calls_in_flight_plus_one() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        assert_eq!(e.cost(), 1_000.0, "1 µs: cheap but not free");
+        e.start();
+        e.start();
+        assert_eq!(e.cost(), 3_000.0);
+        let s = sampled(&e, 0);
+        assert_eq!((s.rtt, s.pending, s.cost()), (1_000.0, 2, 3_000.0));
+    }
+
+    #[test]
+    fn a_clearly_faster_endpoint_wins_on_cost_until_its_queue_outweighs_it() {
+        // 10 ms against 1 ms: the fast one wins until it has 10 calls in flight (cost 11 ms against 10 ms).
+        assert!(prefer_first(side(1.0, 8, 9), side(10.0, 0, 1)));
+        assert!(!prefer_first(side(1.0, 10, 9), side(10.0, 0, 1)));
+    }
 }

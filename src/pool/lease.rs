@@ -142,3 +142,134 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use parking_lot::{Mutex, RwLock};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::pool::{Settings, State};
+
+    type Body = Empty<Bytes>;
+
+    /// A request handle on an HTTP/2 connection over an in-memory pipe, and what keeps it open.
+    async fn handle() -> (SendRequest<Body>, impl Sized) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (tx, driver) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Body>(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        (tx, (driver, theirs))
+    }
+
+    /// A connection whose primary is `state`, with the peer's limit at `max_streams`.
+    fn connection(state: State<Body>, max_streams: usize) -> Arc<Connection<Body>> {
+        let settings = Settings::default();
+        Arc::new(Connection {
+            // Nothing listens on port 9 of 127.0.0.9: an extra connection cannot open, and nothing else is reached.
+            addr: "127.0.0.9:9".parse().expect("address"),
+            state: RwLock::new(state),
+            stop: watch::channel(false).0,
+            changed: Arc::new(watch::channel(0).0),
+            primary_in_flight: Arc::default(),
+            primary_max_streams: AtomicUsize::new(max_streams),
+            overflow: Mutex::default(),
+            keepalive_ms: AtomicU64::new(settings.keepalive_interval.as_millis() as u64),
+            settings,
+            metrics: Arc::default(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_lease_while_the_connection_is_not_up() {
+        for state in [State::Connecting, State::Backoff { error: "refused".into() }, State::Draining] {
+            let name = state.name();
+            assert!(connection(state, 100).lease().is_none(), "{name}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_counts_its_call_on_the_primary_until_dropped() {
+        let (tx, _keep) = handle().await;
+        let conn = connection(State::Ready(tx), 100);
+        let a = conn.lease().expect("up");
+        let b = conn.lease().expect("up");
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 2);
+        drop(a);
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 1);
+        drop(b);
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 0);
+        assert!(!conn.overflow.lock().opening, "below the peer's limit no extra connection is opened");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_primary_lends_an_extra_connection_with_room() {
+        let (primary, _keep) = handle().await;
+        let (extra, _keep_extra) = handle().await;
+        let conn = connection(State::Ready(primary), 1);
+        let first = conn.lease().expect("up");
+        let extra_in_flight = Arc::new(AtomicU32::new(0));
+        conn.overflow.lock().conns.push(Extra {
+            tx: extra,
+            in_flight: extra_in_flight.clone(),
+            max_streams: Arc::new(AtomicUsize::new(1)),
+        });
+        let second = conn.lease().expect("up");
+        assert_eq!((conn.primary_in_flight.load(Relaxed), extra_in_flight.load(Relaxed)), (1, 1));
+        // Both at their limit, and an extra connection exists: a third call opens another one and queues on the
+        // primary meanwhile.
+        let third = conn.lease().expect("up");
+        assert_eq!((conn.primary_in_flight.load(Relaxed), extra_in_flight.load(Relaxed)), (2, 1));
+        assert!(conn.overflow.lock().opening);
+        drop((first, second, third));
+        assert_eq!((conn.primary_in_flight.load(Relaxed), extra_in_flight.load(Relaxed)), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limit_one_extra_connection_opens_at_a_time() {
+        let (tx, _keep) = handle().await;
+        let conn = connection(State::Ready(tx), 1);
+        let _held: Vec<_> = (0..5).map(|_| conn.lease().expect("up")).collect();
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 5, "every call queues on the primary meanwhile");
+        let overflow = conn.overflow.lock();
+        assert!(overflow.opening);
+        assert!(overflow.conns.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_connection_opens_no_extra_connection() {
+        let (tx, _keep) = handle().await;
+        let conn = connection(State::Ready(tx), 1);
+        conn.stop.send_replace(true);
+        let _a = conn.lease().expect("the handle is still published");
+        let _b = conn.lease().expect("the handle is still published");
+        assert!(!conn.overflow.lock().opening);
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overflow_stops_at_four_extra_connections() {
+        let (tx, _keep) = handle().await;
+        let conn = connection(State::Ready(tx), 1);
+        let mut keep = Vec::new();
+        for _ in 0..MAX_OVERFLOW {
+            let (extra, k) = handle().await;
+            keep.push(k);
+            conn.overflow.lock().conns.push(Extra {
+                tx: extra,
+                in_flight: Arc::new(AtomicU32::new(1)),
+                max_streams: Arc::new(AtomicUsize::new(1)),
+            });
+        }
+        let _a = conn.lease().expect("up");
+        let _b = conn.lease().expect("up");
+        assert!(!conn.overflow.lock().opening, "four extra connections, all full: no fifth");
+        assert_eq!(conn.primary_in_flight.load(Relaxed), 2);
+    }
+}

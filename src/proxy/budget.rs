@@ -61,4 +61,41 @@ mod tests {
         let more = (0..100).take_while(|_| b.withdraw()).count();
         assert!((20..=21).contains(&more), "100 calls at 20% allow about 20 retries, got {more}");
     }
+
+    /// Withdraws until the budget says no; how many it allowed.
+    fn drain(b: &RetryBudget) -> usize {
+        (0..1000).take_while(|_| b.withdraw()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_refills_ten_retries_a_second() {
+        let b = RetryBudget::new(0.2);
+        assert_eq!(drain(&b), 10, "a new budget holds one second of the floor");
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert_eq!(drain(&b), 10);
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert_eq!(drain(&b), 5, "half a second refills half the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn savings_are_capped_at_a_hundred_retries() {
+        let b = RetryBudget::new(0.2);
+        tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+        for _ in 0..10_000 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_call_deposits_the_ratio() {
+        let b = RetryBudget::new(0.5);
+        assert_eq!(drain(&b), 10);
+        for _ in 0..7 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 3, "7 calls at 50% are 3.5 retries: 3 whole ones");
+        b.deposit();
+        assert_eq!(drain(&b), 1, "the half left over and one more half make one");
+    }
 }

@@ -317,3 +317,6 @@ fn absolute_uri(uri: &Uri, addr: SocketAddr) -> Uri {
     parts.authority = addr.to_string().parse().ok();
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
+
+#[cfg(test)]
+mod retry_tests;
