@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod kubernetes;
+mod relist;
 pub mod slices;
 pub mod target;
 
