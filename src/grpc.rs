@@ -73,39 +73,60 @@ pub fn decode_message(v: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Every status code with its name in the gRPC documentation (`DEADLINE_EXCEEDED`, the `grpc/grpc` repository's
+/// `doc/statuscodes.md`) and in the Connect protocol (`deadline_exceeded`; Connect spells `canceled`), indexed by
+/// the code's number. The one table of code names.
+const CODES: [(Code, &str, &str); 17] = [
+    (Code::Ok, "OK", "ok"),
+    (Code::Cancelled, "CANCELLED", "canceled"),
+    (Code::Unknown, "UNKNOWN", "unknown"),
+    (Code::InvalidArgument, "INVALID_ARGUMENT", "invalid_argument"),
+    (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", "deadline_exceeded"),
+    (Code::NotFound, "NOT_FOUND", "not_found"),
+    (Code::AlreadyExists, "ALREADY_EXISTS", "already_exists"),
+    (Code::PermissionDenied, "PERMISSION_DENIED", "permission_denied"),
+    (Code::ResourceExhausted, "RESOURCE_EXHAUSTED", "resource_exhausted"),
+    (Code::FailedPrecondition, "FAILED_PRECONDITION", "failed_precondition"),
+    (Code::Aborted, "ABORTED", "aborted"),
+    (Code::OutOfRange, "OUT_OF_RANGE", "out_of_range"),
+    (Code::Unimplemented, "UNIMPLEMENTED", "unimplemented"),
+    (Code::Internal, "INTERNAL", "internal"),
+    (Code::Unavailable, "UNAVAILABLE", "unavailable"),
+    (Code::DataLoss, "DATA_LOSS", "data_loss"),
+    (Code::Unauthenticated, "UNAUTHENTICATED", "unauthenticated"),
+];
+
 /// Parses a status code given as a number (`14`) or a name (`UNAVAILABLE`, `unavailable`, `Unavailable`).
 pub fn parse_code(s: &str) -> Option<Code> {
     if let Ok(n) = s.parse::<i32>() {
         return (0..=16).contains(&n).then(|| Code::from_i32(n));
     }
-    let norm: String = s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
-    (0..=16).map(Code::from_i32).find(|c| {
-        let name: String = format!("{c:?}").to_ascii_lowercase();
-        name == norm
-    })
+    let norm =
+        |s: &str| -> String { s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase() };
+    let wanted = norm(s);
+    CODES.iter().find(|(_, name, _)| norm(name) == wanted).map(|(code, _, _)| *code)
 }
 
 /// The upper-case name gRPC documentation uses for a code (`DEADLINE_EXCEEDED`), for logs and metrics labels.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    CODES[code as usize].1
+}
+
+/// Connect's name of a code (`deadline_exceeded`, `canceled`), as its error bodies carry it.
+pub fn connect_code_name(code: Code) -> &'static str {
+    CODES[code as usize].2
+}
+
+/// One length-prefixed frame (gRPC's message framing, also grpc-web's trailer frame): the flags byte (`0`: an
+/// uncompressed message; `0x80`: grpc-web trailers), the payload's length as a 4-byte big-endian integer, the
+/// payload. A payload over 4 GiB − 1 cannot be framed; callers hold far smaller ones (messages are capped).
+pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let mut frame = bytes::BytesMut::with_capacity(5 + payload.len());
+    frame.put_u8(flags);
+    frame.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    frame.put_slice(payload);
+    frame.freeze()
 }
 
 /// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
@@ -318,5 +339,16 @@ mod tests {
         for chunk in body.chunks(7) {
             assert_eq!(ok.feed(chunk, 100), None);
         }
+    }
+
+    #[test]
+    fn the_code_table_is_indexed_by_number() {
+        for (i, (code, name, connect)) in CODES.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{name}");
+            assert_eq!(connect_code_name(*code), *connect);
+            assert_eq!(parse_code(name), Some(*code));
+        }
+        assert_eq!(connect_code_name(Code::Cancelled), "canceled");
+        assert_eq!(&frame(0x80, b"ab")[..], &[0x80, 0, 0, 0, 2, b'a', b'b']);
     }
 }

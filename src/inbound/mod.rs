@@ -156,8 +156,7 @@ async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
+            (stream, remote) = crate::listen::accept(&listener) => {
                     // Too many handshakes pending (slow or idle callers, a flood): close this one at once.
                     let Ok(permit) = handshakes.pending.clone().try_acquire_owned() else {
                         inbound.stats.handshakes_shed.fetch_add(1, Relaxed);
@@ -178,12 +177,7 @@ async fn serve(
                             let _ = conns_tx.send(ready);
                         }
                     });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            }
             Some((io, peer)) = conns_rx.recv() => {
                 let peer = Arc::new(peer);
                 let inbound = inbound.clone();

@@ -27,7 +27,7 @@ const PREFIX: &str = "/apis/discovery.k8s.io/v1/";
 pub(super) async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = crate::listen::accept(&listener).await;
         let inner = inner.clone();
         let mut epoch = inner.epoch.subscribe();
         epoch.borrow_and_update();

@@ -189,8 +189,7 @@ impl Proxy {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
+                (stream, peer) = crate::listen::accept(&listener) => {
                         let _ = stream.set_nodelay(true);
                         let proxy = self.clone();
                         // Boxed once here: a call's state machine is large, and unboxed it would be copied into
@@ -212,13 +211,7 @@ impl Proxy {
                                 }
                             }
                         });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                }
                 () = &mut shutdown => break,
             }
         }
