@@ -48,6 +48,7 @@
 #![warn(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod admin;
+pub mod backoff;
 pub mod balance;
 pub mod cli;
 pub mod client;

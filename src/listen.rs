@@ -32,14 +32,14 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// queued) is logged and waited out, 5 ms doubling to 1 s while failures continue, instead of retried at once: a
 /// persistent error would otherwise spin a core. Cancel-safe, so it can be one branch of a `select!`.
 pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    let mut delay = ACCEPT_BACKOFF_MIN;
+    let mut delays = crate::backoff::doubling(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(e) => {
+                let delay = delays.next().unwrap_or(ACCEPT_BACKOFF_MAX);
                 tracing::warn!(error = %e, retry_in = ?delay, "accept failed");
                 tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }

@@ -67,8 +67,13 @@ enum Phase {
 struct State {
     phase: Phase,
     consecutive: u32,
-    /// Ejections since the last re-admission (sets the backoff).
-    in_a_row: u32,
+    /// The next ejection periods: 5 s doubling to 60 s, started over on re-admission.
+    periods: crate::backoff::ExponentialBackoff,
+}
+
+/// Ejection periods of an endpoint re-admitted (or never ejected): [`BASE_EJECTION`] doubling to [`MAX_EJECTION`].
+fn ejection_periods() -> crate::backoff::ExponentialBackoff {
+    crate::backoff::doubling(BASE_EJECTION, MAX_EJECTION)
 }
 
 /// What the breaker says of an endpoint now, for metrics and `/debug/endpoints`.
@@ -96,7 +101,7 @@ impl Health {
 impl Breaker {
     /// A breaker that ejects after `threshold` consecutive failures; `label` names the endpoint in logs.
     pub fn new(label: String, threshold: u32, metrics: Arc<Metrics>) -> Self {
-        let state = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+        let state = State { phase: Phase::Closed, consecutive: 0, periods: ejection_periods() };
         Self { label, threshold: threshold.max(1), state: Mutex::new(state), metrics }
     }
 
@@ -182,7 +187,7 @@ impl Breaker {
         }
         match verdict {
             Some(true) => {
-                *s = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+                *s = State { phase: Phase::Closed, consecutive: 0, periods: ejection_periods() };
                 info!(endpoint = %self.label, "endpoint re-admitted after a successful probe");
                 true
             }
@@ -222,8 +227,7 @@ impl Breaker {
     }
 
     fn eject(&self, s: &mut State, why: &'static str) {
-        let period = BASE_EJECTION.saturating_mul(1 << s.in_a_row.min(8)).min(MAX_EJECTION);
-        s.in_a_row = s.in_a_row.saturating_add(1);
+        let period = s.periods.next().unwrap_or(MAX_EJECTION);
         s.consecutive = 0;
         s.phase = Phase::Ejected { until: Instant::now() + period };
         self.metrics.ejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -15,7 +15,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -197,13 +197,8 @@ impl Default for Retry {
 }
 
 impl Retry {
-    fn builder() -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(800))
-            .with_max_delay(Duration::from_secs(30))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
+    fn builder() -> backon::ExponentialBuilder {
+        crate::backoff::exponential(Duration::from_millis(800), Duration::from_secs(30)).with_jitter()
     }
 
     /// The API answered with data: start the backoff over.
@@ -252,14 +247,14 @@ async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
 /// crash-loop.
 async fn connect(kubeconfig: Option<&Path>) -> Client {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
             Ok(c) => return c,
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 warn!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -423,10 +423,13 @@ async fn tls_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
     }
 }
 
-/// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms.
+/// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms. The doubling is
+/// the shared [`crate::backoff`]; the jitter is "full" (AWS's name: uniform from zero up to the step), which backon
+/// does not offer (its jitter adds up to one step), so that endpoints that failed together reconnect spread out.
 fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let exp = settings.min_backoff.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let cap = exp.min(settings.max_backoff).as_millis().max(1) as u64;
+    let step = failures.saturating_sub(1).min(16) as usize;
+    let exp = crate::backoff::doubling(settings.min_backoff, settings.max_backoff).nth(step);
+    let cap = exp.unwrap_or(settings.max_backoff).min(settings.max_backoff).as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(1..=cap))
 }
 
