@@ -39,38 +39,18 @@ pub fn encode_timeout(d: Duration) -> String {
     format!("{minutes}M")
 }
 
+/// The bytes `grpc-message` percent-encodes (gRPC HTTP/2 protocol document, "Responses"): everything outside
+/// 0x20..=0x7E (the crate always encodes non-ASCII bytes; `CONTROLS` adds 0x00..=0x1F and 0x7F), and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` value as the gRPC spec asks (bytes outside 0x20..=0x7E, and `%`).
 pub fn encode_message(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    for b in msg.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(msg, GRPC_MESSAGE).to_string()
 }
 
 /// Decodes a percent-encoded `grpc-message` (the inverse of [`encode_message`]); bad escapes stay as they are.
 pub fn decode_message(v: &[u8]) -> String {
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        if v[i] == b'%'
-            && let Some(b) = v
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(v[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
 
 /// Every status code with its name in the gRPC documentation (`DEADLINE_EXCEEDED`, the `grpc/grpc` repository's
