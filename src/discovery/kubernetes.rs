@@ -2,7 +2,7 @@
 //!
 //! State is kept per slice name; every change recomputes the usable union ([`super::slices::usable`]) and sends it
 //! when it differs from the last one sent, so a re-list that finds the same pods changes nothing downstream.
-//! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone` ([`super::relist`]).
+//! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone` (`discovery::relist`).
 //!
 //! Errors (API server down, 403, 429, 5xx, 410 Gone, dropped streams) never end the loop, and the last set stays in
 //! use meanwhile (static stability). The retry policy is this module's own (`Retry`), because kube's

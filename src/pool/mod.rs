@@ -49,7 +49,7 @@ use self::lease::{LIMIT_REFRESH, Overflow};
 
 /// A request body the pool can send: any [`http_body::Body`] of [`bytes::Bytes`] that can move between tasks.
 /// The pool is generic over it so that it names nothing of the proxy above it; the proxy names its concrete body
-/// once (`proxy::UpstreamBody`). Generic code is monomorphised for that one body, so this costs nothing per call.
+/// once (`proxy::UpstreamRequestBody`). Generic code is monomorphised for that one body, so this costs nothing per call.
 pub trait SendBody:
     http_body::Body<Data = bytes::Bytes, Error: Into<crate::BoxError>> + Send + Unpin + 'static
 {

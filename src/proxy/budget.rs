@@ -7,9 +7,9 @@
 //! Not tower's `TpsBudget` (`tower::retry::budget`, issue 11.2 asked): its semantics differ in three ways a user of
 //! `--retry-budget` would see. (1) Its withdraw cost is `(1 / ratio) as isize`, truncated: `--retry-budget 0.3`
 //! would allow 33 %, `0.4` 50 %. (2) Its deposits expire after its `ttl` window (1-60 s), while calls here save up
-//! retries until [`MAX_TOKENS`]: a burst of failures after a quiet minute of successes gets the savings here, none
+//! retries until `MAX_TOKENS`: a burst of failures after a quiet minute of successes gets the savings here, none
 //! there past the window. (3) Its floor is `min_per_sec × ttl` at once per window, not a continuous refill of
-//! [`FLOOR_PER_SEC`] (here 0.5 s refills 5 retries; there nothing until a window slot expires). The unit tests
+//! `FLOOR_PER_SEC` (here 0.5 s refills 5 retries; there nothing until a window slot expires). The unit tests
 //! below pin each of these. Neither is gRFC A6's retry throttling (a bucket that failures drain and successes
 //! refill); this is linkerd's and Finagle's shape, ratio-of-calls plus a floor.
 
