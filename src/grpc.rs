@@ -53,6 +53,18 @@ pub fn decode_message(v: &[u8]) -> String {
     percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
 
+/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers (`:scheme`,
+/// `:authority`; RFC 9113 §8.3.1); what the caller sent is kept when present, else `http://ADDR`.
+pub fn absolute_uri(uri: &http::Uri, addr: std::net::SocketAddr) -> http::Uri {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = addr.to_string().parse().ok();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
 /// Every status code with its name in the gRPC documentation (`DEADLINE_EXCEEDED`, the `grpc/grpc` repository's
 /// `doc/statuscodes.md`) and in the Connect protocol (`deadline_exceeded`; Connect spells `canceled`), indexed by
 /// the code's number. The one table of code names.

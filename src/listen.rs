@@ -44,3 +44,13 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
         }
     }
 }
+
+/// Waits up to `within` for the connections `graceful` watches to finish their calls (each was told to close with
+/// a GOAWAY), then gives up on the rest; `what` names them in the logs (`inbound`, `caller`).
+pub async fn drain(graceful: hyper_util::server::graceful::GracefulShutdown, within: Duration, what: &str) {
+    let started = tokio::time::Instant::now();
+    tracing::info!(connections = graceful.count(), "draining {what} connections");
+    if tokio::time::timeout(within, graceful.shutdown()).await.is_err() {
+        tracing::warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
+    }
+}

@@ -25,7 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, uri::Scheme};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -33,7 +33,6 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
@@ -196,11 +195,7 @@ async fn serve(
         }
     }
     drop(listener);
-    let started = Instant::now();
-    info!(connections = graceful.count(), "draining caller connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
-    }
+    crate::listen::drain(graceful, drain, "caller").await;
 }
 
 type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
@@ -263,7 +258,7 @@ impl Inbound {
         let headers = req.headers_mut();
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
         headers.insert(CLIENT_ID_HEADER, id.clone());
-        *req.uri_mut() = absolute(req.uri(), self.app.addr());
+        *req.uri_mut() = crate::grpc::absolute_uri(req.uri(), self.app.addr());
         let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
             Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
@@ -285,16 +280,4 @@ impl Inbound {
 
 fn answer(code: Code, message: &str) -> Response<InboundBody> {
     status_response(code, message).map(|_| Either::Right(Empty::new()))
-}
-
-/// The URI with a scheme and authority (an HTTP/2 client needs them for its pseudo-headers); what the caller
-/// sent is kept when present.
-fn absolute(uri: &Uri, addr: SocketAddr) -> Uri {
-    if uri.scheme().is_some() && uri.authority().is_some() {
-        return uri.clone();
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = addr.to_string().parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderValue, Request, Response, Uri, Version, uri::Scheme};
+use http::{HeaderValue, Request, Response, Version};
 use http_body::Body;
 use tokio::time::Instant;
 use tonic::Code;
@@ -135,7 +135,7 @@ impl Proxy {
             }
             let mut upstream = Request::new(view);
             *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = absolute_uri(&parts.uri, addr);
+            *upstream.uri_mut() = crate::grpc::absolute_uri(&parts.uri, addr);
             *upstream.version_mut() = Version::HTTP_2;
             *upstream.headers_mut() = parts.headers.clone();
             if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
@@ -305,17 +305,6 @@ impl<'a> PolicyRetry<'a> {
 pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
     let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
     u32::try_from(size).unwrap_or(u32::MAX)
-}
-
-/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers.
-fn absolute_uri(uri: &Uri, addr: SocketAddr) -> Uri {
-    if uri.scheme().is_some() && uri.authority().is_some() {
-        return uri.clone();
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = addr.to_string().parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 #[cfg(test)]

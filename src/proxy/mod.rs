@@ -30,10 +30,9 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use parking_lot::RwLock;
-use tokio::time::Instant;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::{ServiceExt, util::BoxCloneSyncService};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     pool::STREAM_WINDOW,
@@ -216,11 +215,7 @@ impl Proxy {
             }
         }
         drop(listener);
-        let started = Instant::now();
-        info!(connections = graceful.count(), "draining inbound connections");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
-        }
+        crate::listen::drain(graceful, drain, "inbound").await;
     }
 }
 
