@@ -38,8 +38,7 @@ pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>, shutdown: 
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            (stream, _) = crate::listen::accept(&listener) => {
                 let state = state.clone();
                 let svc = service_fn(move |req| {
                     let state = state.clone();

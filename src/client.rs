@@ -7,10 +7,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
 use crate::{

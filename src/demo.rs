@@ -8,12 +8,15 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use clap::Parser;
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
+
+use tokio::time::Instant;
 
 use crate::{
     cli::{DemoArgs, ServerArgs, SidecarArgs},
@@ -159,7 +162,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         callers.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let o = client::call_once(&mut c, &format!("app-{w}"), Some(Duration::from_secs(2))).await;
-                out.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), o));
+                out.lock().push((Instant::now(), o));
                 tokio::time::sleep(Duration::from_millis(4)).await;
             }
         }));
@@ -187,13 +190,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             if due > tick {
                 break;
             }
-            tokio::time::sleep_until(due.into()).await;
+            tokio::time::sleep_until(due).await;
             if let Some((_, step)) = script.pop() {
                 run_step(&mut cluster, step).await?;
             }
         }
-        tokio::time::sleep_until(tick.into()).await;
-        let all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::time::sleep_until(tick).await;
+        let all = outcomes.lock();
         report(second, &all[seen..]);
         seen = all.len();
     }
@@ -201,7 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     for c in callers {
         let _ = c.await;
     }
-    let all: Vec<Outcome> = outcomes.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, o)| o.clone()).collect();
+    let all: Vec<Outcome> = outcomes.lock().iter().map(|(_, o)| o.clone()).collect();
     let summary = client::summarize(&all, start.elapsed());
     emit(&format!("\n== summary ==\n{summary}"));
     let failed = summary.calls - summary.by_status.get("OK").copied().unwrap_or(0);

@@ -39,73 +39,90 @@ pub fn encode_timeout(d: Duration) -> String {
     format!("{minutes}M")
 }
 
+/// The bytes `grpc-message` percent-encodes (gRPC HTTP/2 protocol document, "Responses"): everything outside
+/// 0x20..=0x7E (the crate always encodes non-ASCII bytes; `CONTROLS` adds 0x00..=0x1F and 0x7F), and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` value as the gRPC spec asks (bytes outside 0x20..=0x7E, and `%`).
 pub fn encode_message(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    for b in msg.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(msg, GRPC_MESSAGE).to_string()
 }
 
 /// Decodes a percent-encoded `grpc-message` (the inverse of [`encode_message`]); bad escapes stay as they are.
 pub fn decode_message(v: &[u8]) -> String {
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        if v[i] == b'%'
-            && let Some(b) = v
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(v[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
+
+/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers. The scheme is
+/// the connection's to `addr`, not the caller's (RFC 9113 §8.3.1: `:scheme` names the scheme of the target URI, and
+/// a TLS connection to the endpoint makes it `https`; the app speaks h2c to the sidecar, so its own is `http`).
+pub fn absolute_uri(uri: &http::Uri, addr: std::net::SocketAddr, tls: bool) -> http::Uri {
+    let scheme = if tls { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+    if uri.scheme() == Some(&scheme) && uri.authority().is_some() {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    if parts.scheme.is_none() || parts.authority.is_none() {
+        parts.authority = addr.to_string().parse().ok();
+    }
+    parts.scheme = Some(scheme);
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// Every status code with its name in the gRPC documentation (`DEADLINE_EXCEEDED`, the `grpc/grpc` repository's
+/// `doc/statuscodes.md`) and in the Connect protocol (`deadline_exceeded`; Connect spells `canceled`), indexed by
+/// the code's number. The one table of code names.
+const CODES: [(Code, &str, &str); 17] = [
+    (Code::Ok, "OK", "ok"),
+    (Code::Cancelled, "CANCELLED", "canceled"),
+    (Code::Unknown, "UNKNOWN", "unknown"),
+    (Code::InvalidArgument, "INVALID_ARGUMENT", "invalid_argument"),
+    (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", "deadline_exceeded"),
+    (Code::NotFound, "NOT_FOUND", "not_found"),
+    (Code::AlreadyExists, "ALREADY_EXISTS", "already_exists"),
+    (Code::PermissionDenied, "PERMISSION_DENIED", "permission_denied"),
+    (Code::ResourceExhausted, "RESOURCE_EXHAUSTED", "resource_exhausted"),
+    (Code::FailedPrecondition, "FAILED_PRECONDITION", "failed_precondition"),
+    (Code::Aborted, "ABORTED", "aborted"),
+    (Code::OutOfRange, "OUT_OF_RANGE", "out_of_range"),
+    (Code::Unimplemented, "UNIMPLEMENTED", "unimplemented"),
+    (Code::Internal, "INTERNAL", "internal"),
+    (Code::Unavailable, "UNAVAILABLE", "unavailable"),
+    (Code::DataLoss, "DATA_LOSS", "data_loss"),
+    (Code::Unauthenticated, "UNAUTHENTICATED", "unauthenticated"),
+];
 
 /// Parses a status code given as a number (`14`) or a name (`UNAVAILABLE`, `unavailable`, `Unavailable`).
 pub fn parse_code(s: &str) -> Option<Code> {
     if let Ok(n) = s.parse::<i32>() {
         return (0..=16).contains(&n).then(|| Code::from_i32(n));
     }
-    let norm: String = s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
-    (0..=16).map(Code::from_i32).find(|c| {
-        let name: String = format!("{c:?}").to_ascii_lowercase();
-        name == norm
-    })
+    let norm =
+        |s: &str| -> String { s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase() };
+    let wanted = norm(s);
+    CODES.iter().find(|(_, name, _)| norm(name) == wanted).map(|(code, _, _)| *code)
 }
 
 /// The upper-case name gRPC documentation uses for a code (`DEADLINE_EXCEEDED`), for logs and metrics labels.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    CODES[code as usize].1
+}
+
+/// Connect's name of a code (`deadline_exceeded`, `canceled`), as its error bodies carry it.
+pub fn connect_code_name(code: Code) -> &'static str {
+    CODES[code as usize].2
+}
+
+/// One length-prefixed frame (gRPC's message framing, also grpc-web's trailer frame): the flags byte (`0`: an
+/// uncompressed message; `0x80`: grpc-web trailers), the payload's length as a 4-byte big-endian integer, the
+/// payload. A payload over 4 GiB − 1 cannot be framed; callers hold far smaller ones (messages are capped).
+pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let mut frame = bytes::BytesMut::with_capacity(5 + payload.len());
+    frame.put_u8(flags);
+    frame.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    frame.put_slice(payload);
+    frame.freeze()
 }
 
 /// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
@@ -167,15 +184,14 @@ pub const GOAWAY_WARN_EVERY: Duration = Duration::from_secs(10);
 /// now: at most one per [`GOAWAY_WARN_EVERY`] per kind, process-wide. Returns how many were suppressed since the
 /// last one, or `None` when this one is to be suppressed.
 pub fn goaway_warn_due(upstream: bool) -> Option<u64> {
-    use std::sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    };
-    static LAST: [Mutex<Option<std::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    use parking_lot::Mutex;
+    static LAST: [Mutex<Option<tokio::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
     static SUPPRESSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
     let kind = usize::from(upstream);
-    let mut last = LAST[kind].lock().unwrap_or_else(|e| e.into_inner());
-    let now = std::time::Instant::now();
+    let mut last = LAST[kind].lock();
+    let now = tokio::time::Instant::now();
     if last.is_some_and(|t| now.duration_since(t) < GOAWAY_WARN_EVERY) {
         SUPPRESSED[kind].fetch_add(1, Relaxed);
         return None;
@@ -319,5 +335,16 @@ mod tests {
         for chunk in body.chunks(7) {
             assert_eq!(ok.feed(chunk, 100), None);
         }
+    }
+
+    #[test]
+    fn the_code_table_is_indexed_by_number() {
+        for (i, (code, name, connect)) in CODES.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{name}");
+            assert_eq!(connect_code_name(*code), *connect);
+            assert_eq!(parse_code(name), Some(*code));
+        }
+        assert_eq!(connect_code_name(Code::Cancelled), "canceled");
+        assert_eq!(&frame(0x80, b"ab")[..], &[0x80, 0, 0, 0, 2, b'a', b'b']);
     }
 }

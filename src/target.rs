@@ -10,11 +10,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering::Relaxed},
 };
 
-use crate::{
-    balance::{self, Balancer},
-    discovery,
-    telemetry::metrics::Metrics,
-};
+use crate::{balance, discovery, proxy::Balancer, telemetry::metrics::Metrics};
 
 /// A running target.
 pub struct Target {

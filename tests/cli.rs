@@ -12,7 +12,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 #[test]
 fn bad_values_exit_2_with_one_line_naming_the_flag() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: &[Case] = &[
+    let cases: &[Case<'_>] = &[
         (&["sidecar", "--target", "static:///127.0.0.1:1", "--default-timeout", "banana"], &[], "--default-timeout"),
         (&["sidecar", "--target", "nope://x"], &[], "--target"),
         (&["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "localhost"], &[], "--listen"),

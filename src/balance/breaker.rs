@@ -17,11 +17,9 @@
 //! What counts as a failure is decided by the caller of [`Breaker::record_failure`]; for calls that end without an
 //! answer the rule is [`silence_is_failure`].
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -69,8 +67,13 @@ enum Phase {
 struct State {
     phase: Phase,
     consecutive: u32,
-    /// Ejections since the last re-admission (sets the backoff).
-    in_a_row: u32,
+    /// The next ejection periods: 5 s doubling to 60 s, started over on re-admission.
+    periods: crate::backoff::ExponentialBackoff,
+}
+
+/// Ejection periods of an endpoint re-admitted (or never ejected): [`BASE_EJECTION`] doubling to [`MAX_EJECTION`].
+fn ejection_periods() -> crate::backoff::ExponentialBackoff {
+    crate::backoff::doubling(BASE_EJECTION, MAX_EJECTION)
 }
 
 /// What the breaker says of an endpoint now, for metrics and `/debug/endpoints`.
@@ -98,7 +101,7 @@ impl Health {
 impl Breaker {
     /// A breaker that ejects after `threshold` consecutive failures; `label` names the endpoint in logs.
     pub fn new(label: String, threshold: u32, metrics: Arc<Metrics>) -> Self {
-        let state = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+        let state = State { phase: Phase::Closed, consecutive: 0, periods: ejection_periods() };
         Self { label, threshold: threshold.max(1), state: Mutex::new(state), metrics }
     }
 
@@ -184,7 +187,7 @@ impl Breaker {
         }
         match verdict {
             Some(true) => {
-                *s = State { phase: Phase::Closed, consecutive: 0, in_a_row: 0 };
+                *s = State { phase: Phase::Closed, consecutive: 0, periods: ejection_periods() };
                 info!(endpoint = %self.label, "endpoint re-admitted after a successful probe");
                 true
             }
@@ -224,16 +227,27 @@ impl Breaker {
     }
 
     fn eject(&self, s: &mut State, why: &'static str) {
-        let period = BASE_EJECTION.saturating_mul(1 << s.in_a_row.min(8)).min(MAX_EJECTION);
-        s.in_a_row = s.in_a_row.saturating_add(1);
+        let period = s.periods.next().unwrap_or(MAX_EJECTION);
         s.consecutive = 0;
         s.phase = Phase::Ejected { until: Instant::now() + period };
         self.metrics.ejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         warn!(endpoint = %self.label, ejected_for = ?period, "{why}");
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
+    }
+}
+
+/// The pool's connect outcomes count like calls': N failed connects in a row eject the endpoint, a connect that
+/// works resets the count (the breaker is the one judge of what the pool reports).
+impl crate::pool::ConnectOutcomes for Breaker {
+    fn connected(&self) {
+        self.record_success();
+    }
+
+    fn connect_failed(&self) {
+        self.record_failure();
     }
 }
 
@@ -407,5 +421,59 @@ mod tests {
         tokio::time::advance(10 * S - Duration::from_millis(1)).await;
         assert_eq!(b.health(Instant::now()), Health::Ejected);
         assert_eq!(b.metrics.ejections.load(Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_outcomes_count_like_calls() {
+        use crate::pool::ConnectOutcomes;
+        let b = Breaker::new("a".into(), 2, Arc::default());
+        b.connect_failed();
+        b.connected();
+        b.connect_failed();
+        assert_eq!(b.health(Instant::now()), Health::Ok, "a connect that works resets the count");
+        b.connect_failed();
+        assert_eq!(b.health(Instant::now()), Health::Ejected, "two failed connects in a row eject");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_neither_extend_nor_repeat_the_ejection() {
+        let b = Breaker::new("a".into(), 1, Arc::default());
+        b.record_failure();
+        tokio::time::advance(4 * S).await;
+        b.record_failure();
+        b.record_failure();
+        tokio::time::advance(S).await;
+        assert_eq!(b.health(Instant::now()), Health::Probation, "still 5 s from the first failure");
+        assert_eq!(b.metrics.ejections.load(Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_ends_probation() {
+        let b = Arc::new(Breaker::new("a".into(), 1, Arc::default()));
+        b.record_failure();
+        tokio::time::advance(5 * S).await;
+        b.record_success();
+        assert_eq!(b.health(Instant::now()), Health::Probation, "a success that was not the probe's");
+        let Admission::Probe(slot) = b.admit(Instant::now()) else { panic!("the probe slot is still free") };
+        assert!(slot.done(Some(true)));
+        assert_eq!(b.health(Instant::now()), Health::Ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_threshold_of_zero_means_one() {
+        let b = Breaker::new("a".into(), 0, Arc::default());
+        assert_eq!(b.health(Instant::now()), Health::Ok);
+        b.record_failure();
+        assert_eq!(b.health(Instant::now()), Health::Ejected);
+    }
+
+    #[test]
+    fn silence_is_a_failure_past_the_floor_and_five_times_the_estimate() {
+        let ms = Duration::from_millis;
+        assert!(!silence_is_failure(ms(249), ms(1)), "under the 250 ms floor");
+        assert!(silence_is_failure(ms(250), ms(1)));
+        assert!(!silence_is_failure(ms(499), ms(100)), "under 5 × 100 ms");
+        assert!(silence_is_failure(ms(500), ms(100)));
+        assert!(silence_is_failure(ms(250), Duration::ZERO), "an endpoint never heard from: the floor alone");
     }
 }

@@ -19,13 +19,11 @@
 //! Time is `tokio::time::Instant`, so the rules are tested on a paused clock.
 
 use std::{
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicU32, Ordering::Relaxed},
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// Smallest RTT used in the cost, so a fresh endpoint (no estimate yet) is cheap but not free.
@@ -215,8 +213,8 @@ impl PeakEwma {
         (s.rtt_ns, s.at) = peak_ewma(s.rtt_ns, s.at, now, rtt, self.decay_ns, None);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 }
 

@@ -5,6 +5,7 @@
 //! choices: two random endpoints whose connection is up, the one with the lower Peak-EWMA cost wins. That keeps
 //! the cost O(1) per call and avoids the herd behaviour of "least loaded of all".
 
+pub mod attempt;
 pub mod breaker;
 pub mod ewma;
 mod p2c;
@@ -12,48 +13,124 @@ mod p2c;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, RwLock, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
 use hyper::client::conn::http2::SendRequest;
+use parking_lot::RwLock;
 use tokio::{sync::watch, time::Instant};
 use tracing::info;
 
 use crate::{
     discovery::Discovered,
-    pool::{self, Connection},
-    proxy::replay::ReplayBody,
+    pool::{self, Connection, Lease, SendBody},
     telemetry::metrics::Metrics,
 };
 
-use self::{breaker::Breaker, ewma::PeakEwma, p2c::choose};
+pub use self::attempt::{Attempt, READMIT_RTT};
+use self::{
+    breaker::{Breaker, Health},
+    ewma::PeakEwma,
+    p2c::choose,
+};
 
-/// One backend endpoint: its connection, its load and its breaker.
-pub struct Endpoint {
+/// One backend endpoint: its connection, its load and its breaker. Its accounting is the balancer's own: other
+/// modules read it through the methods below and change it only through an [`Attempt`].
+pub struct Endpoint<B> {
     /// Where it is.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     /// What discovery said of it (pod name, terminating).
-    pub meta: RwLock<Discovered>,
+    meta: RwLock<Discovered>,
     /// Its pooled HTTP/2 connection.
-    pub conn: Arc<Connection>,
+    conn: Arc<Connection<B>>,
     /// Its Peak-EWMA load.
-    pub load: PeakEwma,
+    load: PeakEwma,
     /// Its failure accrual.
-    pub breaker: Arc<Breaker>,
+    breaker: Arc<Breaker>,
     /// When it was last picked (a balancer-wide sequence number), to break ties evenly.
     last_pick: AtomicU64,
 }
 
-/// An endpoint chosen for one attempt, with the connection handle to send on.
-pub struct Picked {
-    /// The endpoint.
-    pub endpoint: Arc<Endpoint>,
-    /// Its connection's request handle.
-    pub sender: SendRequest<ReplayBody>,
+impl<B: SendBody> Endpoint<B> {
+    /// A connection to it for a request that passes no verdict on the endpoint (see [`Picked::into_unjudged`]);
+    /// `None` while it has no usable connection.
+    pub fn lease_unjudged(&self) -> Option<Lease<B>> {
+        self.conn.lease()
+    }
+}
+
+impl<B> Endpoint<B> {
+    /// Where it is.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What discovery last said of it (pod name, addresses, terminating).
+    pub fn meta(&self) -> Discovered {
+        self.meta.read().clone()
+    }
+
+    /// Its connection's state.
+    pub fn connection_state(&self) -> pool::State<B> {
+        self.conn.state()
+    }
+
+    /// Open HTTP/2 connections to it (primary and extra).
+    pub fn open_connections(&self) -> usize {
+        self.conn.open_connections()
+    }
+
+    /// Calls in flight to it.
+    pub fn in_flight(&self) -> u32 {
+        self.load.pending()
+    }
+
+    /// Its Peak-EWMA latency estimate.
+    pub fn latency_estimate(&self) -> Duration {
+        self.load.estimate()
+    }
+
+    /// Whether its breaker keeps it out of normal rotation (ejected or on probation) at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.breaker.is_ejected(now)
+    }
+
+    /// Its breaker's view at `now`.
+    pub fn health(&self, now: Instant) -> Health {
+        self.breaker.health(now)
+    }
+}
+
+/// An endpoint chosen for one attempt, with the connection leased for it. [`Picked::begin`] starts the attempt;
+/// dropped before that, it gives the lease and the probe slot back untouched.
+pub struct Picked<B> {
+    endpoint: Arc<Endpoint<B>>,
+    lease: Lease<B>,
     /// The endpoint's probe slot when it is on probation and this attempt is its one probe (taken in the same
     /// step as the choice, so two calls never both probe); the attempt that sends the call holds it.
-    pub probe: Option<breaker::ProbeSlot>,
+    probe: Option<breaker::ProbeSlot>,
+}
+
+impl<B> Picked<B> {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.addr
+    }
+
+    /// Starts the attempt: the call counts in flight on the endpoint and the leased connection from now on, and
+    /// the [`Attempt`] records its outcome. Returns the handle to send the request on.
+    pub fn begin(self) -> (Attempt<B>, SendRequest<B>) {
+        let sender = self.lease.sender.clone();
+        (Attempt::begin(self.endpoint, self.lease, self.probe), sender)
+    }
+
+    /// Takes the endpoint and its leased connection for a request that passes no verdict on the endpoint and
+    /// teaches nothing of its latency (server reflection: it says little about the app's calls). A probe slot the
+    /// pick took is freed unused, so the next call probes.
+    pub fn into_unjudged(self) -> (Arc<Endpoint<B>>, Lease<B>) {
+        (self.endpoint, self.lease)
+    }
 }
 
 /// No endpoint could take the call before the wait ended.
@@ -77,18 +154,18 @@ pub struct Settings {
     pub ewma_decay: Duration,
 }
 
-/// The endpoint set of one target.
-pub struct Balancer {
+/// The endpoint set of one target, whose connections carry request bodies of type `B`.
+pub struct Balancer<B> {
     target: String,
     settings: Settings,
     metrics: Arc<Metrics>,
-    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint<B>>>>>,
     changed: Arc<watch::Sender<u64>>,
     /// Discovery's current problem, named in [`NoEndpoint`].
     discovery_problem: RwLock<Option<String>>,
 }
 
-impl Balancer {
+impl<B: SendBody> Balancer<B> {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
@@ -96,7 +173,7 @@ impl Balancer {
             target,
             settings,
             metrics,
-            endpoints: RwLock::default(),
+            endpoints: RwLock::new(Arc::default()),
             changed: Arc::new(changed),
             discovery_problem: RwLock::default(),
         }
@@ -104,7 +181,7 @@ impl Balancer {
 
     /// Sets (or clears) discovery's current problem, which calls that find no endpoint are told.
     pub fn set_discovery_problem(&self, problem: Option<String>) {
-        *self.discovery_problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+        *self.discovery_problem.write() = problem;
     }
 
     /// The target's name.
@@ -113,8 +190,8 @@ impl Balancer {
     }
 
     /// The current endpoints.
-    pub fn snapshot(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Endpoint<B>>>> {
+        self.endpoints.read().clone()
     }
 
     /// A receiver that sees a new value on every change of the set or of a connection.
@@ -130,15 +207,15 @@ impl Balancer {
     /// Replaces the set: endpoints kept keep their connection and load; new ones connect; removed ones drain.
     pub fn update(&self, set: Vec<Discovered>) {
         let old = self.snapshot();
-        let mut by_addr: HashMap<SocketAddr, &Arc<Endpoint>> = old.iter().map(|e| (e.addr, e)).collect();
+        let mut by_addr: HashMap<SocketAddr, &Arc<Endpoint<B>>> = old.iter().map(|e| (e.addr, e)).collect();
         let mut next = Vec::with_capacity(set.len());
         let (mut added, mut kept) = (0, 0);
         for d in set {
             if let Some(ep) = by_addr.remove(&d.addr) {
-                *ep.meta.write().unwrap_or_else(|e| e.into_inner()) = d;
+                *ep.meta.write() = d;
                 next.push(ep.clone());
                 kept += 1;
-            } else if !next.iter().any(|e: &Arc<Endpoint>| e.addr == d.addr) {
+            } else if !next.iter().any(|e: &Arc<Endpoint<B>>| e.addr == d.addr) {
                 next.push(Arc::new(self.endpoint(d)));
                 added += 1;
             }
@@ -147,19 +224,19 @@ impl Balancer {
         for ep in by_addr.values() {
             ep.conn.retire();
         }
-        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        *self.endpoints.write() = Arc::new(next);
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
         if added + removed > 0 {
             info!(target = %self.target, added, removed, kept, "endpoints updated");
         }
     }
 
-    fn endpoint(&self, d: Discovered) -> Endpoint {
+    fn endpoint(&self, d: Discovered) -> Endpoint<B> {
         let breaker = Arc::new(Breaker::new(d.addr.to_string(), self.settings.eject_after, self.metrics.clone()));
         let conn = Connection::spawn(
             d.addr,
             self.settings.pool.clone(),
-            breaker.clone(),
+            breaker.clone() as Arc<dyn pool::ConnectOutcomes>,
             self.metrics.clone(),
             self.changed.clone(),
         );
@@ -173,10 +250,10 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint for one attempt, avoiding `avoid` (endpoints that refused this call) while another one
+    /// Picks an endpoint for one attempt and leases the connection that carries it, avoiding `avoid` (endpoints that refused this call) while another one
     /// is usable: a refused stream never reached the application, so the same endpoint may take the retry when
     /// it is the only one. Waits for one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
-    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: std::time::Instant) -> Result<Picked, NoEndpoint> {
+    pub async fn pick(&self, avoid: &[SocketAddr], wait_until: Instant) -> Result<Picked<B>, NoEndpoint> {
         let mut changes = self.changed.subscribe();
         loop {
             changes.borrow_and_update();
@@ -189,10 +266,10 @@ impl Balancer {
             if let Some(p) = picked {
                 return Ok(p);
             }
-            let waited = tokio::time::timeout_at(wait_until.into(), changes.changed()).await;
+            let waited = tokio::time::timeout_at(wait_until, changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
                 let mut detail = describe(&set);
-                if let Some(problem) = &*self.discovery_problem.read().unwrap_or_else(|e| e.into_inner()) {
+                if let Some(problem) = &*self.discovery_problem.read() {
                     detail.push_str(&format!(" (discovery: {problem})"));
                 }
                 return Err(NoEndpoint { target: self.target.clone(), detail });
@@ -202,7 +279,7 @@ impl Balancer {
 }
 
 /// A short account of why nothing was usable, for the `UNAVAILABLE` message.
-fn describe(set: &[Arc<Endpoint>]) -> String {
+fn describe<B>(set: &[Arc<Endpoint<B>>]) -> String {
     if set.is_empty() {
         return String::new();
     }

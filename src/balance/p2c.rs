@@ -9,20 +9,21 @@ use std::{
     },
 };
 
-use hyper::client::conn::http2::SendRequest;
 use rand::Rng;
 use tokio::time::Instant;
 
 use super::{Endpoint, Picked, breaker::Admission};
-use crate::proxy::replay::ReplayBody;
+use crate::pool::SendBody;
 
 /// P2C: sample two usable endpoints, keep the cheaper. `ejected_too` is the panic mode.
-pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant, ejected_too: bool) -> Option<Picked> {
-    let usable = |e: &Endpoint| -> Option<SendRequest<ReplayBody>> {
-        if exclude.contains(&e.addr) || (!ejected_too && !e.breaker.admits(now)) {
-            return None;
-        }
-        e.conn.sender()
+pub(super) fn choose<B: SendBody>(
+    set: &[Arc<Endpoint<B>>],
+    exclude: &[SocketAddr],
+    now: Instant,
+    ejected_too: bool,
+) -> Option<Picked<B>> {
+    let usable = |e: &Endpoint<B>| -> bool {
+        !exclude.contains(&e.addr) && (ejected_too || e.breaker.admits(now)) && e.conn.is_ready()
     };
     let mut rng = rand::rng();
     let n = set.len();
@@ -30,33 +31,38 @@ pub(super) fn choose(set: &[Arc<Endpoint>], exclude: &[SocketAddr], now: Instant
     if n >= 2 {
         let a = rng.random_range(0..n);
         let b = (a + rng.random_range(1..n)) % n;
-        if let (Some(ta), Some(tb)) = (usable(&set[a]), usable(&set[b]))
-            && let Some(picked) = cheaper((&set[a], ta), (&set[b], tb), now, ejected_too)
+        if usable(&set[a])
+            && usable(&set[b])
+            && let Some(picked) = cheaper(&set[a], &set[b], now, ejected_too)
         {
             return Some(picked);
         }
     }
     // Slow path: reservoir-sample two among the usable ones in one pass.
-    let mut picks: [Option<(usize, SendRequest<ReplayBody>)>; 2] = [None, None];
+    let mut picks: [Option<usize>; 2] = [None, None];
     let mut seen = 0usize;
     for (i, e) in set.iter().enumerate() {
-        let Some(tx) = usable(e) else { continue };
+        if !usable(e) {
+            continue;
+        }
         let slot = if seen < 2 { seen } else { rng.random_range(0..=seen) };
         if slot < 2 {
-            picks[slot] = Some((i, tx));
+            picks[slot] = Some(i);
         }
         seen += 1;
     }
     match picks {
-        [Some((a, ta)), Some((b, tb))] => cheaper((&set[a], ta), (&set[b], tb), now, ejected_too),
-        [Some((a, ta)), None] => admit(&set[a], ta, now, ejected_too),
+        [Some(a), Some(b)] => cheaper(&set[a], &set[b], now, ejected_too),
+        [Some(a), None] => admit(&set[a], now, ejected_too),
         _ => None,
     }
 }
 
 /// Admits a call on `e` as its breaker says, taking the probe slot of an endpoint on probation in the same step
-/// ([`super::breaker::Breaker::admit`]); in panic mode (`ejected_too`) a refusal is overruled.
-fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, ejected_too: bool) -> Option<Picked> {
+/// ([`super::breaker::Breaker::admit`]), and leases the connection that carries it
+/// ([`crate::pool::Connection::lease`]); in panic mode (`ejected_too`) a refusal is overruled. `None` also when
+/// the connection went down since it was sampled (the probe slot, if taken, is freed again).
+fn admit<B: SendBody>(e: &Arc<Endpoint<B>>, now: Instant, ejected_too: bool) -> Option<Picked<B>> {
     static PICKS: AtomicU64 = AtomicU64::new(1);
     let probe = match e.breaker.admit(now) {
         Admission::Closed => None,
@@ -64,8 +70,9 @@ fn admit(e: &Arc<Endpoint>, sender: SendRequest<ReplayBody>, now: Instant, eject
         Admission::Refused if ejected_too => None,
         Admission::Refused => return None,
     };
+    let lease = e.conn.lease()?;
     e.last_pick.store(PICKS.fetch_add(1, Relaxed), Relaxed);
-    Some(Picked { endpoint: e.clone(), sender, probe })
+    Some(Picked { endpoint: e.clone(), lease, probe })
 }
 
 /// Latencies within this factor of each other count as alike: the difference is noise.
@@ -121,18 +128,18 @@ fn prefer_first(a: Side, b: Side) -> bool {
 
 /// The cheaper of two usable endpoints, admitted by its breaker; if another call took its probe slot meanwhile,
 /// the other one.
-fn cheaper(
-    a: (&Arc<Endpoint>, SendRequest<ReplayBody>),
-    b: (&Arc<Endpoint>, SendRequest<ReplayBody>),
+fn cheaper<B: SendBody>(
+    a: &Arc<Endpoint<B>>,
+    b: &Arc<Endpoint<B>>,
     now: Instant,
     ejected_too: bool,
-) -> Option<Picked> {
-    let side = |e: &Endpoint| {
+) -> Option<Picked<B>> {
+    let side = |e: &Endpoint<B>| {
         let (rtt, pending, dev) = e.load.sample();
         Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
-    let (first, second) = if prefer_first(side(a.0), side(b.0)) { (a, b) } else { (b, a) };
-    admit(first.0, first.1, now, ejected_too).or_else(|| admit(second.0, second.1, now, ejected_too))
+    let (first, second) = if prefer_first(side(a), side(b)) { (a, b) } else { (b, a) };
+    admit(first, now, ejected_too).or_else(|| admit(second, now, ejected_too))
 }
 
 #[cfg(test)]
@@ -249,5 +256,51 @@ mod tests {
         // same decay retries it about once per 3.4 s (200 ms · e^-t < 7 ms): a handful in this run.
         let got = one_at_a_time(Duration::from_millis(200)).await;
         assert!(got[2] <= 30, "the 200 ms pod got {} of 3000 calls: {got:?}", got[2]);
+    }
+
+    fn sampled(e: &PeakEwma, last_pick: u64) -> Side {
+        let (rtt, pending, dev) = e.sample();
+        Side { rtt, pending, last_pick, dev }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_peak_stops_mattering() {
+        let (slow, fast) = (PeakEwma::new(Duration::from_secs(1)), PeakEwma::new(Duration::from_secs(1)));
+        slow.observe(Duration::from_millis(200));
+        fast.observe(Duration::from_millis(1));
+        // Fresh, the 200 ms peak loses even though the slow pod was picked longer ago.
+        assert!(!prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+        // 4 s later it has decayed to 200 · e⁻⁴ ≈ 3.7 ms: within the 5 ms noise, so the one picked longer ago wins.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+        assert!(!prefer_first(sampled(&fast, 9), sampled(&slow, 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peak_still_matters_within_its_decay() {
+        let (slow, fast) = (PeakEwma::new(Duration::from_secs(1)), PeakEwma::new(Duration::from_secs(1)));
+        slow.observe(Duration::from_millis(200));
+        fast.observe(Duration::from_millis(1));
+        // 2 s later: 200 · e⁻² ≈ 27 ms against 1 · e⁻² ms, far apart.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!prefer_first(sampled(&slow, 1), sampled(&fast, 9)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_endpoint_costs_the_floor_times_calls_in_flight_plus_one() {
+        let e = PeakEwma::new(Duration::from_secs(1));
+        assert_eq!(e.cost(), 1_000.0, "1 µs: cheap but not free");
+        e.start();
+        e.start();
+        assert_eq!(e.cost(), 3_000.0);
+        let s = sampled(&e, 0);
+        assert_eq!((s.rtt, s.pending, s.cost()), (1_000.0, 2, 3_000.0));
+    }
+
+    #[test]
+    fn a_clearly_faster_endpoint_wins_on_cost_until_its_queue_outweighs_it() {
+        // 10 ms against 1 ms: the fast one wins until it has 10 calls in flight (cost 11 ms against 10 ms).
+        assert!(prefer_first(side(1.0, 8, 9), side(10.0, 0, 1)));
+        assert!(!prefer_first(side(1.0, 10, 9), side(10.0, 0, 1)));
     }
 }

@@ -2,7 +2,9 @@
 //! `UNAVAILABLE` message of calls that find no endpoint), errors counted by cause (HTTP status of the API's answer,
 //! or `connect` / `dns` when there was none), and one log line per change of state.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -63,8 +65,8 @@ impl Health {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.errors.lock()
     }
 }
 

@@ -2,8 +2,7 @@
 //!
 //! State is kept per slice name; every change recomputes the usable union ([`super::slices::usable`]) and sends it
 //! when it differs from the last one sent, so a re-list that finds the same pods changes nothing downstream.
-//! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone`: slices absent from
-//! the new list are gone, and nothing is removed half-way.
+//! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone` (`discovery::relist`).
 //!
 //! Errors (API server down, 403, 429, 5xx, 410 Gone, dropped streams) never end the loop, and the last set stays in
 //! use meanwhile (static stability). The retry policy is this module's own (`Retry`), because kube's
@@ -14,9 +13,9 @@
 //! Recovery is reported on data, or, when a watch resumed after an error stays quiet (a watch resumed from its
 //! resourceVersion yields nothing when nothing changed), once a one-item LIST shows that the API answers again.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,11 +27,7 @@ use kube::{
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
-use super::{
-    Discovered, PortRef,
-    health::Health,
-    slices::{SliceEndpoint, endpoints_of, usable},
-};
+use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
 
 /// The label the EndpointSlice controller puts on every slice of a Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -56,8 +51,7 @@ pub async fn run(
     // After an error, when to ask the API directly whether it answers again (see `answers_again`).
     let mut check_at: Option<Instant> = None;
 
-    let mut slices: BTreeMap<String, Vec<SliceEndpoint>> = BTreeMap::new();
-    let mut relist: Option<BTreeMap<String, Vec<SliceEndpoint>>> = None;
+    let mut slices = SliceState::default();
     let mut last: Option<Vec<Discovered>> = None;
     let mut retry = Retry::default();
     loop {
@@ -79,29 +73,12 @@ pub async fn run(
         };
         let Some(event) = next else { break };
         let changed = match event {
-            // `Init` comes before the LIST request: it says nothing about whether the API answers.
-            Ok(watcher::Event::Init) => {
-                relist = Some(BTreeMap::new());
-                false
-            }
-            Ok(watcher::Event::InitApply(s)) => {
-                if let Some(buffer) = relist.as_mut() {
-                    buffer.insert(name_of(&s), endpoints_of(&s, &port));
+            Ok(event) => {
+                if matches!(event, watcher::Event::InitApply(_)) {
+                    // The LIST answered.
+                    retry.reset();
                 }
-                retry.reset();
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                slices = relist.take().unwrap_or_default();
-                true
-            }
-            Ok(watcher::Event::Apply(s)) => {
-                slices.insert(name_of(&s), endpoints_of(&s, &port));
-                true
-            }
-            Ok(watcher::Event::Delete(s)) => {
-                slices.remove(&name_of(&s));
-                true
+                slices.apply(event, &port)
             }
             Err(e) => {
                 let failure = Failure::of(&e);
@@ -128,7 +105,7 @@ pub async fn run(
         retry.reset();
         health.recovered();
         check_at = None;
-        let set = usable(&slices, options.ip_family);
+        let set = usable(slices.current(), options.ip_family);
         if last.as_ref() != Some(&set) {
             if tx.send(set.clone()).await.is_err() {
                 return;
@@ -220,13 +197,8 @@ impl Default for Retry {
 }
 
 impl Retry {
-    fn builder() -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(800))
-            .with_max_delay(Duration::from_secs(30))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
+    fn builder() -> backon::ExponentialBuilder {
+        crate::backoff::exponential(Duration::from_millis(800), Duration::from_secs(30)).with_jitter()
     }
 
     /// The API answered with data: start the backoff over.
@@ -271,22 +243,18 @@ async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
-fn name_of(s: &EndpointSlice) -> String {
-    s.metadata.name.clone().unwrap_or_default()
-}
-
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
 /// crash-loop.
 async fn connect(kubeconfig: Option<&Path>) -> Client {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
             Ok(c) => return c,
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 warn!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

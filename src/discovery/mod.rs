@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod kubernetes;
+mod relist;
 pub mod slices;
 pub mod target;
 
@@ -76,7 +77,7 @@ pub fn spawn(target: Target, options: Options) -> Discovery {
 
 /// Resolves a static host list once (retrying with backoff until every name resolves), then holds the set.
 async fn resolve_static(hosts: Vec<String>, health: Arc<Health>, tx: mpsc::Sender<Vec<Discovered>>) {
-    let mut delay = Duration::from_millis(100);
+    let mut delays = crate::backoff::doubling(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let mut set = Vec::new();
         let mut failed = None;
@@ -88,8 +89,7 @@ async fn resolve_static(hosts: Vec<String>, health: Arc<Health>, tx: mpsc::Sende
         }
         if let Some(err) = failed {
             health.failed("dns", format!("static target did not resolve: {err}"));
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
             continue;
         }
         set.sort_by_key(|d| d.addr);

@@ -1,7 +1,9 @@
 //! The inbound proxy's connection to the app on loopback: one h2c connection, opened on first use and again
 //! whenever it closed.
 
-use std::{net::SocketAddr, sync::RwLock, time::Duration};
+use std::{net::SocketAddr, time::Duration};
+
+use parking_lot::RwLock;
 
 use hyper::{
     body::Incoming,
@@ -37,7 +39,7 @@ impl App {
     }
 
     fn usable(&self) -> Option<SendRequest<AppBody>> {
-        match &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.current.read() {
             Some(tx) if !tx.is_closed() => Some(tx.clone()),
             _ => None,
         }
@@ -55,7 +57,7 @@ impl App {
         let tx = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
             .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))??;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        *self.current.write() = Some(tx.clone());
         Ok(tx)
     }
 

@@ -10,6 +10,10 @@
 //! answers go back as they came.
 
 pub mod app;
+#[allow(
+    clippy::disallowed_types,
+    reason = "std locks until the metrics rework (issue 11.6) replaces this module's hand-written exposition"
+)]
 pub mod stats;
 pub mod strip;
 
@@ -17,11 +21,11 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, uri::Scheme};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -151,8 +155,7 @@ async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
+            (stream, remote) = crate::listen::accept(&listener) => {
                     // Too many handshakes pending (slow or idle callers, a flood): close this one at once.
                     let Ok(permit) = handshakes.pending.clone().try_acquire_owned() else {
                         inbound.stats.handshakes_shed.fetch_add(1, Relaxed);
@@ -173,12 +176,7 @@ async fn serve(
                             let _ = conns_tx.send(ready);
                         }
                     });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            }
             Some((io, peer)) = conns_rx.recv() => {
                 let peer = Arc::new(peer);
                 let inbound = inbound.clone();
@@ -197,11 +195,7 @@ async fn serve(
         }
     }
     drop(listener);
-    let started = Instant::now();
-    info!(connections = graceful.count(), "draining caller connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
-    }
+    crate::listen::drain(graceful, drain, "caller").await;
 }
 
 type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
@@ -264,7 +258,7 @@ impl Inbound {
         let headers = req.headers_mut();
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
         headers.insert(CLIENT_ID_HEADER, id.clone());
-        *req.uri_mut() = absolute(req.uri(), self.app.addr());
+        *req.uri_mut() = crate::grpc::absolute_uri(req.uri(), self.app.addr(), false);
         let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
             Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
@@ -286,16 +280,4 @@ impl Inbound {
 
 fn answer(code: Code, message: &str) -> Response<InboundBody> {
     status_response(code, message).map(|_| Either::Right(Empty::new()))
-}
-
-/// The URI with a scheme and authority (an HTTP/2 client needs them for its pseudo-headers); what the caller
-/// sent is kept when present.
-fn absolute(uri: &Uri, addr: SocketAddr) -> Uri {
-    if uri.scheme().is_some() && uri.authority().is_some() {
-        return uri.clone();
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = addr.to_string().parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }

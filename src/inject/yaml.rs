@@ -132,7 +132,7 @@ struct NodeVisitor;
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a YAML value")
     }
     fn visit_unit<E>(self) -> Result<Node, E> {

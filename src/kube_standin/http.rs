@@ -27,7 +27,7 @@ const PREFIX: &str = "/apis/discovery.k8s.io/v1/";
 pub(super) async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = crate::listen::accept(&listener).await;
         let inner = inner.clone();
         let mut epoch = inner.epoch.subscribe();
         epoch.borrow_and_update();
@@ -53,7 +53,7 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
     if failing.is_ok() {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure");
     }
-    let refusal = *inner.refusal.lock().unwrap_or_else(|e| e.into_inner());
+    let refusal = *inner.refusal.lock();
     match refusal {
         Some(Refusal::Forbidden) => {
             let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
@@ -103,7 +103,7 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
 }
 
 fn list(inner: &Inner, ns: Option<&str>, selector: &Selector, q: &HashMap<String, String>) -> Response<Body> {
-    let store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+    let store = inner.store.lock();
     let items = store.list(ns, selector);
     let rv = store.rv();
     drop(store);
@@ -136,7 +136,7 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     let mut epoch = inner.epoch.subscribe();
     epoch.borrow_and_update();
     let start = {
-        let store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+        let store = inner.store.lock();
         match from {
             // No resourceVersion: synthetic ADDED for everything there is, then changes.
             None => {
@@ -200,7 +200,7 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
                 }
                 _ = bookmark.tick(), if bookmarks => {
                     if *stalled.borrow() { continue }
-                    let rv = inner.store.lock().unwrap_or_else(|e| e.into_inner()).rv().max(last_rv);
+                    let rv = inner.store.lock().rv().max(last_rv);
                     let ev = json!({"type": "BOOKMARK", "object": {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
                         "metadata": {"resourceVersion": rv.to_string()}}});
                     if tx.send(Ok(Frame::data(line(&ev)))).await.is_err() { return }

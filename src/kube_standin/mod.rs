@@ -17,13 +17,14 @@ pub mod store;
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use self::store::Store;
@@ -128,7 +129,7 @@ impl StandIn {
     /// Refuses every new request (LIST and WATCH) so, or (`None`) answers them again. Open watches stay open, as
     /// on a real API server.
     pub fn refuse(&self, refusal: Option<Refusal>) {
-        *self.inner.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
+        *self.inner.refusal.lock() = refusal;
     }
 
     /// While stalled, requests are accepted but not answered, and watches deliver nothing.
@@ -138,7 +139,7 @@ impl StandIn {
 
     /// Stops listening and cuts every connection.
     pub fn down(&self) {
-        if let Some(task) = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = self.accept.lock().take() {
             task.abort();
         }
         self.inner.epoch.send_modify(|n| *n += 1);
@@ -159,7 +160,7 @@ impl StandIn {
             }
         };
         let task = tokio::spawn(http::accept_loop(listener, self.inner.clone()));
-        *self.accept.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        *self.accept.lock() = Some(task);
         Ok(())
     }
 
@@ -173,8 +174,8 @@ impl StandIn {
         self.inner.watches.load(Relaxed)
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
+    fn store(&self) -> parking_lot::MutexGuard<'_, Store> {
+        self.inner.store.lock()
     }
 }
 

@@ -7,8 +7,8 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::Settings;
-use crate::{proxy::replay::ReplayBody, tls::Stream};
+use super::{SendBody, Settings};
+use crate::tls::Stream;
 
 /// TCP keepalive: probes start after this much idle time…
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -72,13 +72,13 @@ pub fn connection_window(streams: u32) -> u32 {
     streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
 }
 
-pub(super) type Driver = http2::Connection<TokioIo<Stream>, ReplayBody, TokioExecutor>;
+pub(super) type Driver<B> = http2::Connection<TokioIo<Stream>, B, TokioExecutor>;
 
-pub(super) async fn connect(
+pub(super) async fn connect<B: SendBody>(
     addr: SocketAddr,
     settings: &Settings,
     keepalive: Duration,
-) -> Result<(SendRequest<ReplayBody>, Driver), ConnectError> {
+) -> Result<(SendRequest<B>, Driver<B>), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;

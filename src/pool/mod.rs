@@ -23,18 +23,19 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use hyper::client::conn::http2::SendRequest;
+use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::{balance::breaker::Breaker, proxy::replay::ReplayBody, telemetry::metrics::Metrics};
+use crate::telemetry::metrics::Metrics;
 
 mod connect;
 mod failure;
@@ -45,6 +46,28 @@ use self::connect::{Driver, connect};
 pub use self::failure::{SendFailure, calm_goaway, classify, h2_error};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, Overflow};
+
+/// A request body the pool can send: any [`http_body::Body`] of [`bytes::Bytes`] that can move between tasks.
+/// The pool is generic over it so that it names nothing of the proxy above it; the proxy names its concrete body
+/// once (`proxy::UpstreamRequestBody`). Generic code is monomorphised for that one body, so this costs nothing per call.
+pub trait SendBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<crate::BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<T> SendBody for T where
+    T: http_body::Body<Data = bytes::Bytes, Error: Into<crate::BoxError>> + Send + Unpin + 'static
+{
+}
+
+/// Where the pool reports how connects went. The pool states facts; the judge (the balancer's breaker) decides
+/// what they mean for the endpoint.
+pub trait ConnectOutcomes: Send + Sync + 'static {
+    /// A connection to the endpoint came up.
+    fn connected(&self);
+    /// A connect to the endpoint failed (refused, timed out, TLS refused, closed right after connecting).
+    fn connect_failed(&self);
+}
 
 /// Timings of the connector.
 #[derive(Debug, Clone)]
@@ -93,12 +116,12 @@ pub const STOCK_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// What the connection of an endpoint is doing now.
-#[derive(Debug, Clone)]
-pub enum State {
+#[derive(Debug)]
+pub enum State<B> {
     /// A connect is under way.
     Connecting,
     /// Up: calls may use it.
-    Ready(SendRequest<ReplayBody>),
+    Ready(SendRequest<B>),
     /// The last attempt failed; the next one starts after a backoff.
     Backoff {
         /// Why the last attempt failed.
@@ -108,7 +131,18 @@ pub enum State {
     Draining,
 }
 
-impl State {
+impl<B> Clone for State<B> {
+    fn clone(&self) -> Self {
+        match self {
+            State::Connecting => State::Connecting,
+            State::Ready(tx) => State::Ready(tx.clone()),
+            State::Backoff { error } => State::Backoff { error: error.clone() },
+            State::Draining => State::Draining,
+        }
+    }
+}
+
+impl<B> State<B> {
     /// A short name for metrics and `/debug/endpoints`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -121,9 +155,9 @@ impl State {
 }
 
 /// The connection of one endpoint, shared by the balancer and its connector task.
-pub struct Connection {
+pub struct Connection<B> {
     addr: SocketAddr,
-    state: RwLock<State>,
+    state: RwLock<State<B>>,
     stop: watch::Sender<bool>,
     /// Bumped on every state change, so callers waiting for a usable endpoint wake up.
     changed: Arc<watch::Sender<u64>>,
@@ -132,19 +166,19 @@ pub struct Connection {
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS on the primary connection, as its driver last saw it.
     primary_max_streams: AtomicUsize,
     /// Extra connections, opened only while the peer's max-concurrent-streams is reached on the others.
-    overflow: Mutex<Overflow>,
+    overflow: Mutex<Overflow<B>>,
     /// The keepalive interval of this endpoint's next connections, in milliseconds (doubled by `too_many_pings`).
     keepalive_ms: AtomicU64,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
 
-impl Connection {
-    /// Creates the connection and starts its connector task.
+impl<B: SendBody> Connection<B> {
+    /// Creates the connection and starts its connector task, which reports every connect to `outcomes`.
     pub fn spawn(
         addr: SocketAddr,
         settings: Settings,
-        breaker: Arc<Breaker>,
+        outcomes: Arc<dyn ConnectOutcomes>,
         metrics: Arc<Metrics>,
         changed: Arc<watch::Sender<u64>>,
     ) -> Arc<Self> {
@@ -161,33 +195,35 @@ impl Connection {
             settings: settings.clone(),
             metrics: metrics.clone(),
         });
-        tokio::spawn(maintain(conn.clone(), settings, breaker, metrics, stop_rx));
+        tokio::spawn(maintain(conn.clone(), settings, outcomes, metrics, stop_rx));
         conn
     }
+}
 
+impl<B> Connection<B> {
     /// The request handle, if the connection is up.
-    pub fn sender(&self) -> Option<SendRequest<ReplayBody>> {
-        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+    pub fn sender(&self) -> Option<SendRequest<B>> {
+        match &*self.state.read() {
             State::Ready(tx) if !tx.is_closed() => Some(tx.clone()),
             _ => None,
         }
     }
 
     /// The current state (for metrics and debugging).
-    pub fn state(&self) -> State {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn state(&self) -> State<B> {
+        self.state.read().clone()
     }
 
     /// Whether a call could be sent now.
     pub fn is_ready(&self) -> bool {
-        matches!(&*self.state.read().unwrap_or_else(|e| e.into_inner()), State::Ready(tx) if !tx.is_closed())
+        matches!(&*self.state.read(), State::Ready(tx) if !tx.is_closed())
     }
 
     /// Stops reconnecting and lets the connection close once its calls in flight finish.
     pub fn retire(&self) {
         self.stop.send_replace(true);
         self.set(State::Draining);
-        self.overflow.lock().unwrap_or_else(|e| e.into_inner()).conns.clear();
+        self.overflow.lock().conns.clear();
     }
 
     /// The keepalive interval the next connection to this endpoint uses.
@@ -224,16 +260,16 @@ impl Connection {
         }
     }
 
-    fn set(&self, state: State) {
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+    fn set(&self, state: State<B>) {
+        *self.state.write() = state;
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
-async fn maintain(
-    conn: Arc<Connection>,
+async fn maintain<B: SendBody>(
+    conn: Arc<Connection<B>>,
     settings: Settings,
-    breaker: Arc<Breaker>,
+    outcomes: Arc<dyn ConnectOutcomes>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -268,7 +304,7 @@ async fn maintain(
                     failures = 0;
                 }
                 metrics.connects_ok.fetch_add(1, Relaxed);
-                breaker.record_success();
+                outcomes.connected();
                 debug!(%addr, "connected");
                 let up_since = tokio::time::Instant::now();
                 let mut closed_with = None;
@@ -344,7 +380,7 @@ async fn maintain(
                 debug!(%addr, %error, failures, "connect with the new certificates failed");
             }
         } else {
-            breaker.record_failure();
+            outcomes.connect_failed();
             if failures == 1 {
                 warn!(%addr, %error, "connect failed");
             } else {
@@ -371,7 +407,7 @@ const ROTATION_SETTLE: Duration = Duration::from_millis(500);
 /// Whether a new connection is up: a TLS 1.3 server can refuse our client certificate only after the handshake
 /// (RFC 8446 §4.4.2.4), which the driver then reads as an alert within a round trip. `Ok` when the driver is still
 /// running after `wait`.
-async fn settle(driver: &mut std::pin::Pin<Box<Driver>>, wait: Duration) -> Result<(), String> {
+async fn settle<B: SendBody>(driver: &mut std::pin::Pin<Box<Driver<B>>>, wait: Duration) -> Result<(), String> {
     match tokio::time::timeout(wait, driver.as_mut()).await {
         Err(_) => Ok(()),
         Ok(Ok(())) => Err("closed by the peer right after the handshake".to_owned()),
@@ -387,10 +423,13 @@ async fn tls_changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
     }
 }
 
-/// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms.
+/// Exponential backoff with full jitter: uniform in `[0, min(max, min * 2^(n-1))]`, at least 1 ms. The doubling is
+/// the shared [`crate::backoff`]; the jitter is "full" (AWS's name: uniform from zero up to the step), which backon
+/// does not offer (its jitter adds up to one step), so that endpoints that failed together reconnect spread out.
 fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let exp = settings.min_backoff.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let cap = exp.min(settings.max_backoff).as_millis().max(1) as u64;
+    let step = failures.saturating_sub(1).min(16) as usize;
+    let exp = crate::backoff::doubling(settings.min_backoff, settings.max_backoff).nth(step);
+    let cap = exp.unwrap_or(settings.max_backoff).min(settings.max_backoff).as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(1..=cap))
 }
 

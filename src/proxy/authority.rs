@@ -44,6 +44,18 @@ pub fn authority_from_host(parts: &mut Parts) -> Result<(), BadAuthority> {
     Ok(())
 }
 
+/// Removes the headers an HTTP/1.1 request may carry that must not reach an HTTP/2 backend: the connection-specific
+/// ones (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`; RFC 9113 §8.2.2 makes a
+/// request carrying them malformed), `Host` (its value is the `:authority` by now, see [`authority_from_host`]) and
+/// `Content-Length` (the translated body changes length). The one list of them.
+pub fn remove_http1_headers(h: &mut http::HeaderMap) {
+    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, header::HOST, header::CONTENT_LENGTH] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
 #[cfg(test)]
 mod tests {
     use http::Request;

@@ -183,7 +183,7 @@ impl Body for UpstreamBody {
                             "response trailers from the backend are {size} bytes, over the sidecar's limit of {limit} \
                              bytes (--max-header-bytes)"
                         );
-                        tracing::warn!(endpoint = %this.record.endpoint().addr, "{msg}");
+                        tracing::warn!(endpoint = %this.record.endpoint_addr(), "{msg}");
                         return this.end_with(Code::ResourceExhausted, &msg);
                     }
                     // Trailers without grpc-status, passed through as they are: grpcio and grpc-go report UNKNOWN,
@@ -200,7 +200,7 @@ impl Body for UpstreamBody {
                     let msg = format!("grpc: received message larger than max ({size} vs. {limit})");
                     return this.end_with(Code::ResourceExhausted, &msg);
                 }
-                let addr = this.record.endpoint().addr;
+                let addr = this.record.endpoint_addr();
                 if let Some((reason, code)) = stream_reset(&e) {
                     // One stream reset by the backend: the connection is fine, and a reset says nothing about the
                     // endpoint's health (REFUSED_STREAM after the answer began, too).

@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
@@ -78,11 +78,7 @@ pub fn request_frame(method: Option<&MethodDescriptor>, codec: Codec, body: &[u8
             Bytes::from(msg.encode_to_vec())
         }
     };
-    let mut frame = BytesMut::with_capacity(5 + proto.len());
-    frame.put_u8(0);
-    frame.put_u32(proto.len() as u32);
-    frame.put_slice(&proto);
-    Ok(frame.freeze())
+    Ok(crate::grpc::frame(0, &proto))
 }
 
 /// Why a Connect JSON call to a service the sidecar was not compiled with cannot be translated.
@@ -111,29 +107,6 @@ pub fn reply_body(method: Option<&MethodDescriptor>, codec: Codec, grpc_body: &[
     }
 }
 
-/// Connect's name of a gRPC code (`invalid_argument`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "canceled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
-}
-
 /// The HTTP status Connect uses for a code.
 pub fn http_status(code: Code) -> StatusCode {
     let n = match code {
@@ -155,7 +128,7 @@ pub fn http_status(code: Code) -> StatusCode {
 
 /// A Connect error body: `{"code","message"}`, plus `details` when the backend sent any (see [`error_details`]).
 pub fn error_body(code: Code, message: &str, details: Vec<serde_json::Value>) -> Bytes {
-    let mut v = serde_json::json!({ "code": code_name(code), "message": message });
+    let mut v = serde_json::json!({ "code": crate::grpc::connect_code_name(code), "message": message });
     if !details.is_empty() {
         v["details"] = serde_json::Value::Array(details);
     }

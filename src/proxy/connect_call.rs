@@ -9,10 +9,9 @@ use hyper::body::Incoming;
 use tonic::Code;
 
 use crate::{
-    balance::Balancer,
     grpc::{decode_message, encode_timeout, status_of},
     proxy::{
-        Proxy,
+        Balancer, Proxy,
         body::ResponseBody,
         connect::{self, Codec},
         error::ProxyError,
@@ -76,18 +75,10 @@ impl Proxy {
             return super::web_call::bad_request(e);
         }
         let h = &mut parts.headers;
-        for name in [
-            header::CONTENT_LENGTH,
-            header::CONNECTION,
-            header::HOST,
-            header::TRANSFER_ENCODING,
-            header::ACCEPT_ENCODING,
-        ] {
-            h.remove(name);
-        }
+        super::authority::remove_http1_headers(h);
+        h.remove(header::ACCEPT_ENCODING);
         h.remove("connect-protocol-version");
         h.remove("connect-timeout-ms");
-        h.remove("keep-alive");
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         if let Some(t) = timeout.and_then(|t| HeaderValue::from_str(&encode_timeout(t)).ok()) {

@@ -19,21 +19,21 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use http::{HeaderValue, Request, Response, Uri, Version, uri::Scheme};
+use http::{HeaderValue, Request, Response, Version};
 use http_body::Body;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
-    balance::Picked,
     grpc::{encode_timeout, parse_timeout, status_of},
     pool::{self, SendFailure},
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallRecord, Unrecorded},
+        call::{CallRecord, Unrecorded},
         error::ProxyError,
         hedge::HedgedCall,
         replay::ReplayBody,
@@ -130,19 +130,18 @@ impl Proxy {
         let mut refused_by: Vec<SocketAddr> = Vec::new();
         let mut attempts: u32 = 0;
         loop {
-            let Picked { endpoint, sender, probe } = balancer.pick(&refused_by, wait_until).await?;
-            let lease = endpoint.conn.lease(sender);
-            let mut sender = lease.sender.clone();
+            let picked = balancer.pick(&refused_by, wait_until).await?;
+            let addr = picked.addr();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
-            let Some(upstream) = self.upstream_request(&parts, view, endpoint.addr, deadline, attempts) else {
+            let Some(upstream) = self.upstream_request(&parts, view, addr, deadline, attempts) else {
                 return Err(ProxyError::DeadlineExceeded(timeout));
             };
             attempts += 1;
 
-            let mut attempt = Attempt::begin(endpoint.clone(), lease, probe);
-            let sent = tokio::time::timeout_at(deadline.into(), sender.try_send_request(upstream)).await;
+            let (mut attempt, mut sender) = picked.begin();
+            let sent = tokio::time::timeout_at(deadline, sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
                     attempt.finish(Code::DeadlineExceeded);
@@ -161,9 +160,9 @@ impl Proxy {
                     let error = crate::error_chain(e.error());
                     if failure == SendFailure::Unprocessed {
                         attempt.release();
-                        if self.may_resend(&origin, &mut refused_by, endpoint.addr, deadline) {
+                        if self.may_resend(&origin, &mut refused_by, addr, deadline) {
                             self.metrics.retries_transparent.fetch_add(1, Relaxed);
-                            tracing::debug!(endpoint = %endpoint.addr, %error, "transparent retry: the request never reached the application");
+                            tracing::debug!(endpoint = %addr, %error, "transparent retry: the request never reached the application");
                             continue;
                         }
                     } else if let SendFailure::Reset(reason) = failure {
@@ -172,9 +171,9 @@ impl Proxy {
                     } else {
                         attempt.finish(Code::Unavailable);
                     }
-                    let err = ProxyError::Upstream { addr: endpoint.addr, failure, error };
+                    let err = ProxyError::Upstream { addr, failure, error };
                     if self.policy_retry(&mut retry, err.code(), None, &origin, deadline).await {
-                        refused_by.push(endpoint.addr);
+                        refused_by.push(addr);
                         continue;
                     }
                     return Err(err);
@@ -196,7 +195,7 @@ impl Proxy {
                 attempt.finish(code);
                 let pushback = res.headers().get("grpc-retry-pushback-ms");
                 if self.policy_retry(&mut retry, code, pushback, &origin, deadline).await {
-                    refused_by.push(endpoint.addr);
+                    refused_by.push(addr);
                     continue;
                 }
                 self.metrics.record_call(&method, code, start.elapsed());
@@ -224,7 +223,7 @@ impl Proxy {
         }
         let mut upstream = Request::new(view);
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = absolute_uri(&parts.uri, addr, self.config.backend_tls);
+        *upstream.uri_mut() = crate::grpc::absolute_uri(&parts.uri, addr, self.config.backend_tls);
         *upstream.version_mut() = Version::HTTP_2;
         *upstream.headers_mut() = parts.headers.clone();
         if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
@@ -248,7 +247,7 @@ impl Proxy {
         deadline: Instant,
         timeout: Duration,
     ) -> Response<ResponseBody> {
-        let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+        let sleep = Box::pin(tokio::time::sleep_until(deadline));
         let limits = (self.config.max_header_bytes, self.metrics.clone());
         res.map(|body| {
             ResponseBody::Upstream(Box::new(UpstreamBody::new(
@@ -345,18 +344,5 @@ pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
     u32::try_from(size).unwrap_or(u32::MAX)
 }
 
-/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers. The scheme is
-/// the backend connection's, not the caller's (RFC 9113 §8.3.1: `:scheme` names the scheme of the target URI, and
-/// a TLS connection to the endpoint makes it `https`; the app speaks h2c to the sidecar, so its own is `http`).
-fn absolute_uri(uri: &Uri, addr: SocketAddr, tls: bool) -> Uri {
-    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-    if uri.scheme() == Some(&scheme) && uri.authority().is_some() {
-        return uri.clone();
-    }
-    let mut parts = uri.clone().into_parts();
-    if parts.scheme.is_none() || parts.authority.is_none() {
-        parts.authority = addr.to_string().parse().ok();
-    }
-    parts.scheme = Some(scheme);
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
-}
+#[cfg(test)]
+mod retry_tests;

@@ -30,25 +30,20 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use http::{HeaderValue, Response};
 use http_body::Body;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tonic::Code;
 
 use crate::{
-    balance::{Balancer, Picked},
     grpc::status_of,
     pool::{self, SendFailure},
     proxy::{
-        Proxy,
-        body::ResponseBody,
-        call::{Attempt, CallRecord},
-        error::ProxyError,
-        forward::header_list_size,
+        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, error::ProxyError, forward::header_list_size,
         replay::ReplayBody,
     },
     service_config::{CodeSet, HedgingPolicy},
@@ -79,28 +74,23 @@ pub(super) struct Schedule {
     /// Attempts sent that count against `maxAttempts`.
     sent: u32,
     /// When the next attempt goes; `None`: no more (all sent, or hedging stopped).
-    next: Option<tokio::time::Instant>,
+    next: Option<Instant>,
 }
 
 impl Schedule {
     /// The first attempt is due now.
     pub fn new(policy: &HedgingPolicy) -> Self {
-        Self {
-            max_attempts: policy.max_attempts,
-            delay: policy.delay,
-            sent: 0,
-            next: Some(tokio::time::Instant::now()),
-        }
+        Self { max_attempts: policy.max_attempts, delay: policy.delay, sent: 0, next: Some(Instant::now()) }
     }
 
     /// When the next attempt is due, if one is left.
-    pub fn next(&self) -> Option<tokio::time::Instant> {
+    pub fn next(&self) -> Option<Instant> {
         self.next
     }
 
     /// Whether an attempt is due now.
     pub fn due(&self) -> bool {
-        self.next.is_some_and(|t| t <= tokio::time::Instant::now())
+        self.next.is_some_and(|t| t <= Instant::now())
     }
 
     /// Attempts sent so far (the value of the next attempt's `grpc-previous-rpc-attempts`).
@@ -111,13 +101,13 @@ impl Schedule {
     /// An attempt went out: the next one is due a `hedgingDelay` later, if any is left.
     pub fn on_sent(&mut self) {
         self.sent += 1;
-        self.next = (self.sent < self.max_attempts).then(|| tokio::time::Instant::now() + self.delay);
+        self.next = (self.sent < self.max_attempts).then(|| Instant::now() + self.delay);
     }
 
     /// No endpoint could take the due hedge now: it is tried again a `hedgingDelay` later.
     pub fn postpone(&mut self) {
         if self.next.is_some() {
-            self.next = Some(tokio::time::Instant::now() + self.delay);
+            self.next = Some(Instant::now() + self.delay);
         }
     }
 
@@ -134,13 +124,13 @@ impl Schedule {
                 _ => return self.stop(),
             },
         };
-        self.next = Some(tokio::time::Instant::now() + wait);
+        self.next = Some(Instant::now() + wait);
     }
 
     /// An attempt the endpoint never processed: sent again at once, not counted against `maxAttempts`.
     pub fn resend(&mut self) {
         self.sent = self.sent.saturating_sub(1);
-        self.next = Some(tokio::time::Instant::now());
+        self.next = Some(Instant::now());
     }
 
     /// No more attempts (throttled, pushback said no, the body is no longer kept).
@@ -211,18 +201,16 @@ impl Proxy {
                         // The budget is asked once an endpoint is there to take the hedge, so a postponed hedge
                         // spends no token.
                         Ok(_) if !first && !std::mem::take(&mut resend) && !self.withdraw_hedge() => schedule.stop(),
-                        Ok(Picked { endpoint, sender, probe }) => {
-                            let lease = endpoint.conn.lease(sender);
-                            let mut sender = lease.sender.clone();
-                            let Some(req) =
-                                self.upstream_request(&parts, view, endpoint.addr, deadline, schedule.sent())
-                            else {
+                        Ok(picked) => {
+                            let addr = picked.addr();
+                            let Some(req) = self.upstream_request(&parts, view, addr, deadline, schedule.sent()) else {
                                 finish(&mut attempts);
                                 return Err(ProxyError::DeadlineExceeded(timeout));
                             };
-                            tried.push(endpoint.addr);
+                            tried.push(addr);
                             let i = attempts.len();
-                            attempts.push(Some(Attempt::begin(endpoint, lease, probe)));
+                            let (attempt, mut sender) = picked.begin();
+                            attempts.push(Some(attempt));
                             let sent = sender.try_send_request(req);
                             in_flight.push(async move { (i, sent.await) });
                             schedule.on_sent();
@@ -243,19 +231,19 @@ impl Proxy {
                 });
                 return self.give_up(failure, &method, start);
             }
-            let hedge_at = schedule.next().unwrap_or_else(|| tokio::time::Instant::from_std(deadline));
+            let hedge_at = schedule.next().unwrap_or(deadline);
             let (i, sent) = tokio::select! {
                 biased;
                 Some(done) = in_flight.next() => done,
                 () = tokio::time::sleep_until(hedge_at), if schedule.next().is_some() => continue,
-                () = tokio::time::sleep_until(deadline.into()) => {
+                () = tokio::time::sleep_until(deadline) => {
                     drop(in_flight);
                     attempts.iter_mut().filter_map(Option::take).for_each(|mut a| a.finish(Code::DeadlineExceeded));
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
             };
             let Some(mut attempt) = attempts.get_mut(i).and_then(Option::take) else { continue };
-            let addr = attempt.endpoint().addr;
+            let addr = attempt.addr();
             let res = match sent {
                 Ok(res) => res,
                 Err(mut e) => {

@@ -22,13 +22,7 @@ pub mod route;
 pub mod web;
 mod web_call;
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    future::Future,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
@@ -36,18 +30,26 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
+use parking_lot::RwLock;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::{ServiceExt, util::BoxCloneSyncService};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
-    balance::Balancer,
     pool::STREAM_WINDOW,
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     routes::RouteTable,
     service_config::ServiceConfig,
     telemetry::metrics::Metrics,
 };
+
+/// The request body the proxy sends upstream: the caller's body, kept for retries. The one place that names the
+/// concrete body the balancer and the pool carry (both are generic over it).
+pub type UpstreamRequestBody = replay::ReplayBody;
+/// The balancer of a target, carrying [`UpstreamRequestBody`].
+pub type Balancer = crate::balance::Balancer<UpstreamRequestBody>;
+/// One try of a call on one endpoint ([`crate::balance::Attempt`]).
+pub type Attempt = crate::balance::Attempt<UpstreamRequestBody>;
 
 /// A gRPC service answered inside the sidecar (health, reflection).
 pub type LocalService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
@@ -151,20 +153,20 @@ impl Proxy {
     /// label per route; everything else (unknown methods of a compiled service, unrouted or random paths) is
     /// [`OTHER_METHOD`].
     fn method_label(&self, path: &str) -> Arc<str> {
-        if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(path) {
+        if let Some(m) = self.methods.read().get(path) {
             return m.clone();
         }
         if is_known_method(path) {
-            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            let mut methods = self.methods.write();
             return methods.entry(path.to_owned()).or_insert_with(|| Arc::from(path)).clone();
         }
         let service = path.strip_prefix('/').and_then(|p| p.split_once('/')).map(|(s, _)| s);
         if let Some(service) = service.filter(|s| self.routes.routes_by_name(s) && !is_known_service(s)) {
             let key = format!("/{service}/*");
-            if let Some(m) = self.methods.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if let Some(m) = self.methods.read().get(&key) {
                 return m.clone();
             }
-            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            let mut methods = self.methods.write();
             return methods.entry(key.clone()).or_insert_with(|| Arc::from(key)).clone();
         }
         static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(OTHER_METHOD));
@@ -199,8 +201,7 @@ impl Proxy {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
+                (stream, peer) = crate::listen::accept(&listener) => {
                         let _ = stream.set_nodelay(true);
                         let proxy = self.clone();
                         // Boxed once here: a call's state machine is large, and unboxed it would be copied into
@@ -222,22 +223,12 @@ impl Proxy {
                                 }
                             }
                         });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                }
                 () = &mut shutdown => break,
             }
         }
         drop(listener);
-        let started = Instant::now();
-        info!(connections = graceful.count(), "draining inbound connections");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            warn!(after = ?started.elapsed(), "drain timed out; closing the remaining connections");
-        }
+        crate::listen::drain(graceful, drain, "inbound").await;
     }
 }
 

@@ -10,13 +10,14 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll, Waker, ready},
 };
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
+use parking_lot::Mutex;
 
 use crate::{BoxError, grpc::MessageScanner, proxy::request_body::RequestBody};
 
@@ -121,8 +122,8 @@ impl<B: Body> ReplayBody<B> {
         s.too_large.map(|size| (size, s.limit))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Shared<B>> {
+        self.shared.lock()
     }
 }
 
@@ -136,7 +137,7 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = this.shared.lock();
         if this.pos < s.read {
             let Some(frame) = s.kept.get(this.pos).cloned() else {
                 return Poll::Ready(Some(Err(ReplayError::NotReplayable.into())));
@@ -230,7 +231,7 @@ impl<B> Drop for ReplayBody<B> {
     /// others waiting for a wake-up that goes nowhere: they are woken to take over.
     fn drop(&mut self) {
         if self.shared_view {
-            self.shared.lock().unwrap_or_else(|e| e.into_inner()).wake_parked();
+            self.shared.lock().wake_parked();
         }
     }
 }

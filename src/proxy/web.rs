@@ -56,11 +56,7 @@ pub fn trailers_frame(trailers: &HeaderMap) -> Bytes {
         block.put_slice(value.as_bytes());
         block.put_slice(b"\r\n");
     }
-    let mut frame = BytesMut::with_capacity(5 + block.len());
-    frame.put_u8(0x80);
-    frame.put_u32(block.len() as u32);
-    frame.put_slice(&block);
-    frame.freeze()
+    crate::grpc::frame(0x80, &block)
 }
 
 /// CORS headers added to every grpc-web and Connect response (the port is loopback-only, so any origin may call).

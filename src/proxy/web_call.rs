@@ -22,12 +22,7 @@ impl Proxy {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         // Hop-by-hop and HTTP/1.1-only headers must not reach an HTTP/2 backend; the text body changes length.
-        for name in
-            [header::CONTENT_LENGTH, header::CONNECTION, header::HOST, header::TRANSFER_ENCODING, header::UPGRADE]
-        {
-            h.remove(name);
-        }
-        h.remove("keep-alive");
+        super::authority::remove_http1_headers(h);
         h.remove("x-grpc-web");
         parts.version = Version::HTTP_2;
         let body = match mode {

@@ -28,8 +28,10 @@ pub mod upstream;
 use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -47,7 +49,7 @@ use tower::{ServiceExt, util::BoxCloneSyncService};
 
 use self::owners::StreamState;
 pub use self::upstream::Version;
-use crate::{balance::Balancer, routes::RouteTable};
+use crate::{proxy::Balancer, routes::RouteTable};
 
 /// A reflection service as the proxy mounts it (the same shape as its other local services).
 pub type ReflectionService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
@@ -111,7 +113,7 @@ impl Reflector {
         caller: Version,
         req: &ServerReflectionRequest,
     ) -> Result<ServerReflectionResponse, Status> {
-        let known = self.versions.lock().unwrap_or_else(|e| e.into_inner()).get(balancer.target()).copied();
+        let known = self.versions.lock().get(balancer.target()).copied();
         let first = known.unwrap_or(caller);
         let (version, answer) = match upstream::call(balancer, pinned, first, req).await {
             Err(s) if s.code() == Code::Unimplemented => {
@@ -128,7 +130,7 @@ impl Reflector {
         };
         if answer.is_ok() && known != Some(version) {
             tracing::debug!(target = balancer.target(), ?version, "reflection version of the target");
-            self.versions.lock().unwrap_or_else(|e| e.into_inner()).insert(balancer.target().to_owned(), version);
+            self.versions.lock().insert(balancer.target().to_owned(), version);
         }
         answer
     }

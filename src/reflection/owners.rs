@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{Reflector, upstream};
-use crate::balance::Balancer;
+use crate::proxy::Balancer;
 
 impl Reflector {
     /// Who may know `symbol`: the route of its service, routes of its package, targets that answered on this

@@ -8,11 +8,10 @@
 //! a fresh copy when a message does not map ([`Schemas::refresh`]), and a failed lookup is remembered only for
 //! [`RETRY_AFTER`], so a backend without reflection costs one lookup per few seconds, not one per call.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, MethodDescriptor, prost_types::FileDescriptorProto};
@@ -21,7 +20,7 @@ use tonic_reflection::pb::v1::{
 };
 
 use super::{Reflector, Version, upstream::Pinned};
-use crate::balance::Balancer;
+use crate::proxy::Balancer;
 
 /// How long a failed reflection lookup is remembered before the next call tries again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -57,7 +56,7 @@ impl Schemas {
     pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, String> {
         let (service, method) = split(path).ok_or_else(|| format!("{path} is not /package.Service/Method"))?;
         let target = balancer.target();
-        let cached = match self.learned.lock().unwrap_or_else(|e| e.into_inner()).get(target) {
+        let cached = match self.learned.lock().get(target) {
             Some(Cached::Pool(pool)) => Ok(pool.clone()),
             Some(Cached::Failed { until, why }) if Instant::now() < *until => return Err(why.clone()),
             _ => Err(()),
@@ -72,7 +71,7 @@ impl Schemas {
         let fetched = fetch(&self.reflector, balancer, service)
             .await
             .and_then(|files| pool.add_file_descriptor_protos(files).map_err(|e| format!("invalid schema: {e}")));
-        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut learned = self.learned.lock();
         if let Err(why) = fetched {
             let why = format!("reflection at {target}: {why}");
             learned.insert(target.to_owned(), Cached::Failed { until: Instant::now() + RETRY_AFTER, why: why.clone() });
@@ -85,7 +84,7 @@ impl Schemas {
     /// Forgets `balancer`'s learned schema, so the next call learns it again (a message did not map: the backend
     /// may run a newer build).
     pub fn refresh(&self, balancer: &Balancer) {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner()).remove(balancer.target());
+        self.learned.lock().remove(balancer.target());
     }
 }
 

@@ -19,23 +19,20 @@
 //! stream to a target picks an endpoint through the target's balancer like any call, and later requests of that
 //! stream go to the same endpoint while its connection is up ([`Pinned`]).
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use prost::Message;
+use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
 use crate::{
-    balance::{Balancer, Endpoint},
+    balance::Endpoint,
     grpc::{decode_message, encode_timeout, status_of},
-    proxy::{replay::ReplayBody, request_body::RequestBody},
+    proxy::{Balancer, replay::ReplayBody, request_body::RequestBody},
 };
 
 /// A reflection protocol version.
@@ -80,7 +77,7 @@ const MAX_REPLY: usize = 16 << 20;
 
 /// The endpoint a caller's stream uses for one target (see the module docs).
 #[derive(Default)]
-pub struct Pinned(Option<Arc<Endpoint>>);
+pub struct Pinned(Option<Arc<Endpoint<ReplayBody>>>);
 
 /// Sends `req` to one of `balancer`'s endpoints as `version` and returns its one answer. A gRPC status is the
 /// backend's (UNIMPLEMENTED when it does not speak `version`) or the sidecar's (UNAVAILABLE: no endpoint, the
@@ -96,20 +93,20 @@ pub async fn call(
     let deadline = Instant::now() + TIMEOUT;
     let mut avoid: Vec<SocketAddr> = Vec::new();
     loop {
-        let pin = pinned.0.as_ref().and_then(|e| e.conn.sender().map(|s| (e.clone(), s)));
-        let (endpoint, sender) = match pin {
+        let pin = pinned.0.as_ref().and_then(|e| e.lease_unjudged().map(|lease| (e.clone(), lease)));
+        let (endpoint, lease) = match pin {
             Some(p) => p,
             None => {
                 let wait_until = deadline.min(Instant::now() + ENDPOINT_WAIT);
                 let picked = balancer.pick(&avoid, wait_until).await.map_err(|e| Status::unavailable(e.to_string()))?;
-                (picked.endpoint, picked.sender)
+                picked.into_unjudged()
             }
         };
-        let lease = endpoint.conn.lease(sender);
-        match send(lease.sender.clone(), endpoint.addr, version, req, deadline).await {
+        let addr = endpoint.addr();
+        match send(lease.sender.clone(), addr, version, req, deadline).await {
             Err(Failed::Transport(error)) if avoid.is_empty() => {
-                tracing::debug!(endpoint = %endpoint.addr, %error, "reflection request failed; trying once more");
-                avoid.push(endpoint.addr);
+                tracing::debug!(endpoint = %addr, %error, "reflection request failed; trying once more");
+                avoid.push(addr);
                 pinned.0 = None;
             }
             Err(Failed::Transport(error)) => return Err(Status::unavailable(error)),
@@ -173,7 +170,7 @@ async fn send(
         decode_reply(&collected.to_bytes())
             .map_err(|e| Failed::Transport(format!("reflection answer from {addr}: {e}")))
     };
-    match tokio::time::timeout_at(deadline.into(), answer).await {
+    match tokio::time::timeout_at(deadline, answer).await {
         Ok(r) => r,
         Err(_) => Err(Failed::Status(Status::deadline_exceeded(format!("reflection request to {addr} timed out")))),
     }

@@ -52,10 +52,7 @@ pub fn incoming(
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, remote)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
+            let (stream, remote) = crate::listen::accept(&listener).await;
             let (tls, tx, stats) = (tls.clone(), tx.clone(), stats.clone());
             if tx.is_closed() {
                 return;

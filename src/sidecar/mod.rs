@@ -14,11 +14,10 @@ use tracing::info;
 
 pub use self::state::SidecarState;
 use crate::{
-    admin,
-    balance::{self, Balancer},
+    admin, balance,
     cli::SidecarArgs,
     discovery, pool,
-    proxy::{self, Proxy},
+    proxy::{self, Balancer, Proxy},
     reflection::{Reflector, schema::Schemas},
     routes::{RouteError, RouteTable},
     target::Target,

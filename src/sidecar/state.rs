@@ -67,14 +67,14 @@ impl AdminState for SidecarState {
             let set = t.balancer.snapshot();
             let mut by_state: BTreeMap<&str, u64> = STATES.into_iter().map(|s| (s, 0)).collect();
             for e in set.iter() {
-                let state = if e.breaker.is_ejected(now) { "ejected" } else { e.conn.state().name() };
+                let state = if e.is_ejected(now) { "ejected" } else { e.connection_state().name() };
                 *by_state.entry(state).or_default() += 1;
                 *total.entry(state).or_default() += 1;
             }
             let label = format!("target=\"{}\"", t.name());
             per_target.extend(by_state.into_iter().map(|(s, n)| (format!("{label},state=\"{s}\""), n)));
-            open.push((label.clone(), set.iter().map(|e| e.conn.open_connections() as u64).sum()));
-            in_flight.push((label, set.iter().map(|e| u64::from(e.load.pending())).sum()));
+            open.push((label.clone(), set.iter().map(|e| e.open_connections() as u64).sum()));
+            in_flight.push((label, set.iter().map(|e| u64::from(e.in_flight())).sum()));
         }
         let samples: Vec<_> = total.into_iter().map(|(s, n)| (format!("state=\"{s}\""), n)).collect();
         gauge(&mut out, "hello_sidecar_endpoints", "Endpoints of every target, by state.", &samples);
@@ -114,24 +114,24 @@ impl AdminState for SidecarState {
                 .snapshot()
                 .iter()
                 .map(|e| {
-                    let meta = e.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    let conn = e.conn.state();
+                    let meta = e.meta();
+                    let conn = e.connection_state();
                     let error = match &conn {
                         pool::State::Backoff { error } => Some(error.clone()),
                         _ => None,
                     };
                     json!({
                         "target": t.name(),
-                        "address": e.addr.to_string(),
+                        "address": e.addr().to_string(),
                         "addresses": meta.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "pod": meta.pod,
                         "state": if meta.terminating { "terminating" } else { "ready" },
-                        "ejected": e.breaker.is_ejected(now),
-                        "breaker": e.breaker.health(now).name(),
+                        "ejected": e.is_ejected(now),
+                        "breaker": e.health(now).name(),
                         "connection": conn.name(),
                         "last_error": error,
-                        "in_flight": e.load.pending(),
-                        "ewma_latency_ms": e.load.estimate().as_secs_f64() * 1000.0,
+                        "in_flight": e.in_flight(),
+                        "ewma_latency_ms": e.latency_estimate().as_secs_f64() * 1000.0,
                     })
                 })
                 .collect();

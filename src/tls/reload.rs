@@ -7,10 +7,11 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, RwLock, Weak},
+    sync::{Arc, Weak},
     time::Duration,
 };
 
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -42,7 +43,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 
     /// The value in use now.
     pub fn current(&self) -> Arc<T> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current.read().clone()
     }
 
     /// Changes whenever a new value is in place.
@@ -80,7 +81,7 @@ async fn poll<T, F>(
         }
         match build(&contents) {
             Ok(value) => {
-                *this.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                *this.current.write() = Arc::new(value);
                 this.generation.send_modify(|g| *g = g.wrapping_add(1));
                 let names: Vec<String> = files.iter().map(|(_, p)| p.display().to_string()).collect();
                 match leaf(&files, &contents) {

@@ -1,0 +1,155 @@
+//! The EndpointSlices of one Service as the kube watcher reports them, with a re-list buffered until complete.
+//!
+//! A re-list (`Init … InitApply … InitDone`) is kept aside and swapped in whole at `InitDone`: slices absent from
+//! the new list are gone, and nothing is removed half-way (a half-done re-list would drop the pods not listed yet).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+
+use super::{
+    PortRef,
+    slices::{SliceEndpoint, endpoints_of},
+};
+
+/// The endpoints of each slice, by slice name.
+pub(super) type Slices = BTreeMap<String, Vec<SliceEndpoint>>;
+
+/// The current slices and the re-list under way, if any.
+#[derive(Default)]
+pub(super) struct SliceState {
+    current: Slices,
+    relist: Option<Slices>,
+}
+
+impl SliceState {
+    /// The slices as of the last event that changed them.
+    pub(super) fn current(&self) -> &Slices {
+        &self.current
+    }
+
+    /// Applies one watcher event; returns whether the current slices may have changed (during a re-list they
+    /// change only at `InitDone`).
+    pub(super) fn apply(&mut self, event: Event<EndpointSlice>, port: &PortRef) -> bool {
+        match event {
+            // `Init` comes before the LIST request: it says nothing about whether the API answers.
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(s) => {
+                if let Some(buffer) = self.relist.as_mut() {
+                    buffer.insert(name_of(&s), endpoints_of(&s, port));
+                }
+                false
+            }
+            Event::InitDone => {
+                self.current = self.relist.take().unwrap_or_default();
+                true
+            }
+            Event::Apply(s) => {
+                self.current.insert(name_of(&s), endpoints_of(&s, port));
+                true
+            }
+            Event::Delete(s) => {
+                self.current.remove(&name_of(&s));
+                true
+            }
+        }
+    }
+}
+
+fn name_of(s: &EndpointSlice) -> String {
+    s.metadata.name.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+
+    use super::*;
+
+    const PORT: u16 = 8080;
+
+    fn slice(name: &str, ips: &[&str]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            address_type: "IPv4".into(),
+            ports: Some(vec![EndpointPort { port: Some(i32::from(PORT)), ..Default::default() }]),
+            endpoints: Some(
+                ips.iter()
+                    .map(|ip| Endpoint {
+                        addresses: vec![(*ip).into()],
+                        conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Slice name → its addresses, for assertions.
+    fn view(state: &SliceState) -> Vec<(String, Vec<String>)> {
+        state
+            .current()
+            .iter()
+            .map(|(name, eps)| (name.clone(), eps.iter().map(|e| e.addr.to_string()).collect()))
+            .collect()
+    }
+
+    fn owned(v: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        v.iter().map(|(n, a)| ((*n).to_owned(), a.iter().map(|s| format!("{s}:{PORT}")).collect())).collect()
+    }
+
+    #[test]
+    fn a_relist_is_buffered_and_swapped_in_whole_at_init_done() {
+        let port = PortRef::Number(PORT);
+        let mut s = SliceState::default();
+        assert!(s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &port));
+        assert!(s.apply(Event::Apply(slice("b", &["10.0.0.2"])), &port));
+        assert!(!s.apply(Event::Init, &port));
+        assert!(!s.apply(Event::InitApply(slice("b", &["10.0.0.3"])), &port));
+        assert_eq!(view(&s), owned(&[("a", &["10.0.0.1"]), ("b", &["10.0.0.2"])]), "unchanged until InitDone");
+        assert!(s.apply(Event::InitDone, &port));
+        assert_eq!(view(&s), owned(&[("b", &["10.0.0.3"])]), "slice a was not in the re-list: gone");
+    }
+
+    #[test]
+    fn an_empty_relist_empties_the_set() {
+        let port = PortRef::Number(PORT);
+        let mut s = SliceState::default();
+        s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &port);
+        s.apply(Event::Init, &port);
+        assert_eq!(view(&s).len(), 1);
+        assert!(s.apply(Event::InitDone, &port));
+        assert!(view(&s).is_empty());
+    }
+
+    #[test]
+    fn apply_replaces_a_slice_and_delete_removes_it_by_name() {
+        let port = PortRef::Number(PORT);
+        let mut s = SliceState::default();
+        s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &port);
+        s.apply(Event::Apply(slice("a", &["10.0.0.4", "10.0.0.5"])), &port);
+        assert_eq!(view(&s), owned(&[("a", &["10.0.0.4", "10.0.0.5"])]));
+        assert!(s.apply(Event::Delete(slice("a", &[])), &port));
+        assert!(view(&s).is_empty());
+    }
+
+    #[test]
+    fn a_second_relist_starts_its_buffer_afresh() {
+        let port = PortRef::Number(PORT);
+        let mut s = SliceState::default();
+        s.apply(Event::Init, &port);
+        s.apply(Event::InitApply(slice("a", &["10.0.0.1"])), &port);
+        // The watch failed mid-list and re-lists from the start: what the first one buffered is dropped.
+        s.apply(Event::Init, &port);
+        s.apply(Event::InitApply(slice("b", &["10.0.0.2"])), &port);
+        s.apply(Event::InitDone, &port);
+        assert_eq!(view(&s), owned(&[("b", &["10.0.0.2"])]));
+    }
+}
