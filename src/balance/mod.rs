@@ -24,7 +24,7 @@ use crate::{
     discovery::Discovered,
     pool::{self, Connection},
     proxy::replay::ReplayBody,
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{CallStats, EndpointStats, Metrics},
 };
 
 use self::{breaker::Breaker, ewma::PeakEwma, p2c::choose};
@@ -43,6 +43,8 @@ pub struct Endpoint {
     pub breaker: Arc<Breaker>,
     /// When it was last picked (a balancer-wide sequence number), to break ties evenly.
     last_pick: AtomicU64,
+    /// Calls sent to it (and to its target), for the metrics.
+    pub stats: EndpointStats,
 }
 
 /// An endpoint chosen for one attempt, with the connection handle to send on.
@@ -82,6 +84,8 @@ pub struct Balancer {
     target: String,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// Calls sent to the target's endpoints, those gone included.
+    stats: Arc<CallStats>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     changed: Arc<watch::Sender<u64>>,
     /// Discovery's current problem, named in [`NoEndpoint`].
@@ -96,6 +100,7 @@ impl Balancer {
             target,
             settings,
             metrics,
+            stats: Arc::default(),
             endpoints: RwLock::default(),
             changed: Arc::new(changed),
             discovery_problem: RwLock::default(),
@@ -110,6 +115,11 @@ impl Balancer {
     /// The target's name.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Calls sent to the target's endpoints (one per attempt), for the metrics.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
     }
 
     /// The current endpoints.
@@ -170,6 +180,7 @@ impl Balancer {
             load: PeakEwma::new(self.settings.ewma_decay),
             breaker,
             last_pick: AtomicU64::new(0),
+            stats: EndpointStats::new(self.stats.clone()),
         }
     }
 

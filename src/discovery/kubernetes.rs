@@ -81,6 +81,7 @@ pub async fn run(
         let changed = match event {
             // `Init` comes before the LIST request: it says nothing about whether the API answers.
             Ok(watcher::Event::Init) => {
+                health.listing();
                 relist = Some(BTreeMap::new());
                 false
             }
@@ -127,6 +128,7 @@ pub async fn run(
         }
         retry.reset();
         health.recovered();
+        health.synced();
         check_at = None;
         let set = usable(&slices, options.ip_family);
         if last.as_ref() != Some(&set) {

@@ -128,6 +128,7 @@ impl Attempt {
             }
         };
         load.finish();
+        self.endpoint.stats.record(code, self.started.elapsed());
         self.judge(verdict, hung);
     }
 

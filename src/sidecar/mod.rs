@@ -91,11 +91,13 @@ pub async fn start(
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
 
+    let registry = state::registry(&targets, &metrics);
     let state = Arc::new(SidecarState {
         targets,
         routes,
         metrics: metrics.clone(),
         serving: std::sync::atomic::AtomicBool::new(true),
+        registry,
     });
     health::spawn(reporter, state.clone()).await;
 
