@@ -47,6 +47,17 @@ pub struct Endpoint {
     pub stats: EndpointStats,
 }
 
+impl crate::telemetry::access_log::Peer for Endpoint {
+    fn target(&self) -> &str {
+        &self.stats.target_name
+    }
+
+    fn name(&self) -> String {
+        let meta = self.meta.read().unwrap_or_else(|e| e.into_inner());
+        meta.pod.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+}
+
 /// An endpoint chosen for one attempt, with the connection handle to send on.
 pub struct Picked {
     /// The endpoint.
@@ -86,6 +97,8 @@ pub struct Balancer {
     metrics: Arc<Metrics>,
     /// Calls sent to the target's endpoints, those gone included.
     stats: Arc<CallStats>,
+    /// The target's name, shared with its endpoints' stats.
+    target_name: Arc<str>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     changed: Arc<watch::Sender<u64>>,
     /// Discovery's current problem, named in [`NoEndpoint`].
@@ -96,11 +109,13 @@ impl Balancer {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
+        let target_name = Arc::from(target.as_str());
         Self {
             target,
             settings,
             metrics,
             stats: Arc::default(),
+            target_name,
             endpoints: RwLock::default(),
             changed: Arc::new(changed),
             discovery_problem: RwLock::default(),
@@ -180,7 +195,7 @@ impl Balancer {
             load: PeakEwma::new(self.settings.ewma_decay),
             breaker,
             last_pick: AtomicU64::new(0),
-            stats: EndpointStats::new(self.stats.clone()),
+            stats: EndpointStats::new(self.stats.clone(), self.target_name.clone()),
         }
     }
 

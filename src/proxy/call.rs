@@ -34,7 +34,11 @@ use crate::{
         breaker::{ProbeSlot, silence_is_failure},
     },
     pool::Lease,
-    telemetry::metrics::Metrics,
+    proxy::replay::Tally,
+    telemetry::{
+        access_log::{Entry, Peer},
+        metrics::Metrics,
+    },
 };
 
 /// Where a re-admitted endpoint's latency estimate starts: linkerd's default RTT for an endpoint it knows nothing
@@ -169,6 +173,55 @@ impl Drop for Attempt {
     }
 }
 
+/// What the access log needs of a call beyond its method, status and duration. Filled only while the access log
+/// is on (`on`); otherwise it stays empty and costs nothing.
+#[derive(Default)]
+pub struct CallLog {
+    /// The access log is on.
+    pub on: bool,
+    /// The endpoint of the latest attempt.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// The request bytes read from the caller.
+    pub request: Option<Tally>,
+    /// Response body bytes passed to the caller.
+    pub response_bytes: u64,
+}
+
+impl CallLog {
+    /// An empty log for one call; `on` when `metrics` has an access log.
+    pub fn new(metrics: &Metrics) -> Self {
+        Self { on: metrics.access_log().is_some(), ..Self::default() }
+    }
+
+    /// Notes the endpoint of attempt number `attempt` (0 for the first).
+    pub fn attempt(&mut self, endpoint: &Arc<Endpoint>, attempt: u32) {
+        if self.on {
+            self.endpoint = Some(endpoint.clone());
+            self.retries = attempt;
+        }
+    }
+
+    /// Writes the call's line (once), if the access log is on.
+    pub fn finish(&mut self, metrics: &Metrics, method: &Arc<str>, code: Code, start: std::time::Instant) {
+        if !std::mem::take(&mut self.on) {
+            return;
+        }
+        let Some(log) = metrics.access_log() else { return };
+        log.record(Entry {
+            at: std::time::SystemTime::now(),
+            method: method.clone(),
+            peer: self.endpoint.take().map(|e| e as Arc<dyn Peer>),
+            code,
+            duration: start.elapsed(),
+            retries: self.retries,
+            request_bytes: self.request.take().map_or(0, |t| t.bytes()),
+            response_bytes: self.response_bytes,
+        });
+    }
+}
+
 /// A call whose outcome is not recorded yet. Dropped armed — the caller reset the stream or went away before the
 /// sidecar answered — it records the call as `CANCELLED`, so abandoned calls show in the request metrics.
 pub struct Unrecorded {
@@ -176,17 +229,22 @@ pub struct Unrecorded {
     method: Arc<str>,
     start: std::time::Instant,
     armed: bool,
+    /// The call's access log details, filled as the call goes.
+    pub log: CallLog,
 }
 
 impl Unrecorded {
     /// Arms the record of a call that arrived at `start`.
     pub fn new(metrics: Arc<Metrics>, method: Arc<str>, start: std::time::Instant) -> Self {
-        Self { metrics, method, start, armed: true }
+        let log = CallLog::new(&metrics);
+        Self { metrics, method, start, armed: true, log }
     }
 
-    /// The outcome was recorded elsewhere.
-    pub fn disarm(mut self) {
+    /// The outcome is recorded elsewhere; what is left of the access log details (nothing, once a
+    /// [`CallRecord`] took them).
+    pub fn disarm(mut self) -> CallLog {
         self.armed = false;
+        std::mem::take(&mut self.log)
     }
 }
 
@@ -194,6 +252,7 @@ impl Drop for Unrecorded {
     fn drop(&mut self) {
         if self.armed {
             self.metrics.record_call(&self.method, Code::Cancelled, self.start.elapsed());
+            self.log.finish(&self.metrics, &self.method, Code::Cancelled, self.start);
         }
     }
 }
@@ -206,6 +265,7 @@ pub struct CallRecord {
     start: std::time::Instant,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
+    log: CallLog,
 }
 
 impl CallRecord {
@@ -219,7 +279,18 @@ impl CallRecord {
     ) -> Self {
         let mut attempt = attempt;
         attempt.answered();
-        Self { attempt, method, start, metrics, _permit: permit }
+        Self { attempt, method, start, metrics, _permit: permit, log: CallLog::default() }
+    }
+
+    /// Attaches the call's access log details, written when the call ends.
+    pub fn with_log(mut self, log: CallLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Counts response body bytes passed to the caller (for the access log).
+    pub fn sent(&mut self, bytes: usize) {
+        self.log.response_bytes += bytes as u64;
     }
 
     /// The endpoint serving the call.
@@ -234,6 +305,7 @@ impl CallRecord {
         }
         self.attempt.finish(code);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 
     /// Ends the call with `code` from a stream the backend reset (`RST_STREAM`) after answering: a reset concerns
@@ -245,6 +317,7 @@ impl CallRecord {
         }
         self.attempt.finish_as(code, true);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 }
 

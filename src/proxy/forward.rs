@@ -32,7 +32,7 @@ use crate::{
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallRecord, Unrecorded},
+        call::{Attempt, CallLog, CallRecord, Unrecorded},
         error::ProxyError,
         replay::ReplayBody,
         request_body::RequestBody,
@@ -51,13 +51,14 @@ impl Proxy {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
         // Records CANCELLED if the caller goes away before an outcome is recorded (this future is dropped).
-        let unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
-        let outcome = self.try_forward(req, method.clone(), start).await;
-        unrecorded.disarm();
+        let mut unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
+        let outcome = self.try_forward(req, method.clone(), start, &mut unrecorded.log).await;
+        let mut log = unrecorded.disarm();
         match outcome {
             Ok(res) => res,
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
+                log.finish(&self.metrics, &method, e.code(), start);
                 if let ProxyError::HeadersTooLarge { .. } = e {
                     self.metrics.headers_too_large.fetch_add(1, Relaxed);
                     tracing::warn!(%method, error = %e, "call refused at the sidecar");
@@ -74,6 +75,7 @@ impl Proxy {
         req: Request<RequestBody>,
         method: Arc<str>,
         start: Instant,
+        log: &mut CallLog,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let path = req.uri().path();
         let Some(balancer) = self.routes.get(path).cloned() else {
@@ -115,6 +117,9 @@ impl Proxy {
             parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         let origin = ReplayBody::new(body, RETRY_BUFFER, self.config.max_message_bytes);
+        if log.on {
+            log.request = Some(origin.tally());
+        }
         // `waitForReady` calls wait for an endpoint up to their deadline; the others fail fast.
         let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
         let wait_until = if wait_for_ready { deadline } else { deadline.min(start + self.config.failfast_timeout) };
@@ -125,6 +130,7 @@ impl Proxy {
         let mut attempts: u32 = 0;
         loop {
             let Picked { endpoint, sender, probe } = balancer.pick(&refused_by, wait_until).await?;
+            log.attempt(&endpoint, attempts);
             let lease = endpoint.conn.lease(sender);
             let mut sender = lease.sender.clone();
             let Some(view) = origin.replay() else {
@@ -207,9 +213,11 @@ impl Proxy {
                     continue;
                 }
                 self.metrics.record_call(&method, code, start.elapsed());
+                log.finish(&self.metrics, &method, code, start);
                 return Ok(res.map(|_| ResponseBody::empty()));
             }
-            let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
+            let record =
+                CallRecord::new(attempt, method, start, self.metrics.clone(), permit).with_log(std::mem::take(log));
             let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
             let limits = (self.config.max_header_bytes, self.metrics.clone());
             return Ok(res.map(|body| {

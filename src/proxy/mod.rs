@@ -125,6 +125,10 @@ impl Proxy {
             Err(e) => {
                 if let ProxyError::Unimplemented(_) = &e {
                     self.metrics.record_call(OTHER_METHOD, e.code(), Duration::ZERO);
+                    if self.metrics.access_log().is_some() {
+                        let mut log = call::CallLog::new(&self.metrics);
+                        log.finish(&self.metrics, &Arc::from(OTHER_METHOD), e.code(), Instant::now());
+                    }
                 }
                 e.into_response()
             }

@@ -21,7 +21,7 @@ use crate::{
     proxy::{self, Proxy},
     routes::{RouteError, RouteTable},
     target::Target,
-    telemetry::metrics::Metrics,
+    telemetry::{access_log::AccessLog, metrics::Metrics},
 };
 
 /// Why the sidecar could not start.
@@ -39,6 +39,9 @@ pub enum StartError {
     /// The routes contradict each other (a service routed twice) or there are none.
     #[error("invalid value for --route: {0}")]
     Route(#[from] RouteError),
+    /// The access log's file could not be opened.
+    #[error("invalid value for --access-log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running sidecar: its bound addresses, for tests and the demo.
@@ -59,6 +62,9 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
+    if let Some(sink) = &args.access_log {
+        metrics.set_access_log(AccessLog::start(sink).map_err(StartError::AccessLog)?);
+    }
     let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
     let settings = balance::Settings {
         pool: pool::Settings {

@@ -24,7 +24,7 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use crate::grpc::code_name;
+use crate::{grpc::code_name, telemetry::access_log::AccessLog};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -131,12 +131,14 @@ pub struct EndpointStats {
     pub own: CallStats,
     /// The target's calls, shared by its endpoints.
     pub target: std::sync::Arc<CallStats>,
+    /// The target's name, as the user wrote it (for the access log).
+    pub target_name: std::sync::Arc<str>,
 }
 
 impl EndpointStats {
-    /// Stats for a new endpoint of the target whose calls are `target`.
-    pub fn new(target: std::sync::Arc<CallStats>) -> Self {
-        Self { own: CallStats::default(), target }
+    /// Stats for a new endpoint of the target `target_name` whose calls are `target`.
+    pub fn new(target: std::sync::Arc<CallStats>, target_name: std::sync::Arc<str>) -> Self {
+        Self { own: CallStats::default(), target, target_name }
     }
 
     /// Records one attempt on the endpoint that ended with `code` after `elapsed`.
@@ -178,6 +180,8 @@ pub struct Metrics {
     /// HTTP/2 connections this side closed with a GOAWAY because the peer broke a rule or an abuse limit, by
     /// side (inbound, upstream) and code (`ENHANCE_YOUR_CALM`, any other).
     goaways_sent: [[AtomicU64; 2]; 2],
+    /// The access log, when `--access-log` is on.
+    access_log: std::sync::OnceLock<std::sync::Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,6 +209,16 @@ impl Metrics {
     pub fn record_goaway_sent(&self, upstream: bool, reason: h2::Reason) {
         let code = usize::from(reason != h2::Reason::ENHANCE_YOUR_CALM);
         self.goaways_sent[usize::from(upstream)][code].fetch_add(1, Relaxed);
+    }
+
+    /// Turns the access log on (once; later calls change nothing).
+    pub fn set_access_log(&self, log: std::sync::Arc<AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log, when it is on.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.get().map(|l| &**l)
     }
 
     /// Calls recorded for `method` with `code` (tests and the demo read this).
@@ -276,6 +290,10 @@ impl Collector for Metrics {
         counter_sample(&mut family, [("result", "error")], self.connects_failed.load(Relaxed))?;
         let updates = self.discovery_updates.load(Relaxed);
         counter(&mut enc, "hello_sidecar_discovery_updates", "Endpoint sets received from discovery.", updates)?;
+        if let Some(log) = self.access_log() {
+            let help = "Access log lines dropped because the writer fell behind (calls never wait for it).";
+            counter(&mut enc, "hello_sidecar_access_log_dropped", help, log.dropped())?;
+        }
         counter(
             &mut enc,
             "hello_sidecar_overloaded",
