@@ -40,8 +40,13 @@ pub enum StartError {
     #[error("invalid value for --route: {0}")]
     Route(#[from] RouteError),
     /// The access log's file could not be opened.
-    #[error("invalid value for --access-log: {0}")]
-    AccessLog(std::io::Error),
+    #[error("--access-log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
 }
 
 /// A running sidecar: its bound addresses, for tests and the demo.
@@ -63,7 +68,8 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     if let Some(sink) = &args.access_log {
-        metrics.set_access_log(AccessLog::start(sink).map_err(StartError::AccessLog)?);
+        let log = AccessLog::start(sink).map_err(|source| StartError::AccessLog { path: sink.to_string(), source })?;
+        metrics.set_access_log(log);
     }
     let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
     let settings = balance::Settings {

@@ -42,6 +42,16 @@ pub enum Sink {
     File(PathBuf),
 }
 
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::Stderr => f.write_str("stderr"),
+            Sink::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// Parses `--access-log`: `stdout`, `stderr`, or a file path.
 pub fn parse_sink(s: &str) -> Result<Sink, String> {
     match s.trim() {
