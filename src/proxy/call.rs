@@ -34,11 +34,8 @@ use crate::{
         breaker::{ProbeSlot, silence_is_failure},
     },
     pool::Lease,
-    proxy::replay::Tally,
-    telemetry::{
-        access_log::{Entry, Peer},
-        metrics::Metrics,
-    },
+    proxy::call_log::CallLog,
+    telemetry::metrics::Metrics,
 };
 
 /// Where a re-admitted endpoint's latency estimate starts: linkerd's default RTT for an endpoint it knows nothing
@@ -170,55 +167,6 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         self.finish(Code::Cancelled);
-    }
-}
-
-/// What the access log needs of a call beyond its method, status and duration. Filled only while the access log
-/// is on (`on`); otherwise it stays empty and costs nothing.
-#[derive(Default)]
-pub struct CallLog {
-    /// The access log is on.
-    pub on: bool,
-    /// The endpoint of the latest attempt.
-    pub endpoint: Option<Arc<Endpoint>>,
-    /// Attempts after the first.
-    pub retries: u32,
-    /// The request bytes read from the caller.
-    pub request: Option<Tally>,
-    /// Response body bytes passed to the caller.
-    pub response_bytes: u64,
-}
-
-impl CallLog {
-    /// An empty log for one call; `on` when `metrics` has an access log.
-    pub fn new(metrics: &Metrics) -> Self {
-        Self { on: metrics.access_log().is_some(), ..Self::default() }
-    }
-
-    /// Notes the endpoint of attempt number `attempt` (0 for the first).
-    pub fn attempt(&mut self, endpoint: &Arc<Endpoint>, attempt: u32) {
-        if self.on {
-            self.endpoint = Some(endpoint.clone());
-            self.retries = attempt;
-        }
-    }
-
-    /// Writes the call's line (once), if the access log is on.
-    pub fn finish(&mut self, metrics: &Metrics, method: &Arc<str>, code: Code, start: std::time::Instant) {
-        if !std::mem::take(&mut self.on) {
-            return;
-        }
-        let Some(log) = metrics.access_log() else { return };
-        log.record(Entry {
-            at: std::time::SystemTime::now(),
-            method: method.clone(),
-            peer: self.endpoint.take().map(|e| e as Arc<dyn Peer>),
-            code,
-            duration: start.elapsed(),
-            retries: self.retries,
-            request_bytes: self.request.take().map_or(0, |t| t.bytes()),
-            response_bytes: self.response_bytes,
-        });
     }
 }
 

@@ -32,7 +32,8 @@ use crate::{
     proxy::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
-        call::{Attempt, CallLog, CallRecord, Unrecorded},
+        call::{Attempt, CallRecord, Unrecorded},
+        call_log::CallLog,
         error::ProxyError,
         replay::ReplayBody,
         request_body::RequestBody,

@@ -1,6 +1,7 @@
 //! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection and the
 //! admin port.
 
+mod collector;
 mod health;
 mod state;
 

@@ -1,6 +1,7 @@
 //! Logs (tracing, `RUST_LOG`-style filter, plain or JSON) and Prometheus metrics.
 
 pub mod access_log;
+pub mod calls;
 pub mod metrics;
 pub mod process;
 
