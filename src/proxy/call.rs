@@ -227,10 +227,12 @@ impl CallRecord {
     ) -> Self {
         let mut attempt = attempt;
         attempt.answered();
-        Self { attempt, method, start, metrics, _permit: permit, log: CallLog::default() }
+        let log = CallLog::new(&metrics);
+        Self { attempt, method, start, metrics, _permit: permit, log }
     }
 
-    /// Attaches the call's access log details, written when the call ends.
+    /// Attaches the call's access log details, written when the call ends (without them, the line has the
+    /// answering endpoint and no retries or request bytes).
     pub fn with_log(mut self, log: CallLog) -> Self {
         self.log = log;
         self
@@ -253,6 +255,7 @@ impl CallRecord {
         }
         self.attempt.finish(code);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.answered_by(self.attempt.endpoint());
         self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 
@@ -265,6 +268,7 @@ impl CallRecord {
         }
         self.attempt.finish_as(code, true);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.answered_by(self.attempt.endpoint());
         self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 }

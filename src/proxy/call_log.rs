@@ -44,6 +44,13 @@ impl CallLog {
         }
     }
 
+    /// Notes the endpoint that answered, unless an attempt was noted already.
+    pub fn answered_by(&mut self, endpoint: &Arc<Endpoint>) {
+        if self.on && self.endpoint.is_none() {
+            self.endpoint = Some(endpoint.clone());
+        }
+    }
+
     /// Writes the call's line (once), if the access log is on.
     pub fn finish(&mut self, metrics: &Metrics, method: &Arc<str>, code: Code, start: std::time::Instant) {
         if !std::mem::take(&mut self.on) {

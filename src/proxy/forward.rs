@@ -56,7 +56,14 @@ impl Proxy {
         let outcome = self.try_forward(req, method.clone(), start, &mut unrecorded.log).await;
         let mut log = unrecorded.disarm();
         match outcome {
-            Ok(res) => res,
+            Ok(res) => {
+                // A Trailers-Only answer on a path that did not write its line: its status is in the headers. (A
+                // response with a body writes its line when the body ends.)
+                if log.on && res.body().is_end_stream() {
+                    log.finish(&self.metrics, &method, status_of(res.headers()).unwrap_or(Code::Unknown), start);
+                }
+                res
+            }
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
                 log.finish(&self.metrics, &method, e.code(), start);
