@@ -231,3 +231,34 @@ impl TargetsCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        balance::{Balancer, Settings},
+        discovery::Discovered,
+        telemetry::metrics::Metrics,
+    };
+
+    fn pod(addr: &str, name: Option<&str>) -> Discovered {
+        let mut d = Discovered::addr(addr.parse().expect("address"));
+        d.pod = name.map(str::to_owned);
+        d
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_are_named_by_pod_and_by_address_when_the_pod_is_unknown_or_taken() {
+        let settings = Settings { pool: Default::default(), eject_after: 5, ewma_decay: Duration::from_secs(1) };
+        let b = Balancer::new("t".into(), settings, Arc::new(Metrics::default()));
+        b.update(vec![
+            pod("127.0.0.1:1", Some("hello-0")),
+            pod("127.0.0.2:1", None),
+            // Two endpoints claiming one pod (a misconfigured slice): one series each all the same.
+            pod("127.0.0.3:1", Some("hello-0")),
+        ]);
+        assert_eq!(endpoint_labels(&b.snapshot()), ["hello-0", "127.0.0.2:1", "127.0.0.3:1"]);
+    }
+}
