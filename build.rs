@@ -18,5 +18,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Its descriptor set, for the test backends' reflection (tests/reflection.rs).
     fs::write(out.join("echo_descriptor.bin"), echo.encode_to_vec())?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(echo)?;
+    git_sha();
     Ok(())
+}
+
+/// `HELLO_SIDECAR_GIT_SHA` for `hello_sidecar_build_info`: the checkout's commit, or `unknown` where there is no
+/// git or no `.git` (the Docker build context has none).
+fn git_sha() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    let sha = git(&["rev-parse", "--short=12", "HEAD"]).filter(|s| !s.is_empty());
+    println!("cargo:rustc-env=HELLO_SIDECAR_GIT_SHA={}", sha.as_deref().unwrap_or("unknown"));
+    // A checkout moves HEAD, a commit moves the branch's ref (paths from git: a worktree's `.git` is a file).
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for path in ["HEAD"].into_iter().chain(branch.as_deref()) {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
 }

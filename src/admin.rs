@@ -72,10 +72,8 @@ fn answer(state: &dyn AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         }
         "/metrics" => {
             let mut res = text(StatusCode::OK, state.metrics());
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE));
             res
         }
         "/debug/endpoints" => match state.debug_endpoints() {

@@ -121,6 +121,11 @@ pub struct SidecarArgs {
     /// decay only sets how long one slow answer (beyond the 5 ms noise floor) keeps an otherwise good pod avoided.
     #[arg(long, env = "HELLO_SIDECAR_EWMA_DECAY", default_value = "1s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
+    /// Access log, off unless given: one JSON line per call (method, target, endpoint, status, duration, retries,
+    /// bytes) to stdout, stderr or a file (appended to). Lines the writer cannot keep up with are dropped and counted
+    /// (hello_sidecar_access_log_dropped_total), never waited for.
+    #[arg(long, env = "HELLO_SIDECAR_ACCESS_LOG", value_name = "stdout|stderr|PATH", value_parser = crate::telemetry::access_log::parse_sink)]
+    pub access_log: Option<crate::telemetry::access_log::Sink>,
     /// Address family to call a dual-stack pod on: auto (IPv4 when the pod has one), ipv4 or ipv6.
     #[arg(long, env = "HELLO_SIDECAR_IP_FAMILY", value_enum, default_value = "auto")]
     pub ip_family: crate::discovery::IpFamily,

@@ -70,10 +70,6 @@ pub mod service_config;
 pub mod shutdown;
 pub mod sidecar;
 pub mod target;
-#[allow(
-    clippy::disallowed_types,
-    reason = "std locks until the metrics rework (issue 11.6) replaces this module's hand-written exposition"
-)]
 pub mod telemetry;
 pub mod tls;
 

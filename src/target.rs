@@ -49,6 +49,7 @@ impl Target {
             while let Some(set) = sets.recv().await {
                 metrics.discovery_updates.fetch_add(1, Relaxed);
                 fed.balancer.update(set);
+                fed.discovery.synced();
                 fed.synced.store(true, Relaxed);
             }
         });

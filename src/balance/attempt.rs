@@ -67,6 +67,11 @@ impl<B> Attempt<B> {
         self.endpoint.addr
     }
 
+    /// The endpoint tried (read-only: its accounting changes only through attempts).
+    pub fn endpoint(&self) -> &Arc<Endpoint<B>> {
+        &self.endpoint
+    }
+
     /// Whether [`Attempt::finish`] (or [`Attempt::finish_reset`]) has ended it.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -136,6 +141,7 @@ impl<B> Attempt<B> {
             }
         };
         load.finish();
+        self.endpoint.stats.record(code, self.started.elapsed());
         self.judge(verdict, hung);
     }
 

@@ -25,7 +25,7 @@ use tracing::info;
 use crate::{
     discovery::Discovered,
     pool::{self, Connection, Lease, SendBody},
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{CallStats, EndpointStats, Metrics},
 };
 
 pub use self::attempt::{Attempt, READMIT_RTT};
@@ -50,6 +50,19 @@ pub struct Endpoint<B> {
     breaker: Arc<Breaker>,
     /// When it was last picked (a balancer-wide sequence number), to break ties evenly.
     last_pick: AtomicU64,
+    /// Calls sent to it (and to its target), for the metrics.
+    stats: EndpointStats,
+}
+
+impl<B: Send + 'static> crate::telemetry::access_log::Peer for Endpoint<B> {
+    fn target(&self) -> &str {
+        &self.stats.target_name
+    }
+
+    fn name(&self) -> String {
+        let meta = self.meta.read();
+        meta.pod.clone().unwrap_or_else(|| self.addr.to_string())
+    }
 }
 
 impl<B: SendBody> Endpoint<B> {
@@ -61,6 +74,11 @@ impl<B: SendBody> Endpoint<B> {
 }
 
 impl<B> Endpoint<B> {
+    /// Calls sent to it (and to its target), for the metrics.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
     /// Where it is.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -159,6 +177,10 @@ pub struct Balancer<B> {
     target: String,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// Calls sent to the target's endpoints, those gone included.
+    stats: Arc<CallStats>,
+    /// The target's name, shared with its endpoints' stats.
+    target_name: Arc<str>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint<B>>>>>,
     changed: Arc<watch::Sender<u64>>,
     /// Discovery's current problem, named in [`NoEndpoint`].
@@ -169,10 +191,13 @@ impl<B: SendBody> Balancer<B> {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
+        let target_name = Arc::from(target.as_str());
         Self {
             target,
             settings,
             metrics,
+            stats: Arc::default(),
+            target_name,
             endpoints: RwLock::new(Arc::default()),
             changed: Arc::new(changed),
             discovery_problem: RwLock::default(),
@@ -187,6 +212,11 @@ impl<B: SendBody> Balancer<B> {
     /// The target's name.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Calls sent to the target's endpoints (one per attempt), for the metrics.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
     }
 
     /// The current endpoints.
@@ -247,6 +277,7 @@ impl<B: SendBody> Balancer<B> {
             load: PeakEwma::new(self.settings.ewma_decay),
             breaker,
             last_pick: AtomicU64::new(0),
+            stats: EndpointStats::new(self.stats.clone(), self.target_name.clone()),
         }
     }
 

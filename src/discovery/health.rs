@@ -2,7 +2,11 @@
 //! `UNAVAILABLE` message of calls that find no endpoint), errors counted by cause (HTTP status of the API's answer,
 //! or `connect` / `dns` when there was none), and one log line per change of state.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use parking_lot::Mutex;
 
@@ -13,11 +17,20 @@ use tracing::{info, warn};
 pub struct Health {
     problem: watch::Sender<Option<String>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Lists begun (the first one and every re-list after an expired or broken watch).
+    lists: AtomicU64,
+    /// When discovery last delivered or confirmed the endpoint set, in milliseconds since the Unix epoch (0: never).
+    last_sync_ms: AtomicU64,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { problem: watch::channel(None).0, errors: Mutex::default() }
+        Self {
+            problem: watch::channel(None).0,
+            errors: Mutex::default(),
+            lists: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+        }
     }
 }
 
@@ -31,6 +44,28 @@ impl Health {
     /// A receiver that sees every change of [`Health::problem`].
     pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
         self.problem.subscribe()
+    }
+
+    /// A (re-)list begins: a watch starts or restarts from a full list.
+    pub fn listing(&self) {
+        self.lists.fetch_add(1, Relaxed);
+    }
+
+    /// Watch restarts so far: lists after the first.
+    pub fn restarts(&self) -> u64 {
+        self.lists.load(Relaxed).saturating_sub(1)
+    }
+
+    /// Discovery delivered or confirmed the endpoint set now.
+    pub fn synced(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.last_sync_ms.store(u64::try_from(now).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// When discovery last delivered or confirmed the set, in seconds since the Unix epoch; `None` before that.
+    pub fn last_sync(&self) -> Option<f64> {
+        let ms = self.last_sync_ms.load(Relaxed);
+        (ms > 0).then(|| ms as f64 / 1000.0)
     }
 
     /// Errors so far, by cause (`"403"`, `"429"`, `"410"`, `"connect"`, …).

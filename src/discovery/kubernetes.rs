@@ -74,9 +74,12 @@ pub async fn run(
         let Some(event) = next else { break };
         let changed = match event {
             Ok(event) => {
-                if matches!(event, watcher::Event::InitApply(_)) {
+                match event {
+                    // `Init` comes before the LIST request: it says nothing about whether the API answers.
+                    watcher::Event::Init => health.listing(),
                     // The LIST answered.
-                    retry.reset();
+                    watcher::Event::InitApply(_) => retry.reset(),
+                    _ => {}
                 }
                 slices.apply(event, &port)
             }
@@ -104,6 +107,7 @@ pub async fn run(
         }
         retry.reset();
         health.recovered();
+        health.synced();
         check_at = None;
         let set = usable(slices.current(), options.ip_family);
         if last.as_ref() != Some(&set) {

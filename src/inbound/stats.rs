@@ -5,18 +5,21 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::{Duration, SystemTime},
 };
 
+use parking_lot::Mutex;
+
 use tokio::time::Instant;
 
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, metrics::MetricType};
 use serde_json::json;
 
-use crate::admin::AdminState;
+use crate::{
+    admin::AdminState,
+    telemetry::metrics::{counter, counter_sample},
+};
 
 /// Distinct caller identities with their own metrics label (`other` takes one of them once they are used up).
 pub const MAX_IDS: usize = 100;
@@ -75,7 +78,7 @@ impl Stats {
     /// Counts one request of `id` (`none` without a SPIFFE ID).
     pub fn record(&self, id: &str, outcome: Outcome) {
         let i = outcome as usize;
-        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.requests.lock();
         if let Some(counts) = m.get_mut(id) {
             counts[i] += 1;
             return;
@@ -87,7 +90,7 @@ impl Stats {
     /// Notes a caller's verified connection, with its certificate serial (hex).
     pub fn connected(&self, id: &str, serial: &str) {
         self.connections.fetch_add(1, Relaxed);
-        let mut m = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.callers.lock();
         let key = (id.to_owned(), serial.to_owned());
         if !m.contains_key(&key)
             && m.len() >= MAX_CALLERS
@@ -107,46 +110,55 @@ impl AdminState for Stats {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP hello_inbound_requests_total Requests by verified caller identity (SPIFFE ID) and outcome.\n\
-             # TYPE hello_inbound_requests_total counter\n",
-        );
-        let mut rows: Vec<_> = self.requests.lock().unwrap_or_else(|e| e.into_inner()).clone().into_iter().collect();
-        rows.sort();
-        for (id, counts) in rows {
-            let id = id.replace('\\', "\\\\").replace('"', "\\\"");
-            for (outcome, n) in Outcome::ALL.iter().zip(counts).filter(|(_, n)| *n > 0) {
-                out.push_str(&format!(
-                    "hello_inbound_requests_total{{client_id=\"{id}\",outcome=\"{}\"}} {n}\n",
-                    outcome.label()
-                ));
-            }
-        }
-        out.push_str(&format!(
-            "# HELP hello_inbound_tls_handshake_failures_total TLS handshakes with callers that failed.\n\
-             # TYPE hello_inbound_tls_handshake_failures_total counter\n\
-             hello_inbound_tls_handshake_failures_total {}\n\
-             # HELP hello_inbound_handshakes_shed_total Connections closed at once: too many handshakes pending.\n\
-             # TYPE hello_inbound_handshakes_shed_total counter\n\
-             hello_inbound_handshakes_shed_total {}\n\
-             # HELP hello_inbound_connections_total Caller connections with a verified certificate.\n\
-             # TYPE hello_inbound_connections_total counter\n\
-             hello_inbound_connections_total {}\n",
-            self.handshake_failures.load(Relaxed),
-            self.handshakes_shed.load(Relaxed),
-            self.connections.load(Relaxed)
-        ));
-        out
+        let mut requests: Vec<_> = self.requests.lock().clone().into_iter().collect();
+        requests.sort();
+        crate::telemetry::metrics::encode_collector(StatsSnapshot {
+            requests,
+            handshake_failures: self.handshake_failures.load(Relaxed),
+            handshakes_shed: self.handshakes_shed.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        })
     }
 
     /// The recent callers: identity, certificate serial, connections.
     fn debug_endpoints(&self) -> Option<serde_json::Value> {
-        let m = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.callers.lock();
         let callers: Vec<_> = m
             .iter()
             .map(|((id, serial), c)| json!({ "client_id": id, "serial": serial, "connections": c.connections }))
             .collect();
         Some(json!({ "callers": callers }))
+    }
+}
+
+/// [`Stats`] as read at one scrape.
+#[derive(Debug)]
+struct StatsSnapshot {
+    requests: Vec<(String, [u64; 4])>,
+    handshake_failures: u64,
+    handshakes_shed: u64,
+    connections: u64,
+}
+
+impl Collector for StatsSnapshot {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut f = enc.encode_descriptor(
+            "hello_inbound_requests",
+            "Requests by verified caller identity (SPIFFE ID) and outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, counts) in &self.requests {
+            for (outcome, n) in Outcome::ALL.iter().zip(counts).filter(|(_, n)| **n > 0) {
+                counter_sample(&mut f, [("client_id", id), ("outcome", outcome.label())], *n)?;
+            }
+        }
+        let failures = "TLS handshakes with callers that failed.";
+        counter(&mut enc, "hello_inbound_tls_handshake_failures", failures, self.handshake_failures)?;
+        let shed = "Connections closed at once: too many handshakes pending.";
+        counter(&mut enc, "hello_inbound_handshakes_shed", shed, self.handshakes_shed)?;
+        let connections = "Caller connections with a verified certificate.";
+        counter(&mut enc, "hello_inbound_connections", connections, self.connections)
     }
 }
 
@@ -167,7 +179,7 @@ impl LogEvery {
 
     /// `Some(lines suppressed since the last one)` when a line is due now, else `None` (and one more suppressed).
     pub fn due(&self) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < self.every) {
             self.suppressed.fetch_add(1, Relaxed);

@@ -175,6 +175,9 @@ impl Body for UpstreamBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.sent(data.len());
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     let (limit, size) = (this.limits.0, super::forward::header_list_size(trailers));
                     if size > limit {

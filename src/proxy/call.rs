@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::Attempt;
-use crate::telemetry::metrics::Metrics;
+use crate::{proxy::call_log::CallLog, telemetry::metrics::Metrics};
 
 /// A call whose outcome is not recorded yet. Dropped armed — the caller reset the stream or went away before the
 /// sidecar answered — it records the call as `CANCELLED`, so abandoned calls show in the request metrics.
@@ -21,17 +21,22 @@ pub struct Unrecorded {
     method: Arc<str>,
     start: Instant,
     armed: bool,
+    /// The call's access log details, filled as the call goes.
+    pub log: CallLog,
 }
 
 impl Unrecorded {
     /// Arms the record of a call that arrived at `start`.
     pub fn new(metrics: Arc<Metrics>, method: Arc<str>, start: Instant) -> Self {
-        Self { metrics, method, start, armed: true }
+        let log = CallLog::new(&metrics);
+        Self { metrics, method, start, armed: true, log }
     }
 
-    /// The outcome was recorded elsewhere.
-    pub fn disarm(mut self) {
+    /// The outcome is recorded elsewhere; what is left of the access log details (nothing, once a
+    /// [`CallRecord`] took them).
+    pub fn disarm(mut self) -> CallLog {
         self.armed = false;
+        std::mem::take(&mut self.log)
     }
 }
 
@@ -39,6 +44,7 @@ impl Drop for Unrecorded {
     fn drop(&mut self) {
         if self.armed {
             self.metrics.record_call(&self.method, Code::Cancelled, self.start.elapsed());
+            self.log.finish(&self.metrics, &self.method, Code::Cancelled, self.start);
         }
     }
 }
@@ -51,6 +57,7 @@ pub struct CallRecord {
     start: Instant,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
+    log: CallLog,
 }
 
 impl CallRecord {
@@ -64,7 +71,20 @@ impl CallRecord {
     ) -> Self {
         let mut attempt = attempt;
         attempt.answered();
-        Self { attempt, method, start, metrics, _permit: permit }
+        let log = CallLog::new(&metrics);
+        Self { attempt, method, start, metrics, _permit: permit, log }
+    }
+
+    /// Attaches the call's access log details, written when the call ends (without them, the line has the
+    /// answering endpoint and no retries or request bytes).
+    pub fn with_log(mut self, log: CallLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Counts response body bytes passed to the caller (for the access log).
+    pub fn sent(&mut self, bytes: usize) {
+        self.log.response_bytes += bytes as u64;
     }
 
     /// The address of the endpoint serving the call.
@@ -79,6 +99,8 @@ impl CallRecord {
         }
         self.attempt.finish(code);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.answered_by(self.attempt.endpoint());
+        self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 
     /// Ends the call with `code` from a stream the backend reset (`RST_STREAM`) after answering: a reset concerns
@@ -90,6 +112,8 @@ impl CallRecord {
         }
         self.attempt.finish_reset(code);
         self.metrics.record_call(&self.method, code, self.start.elapsed());
+        self.log.answered_by(self.attempt.endpoint());
+        self.log.finish(&self.metrics, &self.method, code, self.start);
     }
 }
 

@@ -34,6 +34,7 @@ use crate::{
         Proxy,
         body::{ResponseBody, UpstreamBody},
         call::{CallRecord, Unrecorded},
+        call_log::CallLog,
         error::ProxyError,
         hedge::HedgedCall,
         replay::ReplayBody,
@@ -53,13 +54,21 @@ impl Proxy {
         let start = Instant::now();
         let method = self.method_label(req.uri().path());
         // Records CANCELLED if the caller goes away before an outcome is recorded (this future is dropped).
-        let unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
-        let outcome = self.try_forward(req, method.clone(), start).await;
-        unrecorded.disarm();
+        let mut unrecorded = Unrecorded::new(self.metrics.clone(), method.clone(), start);
+        let outcome = self.try_forward(req, method.clone(), start, &mut unrecorded.log).await;
+        let mut log = unrecorded.disarm();
         match outcome {
-            Ok(res) => res,
+            Ok(res) => {
+                // A Trailers-Only answer on a path that did not write its line: its status is in the headers. (A
+                // response with a body writes its line when the body ends.)
+                if log.on && res.body().is_end_stream() {
+                    log.finish(&self.metrics, &method, status_of(res.headers()).unwrap_or(Code::Unknown), start);
+                }
+                res
+            }
             Err(e) => {
                 self.metrics.record_call(&method, e.code(), start.elapsed());
+                log.finish(&self.metrics, &method, e.code(), start);
                 if let ProxyError::HeadersTooLarge { .. } = e {
                     self.metrics.headers_too_large.fetch_add(1, Relaxed);
                     tracing::warn!(%method, error = %e, "call refused at the sidecar");
@@ -76,6 +85,7 @@ impl Proxy {
         req: Request<RequestBody>,
         method: Arc<str>,
         start: Instant,
+        log: &mut CallLog,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let path = req.uri().path();
         let Some(balancer) = self.routes.get(path).cloned() else {
@@ -117,12 +127,15 @@ impl Proxy {
             parts.headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         let origin = ReplayBody::new(body, RETRY_BUFFER, self.config.max_message_bytes);
+        if log.on {
+            log.request = Some(origin.tally());
+        }
         // `waitForReady` calls wait for an endpoint up to their deadline; the others fail fast.
         let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
         let wait_until = if wait_for_ready { deadline } else { deadline.min(start + self.config.failfast_timeout) };
         if let Some(hedging) = policy.as_ref().and_then(|p| p.hedging.as_ref()) {
             let call = HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit };
-            return self.hedged(call, hedging).await;
+            return self.hedged(call, hedging, log).await;
         }
         let mut retry = PolicyRetry::new(policy.as_ref().and_then(|p| p.retry.as_ref()));
         // Endpoints that refused this call (or failed it retryably): avoided by the next pick while another one is
@@ -141,6 +154,7 @@ impl Proxy {
             attempts += 1;
 
             let (mut attempt, mut sender) = picked.begin();
+            log.attempt(attempt.endpoint(), attempts - 1);
             let sent = tokio::time::timeout_at(deadline, sender.try_send_request(upstream)).await;
             let res = match sent {
                 Err(_) => {
@@ -199,9 +213,11 @@ impl Proxy {
                     continue;
                 }
                 self.metrics.record_call(&method, code, start.elapsed());
+                log.finish(&self.metrics, &method, code, start);
                 return Ok(res.map(|_| ResponseBody::empty()));
             }
-            let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
+            let record =
+                CallRecord::new(attempt, method, start, self.metrics.clone(), permit).with_log(std::mem::take(log));
             return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
         }
     }

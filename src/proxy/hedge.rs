@@ -43,8 +43,8 @@ use crate::{
     grpc::status_of,
     pool::{self, SendFailure},
     proxy::{
-        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, error::ProxyError, forward::header_list_size,
-        replay::ReplayBody,
+        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, call_log::CallLog, error::ProxyError,
+        forward::header_list_size, replay::ReplayBody,
     },
     service_config::{CodeSet, HedgingPolicy},
 };
@@ -171,6 +171,7 @@ impl Proxy {
         &self,
         call: HedgedCall,
         policy: &HedgingPolicy,
+        log: &mut CallLog,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit } = call;
         origin.share();
@@ -210,6 +211,7 @@ impl Proxy {
                             tried.push(addr);
                             let i = attempts.len();
                             let (attempt, mut sender) = picked.begin();
+                            log.attempt(attempt.endpoint(), schedule.sent());
                             attempts.push(Some(attempt));
                             let sent = sender.try_send_request(req);
                             in_flight.push(async move { (i, sent.await) });
@@ -305,7 +307,12 @@ impl Proxy {
                     // The losers are reset first (their response futures dropped), then released.
                     drop(in_flight);
                     finish(&mut attempts);
-                    let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit);
+                    if log.on {
+                        // The winner, not the latest hedge, answered.
+                        log.endpoint = Some(attempt.endpoint().clone());
+                    }
+                    let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit)
+                        .with_log(std::mem::take(log));
                     return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
                 }
                 (Verdict::Fatal, Some(code)) => {

@@ -11,6 +11,7 @@ mod authority;
 pub mod body;
 pub mod budget;
 pub mod call;
+pub mod call_log;
 pub mod connect;
 mod connect_call;
 pub mod error;
@@ -140,6 +141,10 @@ impl Proxy {
             Err(e) => {
                 if let ProxyError::Unimplemented(_) = &e {
                     self.metrics.record_call(OTHER_METHOD, e.code(), Duration::ZERO);
+                    if self.metrics.access_log().is_some() {
+                        let mut log = call_log::CallLog::new(&self.metrics);
+                        log.finish(&self.metrics, &Arc::from(OTHER_METHOD), e.code(), tokio::time::Instant::now());
+                    }
                 }
                 e.into_response()
             }

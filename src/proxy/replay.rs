@@ -44,6 +44,8 @@ struct Shared<B> {
     cap: usize,
     /// Data frames read from the client so far.
     read: usize,
+    /// Data bytes read from the client so far.
+    read_bytes: u64,
     overflowed: bool,
     trailers: Option<HeaderMap>,
     done: bool,
@@ -84,6 +86,7 @@ impl<B: Body> ReplayBody<B> {
             kept_bytes: 0,
             cap,
             read: 0,
+            read_bytes: 0,
             overflowed: false,
             trailers: None,
             done,
@@ -116,6 +119,11 @@ impl<B: Body> ReplayBody<B> {
         }
     }
 
+    /// A handle that reads how many request bytes came from the client, for the access log.
+    pub fn tally(&self) -> Tally<B> {
+        Tally(self.shared.clone())
+    }
+
     /// The size of the oversized message that stopped the call, if any.
     pub fn too_large(&self) -> Option<(u64, u64)> {
         let s = self.lock();
@@ -124,6 +132,16 @@ impl<B: Body> ReplayBody<B> {
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, Shared<B>> {
         self.shared.lock()
+    }
+}
+
+/// Reads the request bytes a [`ReplayBody`] took from the client ([`ReplayBody::tally`]).
+pub struct Tally<B = RequestBody>(Arc<Mutex<Shared<B>>>);
+
+impl<B> Tally<B> {
+    /// Data bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.lock().read_bytes
     }
 }
 
@@ -181,6 +199,7 @@ where
                         return Poll::Ready(Some(Err(ReplayError::TooLarge { size, limit }.into())));
                     }
                     s.read += 1;
+                    s.read_bytes += data.len() as u64;
                     this.pos = s.read;
                     if !s.overflowed && s.kept_bytes + data.len() <= s.cap {
                         s.kept_bytes += data.len();

@@ -51,19 +51,32 @@ impl AdminState for ServerStats {
     }
 
     fn metrics(&self) -> String {
-        format!(
-            "# HELP hello_server_connections_accepted_total TCP connections accepted.\n\
-             # TYPE hello_server_connections_accepted_total counter\n\
-             hello_server_connections_accepted_total {}\n\
-             # HELP hello_server_calls_total Calls answered.\n\
-             # TYPE hello_server_calls_total counter\n\
-             hello_server_calls_total {}\n\
-             # HELP hello_server_calls_cancelled_total Calls the caller cancelled before the answer was ready.\n\
-             # TYPE hello_server_calls_cancelled_total counter\n\
-             hello_server_calls_cancelled_total {}\n",
-            self.connections.load(Relaxed),
-            self.calls.load(Relaxed),
-            self.cancelled.load(Relaxed)
+        crate::telemetry::metrics::encode_collector(StatsSnapshot {
+            connections: self.connections.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+        })
+    }
+}
+
+/// [`ServerStats`] as read at one scrape.
+#[derive(Debug)]
+struct StatsSnapshot {
+    connections: u64,
+    calls: u64,
+    cancelled: u64,
+}
+
+impl prometheus_client::collector::Collector for StatsSnapshot {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder<'_>) -> std::fmt::Result {
+        use crate::telemetry::metrics::counter;
+        counter(&mut enc, "hello_server_connections_accepted", "TCP connections accepted.", self.connections)?;
+        counter(&mut enc, "hello_server_calls", "Calls answered.", self.calls)?;
+        counter(
+            &mut enc,
+            "hello_server_calls_cancelled",
+            "Calls the caller cancelled before the answer was ready.",
+            self.cancelled,
         )
     }
 }

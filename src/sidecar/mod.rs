@@ -1,6 +1,7 @@
 //! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection (local and
 //! forwarded, [`crate::reflection`]) and the admin port.
 
+mod collector;
 mod health;
 mod state;
 
@@ -21,7 +22,7 @@ use crate::{
     reflection::{Reflector, schema::Schemas},
     routes::{RouteError, RouteTable},
     target::Target,
-    telemetry::metrics::Metrics,
+    telemetry::{access_log::AccessLog, metrics::Metrics},
 };
 
 /// Why the sidecar could not start.
@@ -39,6 +40,14 @@ pub enum StartError {
     /// The routes contradict each other (a service routed twice) or there are none.
     #[error("invalid value for --route: {0}")]
     Route(#[from] RouteError),
+    /// The access log's file could not be opened.
+    #[error("--access-log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
 }
 
 /// A running sidecar: its bound addresses, for tests and the demo.
@@ -59,6 +68,10 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
+    if let Some(sink) = &args.access_log {
+        let log = AccessLog::start(sink).map_err(|source| StartError::AccessLog { path: sink.to_string(), source })?;
+        metrics.set_access_log(log);
+    }
     let tls = args.tls.settings().map(|s| crate::tls::ClientTls::new(&s)).transpose()?;
     let settings = balance::Settings {
         pool: pool::Settings {
@@ -88,11 +101,13 @@ pub async fn start(
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin);
 
+    let registry = state::registry(&targets, &metrics);
     let state = Arc::new(SidecarState {
         targets,
         routes,
         metrics: metrics.clone(),
         serving: std::sync::atomic::AtomicBool::new(true),
+        registry,
     });
     health::spawn(reporter, state.clone()).await;
 

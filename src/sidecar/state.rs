@@ -1,21 +1,23 @@
 //! What the sidecar's admin port reports: readiness over every target, metrics, and `/debug/endpoints`.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
 };
 
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::{
     admin::AdminState,
     pool,
     routes::ServiceMatch,
+    sidecar::collector::TargetsCollector,
     target::Target,
-    telemetry::metrics::{Metrics, gauge},
+    telemetry::{
+        metrics::{self, Metrics},
+        process::ProcessCollector,
+    },
 };
 
 /// The sidecar's shared state, as the admin port sees it.
@@ -27,6 +29,17 @@ pub struct SidecarState {
     /// Counters.
     pub metrics: Arc<Metrics>,
     pub(super) serving: AtomicBool,
+    /// What `/metrics` encodes: [`Metrics`], the targets' families, the process and build families.
+    pub(super) registry: Registry,
+}
+
+/// The registry of the sidecar role.
+pub(super) fn registry(targets: &[Arc<Target>], metrics: &Arc<Metrics>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(metrics.clone()));
+    registry.register_collector(Box::new(TargetsCollector::new(targets)));
+    registry.register_collector(Box::<ProcessCollector>::default());
+    registry
 }
 
 impl SidecarState {
@@ -34,8 +47,6 @@ impl SidecarState {
         self.targets.iter().find_map(|t| t.discovery.problem().map(|p| format!("{}: {p}", t.name())))
     }
 }
-
-const STATES: [&str; 5] = ["ready", "connecting", "backoff", "ejected", "draining"];
 
 impl AdminState for SidecarState {
     /// Ready once every target has synced at least once (and until shutdown starts).
@@ -58,50 +69,7 @@ impl AdminState for SidecarState {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        self.metrics.render(&mut out);
-        let now = tokio::time::Instant::now();
-        let mut total: BTreeMap<&str, u64> = STATES.into_iter().map(|s| (s, 0)).collect();
-        let (mut per_target, mut open, mut in_flight) = (Vec::new(), Vec::new(), Vec::new());
-        for t in &self.targets {
-            let set = t.balancer.snapshot();
-            let mut by_state: BTreeMap<&str, u64> = STATES.into_iter().map(|s| (s, 0)).collect();
-            for e in set.iter() {
-                let state = if e.is_ejected(now) { "ejected" } else { e.connection_state().name() };
-                *by_state.entry(state).or_default() += 1;
-                *total.entry(state).or_default() += 1;
-            }
-            let label = format!("target=\"{}\"", t.name());
-            per_target.extend(by_state.into_iter().map(|(s, n)| (format!("{label},state=\"{s}\""), n)));
-            open.push((label.clone(), set.iter().map(|e| e.open_connections() as u64).sum()));
-            in_flight.push((label, set.iter().map(|e| u64::from(e.in_flight())).sum()));
-        }
-        let samples: Vec<_> = total.into_iter().map(|(s, n)| (format!("state=\"{s}\""), n)).collect();
-        gauge(&mut out, "hello_sidecar_endpoints", "Endpoints of every target, by state.", &samples);
-        gauge(&mut out, "hello_sidecar_target_endpoints", "Endpoints of each target, by state.", &per_target);
-        gauge(&mut out, "hello_sidecar_connections_open", "Open HTTP/2 connections to endpoints, per target.", &open);
-        gauge(&mut out, "hello_sidecar_calls_in_flight", "Calls in flight to endpoints, per target.", &in_flight);
-        let name = "hello_sidecar_discovery_errors_total";
-        out.push_str(&format!(
-            "# HELP {name} Failed discovery requests, by target and HTTP status of the API's answer (connect: no \
-             answer).\n# TYPE {name} counter\n"
-        ));
-        let mut failing = Vec::new();
-        for t in &self.targets {
-            for (cause, n) in t.discovery.errors() {
-                out.push_str(&format!("{name}{{target=\"{}\",status=\"{cause}\"}} {n}\n", t.name()));
-            }
-            failing.push((format!("target=\"{}\"", t.name()), u64::from(t.discovery.problem().is_some())));
-        }
-        let any = failing.iter().any(|(_, v)| *v == 1);
-        failing.insert(0, (String::new(), u64::from(any)));
-        gauge(
-            &mut out,
-            "hello_sidecar_discovery_failing",
-            "1 while discovery is failing (the last known endpoints stay in use); unlabelled: any target.",
-            &failing,
-        );
-        out
+        metrics::encode(&self.registry)
     }
 
     fn debug_endpoints(&self) -> Option<serde_json::Value> {

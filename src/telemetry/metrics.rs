@@ -1,44 +1,40 @@
-//! A small Prometheus registry for the sidecar: counters and a latency histogram, rendered in the text format.
+//! The sidecar's counters and how they reach Prometheus.
 //!
-//! Hand-written rather than pulled in: the proxy needs a handful of families, and keeping them as atomics
-//! (plus one short lock per finished call for the per-method map) keeps the hot path cheap.
+//! Recording is plain atomics (one short read lock for the per-method map), so the hot path never allocates or
+//! formats; the exposition is the `prometheus-client` crate's Prometheus text encoder (format 0.0.4), fed at
+//! scrape time by [`Collector`]s that read those atomics. Nothing here writes exposition text by hand.
+//!
+//! Naming follows the Prometheus conventions: base units in the name (`_seconds`, `_bytes`), `_total` on
+//! counters (the encoder appends it: a counter's descriptor name here has no suffix), bounded label values.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
+use parking_lot::RwLock;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
 use tonic::Code;
 
-use crate::grpc::code_name;
+pub use super::calls::{BUCKETS, CallStats, EndpointStats, Histogram};
+use crate::telemetry::access_log::AccessLog;
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
 /// Distinct method labels kept; past this, calls count under `other` so a client cannot blow up the registry.
 const MAX_METHODS: usize = 64;
-
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-#[derive(Default)]
-struct PerMethod {
-    by_status: [u64; 17],
-    latency: Histogram,
-}
 
 /// The sidecar's counters. One instance per process, shared by reference.
 #[derive(Default)]
 pub struct Metrics {
-    calls: Mutex<BTreeMap<String, PerMethod>>,
+    calls: RwLock<HashMap<Box<str>, CallStats>>,
     /// Transparent retries: attempts that never reached the backend's application (not sent, REFUSED_STREAM,
     /// above a GOAWAY's last-stream-id), sent again.
     pub retries_transparent: AtomicU64,
@@ -63,25 +59,29 @@ pub struct Metrics {
     /// HTTP/2 connections this side closed with a GOAWAY because the peer broke a rule or an abuse limit, by
     /// side (inbound, upstream) and code (`ENHANCE_YOUR_CALM`, any other).
     goaways_sent: [[AtomicU64; 2]; 2],
+    /// The access log, when `--access-log` is on.
+    access_log: std::sync::OnceLock<std::sync::Arc<AccessLog>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
-    /// Records one finished call.
+    /// Records one finished call. Allocates only the first time a method label is seen.
     pub fn record_call(&self, method: &str, code: Code, elapsed: Duration) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS { method } else { "other" };
-        let entry = match calls.get_mut(key) {
-            Some(e) => e,
-            None => calls.entry(key.to_owned()).or_default(),
-        };
-        entry.by_status[(code as i32).clamp(0, 16) as usize] += 1;
-        let secs = elapsed.as_secs_f64();
-        let h = &mut entry.latency;
-        h.count += 1;
-        h.sum += secs;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            h.buckets[i] += 1;
+        {
+            let calls = self.calls.read();
+            if let Some(stats) = calls.get(method) {
+                stats.record(code, elapsed);
+                return;
+            }
         }
+        let mut calls = self.calls.write();
+        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS { method } else { "other" };
+        calls.entry(key.into()).or_default().record(code, elapsed);
     }
 
     /// Counts a GOAWAY this side sent on an inbound (app) or upstream (backend) connection, with `reason`.
@@ -90,134 +90,186 @@ impl Metrics {
         self.goaways_sent[usize::from(upstream)][code].fetch_add(1, Relaxed);
     }
 
-    /// Calls recorded for `method` with `code` (tests and the demo read this).
-    pub fn calls(&self, method: &str, code: Code) -> u64 {
-        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        calls.get(method).map_or(0, |m| m.by_status[(code as i32).clamp(0, 16) as usize])
+    /// Turns the access log on (once; later calls change nothing).
+    pub fn set_access_log(&self, log: std::sync::Arc<AccessLog>) {
+        let _ = self.access_log.set(log);
     }
 
-    /// Renders the call families and the plain counters; `extra` gauges come from the caller.
-    pub fn render(&self, out: &mut String) {
-        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str("# HELP hello_sidecar_requests_total gRPC calls handled, by method and grpc status.\n");
-        out.push_str("# TYPE hello_sidecar_requests_total counter\n");
-        for (method, m) in calls.iter() {
-            for (i, n) in m.by_status.iter().enumerate().filter(|(_, n)| **n > 0) {
-                let status = code_name(Code::from_i32(i as i32));
-                let _ =
-                    writeln!(out, "hello_sidecar_requests_total{{method=\"{method}\",grpc_status=\"{status}\"}} {n}");
+    /// The access log, when it is on.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.get().map(|l| &**l)
+    }
+
+    /// Calls recorded for `method` with `code` (tests and the demo read this).
+    pub fn calls(&self, method: &str, code: Code) -> u64 {
+        let calls = self.calls.read();
+        calls.get(method).map_or(0, |m| m.calls(code))
+    }
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        {
+            let calls = self.calls.read();
+            let mut methods: Vec<_> = calls.iter().collect();
+            methods.sort_by(|a, b| a.0.cmp(b.0));
+            let mut family = enc.encode_descriptor(
+                "hello_sidecar_requests",
+                "gRPC calls handled, by method and grpc status.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (method, stats) in &methods {
+                stats.encode_statuses(&mut family, [("method", method)])?;
+            }
+            let mut family = enc.encode_descriptor(
+                "hello_sidecar_request_duration_seconds",
+                "Time from a call's arrival to its last byte.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (method, stats) in &methods {
+                stats.encode_latency(&mut family, &[("method", &***method)])?;
             }
         }
-        out.push_str("# HELP hello_sidecar_request_duration_seconds Time from a call's arrival to its last byte.\n");
-        out.push_str("# TYPE hello_sidecar_request_duration_seconds histogram\n");
-        for (method, m) in calls.iter() {
-            let h = &m.latency;
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(h.buckets.iter()) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "hello_sidecar_request_duration_seconds_bucket{{method=\"{method}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "hello_sidecar_request_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {}\n\
-                 hello_sidecar_request_duration_seconds_sum{{method=\"{method}\"}} {}\n\
-                 hello_sidecar_request_duration_seconds_count{{method=\"{method}\"}} {}",
-                h.count, h.sum, h.count
-            );
-        }
-        drop(calls);
         let retries = [("transparent", &self.retries_transparent), ("policy", &self.retries_policy)];
-        out.push_str("# HELP hello_sidecar_retries_total Attempts sent again, by reason (transparent: never reached the application).\n");
-        out.push_str("# TYPE hello_sidecar_retries_total counter\n");
+        let mut family = enc.encode_descriptor(
+            "hello_sidecar_retries",
+            "Attempts sent again, by reason (transparent: never reached the application).",
+            None,
+            MetricType::Counter,
+        )?;
         for (reason, n) in retries {
-            let _ = writeln!(out, "hello_sidecar_retries_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
+            counter_sample(&mut family, [("reason", reason)], n.load(Relaxed))?;
+        }
+        let plain = [
+            ("hello_sidecar_retries_refused", "Retries refused by the retry budget.", &self.retries_refused_by_budget),
+            ("hello_sidecar_ejections", "Endpoints ejected after consecutive failures.", &self.ejections),
+            (
+                "hello_sidecar_keepalive_goaways",
+                "Backend connections closed by the peer's GOAWAY too_many_pings (the keepalive interval was doubled).",
+                &self.keepalive_goaways,
+            ),
+            (
+                "hello_sidecar_headers_too_large",
+                "Requests or responses refused because a header or trailer block was over --max-header-bytes.",
+                &self.headers_too_large,
+            ),
+        ];
+        for (name, help, n) in plain {
+            counter(&mut enc, name, help, n.load(Relaxed))?;
+        }
+        let mut family = enc.encode_descriptor(
+            "hello_sidecar_connects",
+            "Connection attempts to endpoints, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        counter_sample(&mut family, [("result", "ok")], self.connects_ok.load(Relaxed))?;
+        counter_sample(&mut family, [("result", "error")], self.connects_failed.load(Relaxed))?;
+        let updates = self.discovery_updates.load(Relaxed);
+        counter(&mut enc, "hello_sidecar_discovery_updates", "Endpoint sets received from discovery.", updates)?;
+        if let Some(log) = self.access_log() {
+            let help = "Access log lines dropped because the writer fell behind (calls never wait for it).";
+            counter(&mut enc, "hello_sidecar_access_log_dropped", help, log.dropped())?;
         }
         counter(
-            out,
-            "hello_sidecar_retries_refused_total",
-            "Retries refused by the retry budget.",
-            &self.retries_refused_by_budget,
-        );
-        counter(out, "hello_sidecar_ejections_total", "Endpoints ejected after consecutive failures.", &self.ejections);
-        counter(
-            out,
-            "hello_sidecar_keepalive_goaways_total",
-            "Backend connections closed by the peer's GOAWAY too_many_pings (the keepalive interval was doubled).",
-            &self.keepalive_goaways,
-        );
-        counter(
-            out,
-            "hello_sidecar_headers_too_large_total",
-            "Requests or responses refused because a header or trailer block was over --max-header-bytes.",
-            &self.headers_too_large,
-        );
-        out.push_str("# HELP hello_sidecar_connects_total Connection attempts to endpoints, by result.\n");
-        out.push_str("# TYPE hello_sidecar_connects_total counter\n");
-        let _ = writeln!(out, "hello_sidecar_connects_total{{result=\"ok\"}} {}", self.connects_ok.load(Relaxed));
-        let _ =
-            writeln!(out, "hello_sidecar_connects_total{{result=\"error\"}} {}", self.connects_failed.load(Relaxed));
-        counter(
-            out,
-            "hello_sidecar_discovery_updates_total",
-            "Endpoint sets received from discovery.",
-            &self.discovery_updates,
-        );
-        counter(out, "hello_sidecar_overloaded_total", "Calls refused at the concurrency limit.", &self.overloaded);
-        out.push_str(
-            "# HELP hello_sidecar_http2_goaways_sent_total HTTP/2 connections closed here because the peer broke a \
-             protocol rule or an abuse limit (enhance_your_calm: floods), by side.\n",
-        );
-        out.push_str("# TYPE hello_sidecar_http2_goaways_sent_total counter\n");
+            &mut enc,
+            "hello_sidecar_overloaded",
+            "Calls refused at the concurrency limit.",
+            self.overloaded.load(Relaxed),
+        )?;
+        let mut family = enc.encode_descriptor(
+            "hello_sidecar_http2_goaways_sent",
+            "HTTP/2 connections closed here because the peer broke a protocol rule or an abuse limit \
+             (enhance_your_calm: floods), by side.",
+            None,
+            MetricType::Counter,
+        )?;
         for (s, side) in ["inbound", "upstream"].iter().enumerate() {
             for (c, code) in ["enhance_your_calm", "other"].iter().enumerate() {
                 let n = self.goaways_sent[s][c].load(Relaxed);
-                let _ = writeln!(out, "hello_sidecar_http2_goaways_sent_total{{side=\"{side}\",code=\"{code}\"}} {n}");
+                counter_sample(&mut family, [("side", side), ("code", code)], n)?;
             }
         }
+        Ok(())
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", value.load(Relaxed));
+/// Encodes one unlabelled counter family (`name` without `_total`: the encoder appends it).
+pub fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, f64>(&value, None)
 }
 
-/// Appends one gauge family with labelled samples.
-pub fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
-    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {v}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
+/// Encodes one sample with `labels` of a counter family.
+pub fn counter_sample<const N: usize>(
+    family: &mut MetricEncoder<'_>,
+    labels: [(&str, &str); N],
+    value: u64,
+) -> std::fmt::Result {
+    family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, f64>(&value, None)
+}
+
+/// Encodes one sample with `labels` of a gauge family.
+pub fn gauge_sample<const N: usize>(
+    family: &mut MetricEncoder<'_>,
+    labels: [(&str, &str); N],
+    value: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> std::fmt::Result {
+    family.encode_family(&labels)?.encode_gauge(&value)
+}
+
+/// Encodes a registry in the Prometheus text format (0.0.4), served with [`CONTENT_TYPE`].
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail; a collector's error would only cut the exposition short.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "metrics exposition failed");
     }
+    out
+}
+
+/// Encodes one collector alone (a role's snapshot of its counters, taken at scrape time).
+pub fn encode_collector(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    encode(&registry)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    fn render(m: Metrics) -> String {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Arc::new(m)));
+        encode(&r)
+    }
 
     #[test]
     fn renders_calls_by_method_and_status_with_a_cumulative_histogram() {
         let m = Metrics::default();
         m.record_call("/hello.v1.HelloService/SayHello", Code::Ok, Duration::from_millis(2));
         m.record_call("/hello.v1.HelloService/SayHello", Code::InvalidArgument, Duration::from_millis(20));
-        let mut out = String::new();
-        m.render(&mut out);
+        let out = render(m);
         assert!(
             out.contains(
-                "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"OK\"} 1"
-            )
+                "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"OK\"} 1\n"
+            ),
+            "{out}"
         );
+        assert!(out.contains("# TYPE hello_sidecar_requests_total counter\n"), "{out}");
         assert!(out.contains("grpc_status=\"INVALID_ARGUMENT\"} 1"));
-        assert!(out.contains("le=\"0.0025\"} 1"));
+        assert!(out.contains("le=\"0.0025\"} 1"), "{out}");
         assert!(out.contains("le=\"0.025\"} 2"));
+        assert!(out.contains("le=\"+Inf\"} 2"));
         assert!(
             out.contains("hello_sidecar_request_duration_seconds_count{method=\"/hello.v1.HelloService/SayHello\"} 2")
         );
+        assert!(out.contains("hello_sidecar_retries_total{reason=\"transparent\"} 0\n"), "{out}");
+        assert!(out.contains("hello_sidecar_ejections_total 0\n"), "{out}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Logs (tracing, `RUST_LOG`-style filter, plain or JSON) and Prometheus metrics.
 
+pub mod access_log;
+pub mod calls;
 pub mod metrics;
+pub mod process;
 
 use tracing_subscriber::{EnvFilter, fmt};
 

@@ -190,6 +190,10 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
       value: {{ $s.keepaliveInterval | quote }}
     - name: HELLO_SIDECAR_EWMA_DECAY
       value: {{ $s.ewmaDecay | quote }}
+    {{- with $s.accessLog }}
+    - name: HELLO_SIDECAR_ACCESS_LOG
+      value: {{ . | quote }}
+    {{- end }}
     - name: HELLO_SIDECAR_IP_FAMILY
       value: {{ $s.ipFamily | quote }}
     - name: HELLO_SIDECAR_THREADS

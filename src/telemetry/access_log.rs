@@ -1,0 +1,280 @@
+//! The opt-in access log (`--access-log stdout|stderr|PATH`): one JSON object per line for every call the
+//! sidecar ends.
+//!
+//! Off the hot path: a call hands its [`Entry`] (plain fields and reference-counted handles, nothing formatted)
+//! to a bounded channel with `try_send`, and one writer thread formats and writes the lines (a thread, not a
+//! task: blocking writes to a slow disk or pipe never hold up the proxy's runtime). When the writer
+//! falls behind and the channel is full, the line is dropped and counted
+//! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log.
+//!
+//! A line (fields always present; `target` and `endpoint` are null when no endpoint was tried):
+//! `{"timestamp":"2026-11-30T04:41:49.123Z","method":"/hello.v1.HelloService/SayHello","target":"kubernetes:///hello.default:grpc","endpoint":"hello-7d9c-x2x4q","status":"OK","duration_seconds":0.0021,"retries":0,"request_bytes":12,"response_bytes":21}`
+//! — `method` is the bounded metrics label of the path, `endpoint` the pod's name (else its address), `status`
+//! the gRPC status name, the byte counts those of gRPC message frames (body, no headers).
+
+use std::{
+    io::{BufWriter, Write},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tonic::Code;
+
+use crate::grpc::code_name;
+
+/// Lines waiting for the writer at most; past this, lines are dropped and counted.
+const QUEUE: usize = 4096;
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error (shared with the logs).
+    Stderr,
+    /// A file, created if missing and appended to.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::Stderr => f.write_str("stderr"),
+            Sink::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Parses `--access-log`: `stdout`, `stderr`, or a file path.
+pub fn parse_sink(s: &str) -> Result<Sink, String> {
+    match s.trim() {
+        "" => Err("empty: give stdout, stderr or a file path".into()),
+        "stdout" => Ok(Sink::Stdout),
+        "stderr" => Ok(Sink::Stderr),
+        path => Ok(Sink::File(path.into())),
+    }
+}
+
+/// The endpoint a call went to, named when its line is written (not on the call's path).
+pub trait Peer: Send + Sync {
+    /// The target the endpoint belongs to, as the user wrote it.
+    fn target(&self) -> &str;
+    /// The endpoint's name: its pod's name when known, else its address.
+    fn name(&self) -> String;
+}
+
+/// One finished call.
+pub struct Entry {
+    /// When it ended.
+    pub at: SystemTime,
+    /// The method's metrics label (bounded: see `Proxy::method_label`).
+    pub method: Arc<str>,
+    /// The endpoint of the last attempt, if one was tried.
+    pub peer: Option<Arc<dyn Peer>>,
+    /// The status the caller got.
+    pub code: Code,
+    /// From the call's arrival to its end.
+    pub duration: Duration,
+    /// Attempts after the first (transparent and policy retries).
+    pub retries: u32,
+    /// Request body bytes read from the caller.
+    pub request_bytes: u64,
+    /// Response body bytes passed to the caller.
+    pub response_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    timestamp: String,
+    method: &'a str,
+    target: Option<&'a str>,
+    endpoint: Option<String>,
+    status: &'static str,
+    duration_seconds: f64,
+    retries: u32,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// The access log: a queue to its writer thread.
+pub struct AccessLog {
+    tx: mpsc::SyncSender<Entry>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Opens `sink` and starts the writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending, or the thread cannot start.
+    pub fn start(sink: &Sink) -> std::io::Result<Arc<Self>> {
+        let out: Box<dyn Write + Send> = match sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::Stderr => Box::new(std::io::stderr()),
+            Sink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&rx, BufWriter::new(out)))?;
+        Ok(Arc::new(Self { tx, dropped: AtomicU64::new(0) }))
+    }
+
+    /// Queues one line; drops and counts it when the writer is behind. Never waits.
+    pub fn record(&self, entry: Entry) {
+        if self.tx.try_send(entry).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Lines dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+}
+
+/// Writes lines until every sender is gone. Flushes whenever the queue is empty: bursts go out in large writes,
+/// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls.
+fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>) {
+    let mut buf = Vec::with_capacity(512);
+    while let Ok(mut entry) = rx.recv() {
+        loop {
+            buf.clear();
+            format_line(&entry, &mut buf);
+            drop(entry);
+            let _ = out.write_all(&buf);
+            match rx.try_recv() {
+                Ok(next) => entry = next,
+                Err(_) => break,
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Appends `entry` as one JSON line to `buf`.
+fn format_line(entry: &Entry, buf: &mut Vec<u8>) {
+    let line = Line {
+        timestamp: rfc3339_millis(entry.at),
+        method: &entry.method,
+        target: entry.peer.as_deref().map(Peer::target),
+        endpoint: entry.peer.as_deref().map(Peer::name),
+        status: code_name(entry.code),
+        duration_seconds: entry.duration.as_secs_f64(),
+        retries: entry.retries,
+        request_bytes: entry.request_bytes,
+        response_bytes: entry.response_bytes,
+    };
+    if serde_json::to_writer(&mut *buf, &line).is_ok() {
+        buf.push(b'\n');
+    }
+}
+
+/// `t` in UTC as RFC 3339 with milliseconds, e.g. `2026-11-30T04:41:49.123Z` (days to civil date: Howard
+/// Hinnant's `civil_from_days`, proleptic Gregorian calendar).
+fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Pod;
+
+    impl Peer for Pod {
+        fn target(&self) -> &str {
+            "kubernetes:///hello.default:grpc"
+        }
+        fn name(&self) -> String {
+            "hello-0".into()
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29T23:59:59.5Z: a leap day.
+        assert_eq!(rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_709_251_199_500)), "2024-02-29T23:59:59.500Z");
+        assert_eq!(rfc3339_millis(UNIX_EPOCH + Duration::from_secs(1_796_013_706)), "2026-11-30T04:41:46.000Z");
+    }
+
+    #[test]
+    fn a_line_has_every_field() {
+        let mut buf = Vec::new();
+        let entry = Entry {
+            at: UNIX_EPOCH,
+            method: Arc::from("/hello.v1.HelloService/SayHello"),
+            peer: Some(Arc::new(Pod)),
+            code: Code::DeadlineExceeded,
+            duration: Duration::from_millis(250),
+            retries: 2,
+            request_bytes: 12,
+            response_bytes: 0,
+        };
+        format_line(&entry, &mut buf);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("JSON");
+        assert_eq!(v["status"], "DEADLINE_EXCEEDED");
+        assert_eq!(v["endpoint"], "hello-0");
+        assert_eq!(v["target"], "kubernetes:///hello.default:grpc");
+        assert_eq!(v["duration_seconds"], 0.25);
+        assert_eq!(v["retries"], 2);
+        assert_eq!(v["request_bytes"], 12);
+        let none = Entry { peer: None, ..entry };
+        buf.clear();
+        format_line(&none, &mut buf);
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("JSON");
+        assert!(v["endpoint"].is_null() && v["target"].is_null());
+    }
+
+    #[test]
+    fn sinks_parse() {
+        assert_eq!(parse_sink("stdout"), Ok(Sink::Stdout));
+        assert_eq!(parse_sink("stderr"), Ok(Sink::Stderr));
+        assert_eq!(parse_sink("/var/log/a.jsonl"), Ok(Sink::File("/var/log/a.jsonl".into())));
+        assert!(parse_sink(" ").is_err());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_never_waits() {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let log = AccessLog { tx, dropped: AtomicU64::new(0) };
+        for _ in 0..3 {
+            log.record(Entry {
+                at: UNIX_EPOCH,
+                method: Arc::from("m"),
+                peer: None,
+                code: Code::Ok,
+                duration: Duration::ZERO,
+                retries: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+            });
+        }
+        assert_eq!(log.dropped(), 2);
+    }
+}
