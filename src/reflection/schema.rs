@@ -3,10 +3,12 @@
 //!
 //! Learned schemas are cached per target: the first JSON call to a service asks one backend for the file that
 //! defines the service (`FileContainingSymbol`) and then for every dependency the answer lacks
-//! (`FileByFilename`), all on one pinned endpoint so the files come from one build. The cache is refreshed on
-//! failure: a method missing from it is looked up again (a newer build may have added it), the caller can ask for
-//! a fresh copy when a message does not map ([`Schemas::refresh`]), and a failed lookup is remembered only for
-//! [`RETRY_AFTER`], so a backend without reflection costs one lookup per few seconds, not one per call.
+//! (`FileByFilename`), all on one pinned endpoint so the files come from one build. The cache follows the
+//! backends' builds: a method missing from it is looked up again (a newer build may have added it; the files
+//! fetched replace those of the same name), a message that does not map makes the caller learn again
+//! ([`Schemas::relearn`]), and a lookup the backends refused (no reflection) is remembered for [`RETRY_AFTER`], so
+//! such a backend costs one lookup per few seconds, not one per call. A lookup that found no endpoint is not
+//! remembered: the caller gets UNAVAILABLE, as a gRPC call would.
 
 use std::{
     collections::HashMap,
@@ -16,6 +18,7 @@ use std::{
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, MethodDescriptor, prost_types::FileDescriptorProto};
+use tonic::Code;
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
@@ -28,10 +31,19 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Files fetched for one service at most (the file and its transitive dependencies).
 const MAX_FILES: usize = 256;
 
-/// A target's learned schema, or why it could not be learned.
+/// A target's learned schema (and when it was fetched), or why it could not be learned.
 enum Cached {
-    Pool(DescriptorPool),
-    Failed { until: Instant, why: String },
+    Pool { pool: DescriptorPool, at: Instant },
+    Failed { until: Instant, why: Unlearned },
+}
+
+/// Why a method's schema could not be learned, with the code a Connect caller gets: UNAVAILABLE (or
+/// DEADLINE_EXCEEDED) when the backends could not be asked — what a gRPC call to them would get — and
+/// UNIMPLEMENTED when they answered but serve no reflection or do not define the method.
+#[derive(Debug, Clone)]
+pub struct Unlearned {
+    pub code: Code,
+    pub why: String,
 }
 
 /// Connect JSON's schemas: held ones, then learned per target.
@@ -53,39 +65,82 @@ impl Schemas {
     }
 
     /// The method a path names on `balancer`'s target, learned through reflection (cached), or why it is not
-    /// known: the backends serve no reflection, do not know the method, or could not be reached.
-    pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, String> {
-        let (service, method) = split(path).ok_or_else(|| format!("{path} is not /package.Service/Method"))?;
-        let target = balancer.target();
-        let cached = match self.learned.lock().unwrap_or_else(|e| e.into_inner()).get(target) {
-            Some(Cached::Pool(pool)) => Ok(pool.clone()),
-            Some(Cached::Failed { until, why }) if Instant::now() < *until => return Err(why.clone()),
-            _ => Err(()),
-        };
-        if let Ok(pool) = &cached
-            && let Some(m) = find(pool, service, method)
-        {
-            return Ok(m);
+    /// known. A method missing from the cached schema is looked up again: a newer build may have added it.
+    pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, Unlearned> {
+        let (service, method) = split(path).ok_or_else(|| Unlearned {
+            code: Code::Unimplemented,
+            why: format!("{path} is not /package.Service/Method"),
+        })?;
+        match self.cached(balancer.target()) {
+            Some(Cached::Pool { pool, .. }) => match find(&pool, service, method) {
+                Some(m) => Ok(m),
+                None => self.learn(balancer, service, method, Some(&pool)).await,
+            },
+            Some(Cached::Failed { until, why }) if Instant::now() < until => Err(why),
+            _ => self.learn(balancer, service, method, None).await,
         }
-        // Not cached, or the method is missing from what is: look the service up (again).
-        let mut pool = cached.unwrap_or_default();
-        let fetched = fetch(&self.reflector, balancer, service)
-            .await
-            .and_then(|files| pool.add_file_descriptor_protos(files).map_err(|e| format!("invalid schema: {e}")));
-        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(why) = fetched {
-            let why = format!("reflection at {target}: {why}");
-            learned.insert(target.to_owned(), Cached::Failed { until: Instant::now() + RETRY_AFTER, why: why.clone() });
-            return Err(why);
-        }
-        learned.insert(target.to_owned(), Cached::Pool(pool.clone()));
-        find(&pool, service, method).ok_or_else(|| format!("the backends of {target} do not define {path}"))
     }
 
-    /// Forgets `balancer`'s learned schema, so the next call learns it again (a message did not map: the backend
-    /// may run a newer build).
-    pub fn refresh(&self, balancer: &Balancer) {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner()).remove(balancer.target());
+    /// The method a path names, learned again from `balancer`'s backends because a message did not map with the
+    /// cached schema (the backends may run a newer build); `None` when it was learned less than `min_age` ago
+    /// (nothing newer to expect) or cannot be learned now.
+    pub async fn relearn(&self, balancer: &Balancer, path: &str, min_age: Duration) -> Option<MethodDescriptor> {
+        let (service, method) = split(path)?;
+        let previous = match self.cached(balancer.target()) {
+            Some(Cached::Pool { at, .. }) if at.elapsed() < min_age => return None,
+            Some(Cached::Pool { pool, .. }) => Some(pool),
+            _ => None,
+        };
+        self.learn(balancer, service, method, previous.as_ref()).await.ok()
+    }
+
+    fn cached(&self, target: &str) -> Option<Cached> {
+        let learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        learned.get(target).map(|c| match c {
+            Cached::Pool { pool, at } => Cached::Pool { pool: pool.clone(), at: *at },
+            Cached::Failed { until, why } => Cached::Failed { until: *until, why: why.clone() },
+        })
+    }
+
+    /// Fetches `service`'s files from the target and caches them, ahead of what `previous` held for its other
+    /// services (a file of the same name is the fetched one: the backends' build now).
+    async fn learn(
+        &self,
+        balancer: &Balancer,
+        service: &str,
+        method: &str,
+        previous: Option<&DescriptorPool>,
+    ) -> Result<MethodDescriptor, Unlearned> {
+        let target = balancer.target();
+        let fetched = fetch(&self.reflector, balancer, service).await.and_then(|files| {
+            let mut pool = DescriptorPool::new();
+            pool.add_file_descriptor_protos(files)
+                .map_err(|e| Unlearned { code: Code::Unimplemented, why: format!("invalid schema: {e}") })?;
+            for file in previous.into_iter().flat_map(|p| p.files()) {
+                // Another service's file stays unless it clashes with the new build's (then it is fetched anew).
+                let _ = pool.add_file_descriptor_proto(file.file_descriptor_proto().clone());
+            }
+            Ok(pool)
+        });
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = match fetched {
+            Ok(pool) => pool,
+            Err(Unlearned { code, why }) => {
+                let why = Unlearned { code, why: format!("reflection at {target}: {why}") };
+                // Backends without reflection cost one lookup per few seconds; unreachable ones are asked again
+                // by the next call, which waits for an endpoint as any call does.
+                if code == Code::Unimplemented {
+                    let until = Instant::now() + RETRY_AFTER;
+                    learned.insert(target.to_owned(), Cached::Failed { until, why: why.clone() });
+                }
+                return Err(why);
+            }
+        };
+        learned.insert(target.to_owned(), Cached::Pool { pool: pool.clone(), at: Instant::now() });
+        find(&pool, service, method).ok_or_else(|| Unlearned {
+            code: Code::Unimplemented,
+            why: format!("the backends of {target} do not define /{service}/{method}"),
+        })
     }
 }
 
@@ -98,7 +153,12 @@ fn find(pool: &DescriptorPool, service: &str, method: &str) -> Option<MethodDesc
 }
 
 /// The file defining `service` and every file it depends on, from one endpoint of the target.
-async fn fetch(reflector: &Reflector, balancer: &Balancer, service: &str) -> Result<Vec<FileDescriptorProto>, String> {
+async fn fetch(
+    reflector: &Reflector,
+    balancer: &Balancer,
+    service: &str,
+) -> Result<Vec<FileDescriptorProto>, Unlearned> {
+    let unimplemented = |why: String| Unlearned { code: Code::Unimplemented, why };
     let mut pinned = Pinned::default();
     let mut files: Vec<FileDescriptorProto> = Vec::new();
     let mut wanted = vec![MessageRequest::FileContainingSymbol(service.to_owned())];
@@ -106,17 +166,25 @@ async fn fetch(reflector: &Reflector, balancer: &Balancer, service: &str) -> Res
     while let Some(request) = wanted.pop() {
         asked += 1;
         if asked > MAX_FILES {
-            return Err(format!("{service} needs more than {MAX_FILES} files"));
+            return Err(unimplemented(format!("{service} needs more than {MAX_FILES} files")));
         }
         let req = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
-        let res = reflector.ask(balancer, &mut pinned, Version::V1, &req).await.map_err(|s| s.message().to_owned())?;
+        let res = reflector.ask(balancer, &mut pinned, Version::V1, &req).await.map_err(|s| {
+            // The backends could not be asked (no endpoint, a failed connection, too slow): as for a call.
+            let code = match s.code() {
+                Code::Unavailable | Code::DeadlineExceeded => s.code(),
+                _ => Code::Unimplemented,
+            };
+            Unlearned { code, why: s.message().to_owned() }
+        })?;
         let got = match res.message_response {
             Some(MessageResponse::FileDescriptorResponse(f)) => f.file_descriptor_proto,
-            Some(MessageResponse::ErrorResponse(e)) => return Err(e.error_message),
-            _ => return Err("unexpected answer".into()),
+            Some(MessageResponse::ErrorResponse(e)) => return Err(unimplemented(e.error_message)),
+            _ => return Err(unimplemented("unexpected answer".into())),
         };
         for raw in got {
-            let file = FileDescriptorProto::decode(raw.as_slice()).map_err(|e| format!("invalid file: {e}"))?;
+            let file =
+                FileDescriptorProto::decode(raw.as_slice()).map_err(|e| unimplemented(format!("invalid file: {e}")))?;
             if !files.iter().any(|f| f.name == file.name) {
                 files.push(file);
             }
