@@ -50,6 +50,8 @@ struct Shared<B> {
     limit: u64,
     too_large: Option<u64>,
     failed: bool,
+    /// Why the body was malformed, when that is why it failed (see [`ReplayBody::malformed`]).
+    malformed: Option<String>,
 }
 
 /// One view of the request body. [`ReplayBody::replay`] makes a fresh view for a retry.
@@ -76,6 +78,7 @@ impl<B: Body> ReplayBody<B> {
             limit,
             too_large: None,
             failed: false,
+            malformed: None,
         };
         Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false }
     }
@@ -94,6 +97,11 @@ impl<B: Body> ReplayBody<B> {
     pub fn too_large(&self) -> Option<(u64, u64)> {
         let s = self.lock();
         s.too_large.map(|size| (size, s.limit))
+    }
+
+    /// Why the caller's body is malformed (a grpc-web-text body that is not base64), if that stopped the call.
+    pub fn malformed(&self) -> Option<String> {
+        self.lock().malformed.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
@@ -170,7 +178,11 @@ where
             Some(Err(e)) => {
                 s.failed = true;
                 s.inner = None;
-                Poll::Ready(Some(Err(e.into())))
+                let e: BoxError = e.into();
+                if let Some(m) = e.downcast_ref::<crate::proxy::web::MalformedText>() {
+                    s.malformed = Some(m.to_string());
+                }
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 s.done = true;
