@@ -78,7 +78,8 @@ pub async fn start(
         tracing::warn!("--service-config: hedgingPolicy is not applied yet; those methods get one attempt at a time");
     }
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = health::service(&reporter);
     // Reflection and Connect JSON answer from the compiled schema and the descriptor sets, and ask the routes'
     // backends for the rest.
     let mut pools = vec![Reflector::compiled()];
