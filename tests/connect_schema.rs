@@ -167,3 +167,24 @@ fn echo_request(message: &str, count: u8) -> String {
     out.extend([0x10, count]);
     String::from_utf8(out).expect("ascii")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_learn_the_schema_once() {
+    let hello = Backend::start("herd-hello", &[]);
+    let echo = EchoBackend::start_with(fresh_ip(), "herd-echo", Reflection::V1).await;
+    let sidecar = sidecar_for(&hello, &echo);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let addr = sidecar.addr;
+        calls.spawn(async move {
+            let body = format!(r#"{{"message":"herd {i}"}}"#).into_bytes();
+            raw_request(addr, false, ECHO, &[("content-type", "application/json")], body).await
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        let r = r.expect("call");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let lookups = echo.stats.path_count("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+    assert_eq!(lookups, 1, "a cold cache is filled by one lookup, not one per waiting call");
+}
