@@ -31,10 +31,11 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Files fetched for one service at most (the file and its transitive dependencies).
 const MAX_FILES: usize = 256;
 
-/// A target's learned schema (and when it was fetched), or why it could not be learned.
+/// A target's learned schema (and when it was fetched), or why it could not be learned (and when).
+#[derive(Clone)]
 enum Cached {
     Pool { pool: DescriptorPool, at: Instant },
-    Failed { until: Instant, why: Unlearned },
+    Failed { at: Instant, until: Instant, why: Unlearned },
 }
 
 /// Why a method's schema could not be learned, with the code a Connect caller gets: UNAVAILABLE (or
@@ -50,12 +51,15 @@ pub struct Unlearned {
 pub struct Schemas {
     reflector: Arc<Reflector>,
     learned: Mutex<HashMap<String, Cached>>,
+    /// One lookup at a time per target: calls that need it meanwhile wait for its result rather than each asking
+    /// the backends (a burst of first calls would otherwise be a burst of lookups).
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Schemas {
     /// Schemas over the reflector's held pools and its routes' backends.
     pub fn new(reflector: Arc<Reflector>) -> Self {
-        Self { reflector, learned: Mutex::default() }
+        Self { reflector, learned: Mutex::default(), flights: Mutex::default() }
     }
 
     /// The method a path (`/pkg.Service/Method`) names, from a schema the sidecar holds.
@@ -71,14 +75,22 @@ impl Schemas {
             code: Code::Unimplemented,
             why: format!("{path} is not /package.Service/Method"),
         })?;
-        match self.cached(balancer.target()) {
-            Some(Cached::Pool { pool, .. }) => match find(&pool, service, method) {
-                Some(m) => Ok(m),
-                None => self.learn(balancer, service, method, Some(&pool)).await,
-            },
-            Some(Cached::Failed { until, why }) if Instant::now() < until => Err(why),
-            _ => self.learn(balancer, service, method, None).await,
+        let target = balancer.target();
+        let asked = Instant::now();
+        if let Some(known) = self.cached_answer(target, service, method, None) {
+            return known;
         }
+        let flight = self.flight(target);
+        let _one = flight.lock().await;
+        // Learned (or failed) by another call while this one waited: its answer is this one's too.
+        if let Some(known) = self.cached_answer(target, service, method, Some(asked)) {
+            return known;
+        }
+        let previous = match self.cached(target) {
+            Some(Cached::Pool { pool, .. }) => Some(pool),
+            _ => None,
+        };
+        self.learn(balancer, service, method, previous.as_ref()).await
     }
 
     /// The method a path names, learned again from `balancer`'s backends because a message did not map with the
@@ -86,7 +98,13 @@ impl Schemas {
     /// (nothing newer to expect) or cannot be learned now.
     pub async fn relearn(&self, balancer: &Balancer, path: &str, min_age: Duration) -> Option<MethodDescriptor> {
         let (service, method) = split(path)?;
-        let previous = match self.cached(balancer.target()) {
+        let target = balancer.target();
+        let asked = Instant::now();
+        let flight = self.flight(target);
+        let _one = flight.lock().await;
+        let previous = match self.cached(target) {
+            // Learned again by another call while this one waited.
+            Some(Cached::Pool { pool, at }) if at >= asked => return find(&pool, service, method),
             Some(Cached::Pool { at, .. }) if at.elapsed() < min_age => return None,
             Some(Cached::Pool { pool, .. }) => Some(pool),
             _ => None,
@@ -94,12 +112,34 @@ impl Schemas {
         self.learn(balancer, service, method, previous.as_ref()).await.ok()
     }
 
+    /// The cached answer for a method: found, or a failure still remembered; with `fresh_since`, also an answer
+    /// learned or failed since then (a pool without the method, a failure no longer remembered for new calls).
+    fn cached_answer(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        fresh_since: Option<Instant>,
+    ) -> Option<Result<MethodDescriptor, Unlearned>> {
+        let fresh = |at: Instant| fresh_since.is_some_and(|t| at >= t);
+        match self.cached(target)? {
+            Cached::Pool { pool, at } => match find(&pool, service, method) {
+                Some(m) => Some(Ok(m)),
+                None if fresh(at) => Some(Err(not_defined(target, service, method))),
+                None => None,
+            },
+            Cached::Failed { at, until, why } if fresh(at) || Instant::now() < until => Some(Err(why)),
+            Cached::Failed { .. } => None,
+        }
+    }
+
     fn cached(&self, target: &str) -> Option<Cached> {
-        let learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        learned.get(target).map(|c| match c {
-            Cached::Pool { pool, at } => Cached::Pool { pool: pool.clone(), at: *at },
-            Cached::Failed { until, why } => Cached::Failed { until: *until, why: why.clone() },
-        })
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).get(target).cloned()
+    }
+
+    fn flight(&self, target: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.entry(target.to_owned()).or_default().clone()
     }
 
     /// Fetches `service`'s files from the target and caches them, ahead of what `previous` held for its other
@@ -128,20 +168,21 @@ impl Schemas {
             Err(Unlearned { code, why }) => {
                 let why = Unlearned { code, why: format!("reflection at {target}: {why}") };
                 // Backends without reflection cost one lookup per few seconds; unreachable ones are asked again
-                // by the next call, which waits for an endpoint as any call does.
-                if code == Code::Unimplemented {
-                    let until = Instant::now() + RETRY_AFTER;
-                    learned.insert(target.to_owned(), Cached::Failed { until, why: why.clone() });
-                }
+                // by the next call (calls that waited for this lookup share its answer), which waits for an
+                // endpoint as any call does.
+                let at = Instant::now();
+                let until = if code == Code::Unimplemented { at + RETRY_AFTER } else { at };
+                learned.insert(target.to_owned(), Cached::Failed { at, until, why: why.clone() });
                 return Err(why);
             }
         };
         learned.insert(target.to_owned(), Cached::Pool { pool: pool.clone(), at: Instant::now() });
-        find(&pool, service, method).ok_or_else(|| Unlearned {
-            code: Code::Unimplemented,
-            why: format!("the backends of {target} do not define /{service}/{method}"),
-        })
+        find(&pool, service, method).ok_or_else(|| not_defined(target, service, method))
     }
+}
+
+fn not_defined(target: &str, service: &str, method: &str) -> Unlearned {
+    Unlearned { code: Code::Unimplemented, why: format!("the backends of {target} do not define /{service}/{method}") }
 }
 
 fn split(path: &str) -> Option<(&str, &str)> {
