@@ -310,6 +310,16 @@ impl SidecarArgs {
             if set.file.is_empty() {
                 return Err(invalid(&"it holds no files"));
             }
+            // `protoc -o` leaves imports out unless told: name the fix, not only the missing file.
+            let has = |name: &str| set.file.iter().any(|f| f.name() == name) || pool.get_file_by_name(name).is_some();
+            let deps = set.file.iter().flat_map(|f| f.dependency.iter());
+            if let Some(missing) = deps.into_iter().find(|d| !has(d)) {
+                let why = format!(
+                    "it imports {missing} but does not hold it (protoc: add --include_imports; buf build includes \
+                     imports; or give the set that holds it first)"
+                );
+                return Err(invalid(&why));
+            }
             pool.add_file_descriptor_set(set).map_err(|e| invalid(&e))?;
         }
         Ok(Some(pool))

@@ -126,3 +126,29 @@ fn service_config_errors_name_the_json_path() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("methodConfig[0].timeout"), "{stderr}");
 }
+
+#[test]
+fn a_descriptor_set_without_its_imports_says_how_to_build_one_with_them() {
+    use prost::Message;
+    use prost_reflect::prost_types::{FileDescriptorProto, FileDescriptorSet};
+    // As `protoc -o set.pb orders.proto` writes it without --include_imports.
+    let set = FileDescriptorSet {
+        file: vec![FileDescriptorProto {
+            name: Some("acme/orders/v1/orders.proto".into()),
+            package: Some("acme.orders.v1".into()),
+            dependency: vec!["acme/common/v1/money.proto".into()],
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        }],
+    };
+    let path = std::env::temp_dir().join(format!("hello-sidecar-cli-noimports-{}.pb", std::process::id()));
+    std::fs::write(&path, set.encode_to_vec()).expect("write");
+    let shown = path.to_str().expect("utf-8 path");
+    let (code, stderr) = run(&["sidecar", "--route", "a.B=static:///a:1", "--descriptor-set", shown], &[]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    for words in ["--descriptor-set", "acme/common/v1/money.proto", "--include_imports"] {
+        assert!(stderr.contains(words), "{words}: {stderr}");
+    }
+}

@@ -169,3 +169,26 @@ async fn browsers_get_cors_preflights_answered() {
     assert_eq!(res.headers()["access-control-allow-credentials"], "true");
     assert!(res.headers()["access-control-allow-methods"].to_str().unwrap_or("").contains("POST"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grpc_web_text_is_the_callers_error_not_the_endpoints() {
+    let (a, b) = (Backend::start("text-a", &[]), Backend::start("text-b", &[]));
+    let s = Sidecar::start(&Sidecar::static_target(&[&a, &b]), &[]);
+    s.wait_ready_endpoints(2);
+    // More than `--eject-after` (5) per endpoint: a browser's bad body must not eject the pods it lands on.
+    for _ in 0..12 {
+        let body = b"AAAAAAIIBQ==!!!!".to_vec();
+        let r = raw_request(s.addr, false, PATH, &[("content-type", "application/grpc-web-text")], body).await;
+        assert_eq!(r.grpc_status(), Some(13), "INTERNAL, as for any malformed request: {r:?}");
+        assert!(r.grpc_message().contains("base64"), "{r:?}");
+    }
+    let debug: Value = serde_json::from_str(&http_get(s.admin, "/debug/endpoints").expect("debug")).expect("json");
+    let endpoints = debug["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 2, "{debug}");
+    for e in endpoints {
+        assert_eq!(e["ejected"], false, "{e}");
+    }
+    let mut client = s.client();
+    let reply = client.say_hello(hello_sidecar::pb::HelloRequest { name: "after".into() }).await.expect("call");
+    assert_eq!(reply.into_inner().message, "Hello, after!");
+}

@@ -359,3 +359,20 @@ async fn connect_json_uses_a_descriptor_set_and_without_any_schema_says_how_to_g
     }
     let _ = std::fs::remove_file(set);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_reflection_request_is_resource_exhausted() {
+    let hello = Backend::start("big-reflect-hello", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let huge = ServerReflectionRequest {
+        host: "h".repeat(5 << 20),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    for path in [V1_PATH, V1ALPHA_PATH] {
+        let headers = [("content-type", "application/grpc"), ("te", "trailers")];
+        let r = raw_request(sidecar.addr, true, path, &headers, grpc_frame(&huge.encode_to_vec())).await;
+        // gRPC status codes doc: RESOURCE_EXHAUSTED for a message larger than the receiver's limit.
+        assert_eq!(r.grpc_status(), Some(8), "{path}: {}", r.grpc_message());
+    }
+}

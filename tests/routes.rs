@@ -290,3 +290,20 @@ async fn grpc_web_and_connect_proto_reach_a_routed_service_without_its_schema() 
     assert_eq!(r.status, 501, "{r:?}");
     assert!(text.contains("unimplemented") && text.contains("application/proto"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_of_an_unrouted_service_says_service_unknown_and_stays_open() {
+    let hello = Backend::start("watch-unknown-hello", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &[]);
+    sidecar.wait_ready_endpoints(1);
+    let mut h = HealthClient::new(channel(&sidecar));
+    // grpc.health.v1 health.proto: "If the requested service is unknown when the call is received, the server
+    // will send a message setting the serving status to SERVICE_UNKNOWN but will *not* terminate the call".
+    let watch = h.watch(HealthCheckRequest { service: "acme.nope.v1.Nope".into() }).await;
+    let mut stream = watch.expect("Watch is accepted, not NOT_FOUND").into_inner();
+    let first = stream.message().await.expect("a message").expect("not the end");
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    let more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(more.is_err(), "the stream stays open: {more:?}");
+    assert_eq!(health(&sidecar, "acme.nope.v1.Nope").await, Err(Code::NotFound), "Check still answers NOT_FOUND");
+}

@@ -87,16 +87,67 @@ pub const NO_SCHEMA: &str = "Connect JSON needs the method's message types: the 
      protoc -o or buf build -o write); or call with content-type application/proto (or gRPC / gRPC-web), which \
      need none";
 
-/// The reply message from a gRPC response body (one frame), in the request's codec.
-pub fn reply_body(method: Option<&MethodDescriptor>, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {
-    let payload = match grpc_body {
+/// Why a Connect unary call cannot reach a streaming method (Connect streaming is not translated).
+pub fn streaming(path: &str) -> String {
+    format!(
+        "{path} is a streaming method: Connect unary (application/json, application/proto) calls only unary \
+         methods; call it with gRPC or gRPC-web"
+    )
+}
+
+/// Whether a unary Connect call cannot reach `method`: it streams requests or replies.
+pub fn is_streaming(method: &MethodDescriptor) -> bool {
+    method.is_client_streaming() || method.is_server_streaming()
+}
+
+/// The one message of a unary gRPC response body; an error for more than one (see [`several_messages`]).
+fn reply_payload(grpc_body: &[u8]) -> Result<&[u8], String> {
+    match grpc_body {
         [0, a, b, c, d, rest @ ..] => {
             let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-            rest.get(..len).ok_or("truncated reply frame")?
+            let payload = rest.get(..len).ok_or("truncated reply frame")?;
+            if rest.len() > len {
+                return Err("more than one reply message".into());
+            }
+            Ok(payload)
         }
-        [] => &[][..],
-        _ => return Err("compressed or malformed reply frame".into()),
-    };
+        [] => Ok(&[][..]),
+        _ => Err("compressed or malformed reply frame".into()),
+    }
+}
+
+/// Whether a gRPC response body holds more than one message: the method streams replies, which a unary Connect
+/// reply cannot carry (and the first alone would pass for the whole answer).
+pub fn several_messages(grpc_body: &[u8]) -> bool {
+    match grpc_body {
+        [_, a, b, c, d, rest @ ..] => rest.len() > u32::from_be_bytes([*a, *b, *c, *d]) as usize,
+        _ => false,
+    }
+}
+
+/// Whether the reply in a gRPC response body has fields `method`'s output type lacks, at any depth: the schema
+/// is older than the backend's build, and JSON would drop them.
+pub fn reply_has_unknown_fields(method: &MethodDescriptor, grpc_body: &[u8]) -> bool {
+    fn any_unknown(msg: &DynamicMessage) -> bool {
+        fn in_value(v: &prost_reflect::Value) -> bool {
+            match v {
+                prost_reflect::Value::Message(m) => any_unknown(m),
+                prost_reflect::Value::List(items) => items.iter().any(in_value),
+                prost_reflect::Value::Map(entries) => entries.values().any(in_value),
+                _ => false,
+            }
+        }
+        msg.unknown_fields().next().is_some() || msg.fields().any(|(_, v)| in_value(v))
+    }
+    reply_payload(grpc_body)
+        .ok()
+        .and_then(|payload| DynamicMessage::decode(method.output(), payload).ok())
+        .is_some_and(|msg| any_unknown(&msg))
+}
+
+/// The reply message from a gRPC response body (one frame), in the request's codec.
+pub fn reply_body(method: Option<&MethodDescriptor>, codec: Codec, grpc_body: &[u8]) -> Result<Bytes, String> {
+    let payload = reply_payload(grpc_body)?;
     match (codec, method) {
         (Codec::Proto, _) => Ok(Bytes::copy_from_slice(payload)),
         (Codec::Json, None) => Err(NO_SCHEMA.into()),
@@ -229,6 +280,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
         assert_eq!(v, serde_json::json!({"message": "Hello, world!", "code": 200}));
         assert_eq!(reply_body(Some(&say_hello()), Codec::Proto, &frame).expect("valid"), Bytes::from(reply));
+    }
+
+    #[test]
+    fn a_streamed_answer_and_fields_the_schema_lacks_are_noticed() {
+        let reply = crate::pb::HelloResponse { message: "hi".into(), code: 7 }.encode_to_vec();
+        let one = [&[0, 0, 0, 0, reply.len() as u8][..], &reply].concat();
+        assert!(!several_messages(&one) && !reply_has_unknown_fields(&say_hello(), &one));
+        assert!(several_messages(&[one.clone(), one.clone()].concat()));
+        assert!(reply_body(Some(&say_hello()), Codec::Proto, &[one.clone(), one].concat()).is_err());
+        // Field 15 (a string) is not in HelloResponse: a newer build's.
+        let newer = [&reply[..], &[0x7a, 1, b'x']].concat();
+        let framed = [&[0, 0, 0, 0, newer.len() as u8][..], &newer].concat();
+        assert!(reply_has_unknown_fields(&say_hello(), &framed));
     }
 
     #[test]

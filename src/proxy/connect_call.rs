@@ -18,6 +18,7 @@ use crate::{
         request_body::RequestBody,
         web,
     },
+    reflection::schema::{RETRY_AFTER, Unlearned},
 };
 
 impl Proxy {
@@ -33,22 +34,20 @@ impl Proxy {
         let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
         // Set when the schema was learned from this target's backends: refreshed if a message does not map.
         let mut learned_from = None;
-        let method = match held {
+        let mut method = match held {
             Some(m) => Some(m),
             None if codec == Codec::Json => match self.learn_schema(&path).await {
                 Ok((m, balancer)) => {
                     learned_from = Some(balancer);
                     Some(m)
                 }
-                Err(msg) => return error(Code::Unimplemented, &msg, &HeaderMap::new()),
+                Err((code, msg)) => return error(code, &msg, &HeaderMap::new()),
             },
             None => None,
         };
-        let refresh = || {
-            if let (Some(schemas), Some(b)) = (&self.schemas, &learned_from) {
-                schemas.refresh(b);
-            }
-        };
+        if method.as_ref().is_some_and(connect::is_streaming) {
+            return error(Code::Unimplemented, &connect::streaming(&path), &HeaderMap::new());
+        }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -67,8 +66,18 @@ impl Proxy {
         let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
             Err(msg) => {
-                refresh();
-                return error(Code::InvalidArgument, &msg, &HeaderMap::new());
+                // Well-formed JSON that does not map may use what a newer build added: learn again, map again.
+                // Malformed JSON is the caller's alone.
+                let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+                let fresh =
+                    if well_formed { self.relearn(learned_from.as_deref(), &path, Duration::ZERO).await } else { None };
+                match fresh.and_then(|m| connect::request_frame(Some(&m), codec, &bytes).ok().map(|f| (m, f))) {
+                    Some((m, f)) => {
+                        method = Some(m);
+                        f
+                    }
+                    None => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
+                }
             }
         };
         if let Err(e) = super::authority::authority_from_host(&mut parts) {
@@ -111,6 +120,21 @@ impl Proxy {
             let details = details.map(|v| connect::error_details(v.as_bytes())).unwrap_or_default();
             return error_with(code, &message, details, &meta);
         }
+        if connect::several_messages(&data) {
+            return error(Code::Unimplemented, &connect::streaming(&path), &meta);
+        }
+        if codec == Codec::Json
+            && let Some(m) = &method
+            && learned_from.is_some()
+            && connect::reply_has_unknown_fields(m, &data)
+        {
+            // The backends' build has fields the learned schema lacks: JSON would drop them. Learned again at
+            // most every RETRY_AFTER (a build whose reflection lags its replies would otherwise cost a lookup per
+            // call).
+            if let Some(fresh) = self.relearn(learned_from.as_deref(), &path, RETRY_AFTER).await {
+                method = Some(fresh);
+            }
+        }
         match connect::reply_body(method.as_ref(), codec, &data) {
             Ok(reply) => {
                 let mut res = Response::new(ResponseBody::bytes(reply));
@@ -118,25 +142,40 @@ impl Proxy {
                 res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
                 res
             }
-            Err(msg) => {
-                refresh();
-                error(Code::Internal, &msg, &meta)
-            }
+            Err(msg) => error(Code::Internal, &msg, &meta),
         }
+    }
+
+    /// The method again from the backends' current build (when a message did not map with the schema learned
+    /// from `learned_from`), unless it was learned less than `min_age` ago.
+    async fn relearn(
+        &self,
+        learned_from: Option<&Balancer>,
+        path: &str,
+        min_age: Duration,
+    ) -> Option<prost_reflect::MethodDescriptor> {
+        self.schemas.as_ref()?.relearn(learned_from?, path, min_age).await
     }
 
     /// The method's schema from the route's backends (server reflection, cached per target), with the target's
     /// balancer; or the Connect error message: no route, or why no schema is to be had.
-    async fn learn_schema(&self, path: &str) -> Result<(prost_reflect::MethodDescriptor, Arc<Balancer>), String> {
+    /// UNAVAILABLE when the backends could not be asked (as a gRPC call to them would get), else UNIMPLEMENTED.
+    async fn learn_schema(
+        &self,
+        path: &str,
+    ) -> Result<(prost_reflect::MethodDescriptor, Arc<Balancer>), (Code, String)> {
         let Some(balancer) = self.routes.get(path).cloned() else {
-            return Err(ProxyError::Unimplemented(path.to_owned()).to_string());
+            return Err((Code::Unimplemented, ProxyError::Unimplemented(path.to_owned()).to_string()));
         };
         let Some(schemas) = &self.schemas else {
-            return Err(format!("{path}: {}", connect::NO_SCHEMA));
+            return Err((Code::Unimplemented, format!("{path}: {}", connect::NO_SCHEMA)));
         };
         match schemas.learned(&balancer, path).await {
             Ok(m) => Ok((m, balancer)),
-            Err(why) => Err(format!("{path}: {} ({why})", connect::NO_SCHEMA)),
+            Err(Unlearned { code: Code::Unimplemented, why }) => {
+                Err((Code::Unimplemented, format!("{path}: {} ({why})", connect::NO_SCHEMA)))
+            }
+            Err(Unlearned { code, why }) => Err((code, format!("{path}: {why}"))),
         }
     }
 }

@@ -63,6 +63,9 @@ pub enum ProxyError {
     /// A `grpc-timeout` header that does not parse.
     #[error("malformed grpc-timeout {0:?}")]
     MalformedTimeout(String),
+    /// The client's request body is malformed (a grpc-web-text body that is not base64).
+    #[error("malformed request: {0}")]
+    MalformedBody(String),
     /// The client's request body failed (it reset the stream) before the call could be sent.
     #[error("request body: {0}")]
     RequestBody(String),
@@ -91,7 +94,10 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
             ProxyError::Unimplemented(_) => Code::Unimplemented,
-            ProxyError::MalformedTimeout(_) | ProxyError::NotGrpc(_) | ProxyError::Http1 => Code::Internal,
+            ProxyError::MalformedTimeout(_)
+            | ProxyError::MalformedBody(_)
+            | ProxyError::NotGrpc(_)
+            | ProxyError::Http1 => Code::Internal,
             ProxyError::RequestBody(_) => Code::Cancelled,
         }
     }

@@ -166,6 +166,12 @@ impl Proxy {
                         attempt.finish(Code::ResourceExhausted);
                         return Err(ProxyError::TooLarge { size, limit });
                     }
+                    if let Some(why) = origin.malformed() {
+                        // The caller's body, not the endpoint: no verdict, and not UNAVAILABLE (which invites a
+                        // retry that fails the same way).
+                        attempt.release();
+                        return Err(ProxyError::MalformedBody(why));
+                    }
                     let failure = match e.take_message() {
                         // Handed back unsent: the connection closed before the request was written.
                         Some(_) => SendFailure::Unprocessed,

@@ -53,6 +53,8 @@ struct Shared<B> {
     limit: u64,
     too_large: Option<u64>,
     failed: bool,
+    /// Why the body was malformed, when that is why it failed (see [`ReplayBody::malformed`]).
+    malformed: Option<String>,
     /// Several views read at once (a hedged call): each waiting view parks its waker here, since the client's
     /// body wakes only the last view that polled it. Empty, and never allocated, on a call that is not hedged.
     parked: Option<Vec<Waker>>,
@@ -95,6 +97,7 @@ impl<B: Body> ReplayBody<B> {
             too_large: None,
             failed: false,
             parked: None,
+            malformed: None,
         };
         Self { shared: Arc::new(Mutex::new(shared)), pos: 0, trailers_sent: false, shared_view: false }
     }
@@ -128,6 +131,11 @@ impl<B: Body> ReplayBody<B> {
     pub fn too_large(&self) -> Option<(u64, u64)> {
         let s = self.lock();
         s.too_large.map(|size| (size, s.limit))
+    }
+
+    /// Why the caller's body is malformed (a grpc-web-text body that is not base64), if that stopped the call.
+    pub fn malformed(&self) -> Option<String> {
+        self.lock().malformed.clone()
     }
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, Shared<B>> {
@@ -226,7 +234,11 @@ where
             Some(Err(e)) => {
                 s.failed = true;
                 s.inner = None;
-                Poll::Ready(Some(Err(e.into())))
+                let e: BoxError = e.into();
+                if let Some(m) = e.downcast_ref::<crate::proxy::web::MalformedText>() {
+                    s.malformed = Some(m.to_string());
+                }
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 s.done = true;

@@ -103,6 +103,12 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
+/// A grpc-web-text request body that is not base64: the caller's mistake, answered `INTERNAL` (a malformed
+/// request, as gRPC servers answer a malformed frame) and never held against the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("grpc-web-text body is not base64: {0}")]
+pub struct MalformedText(pub String);
+
 /// A request body in grpc-web-text mode, base64-decoded as it streams (groups of 4 characters may straddle
 /// chunks; padding may appear between chunks, as clients encode message by message).
 pub struct Base64Decode<B> {
@@ -148,9 +154,8 @@ where
                 None if this.pending.is_empty() => return Poll::Ready(None),
                 None => {
                     let rest = std::mem::take(&mut this.pending);
-                    return Poll::Ready(Some(Err(
-                        format!("grpc-web-text body: {} trailing characters", rest.len()).into()
-                    )));
+                    let why = format!("{} trailing characters", rest.len());
+                    return Poll::Ready(Some(Err(MalformedText(why).into())));
                 }
             }
         }
@@ -166,7 +171,7 @@ fn decode_groups(chunk: &[u8]) -> Result<Vec<u8>, BoxError> {
         if group.contains(&b'=') || end == chunk.len() {
             STANDARD
                 .decode_vec(&chunk[start..end], &mut out)
-                .map_err(|e| -> BoxError { format!("grpc-web-text body: {e}").into() })?;
+                .map_err(|e| -> BoxError { MalformedText(e.to_string()).into() })?;
             start = end;
         }
     }

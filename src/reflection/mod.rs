@@ -236,6 +236,15 @@ fn error(code: Code, message: &str) -> MessageResponse {
     MessageResponse::ErrorResponse(ErrorResponse { error_code: code as i32, error_message: message.to_owned() })
 }
 
+/// A caller's request that could not be received, with the code gRPC gives it: tonic's decoder reports a message
+/// over the limit as OUT_OF_RANGE, the gRPC status code doc (and the proxy's own calls) RESOURCE_EXHAUSTED.
+fn receive_error(status: Status) -> Status {
+    match status.code() {
+        Code::OutOfRange => Status::resource_exhausted(status.message()),
+        _ => status,
+    }
+}
+
 /// The generated server's handler over the shared [`Reflector`].
 struct Handler(Arc<Reflector>);
 
@@ -258,7 +267,7 @@ impl ServerReflection for Handler {
                     Ok(Some(req)) => req,
                     Ok(None) => return,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(receive_error(status))).await;
                         return;
                     }
                 };

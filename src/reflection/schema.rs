@@ -3,18 +3,21 @@
 //!
 //! Learned schemas are cached per target: the first JSON call to a service asks one backend for the file that
 //! defines the service (`FileContainingSymbol`) and then for every dependency the answer lacks
-//! (`FileByFilename`), all on one pinned endpoint so the files come from one build. The cache is refreshed on
-//! failure: a method missing from it is looked up again (a newer build may have added it), the caller can ask for
-//! a fresh copy when a message does not map ([`Schemas::refresh`]), and a failed lookup is remembered only for
-//! [`RETRY_AFTER`], so a backend without reflection costs one lookup per few seconds, not one per call.
+//! (`FileByFilename`), all on one pinned endpoint so the files come from one build. The cache follows the
+//! backends' builds: a method missing from it is looked up again (a newer build may have added it; the files
+//! fetched replace those of the same name), a message that does not map makes the caller learn again
+//! ([`Schemas::relearn`]), and a lookup the backends refused (no reflection) is remembered for [`RETRY_AFTER`], so
+//! such a backend costs one lookup per few seconds, not one per call. A lookup that found no endpoint is not
+//! remembered: the caller gets UNAVAILABLE, as a gRPC call would.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
-use tokio::time::Instant;
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, MethodDescriptor, prost_types::FileDescriptorProto};
+use tokio::time::Instant;
+use tonic::Code;
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
@@ -27,22 +30,35 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Files fetched for one service at most (the file and its transitive dependencies).
 const MAX_FILES: usize = 256;
 
-/// A target's learned schema, or why it could not be learned.
+/// A target's learned schema (and when it was fetched), or why it could not be learned (and when).
+#[derive(Clone)]
 enum Cached {
-    Pool(DescriptorPool),
-    Failed { until: Instant, why: String },
+    Pool { pool: DescriptorPool, at: Instant },
+    Failed { at: Instant, until: Instant, why: Unlearned },
+}
+
+/// Why a method's schema could not be learned, with the code a Connect caller gets: UNAVAILABLE (or
+/// DEADLINE_EXCEEDED) when the backends could not be asked — what a gRPC call to them would get — and
+/// UNIMPLEMENTED when they answered but serve no reflection or do not define the method.
+#[derive(Debug, Clone)]
+pub struct Unlearned {
+    pub code: Code,
+    pub why: String,
 }
 
 /// Connect JSON's schemas: held ones, then learned per target.
 pub struct Schemas {
     reflector: Arc<Reflector>,
     learned: Mutex<HashMap<String, Cached>>,
+    /// One lookup at a time per target: calls that need it meanwhile wait for its result rather than each asking
+    /// the backends (a burst of first calls would otherwise be a burst of lookups).
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Schemas {
     /// Schemas over the reflector's held pools and its routes' backends.
     pub fn new(reflector: Arc<Reflector>) -> Self {
-        Self { reflector, learned: Mutex::default() }
+        Self { reflector, learned: Mutex::default(), flights: Mutex::default() }
     }
 
     /// The method a path (`/pkg.Service/Method`) names, from a schema the sidecar holds.
@@ -52,40 +68,120 @@ impl Schemas {
     }
 
     /// The method a path names on `balancer`'s target, learned through reflection (cached), or why it is not
-    /// known: the backends serve no reflection, do not know the method, or could not be reached.
-    pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, String> {
-        let (service, method) = split(path).ok_or_else(|| format!("{path} is not /package.Service/Method"))?;
+    /// known. A method missing from the cached schema is looked up again: a newer build may have added it.
+    pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, Unlearned> {
+        let (service, method) = split(path).ok_or_else(|| Unlearned {
+            code: Code::Unimplemented,
+            why: format!("{path} is not /package.Service/Method"),
+        })?;
         let target = balancer.target();
-        let cached = match self.learned.lock().get(target) {
-            Some(Cached::Pool(pool)) => Ok(pool.clone()),
-            Some(Cached::Failed { until, why }) if Instant::now() < *until => return Err(why.clone()),
-            _ => Err(()),
+        let asked = Instant::now();
+        if let Some(known) = self.cached_answer(target, service, method, None) {
+            return known;
+        }
+        let flight = self.flight(target);
+        let _one = flight.lock().await;
+        // Learned (or failed) by another call while this one waited: its answer is this one's too.
+        if let Some(known) = self.cached_answer(target, service, method, Some(asked)) {
+            return known;
+        }
+        let previous = match self.cached(target) {
+            Some(Cached::Pool { pool, .. }) => Some(pool),
+            _ => None,
         };
-        if let Ok(pool) = &cached
-            && let Some(m) = find(pool, service, method)
-        {
-            return Ok(m);
-        }
-        // Not cached, or the method is missing from what is: look the service up (again).
-        let mut pool = cached.unwrap_or_default();
-        let fetched = fetch(&self.reflector, balancer, service)
-            .await
-            .and_then(|files| pool.add_file_descriptor_protos(files).map_err(|e| format!("invalid schema: {e}")));
-        let mut learned = self.learned.lock();
-        if let Err(why) = fetched {
-            let why = format!("reflection at {target}: {why}");
-            learned.insert(target.to_owned(), Cached::Failed { until: Instant::now() + RETRY_AFTER, why: why.clone() });
-            return Err(why);
-        }
-        learned.insert(target.to_owned(), Cached::Pool(pool.clone()));
-        find(&pool, service, method).ok_or_else(|| format!("the backends of {target} do not define {path}"))
+        self.learn(balancer, service, method, previous.as_ref()).await
     }
 
-    /// Forgets `balancer`'s learned schema, so the next call learns it again (a message did not map: the backend
-    /// may run a newer build).
-    pub fn refresh(&self, balancer: &Balancer) {
-        self.learned.lock().remove(balancer.target());
+    /// The method a path names, learned again from `balancer`'s backends because a message did not map with the
+    /// cached schema (the backends may run a newer build); `None` when it was learned less than `min_age` ago
+    /// (nothing newer to expect) or cannot be learned now.
+    pub async fn relearn(&self, balancer: &Balancer, path: &str, min_age: Duration) -> Option<MethodDescriptor> {
+        let (service, method) = split(path)?;
+        let target = balancer.target();
+        let asked = Instant::now();
+        let flight = self.flight(target);
+        let _one = flight.lock().await;
+        let previous = match self.cached(target) {
+            // Learned again by another call while this one waited.
+            Some(Cached::Pool { pool, at }) if at >= asked => return find(&pool, service, method),
+            Some(Cached::Pool { at, .. }) if at.elapsed() < min_age => return None,
+            Some(Cached::Pool { pool, .. }) => Some(pool),
+            _ => None,
+        };
+        self.learn(balancer, service, method, previous.as_ref()).await.ok()
     }
+
+    /// The cached answer for a method: found, or a failure still remembered; with `fresh_since`, also an answer
+    /// learned or failed since then (a pool without the method, a failure no longer remembered for new calls).
+    fn cached_answer(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        fresh_since: Option<Instant>,
+    ) -> Option<Result<MethodDescriptor, Unlearned>> {
+        let fresh = |at: Instant| fresh_since.is_some_and(|t| at >= t);
+        match self.cached(target)? {
+            Cached::Pool { pool, at } => match find(&pool, service, method) {
+                Some(m) => Some(Ok(m)),
+                None if fresh(at) => Some(Err(not_defined(target, service, method))),
+                None => None,
+            },
+            Cached::Failed { at, until, why } if fresh(at) || Instant::now() < until => Some(Err(why)),
+            Cached::Failed { .. } => None,
+        }
+    }
+
+    fn cached(&self, target: &str) -> Option<Cached> {
+        self.learned.lock().get(target).cloned()
+    }
+
+    fn flight(&self, target: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock();
+        flights.entry(target.to_owned()).or_default().clone()
+    }
+
+    /// Fetches `service`'s files from the target and caches them, ahead of what `previous` held for its other
+    /// services (a file of the same name is the fetched one: the backends' build now).
+    async fn learn(
+        &self,
+        balancer: &Balancer,
+        service: &str,
+        method: &str,
+        previous: Option<&DescriptorPool>,
+    ) -> Result<MethodDescriptor, Unlearned> {
+        let target = balancer.target();
+        let fetched = fetch(&self.reflector, balancer, service).await.and_then(|files| {
+            let mut pool = DescriptorPool::new();
+            pool.add_file_descriptor_protos(files)
+                .map_err(|e| Unlearned { code: Code::Unimplemented, why: format!("invalid schema: {e}") })?;
+            for file in previous.into_iter().flat_map(|p| p.files()) {
+                // Another service's file stays unless it clashes with the new build's (then it is fetched anew).
+                let _ = pool.add_file_descriptor_proto(file.file_descriptor_proto().clone());
+            }
+            Ok(pool)
+        });
+        let mut learned = self.learned.lock();
+        let pool = match fetched {
+            Ok(pool) => pool,
+            Err(Unlearned { code, why }) => {
+                let why = Unlearned { code, why: format!("reflection at {target}: {why}") };
+                // Backends without reflection cost one lookup per few seconds; unreachable ones are asked again
+                // by the next call (calls that waited for this lookup share its answer), which waits for an
+                // endpoint as any call does.
+                let at = Instant::now();
+                let until = if code == Code::Unimplemented { at + RETRY_AFTER } else { at };
+                learned.insert(target.to_owned(), Cached::Failed { at, until, why: why.clone() });
+                return Err(why);
+            }
+        };
+        learned.insert(target.to_owned(), Cached::Pool { pool: pool.clone(), at: Instant::now() });
+        find(&pool, service, method).ok_or_else(|| not_defined(target, service, method))
+    }
+}
+
+fn not_defined(target: &str, service: &str, method: &str) -> Unlearned {
+    Unlearned { code: Code::Unimplemented, why: format!("the backends of {target} do not define /{service}/{method}") }
 }
 
 fn split(path: &str) -> Option<(&str, &str)> {
@@ -97,7 +193,12 @@ fn find(pool: &DescriptorPool, service: &str, method: &str) -> Option<MethodDesc
 }
 
 /// The file defining `service` and every file it depends on, from one endpoint of the target.
-async fn fetch(reflector: &Reflector, balancer: &Balancer, service: &str) -> Result<Vec<FileDescriptorProto>, String> {
+async fn fetch(
+    reflector: &Reflector,
+    balancer: &Balancer,
+    service: &str,
+) -> Result<Vec<FileDescriptorProto>, Unlearned> {
+    let unimplemented = |why: String| Unlearned { code: Code::Unimplemented, why };
     let mut pinned = Pinned::default();
     let mut files: Vec<FileDescriptorProto> = Vec::new();
     let mut wanted = vec![MessageRequest::FileContainingSymbol(service.to_owned())];
@@ -105,17 +206,25 @@ async fn fetch(reflector: &Reflector, balancer: &Balancer, service: &str) -> Res
     while let Some(request) = wanted.pop() {
         asked += 1;
         if asked > MAX_FILES {
-            return Err(format!("{service} needs more than {MAX_FILES} files"));
+            return Err(unimplemented(format!("{service} needs more than {MAX_FILES} files")));
         }
         let req = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
-        let res = reflector.ask(balancer, &mut pinned, Version::V1, &req).await.map_err(|s| s.message().to_owned())?;
+        let res = reflector.ask(balancer, &mut pinned, Version::V1, &req).await.map_err(|s| {
+            // The backends could not be asked (no endpoint, a failed connection, too slow): as for a call.
+            let code = match s.code() {
+                Code::Unavailable | Code::DeadlineExceeded => s.code(),
+                _ => Code::Unimplemented,
+            };
+            Unlearned { code, why: s.message().to_owned() }
+        })?;
         let got = match res.message_response {
             Some(MessageResponse::FileDescriptorResponse(f)) => f.file_descriptor_proto,
-            Some(MessageResponse::ErrorResponse(e)) => return Err(e.error_message),
-            _ => return Err("unexpected answer".into()),
+            Some(MessageResponse::ErrorResponse(e)) => return Err(unimplemented(e.error_message)),
+            _ => return Err(unimplemented("unexpected answer".into())),
         };
         for raw in got {
-            let file = FileDescriptorProto::decode(raw.as_slice()).map_err(|e| format!("invalid file: {e}"))?;
+            let file =
+                FileDescriptorProto::decode(raw.as_slice()).map_err(|e| unimplemented(format!("invalid file: {e}")))?;
             if !files.iter().any(|f| f.name == file.name) {
                 files.push(file);
             }

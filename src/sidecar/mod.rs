@@ -87,7 +87,8 @@ pub async fn start(
     };
     let (targets, routes, table) = build_targets(&args, &settings, &metrics)?;
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = health::service(&reporter);
     // Reflection and Connect JSON answer from the compiled schema and the descriptor sets, and ask the routes'
     // backends for the rest.
     let mut pools = vec![Reflector::compiled()];

@@ -60,6 +60,8 @@ pub struct EchoBackend {
     pub addr: SocketAddr,
     pub id: String,
     pub stats: Arc<EchoStats>,
+    /// Ends the server (see [`EchoBackend::stop`]).
+    shutdown: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl EchoBackend {
@@ -73,13 +75,17 @@ impl EchoBackend {
 
     /// A backend that also serves reflection in the given version.
     pub async fn start_with(ip: std::net::Ipv4Addr, id: &str, reflection: Reflection) -> Self {
+        Self::start_with_schema(ip, id, reflection, pb::FILE_DESCRIPTOR_SET).await
+    }
+
+    /// A backend whose reflection describes `set` (an encoded `FileDescriptorSet`) rather than echo.proto as
+    /// compiled: another build's schema, older or newer than the code that answers.
+    pub async fn start_with_schema(ip: std::net::Ipv4Addr, id: &str, reflection: Reflection, set: &[u8]) -> Self {
         let addr = SocketAddr::from((ip, super::BACKEND_PORT));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let stats = Arc::new(EchoStats::default());
         let svc = Echo { id: id.to_owned(), stats: stats.clone() };
-        let builder = || {
-            tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        };
+        let builder = || tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(set);
         let (v1, v1alpha) = match reflection {
             Reflection::None => (None, None),
             Reflection::V1 => (Some(builder().build_v1().expect("v1 reflection")), None),
@@ -90,15 +96,31 @@ impl EchoBackend {
             seen.paths.lock().expect("paths").push(req.uri().path().to_owned());
             req
         });
-        tokio::spawn(
-            tonic::transport::Server::builder()
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
                 .layer(record)
                 .add_service(EchoServiceServer::new(svc))
                 .add_optional_service(v1)
                 .add_optional_service(v1alpha)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        Self { addr, id: id.to_owned(), stats }
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    // Dropping the backend without `stop` leaves it serving, as before.
+                    if stopped.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .await;
+        });
+        Self { addr, id: id.to_owned(), stats, shutdown: Some((stop, server)) }
+    }
+
+    /// Stops the server as a rolling update stops a pod: no new connections, open ones told GOAWAY; returns once
+    /// the address is free for the next build.
+    pub async fn stop(mut self) {
+        if let Some((stop, server)) = self.shutdown.take() {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
     }
 }
 
