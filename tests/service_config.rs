@@ -75,3 +75,25 @@ async fn the_largest_timeout_is_a_long_deadline_and_a_larger_one_is_refused() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--service-config") && stderr.contains("methodConfig[0].timeout"), "{stderr}");
 }
+
+/// gRPC's wait-for-ready (grpc/doc/wait-for-ready.md): the call waits for a usable endpoint until its deadline,
+/// and one still without an endpoint then fails as any call past its deadline does, `DEADLINE_EXCEEDED` (grpc-go's
+/// picker says "context deadline exceeded while waiting for connections to become ready"), not `UNAVAILABLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a waitForReady call whose deadline passes without an endpoint gets UNAVAILABLE 'no ready endpoints' \
+            (README's 'what a caller sees' documents UNAVAILABLE for every no-endpoint case): a contract change for \
+            the coordinator to decide"]
+async fn a_wait_for_ready_call_without_an_endpoint_ends_deadline_exceeded() {
+    let hello = Backend::start("cfg-wfr-hello", &[]);
+    let route = format!("echo.v1.EchoService=static:///{}:{BACKEND_PORT}", fresh_ip());
+    let config = r#"{"methodConfig": [{"name": [{"service": "echo.v1.EchoService"}], "waitForReady": true}]}"#;
+    let sidecar = Sidecar::start(
+        &Sidecar::static_target(&[&hello]),
+        &["--route", &route, "--service-config", config, "--failfast-timeout", "100ms"],
+    );
+    sidecar.wait_ready_endpoints(1);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "700m")];
+    let r = raw_request(sidecar.addr, true, "/echo.v1.EchoService/Echo", &grpc, grpc_frame(b"")).await;
+    assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded as i32), "{}", r.grpc_message());
+    assert!(r.grpc_message().contains("no ready endpoints"), "the reason is kept: {}", r.grpc_message());
+}
