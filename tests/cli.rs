@@ -126,3 +126,14 @@ fn service_config_errors_name_the_json_path() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("methodConfig[0].timeout"), "{stderr}");
 }
+
+/// `--target URI` is HelloService's route: a `--route` for HelloService next to it names both flags, since the
+/// user wrote HelloService only once.
+#[test]
+fn a_hello_service_route_next_to_target_names_both_flags() {
+    let args = ["sidecar", "--target", "static:///127.0.0.1:1", "--route", "hello.v1.HelloService=static:///b:1"];
+    let (code, stderr) = run(&args, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--route") && stderr.contains("--target"), "{stderr}");
+}
