@@ -110,3 +110,15 @@ fn json_durations_follow_the_protobuf_mapping() {
         assert_eq!(duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn ok_is_never_a_retryable_or_non_fatal_status() {
+    // grpc-java's service config parser: "retryableStatusCodes must not contain OK" (and nonFatalStatusCodes):
+    // a Trailers-Only OK (a stream that sends nothing) would be run again.
+    let retry = r#"{"methodConfig": [{"name": [{"service": "a.B"}], "retryPolicy": {"maxAttempts": 2,
+        "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 0]}}]}"#;
+    assert_eq!(parse_err(retry), "methodConfig[0].retryPolicy.retryableStatusCodes[1]: must not be OK");
+    let hedge =
+        r#"{"methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 2, "nonFatalStatusCodes": ["OK"]}}]}"#;
+    assert_eq!(parse_err(hedge), "methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]: must not be OK");
+}
