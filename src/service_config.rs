@@ -297,6 +297,10 @@ fn codes(values: &[Value], path: &str) -> Result<CodeSet, ConfigError> {
             _ => None,
         };
         let code = code.ok_or_else(|| err(format!("{path}[{i}]"), "not a gRPC status code (e.g. \"UNAVAILABLE\")"))?;
+        // As grpc-java's parser: a call that ended OK is never run again.
+        if code == Code::Ok {
+            return Err(err(format!("{path}[{i}]"), "must not be OK"));
+        }
         set.insert(code);
     }
     Ok(set)
