@@ -137,3 +137,21 @@ fn a_hello_service_route_next_to_target_names_both_flags() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--route") && stderr.contains("--target"), "{stderr}");
 }
+
+/// Health and server reflection are answered by the sidecar itself (README), so a route for one of them would
+/// never be used: refused at start rather than silently ignored.
+#[test]
+fn a_route_for_a_service_the_sidecar_answers_itself_is_refused() {
+    for service in
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+    {
+        let route = format!("{service}=static:///127.0.0.1:1");
+        // Addresses this machine does not have: were the route accepted, the sidecar would stop at once anyway.
+        let addrs = ["--listen", "192.0.2.1:50051", "--admin", "192.0.2.1:9901"];
+        let args = [&["sidecar", "--target", "static:///127.0.0.1:2", "--route", &route][..], &addrs[..]].concat();
+        let (code, stderr) = run(&args, &[]);
+        assert_eq!(code, Some(2), "{service}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--route") && stderr.contains("answered by the sidecar"), "{stderr}");
+    }
+}
