@@ -52,3 +52,18 @@ async fn routes_naming_one_service_differently_share_its_watch() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(kube.api.watches(), 1, "one watch of Service hello for its three spellings");
 }
+
+/// Routes that name the same URI share its target: the API stand-in serves one LIST and one WATCH for them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_naming_one_uri_share_one_watch() {
+    let mut kube = KubeCluster::new().await;
+    kube.add_pod(Phase::Ready);
+    let same =
+        ["--route", "a.v1.A=kubernetes:///hello.default:grpc", "--route", "b.v1.B=kubernetes:///hello.default:grpc"];
+    let sidecar = kube.sidecar(&same);
+    wait_for("every target synced", std::time::Duration::from_secs(20), || {
+        http_get(sidecar.admin, "/ready").map(|_| ())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!((kube.api.lists(), kube.api.watches()), (1, 1), "--target and two routes, one URI: one watch");
+}
