@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use hello_sidecar::{
     cli::{Cli, Command},
-    client, demo, inbound, inject, server, shutdown, sidecar, telemetry,
+    client, demo, inbound, inject,
+    routes::RouteError,
+    server, shutdown, sidecar, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -28,7 +30,14 @@ fn main() -> ExitCode {
     if let Command::Sidecar(args) = &cli.command
         && let Err(e) = hello_sidecar::routes::check(&args.all_routes())
     {
-        eprintln!("error: invalid value for '--route': {e}");
+        // `--target` is HelloService's route: say so when it is the other half of a duplicate.
+        let hello = hello_sidecar::proxy::route::HELLO_SERVICE;
+        let target = if args.target.is_some() && e == RouteError::Duplicate(hello.into()) {
+            format!(" (--target routes {hello}: give one or the other)")
+        } else {
+            String::new()
+        };
+        eprintln!("error: invalid value for '--route': {e}{target}");
         return ExitCode::from(2);
     }
     // A descriptor set that cannot be read or decoded: a bad flag value too.

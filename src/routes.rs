@@ -57,6 +57,11 @@ pub enum RouteError {
         /// Why the target is wrong.
         error: crate::discovery::TargetError,
     },
+    /// A service the sidecar answers itself (health, server reflection): a route for it would never be used.
+    #[error(
+        "invalid route '{0}': this service is answered by the sidecar itself (health, server reflection), never routed"
+    )]
+    AnsweredHere(String),
     /// The same service twice.
     #[error("service {0} is routed twice")]
     Duplicate(String),
@@ -81,10 +86,16 @@ pub fn parse_routes(value: &str) -> Result<Vec<Route>, RouteError> {
     raw.into_iter().map(|r| parse_route(&r)).collect()
 }
 
+/// Services answered by the sidecar itself before any route is looked up (`proxy::route`): `grpc.health.v1`
+/// health and gRPC server reflection in both versions.
+pub const ANSWERED_HERE: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 fn parse_route(route: &str) -> Result<Route, RouteError> {
     let (service, target) = route.split_once('=').ok_or_else(|| RouteError::NoEquals(route.to_owned()))?;
     let service = match service.trim() {
         "*" => ServiceMatch::Any,
+        s if ANSWERED_HERE.contains(&s) => return Err(RouteError::AnsweredHere(route.to_owned())),
         s if is_service_name(s) => ServiceMatch::Exact(s.to_owned()),
         _ => return Err(RouteError::BadService(route.to_owned())),
     };
@@ -193,6 +204,8 @@ mod tests {
         assert!(matches!(parse_routes("=static:///a:1"), Err(RouteError::BadService(_))));
         assert!(matches!(parse_routes("Orders=static:///a:1"), Err(RouteError::BadService(_))));
         assert!(matches!(parse_routes("a.B=ftp:///x"), Err(RouteError::BadTarget { .. })));
+        let health = parse_routes("grpc.health.v1.Health=static:///a:1");
+        assert!(matches!(health, Err(RouteError::AnsweredHere(_))), "{health:?}");
         let msg = parse_routes("a.B=static:///nohost").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("invalid route 'a.B=static:///nohost': invalid target"), "{msg}");
     }

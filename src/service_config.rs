@@ -261,7 +261,12 @@ impl RawMethodConfig {
     }
 }
 
-const DURATION_FORMAT: &str = "must be a JSON duration such as \"1.5s\" (seconds, up to 9 decimals, then 's')";
+const DURATION_FORMAT: &str =
+    "must be a JSON duration such as \"1.5s\" (seconds, up to 9 decimals, then 's'; at most 315576000000s)";
+
+/// The largest `google.protobuf.Duration` (about 10,000 years, `duration.proto`): larger values are not durations,
+/// and would overflow a deadline (`Instant` + timeout) if accepted.
+const MAX_DURATION_SECS: u64 = 315_576_000_000;
 
 fn required<'a>(v: &'a Option<String>, path: &str) -> Result<&'a str, ConfigError> {
     v.as_deref().ok_or_else(|| err(path.to_owned(), "required"))
@@ -292,13 +297,17 @@ fn codes(values: &[Value], path: &str) -> Result<CodeSet, ConfigError> {
             _ => None,
         };
         let code = code.ok_or_else(|| err(format!("{path}[{i}]"), "not a gRPC status code (e.g. \"UNAVAILABLE\")"))?;
+        // As grpc-java's parser: a call that ended OK is never run again.
+        if code == Code::Ok {
+            return Err(err(format!("{path}[{i}]"), "must not be OK"));
+        }
         set.insert(code);
     }
     Ok(set)
 }
 
 /// The protobuf JSON form of `google.protobuf.Duration`: decimal seconds with at most 9 fractional digits and an
-/// `s` suffix (`"1s"`, `"0.25s"`); negative durations are not meaningful here.
+/// `s` suffix (`"1s"`, `"0.25s"`), at most [`MAX_DURATION_SECS`]; negative durations are not meaningful here.
 pub fn duration(s: &str) -> Option<Duration> {
     let digits = s.strip_suffix('s')?;
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
@@ -308,7 +317,7 @@ pub fn duration(s: &str) -> Option<Duration> {
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) || (digits.contains('.') && frac.is_empty()) {
         return None;
     }
-    let secs: u64 = whole.parse().ok()?;
+    let secs: u64 = whole.parse().ok().filter(|s| *s <= MAX_DURATION_SECS)?;
     let nanos: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
     Some(Duration::new(secs, nanos))
 }

@@ -152,3 +152,32 @@ fn a_descriptor_set_without_its_imports_says_how_to_build_one_with_them() {
         assert!(stderr.contains(words), "{words}: {stderr}");
     }
 }
+
+/// `--target URI` is HelloService's route: a `--route` for HelloService next to it names both flags, since the
+/// user wrote HelloService only once.
+#[test]
+fn a_hello_service_route_next_to_target_names_both_flags() {
+    let args = ["sidecar", "--target", "static:///127.0.0.1:1", "--route", "hello.v1.HelloService=static:///b:1"];
+    let (code, stderr) = run(&args, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--route") && stderr.contains("--target"), "{stderr}");
+}
+
+/// Health and server reflection are answered by the sidecar itself (README), so a route for one of them would
+/// never be used: refused at start rather than silently ignored.
+#[test]
+fn a_route_for_a_service_the_sidecar_answers_itself_is_refused() {
+    for service in
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+    {
+        let route = format!("{service}=static:///127.0.0.1:1");
+        // Addresses this machine does not have: were the route accepted, the sidecar would stop at once anyway.
+        let addrs = ["--listen", "192.0.2.1:50051", "--admin", "192.0.2.1:9901"];
+        let args = [&["sidecar", "--target", "static:///127.0.0.1:2", "--route", &route][..], &addrs[..]].concat();
+        let (code, stderr) = run(&args, &[]);
+        assert_eq!(code, Some(2), "{service}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--route") && stderr.contains("answered by the sidecar"), "{stderr}");
+    }
+}

@@ -85,13 +85,13 @@ impl fmt::Display for PortRef {
 }
 
 impl fmt::Display for Target {
-    /// The name used in messages: `hello.default:grpc`, or the static list.
+    /// The name used in messages and as the `target` label: `hello.default:grpc`, `hello:grpc` for the pod's own
+    /// namespace (unknown here, and not always `default`), or the static list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Static(hosts) => write!(f, "static:///{}", hosts.join(",")),
-            Target::Kubernetes { service, namespace, port } => {
-                write!(f, "{service}.{}:{port}", namespace.as_deref().unwrap_or("default"))
-            }
+            Target::Kubernetes { service, namespace: Some(ns), port } => write!(f, "{service}.{ns}:{port}"),
+            Target::Kubernetes { service, namespace: None, port } => write!(f, "{service}:{port}"),
         }
     }
 }
@@ -151,5 +151,8 @@ mod tests {
     fn displays_the_service_name_used_in_errors() {
         let t: Target = "kubernetes:///hello.default:grpc".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.to_string(), "hello.default:grpc");
+        // Without a namespace the pod's own is meant, which may not be `default`: the name does not invent one.
+        let t: Target = "kubernetes:///hello:grpc".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.to_string(), "hello:grpc");
     }
 }

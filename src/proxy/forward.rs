@@ -354,7 +354,9 @@ impl<'a> PolicyRetry<'a> {
             None => self.backoff.mul_f64(rand::random::<f64>()),
         };
         self.attempts += 1;
-        self.backoff = self.backoff.mul_f64(policy.backoff_multiplier).min(policy.max_backoff);
+        // Saturating: any multiplier above 0 is valid, and a product past `Duration`'s range is `maxBackoff`.
+        self.backoff = Duration::try_from_secs_f64(self.backoff.as_secs_f64() * policy.backoff_multiplier)
+            .map_or(policy.max_backoff, |b| b.min(policy.max_backoff));
         Some(delay)
     }
 }

@@ -104,7 +104,21 @@ fn json_durations_follow_the_protobuf_mapping() {
     assert_eq!(duration("1s"), Some(Duration::from_secs(1)));
     assert_eq!(duration("0.000000001s"), Some(Duration::from_nanos(1)));
     assert_eq!(duration("1.5s"), Some(Duration::from_millis(1500)));
-    for bad in ["1", "1ms", ".5s", "1.s", "-1s", "1.0000000001s", "s", "1e3s"] {
+    assert_eq!(duration("315576000000s"), Some(Duration::from_secs(315_576_000_000)), "protobuf's largest");
+    for bad in ["1", "1ms", ".5s", "1.s", "-1s", "1.0000000001s", "s", "1e3s", "315576000001s", "18446744073709551615s"]
+    {
         assert_eq!(duration(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn ok_is_never_a_retryable_or_non_fatal_status() {
+    // grpc-java's service config parser: "retryableStatusCodes must not contain OK" (and nonFatalStatusCodes):
+    // a Trailers-Only OK (a stream that sends nothing) would be run again.
+    let retry = r#"{"methodConfig": [{"name": [{"service": "a.B"}], "retryPolicy": {"maxAttempts": 2,
+        "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 0]}}]}"#;
+    assert_eq!(parse_err(retry), "methodConfig[0].retryPolicy.retryableStatusCodes[1]: must not be OK");
+    let hedge =
+        r#"{"methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 2, "nonFatalStatusCodes": ["OK"]}}]}"#;
+    assert_eq!(parse_err(hedge), "methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]: must not be OK");
 }

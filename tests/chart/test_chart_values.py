@@ -136,6 +136,8 @@ def test_a_descriptor_set_config_map_is_mounted_in_the_sidecar_next_to_its_certi
         {"sidecar": {"routes": [{"service": "acme.Orders"}]}},
         {"sidecar": {"routes": [{"service": "acme.Orders", "target": "http://orders"}]}},
         {"sidecar": {"routes": [{"service": "not a service", "target": "static:///1.2.3.4:80"}]}},
+        # The sidecar wants package.Service (routes.rs): a bare name would render and then crash-loop the pod.
+        {"sidecar": {"routes": [{"service": "Orders", "target": "static:///1.2.3.4:80"}]}},
         {"sidecar": {"target": "kubernetes:///Hello.shop:grpc"}},
         {"sidecar": {"extraArgs": ["retry-budget=0.1"]}},
         {"sidecar": {"extraEnv": [{"value": "no name"}]}},
@@ -186,3 +188,12 @@ def test_monitors_render_when_enabled_and_select_the_sidecars_admin_port():
     # A backend Service must not be picked up by the ServiceMonitor.
     backend = find(docs, "Service", "release-hello-sidecar-backend")[0]
     assert not subset(sm["spec"]["selector"]["matchLabels"], backend["metadata"]["labels"])
+
+
+def test_a_route_for_hello_service_is_refused_at_render_time():
+    # The chart always routes hello.v1.HelloService through HELLO_SIDECAR_TARGET (sidecar.target or this chart's
+    # backend), so a route of its own would make the sidecar exit 2 ("routed twice") in every pod: say so when
+    # rendering instead, naming the value to use.
+    values = {"sidecar": {"routes": [{"service": "hello.v1.HelloService", "target": "static:///1.2.3.4:80"}]}}
+    with pytest.raises(helm.HelmError, match="sidecar.target"):
+        render_docs(values)

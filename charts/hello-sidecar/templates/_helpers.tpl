@@ -146,6 +146,9 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
   args:
     - sidecar
     {{- range $s.routes }}
+    {{- if eq .service "hello.v1.HelloService" }}
+    {{- fail "sidecar.routes: hello.v1.HelloService is routed by sidecar.target (HELLO_SIDECAR_TARGET); set sidecar.target instead of a route for it" }}
+    {{- end }}
     - {{ printf "--route=%s=%s" .service .target | quote }}
     {{- end }}
     {{- range $s.extraArgs }}
