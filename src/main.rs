@@ -8,10 +8,6 @@ use hello_sidecar::{
     client, demo, inbound, inject, server, shutdown, sidecar, telemetry,
 };
 
-/// mimalloc instead of glibc malloc: fewer instructions per proxied call (bench/callgrind.py, issue 14).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
