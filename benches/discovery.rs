@@ -4,6 +4,8 @@
 //! - full sync of 1000 endpoints over 10 slices: time until the sidecar lists them all, and its RSS growth.
 //!
 //! `cargo bench --bench discovery` (add `-- --smoke` for a quick pass). Prints a table; asserts nothing.
+//! `cargo bench --bench discovery -- --sync-only --endpoints 10000` measures only the full sync, of that many
+//! endpoints (100 per slice, as the controller cuts them): the scale curve's row (`bench/scale.py`).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -172,11 +174,16 @@ async fn full_sync(n: usize, slices: usize) -> (Duration, u64, u64) {
 
 #[tokio::main]
 async fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let sync_only = args.iter().any(|a| a == "--sync-only");
+    let n: usize =
+        args.iter().position(|a| a == "--endpoints").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(1000);
+    let slices = n.div_ceil(hello_sidecar::kube_standin::controller::MAX_PER_SLICE);
     let changes = if smoke { 5 } else { 50 };
-    let mut lat = new_endpoint_latency(changes).await;
+    let mut lat = if sync_only { Vec::new() } else { new_endpoint_latency(changes).await };
     lat.sort();
-    let (sync, before, after) = full_sync(1000, 10).await;
+    let (sync, before, after) = full_sync(n, slices).await;
     println!("\n| discovery | result |\n|---|---|");
     if !lat.is_empty() {
         println!(
@@ -186,9 +193,9 @@ async fn main() {
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
     }
-    println!("| full sync, 1000 endpoints over 10 slices | {:.1} ms |", sync.as_secs_f64() * 1e3);
+    println!("| full sync, {n} endpoints over {slices} slices | {:.1} ms |", sync.as_secs_f64() * 1e3);
     println!(
-        "| sidecar RSS before → after the 1000-endpoint sync | {:.1} → {:.1} MiB |",
+        "| sidecar RSS before → after the {n}-endpoint sync | {:.1} → {:.1} MiB |",
         before as f64 / 1024.0,
         after as f64 / 1024.0
     );

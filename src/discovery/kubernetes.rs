@@ -17,7 +17,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use backon::BackoffBuilder;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
     Api, Client,
@@ -54,10 +54,13 @@ pub async fn run(
     let mut slices = SliceState::default();
     let mut last: Option<Vec<Discovered>> = None;
     let mut retry = Retry::default();
+    // An event already taken from the stream while coalescing a burst, handled next.
+    let mut peeked = None;
     loop {
-        let next = match check_at {
-            Some(at) => tokio::time::timeout_at(at, events.next()).await.ok(),
-            None => Some(events.next().await),
+        let next = match (peeked.take(), check_at) {
+            (Some(event), _) => Some(event),
+            (None, Some(at)) => tokio::time::timeout_at(at, events.next()).await.ok(),
+            (None, None) => Some(events.next().await),
         };
         let Some(next) = next else {
             // The watch resumed after an error and has stayed quiet: a watch that resumes from its
@@ -109,6 +112,15 @@ pub async fn run(
         health.recovered();
         health.synced();
         check_at = None;
+        // Coalesce a burst: slice changes already waiting are applied before the union is recomputed, so a
+        // controller writing 100 slices costs one recomputation and one balancer update, not 100 ever larger ones.
+        if let Some(event) = events.next().now_or_never() {
+            let more = matches!(event, Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
+            peeked = Some(event);
+            if more {
+                continue;
+            }
+        }
         let set = usable(slices.current(), options.ip_family);
         if last.as_ref() != Some(&set) {
             if tx.send(set.clone()).await.is_err() {

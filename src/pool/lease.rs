@@ -38,6 +38,8 @@ const MAX_OVERFLOW: usize = 4;
 const OVERFLOW_IDLE: Duration = Duration::from_secs(30);
 /// How often a connection's driver reports the peer's current stream limit.
 pub(super) const LIMIT_REFRESH: Duration = Duration::from_millis(250);
+/// How seldom a primary connection's driver reports the peer's stream limit while it stays the same.
+pub(super) const LIMIT_REFRESH_MAX: Duration = Duration::from_secs(8);
 
 /// A connection handle for one call; counts the call in flight on that connection until dropped.
 pub struct Lease<B> {

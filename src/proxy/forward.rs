@@ -248,7 +248,12 @@ impl Proxy {
         *upstream.uri_mut() = crate::grpc::absolute_uri(&parts.uri, addr, self.config.backend_tls);
         *upstream.version_mut() = Version::HTTP_2;
         *upstream.headers_mut() = parts.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
+        if let Ok(mut v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
+            // A new value on nearly every call: HPACK-indexing it would insert it into the connection's dynamic
+            // table and evict the fields that do repeat (content-type, te, user-agent), so they would be sent and
+            // indexed again on every call. A never-indexed literal (RFC 7541 §6.2.3) keeps the table for those
+            // (bench/callgrind.py: ~2,500 fewer instructions per call).
+            v.set_sensitive(true);
             upstream.headers_mut().insert("grpc-timeout", v);
         }
         if previous > 0 {
