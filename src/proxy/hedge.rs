@@ -43,8 +43,13 @@ use crate::{
     grpc::status_of,
     pool::{self, SendFailure},
     proxy::{
-        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, call_log::CallLog, error::ProxyError,
-        forward::header_list_size, replay::ReplayBody,
+        Attempt, Balancer, Proxy,
+        body::ResponseBody,
+        call::CallRecord,
+        call_log::CallLog,
+        error::ProxyError,
+        forward::{self, header_list_size},
+        replay::ReplayBody,
     },
     service_config::{CodeSet, HedgingPolicy},
 };
@@ -63,6 +68,8 @@ pub(super) struct HedgedCall {
     pub timeout: Duration,
     /// How long the first pick may wait for a usable endpoint (`waitForReady`, else the fail-fast timeout).
     pub wait_until: Instant,
+    /// The method's `waitForReady`: the first pick waits up to the deadline, and ends `DEADLINE_EXCEEDED` there.
+    pub wait_for_ready: bool,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -173,7 +180,18 @@ impl Proxy {
         policy: &HedgingPolicy,
         log: &mut CallLog,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit } = call;
+        let HedgedCall {
+            balancer,
+            parts,
+            origin,
+            method,
+            start,
+            deadline,
+            timeout,
+            wait_until,
+            wait_for_ready,
+            permit,
+        } = call;
         origin.share();
         let mut schedule = Schedule::new(policy);
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(policy.max_attempts as usize);
@@ -220,7 +238,7 @@ impl Proxy {
                         Err(e) if in_flight.is_empty() => {
                             return match last {
                                 Some(failure) => self.give_up(failure, &method, start),
-                                None => Err(e.into()),
+                                None => Err(forward::no_endpoint(e, wait_for_ready)),
                             };
                         }
                         Err(_) => schedule.postpone(),
