@@ -35,8 +35,10 @@ pub enum ConnectError {
     #[error("http/2 handshake: {0}")]
     Handshake(#[from] hyper::Error),
     /// The connection closed before the server's HTTP/2 preface arrived: nothing accepts it (a server that stopped
-    /// accepting but whose listening socket is still bound, e.g. one draining after SIGTERM), or not HTTP/2.
-    #[error("closed before the server's HTTP/2 preface: {0}")]
+    /// accepting but whose listening socket is still bound, e.g. one draining after SIGTERM), or not HTTP/2, or,
+    /// over TLS 1.3, the server refused our client certificate (it can say so only after the handshake, RFC 8446
+    /// §4.4.2.4). The message says which it likely was.
+    #[error("{0}")]
     NoPreface(String),
 }
 
@@ -120,7 +122,10 @@ pub(super) async fn connect<B: SendBody>(
                     Ok(()) => "the peer closed the connection".to_owned(),
                     Err(e) => crate::error_chain(&e),
                 };
-                return Err(ConnectError::NoPreface(why));
+                return Err(ConnectError::NoPreface(match settings.tls {
+                    Some(_) => format!("closed right after the TLS handshake (client certificate refused?): {why}"),
+                    None => format!("closed before the server's HTTP/2 preface: {why}"),
+                }));
             }
         }
         Ok::<_, ConnectError>((tx, driver))
