@@ -1,7 +1,9 @@
 //! A target: one discovery source with its balancer and pool (DESIGN §10).
 //!
-//! Routes that name the same target URI share one [`Target`], so one Kubernetes Service has one EndpointSlice
-//! watch and one connection per pod however many gRPC services route to it. Each target runs two tasks: one feeds
+//! Routes that name the same target (the same URI, or the same Service and port with the pod's namespace written
+//! out or left out) share one [`Target`], with one connection per pod however many gRPC services route to it, and
+//! targets that name one Kubernetes Service on different ports share its one EndpointSlice watch
+//! ([`discovery::spawn_all`]). Each target runs two tasks: one feeds
 //! the balancer every endpoint set discovery sends, the other hands discovery's problems (an API answering 403,
 //! say) to the balancer, which names them when a call finds no endpoint.
 
@@ -22,15 +24,15 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts discovery for `uri` and the balancer it feeds.
+    /// Starts the balancer for `uri` that `discovery` (from [`discovery::spawn_all`]) feeds.
     pub fn spawn(
-        uri: discovery::Target,
+        uri: &discovery::Target,
+        discovery: discovery::Discovery,
         settings: balance::Settings,
-        options: discovery::Options,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let balancer = Arc::new(Balancer::new(uri.to_string(), settings, metrics.clone()));
-        let discovery::Discovery { mut sets, health } = discovery::spawn(uri, options);
+        let discovery::Discovery { mut sets, health } = discovery;
         let target = Arc::new(Self { balancer, discovery: health, synced: AtomicBool::new(false) });
 
         let mut problems = target.discovery.subscribe();

@@ -19,7 +19,9 @@ use common::{
 };
 use hello_sidecar::kube_standin::controller::Phase;
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 fn channel(s: &Sidecar) -> Channel {
     Channel::from_shared(format!("http://{}", s.addr)).expect("uri").connect_lazy()
@@ -306,4 +308,40 @@ async fn health_watch_of_an_unrouted_service_says_service_unknown_and_stays_open
     let more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(more.is_err(), "the stream stays open: {more:?}");
     assert_eq!(health(&sidecar, "acme.nope.v1.Nope").await, Err(Code::NotFound), "Check still answers NOT_FOUND");
+}
+
+/// A backend that dies gives a health Watch one transition, SERVING → NOT_SERVING, not a flap. Its port may stay
+/// bound by something that no longer serves: a server that stopped accepting but still holds its listening socket
+/// (draining), or, here, a plain listener that never accepts. The kernel completes TCP handshakes on it, and the
+/// sidecar took such a bare connect for a working connection: SERVING again until the socket went away. A
+/// connection is up only once the server's HTTP/2 preface arrived (as grpc-go waits for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_sees_one_transition_when_the_only_backend_dies() {
+    let mut hello = Backend::start("watch-dies-hello", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &["--connect-timeout", "500ms"]);
+    sidecar.wait_ready_endpoints(1);
+    let mut h = HealthClient::new(channel(&sidecar));
+    let watch = h.watch(HealthCheckRequest { service: "hello.v1.HelloService".into() }).await;
+    let mut stream = watch.expect("Watch").into_inner();
+    let first = stream.message().await.expect("a message").expect("not the end");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    hello.proc.kill();
+    // The port stays bound, and nothing accepts or speaks HTTP/2 on it.
+    let holder = std::net::TcpListener::bind(hello.addr).expect("the dead backend's port binds again");
+    let mut seen = watched(&mut stream, Duration::from_secs(3)).await;
+    drop(holder);
+    seen.extend(watched(&mut stream, Duration::from_secs(1)).await);
+    assert_eq!(seen, [ServingStatus::NotServing], "one transition, whatever holds the dead backend's port");
+    assert_eq!(health(&sidecar, "hello.v1.HelloService").await, Ok(ServingStatus::NotServing as i32));
+}
+
+/// The statuses a health Watch sends within `wait`.
+async fn watched(stream: &mut tonic::Streaming<HealthCheckResponse>, wait: Duration) -> Vec<ServingStatus> {
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(Some(m))) = tokio::time::timeout_at(until, stream.message()).await {
+        seen.push(ServingStatus::try_from(m.status).unwrap_or(ServingStatus::Unknown));
+    }
+    seen
 }

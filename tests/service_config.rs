@@ -80,9 +80,6 @@ async fn the_largest_timeout_is_a_long_deadline_and_a_larger_one_is_refused() {
 /// and one still without an endpoint then fails as any call past its deadline does, `DEADLINE_EXCEEDED` (grpc-go's
 /// picker says "context deadline exceeded while waiting for connections to become ready"), not `UNAVAILABLE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a waitForReady call whose deadline passes without an endpoint gets UNAVAILABLE 'no ready endpoints' \
-            (README's 'what a caller sees' documents UNAVAILABLE for every no-endpoint case): a contract change for \
-            the coordinator to decide"]
 async fn a_wait_for_ready_call_without_an_endpoint_ends_deadline_exceeded() {
     let hello = Backend::start("cfg-wfr-hello", &[]);
     let route = format!("echo.v1.EchoService=static:///{}:{BACKEND_PORT}", fresh_ip());

@@ -1,7 +1,10 @@
 //! Kubernetes discovery: a kube `watcher` on the target Service's EndpointSlices.
 //!
-//! State is kept per slice name; every change recomputes the usable union ([`super::slices::usable`]) and sends it
-//! when it differs from the last one sent, so a re-list that finds the same pods changes nothing downstream.
+//! One watch per Service (issue 12: "one EndpointSlice watch per Kubernetes Service, never per route"): targets
+//! that name the same Service on different ports ([`Feed`]) share it, and each gets the endpoints of its own port.
+//! State is kept per slice name and port; every change recomputes each port's usable union
+//! ([`super::slices::usable`]) and sends it when it differs from the last one sent to that port, so a re-list that
+//! finds the same pods changes nothing downstream.
 //! A re-list (`Init … InitApply … InitDone`) is buffered and swapped in whole at `InitDone` (`discovery::relist`).
 //!
 //! Errors (API server down, 403, 429, 5xx, 410 Gone, dropped streams) never end the loop, and the last set stays in
@@ -32,18 +35,42 @@ use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usa
 /// The label the EndpointSlice controller puts on every slice of a Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Watches `service` in `namespace` (the client's default namespace when `None`) and sends usable sets.
+/// One port of a watched Service and where its usable sets go.
+pub struct Feed {
+    /// The Service port, by name or number.
+    pub port: PortRef,
+    /// Whole usable sets for this port, as they change.
+    pub tx: mpsc::Sender<Vec<Discovered>>,
+    slices: SliceState,
+    last: Option<Vec<Discovered>>,
+}
+
+impl Feed {
+    /// A port to feed.
+    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>) -> Self {
+        Self { port, tx, slices: SliceState::default(), last: None }
+    }
+}
+
+/// The pod's own namespace as the Kubernetes client configuration gives it (the service account's namespace in a
+/// pod, else the kubeconfig context's, else `default`); `None` when there is no configuration yet.
+pub async fn own_namespace(kubeconfig: Option<&Path>) -> Option<String> {
+    config_from(kubeconfig).await.ok().map(|c| c.default_namespace)
+}
+
+/// Watches `service` in `namespace` (the client's default namespace when `None`) and sends each feed the usable
+/// sets of its port; ends when every feed's receiver is gone.
 pub async fn run(
     service: String,
     namespace: Option<String>,
-    port: PortRef,
+    mut feeds: Vec<Feed>,
     options: super::Options,
     health: Arc<Health>,
-    tx: mpsc::Sender<Vec<Discovered>>,
 ) {
     let client = connect(options.kubeconfig.as_deref()).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    info!(%service, %namespace, %port, "watching EndpointSlices");
+    let ports: Vec<String> = feeds.iter().map(|f| f.port.to_string()).collect();
+    info!(%service, %namespace, ?ports, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let selector = format!("{SERVICE_NAME_LABEL}={service}");
     let config = watcher::Config::default().labels(&selector);
@@ -51,8 +78,6 @@ pub async fn run(
     // After an error, when to ask the API directly whether it answers again (see `answers_again`).
     let mut check_at: Option<Instant> = None;
 
-    let mut slices = SliceState::default();
-    let mut last: Option<Vec<Discovered>> = None;
     let mut retry = Retry::default();
     // An event already taken from the stream while coalescing a burst, handled next.
     let mut peeked = None;
@@ -84,7 +109,11 @@ pub async fn run(
                     watcher::Event::InitApply(_) => retry.reset(),
                     _ => {}
                 }
-                slices.apply(event, &port)
+                let mut changed = false;
+                for feed in &mut feeds {
+                    changed |= feed.slices.apply(event.clone(), &feed.port);
+                }
+                changed
             }
             Err(e) => {
                 let failure = Failure::of(&e);
@@ -121,12 +150,22 @@ pub async fn run(
                 continue;
             }
         }
-        let set = usable(slices.current(), options.ip_family);
-        if last.as_ref() != Some(&set) {
-            if tx.send(set.clone()).await.is_err() {
-                return;
+        let mut gone = Vec::new();
+        for (i, feed) in feeds.iter_mut().enumerate() {
+            let set = usable(feed.slices.current(), options.ip_family);
+            if feed.last.as_ref() != Some(&set) {
+                if feed.tx.send(set.clone()).await.is_err() {
+                    gone.push(i);
+                    continue;
+                }
+                feed.last = Some(set);
             }
-            last = Some(set);
+        }
+        for i in gone.into_iter().rev() {
+            feeds.swap_remove(i);
+        }
+        if feeds.is_empty() {
+            return;
         }
     }
 }
@@ -242,8 +281,9 @@ impl Retry {
     }
 }
 
-async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
-    let mut config = match kubeconfig {
+/// The client configuration from `--kubeconfig`, else the standard places (see [`connect`]).
+async fn config_from(kubeconfig: Option<&Path>) -> Result<kube::Config, String> {
+    let config = match kubeconfig {
         None => kube::Config::infer().await.map_err(|e| e.to_string())?,
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -252,6 +292,11 @@ async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
+    Ok(config)
+}
+
+async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let mut config = config_from(kubeconfig).await?;
     // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
     // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
     // the throttling ended. [`Retry`] handles those answers here instead.

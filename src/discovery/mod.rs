@@ -60,19 +60,44 @@ pub struct Discovery {
     pub health: Arc<Health>,
 }
 
-/// Starts discovery for `target`.
-pub fn spawn(target: Target, options: Options) -> Discovery {
-    let (tx, sets) = mpsc::channel(16);
-    let health = Arc::new(Health::default());
-    match target {
-        Target::Static(hosts) => {
-            tokio::spawn(resolve_static(hosts, health.clone(), tx));
-        }
-        Target::Kubernetes { service, namespace, port } => {
-            tokio::spawn(kubernetes::run(service, namespace, port, options, health.clone(), tx));
+/// One watched Service: its namespace (`None`: the client's default) and name.
+type WatchKey = (Option<String>, String);
+
+/// Starts discovery for `targets`, one [`Discovery`] each, in order. Kubernetes targets that name the same Service
+/// (same namespace and name; ports may differ) share one EndpointSlice watch, which feeds each its own port's
+/// endpoints and reports through one [`Health`] (issue 12: one watch per Service, never per route). Give targets
+/// their namespace first ([`Target::in_namespace`]), so that `hello:grpc` and `hello.default:grpc` are one Service.
+pub fn spawn_all(targets: &[Target], options: &Options) -> Vec<Discovery> {
+    let mut out: Vec<Option<Discovery>> = targets.iter().map(|_| None).collect();
+    // One per (namespace, service), in order of first appearance: its ports' feeds and its health.
+    let mut watches: Vec<(WatchKey, Vec<kubernetes::Feed>, Arc<Health>)> = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let (tx, sets) = mpsc::channel(16);
+        match target {
+            Target::Static(hosts) => {
+                let health = Arc::new(Health::default());
+                tokio::spawn(resolve_static(hosts.clone(), health.clone(), tx));
+                out[i] = Some(Discovery { sets, health });
+            }
+            Target::Kubernetes { service, namespace, port } => {
+                let key = (namespace.clone(), service.clone());
+                let w = match watches.iter().position(|(k, _, _)| *k == key) {
+                    Some(w) => w,
+                    None => {
+                        watches.push((key, Vec::new(), Arc::new(Health::default())));
+                        watches.len() - 1
+                    }
+                };
+                let (_, feeds, health) = &mut watches[w];
+                feeds.push(kubernetes::Feed::new(port.clone(), tx));
+                out[i] = Some(Discovery { sets, health: health.clone() });
+            }
         }
     }
-    Discovery { sets, health }
+    for ((namespace, service), feeds, health) in watches {
+        tokio::spawn(kubernetes::run(service, namespace, feeds, options.clone(), health));
+    }
+    out.into_iter().flatten().collect()
 }
 
 /// Resolves a static host list once (retrying with backoff until every name resolves), then holds the set.

@@ -75,6 +75,24 @@ impl std::str::FromStr for Target {
     }
 }
 
+impl Target {
+    /// Whether this names a Kubernetes Service without its namespace (meaning the pod's own).
+    pub fn lacks_namespace(&self) -> bool {
+        matches!(self, Target::Kubernetes { namespace: None, .. })
+    }
+
+    /// This target with `namespace` filled in where the URI left it out: `hello:grpc` in the pod's namespace
+    /// `default` is `hello.default:grpc`, so both spellings are one target (issue 12). Others are unchanged.
+    pub fn in_namespace(self, namespace: &str) -> Self {
+        match self {
+            Target::Kubernetes { service, namespace: None, port } => {
+                Target::Kubernetes { service, namespace: Some(namespace.to_owned()), port }
+            }
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for PortRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -154,5 +172,10 @@ mod tests {
         // Without a namespace the pod's own is meant, which may not be `default`: the name does not invent one.
         let t: Target = "kubernetes:///hello:grpc".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.to_string(), "hello:grpc");
+        // Once the pod's namespace is known, the two spellings are one target.
+        let explicit: Target = "kubernetes:///hello.default:grpc".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.lacks_namespace() && !explicit.lacks_namespace());
+        assert_eq!(t.in_namespace("default"), explicit);
+        assert_eq!(explicit.clone().in_namespace("shop"), explicit, "a namespace given stays");
     }
 }

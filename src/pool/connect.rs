@@ -7,7 +7,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{SendBody, Settings};
+use super::{SendBody, Settings, preface::Heard};
 use crate::tls::Stream;
 
 /// TCP keepalive: probes start after this much idle time…
@@ -34,6 +34,12 @@ pub enum ConnectError {
     /// The HTTP/2 handshake failed.
     #[error("http/2 handshake: {0}")]
     Handshake(#[from] hyper::Error),
+    /// The connection closed before the server's HTTP/2 preface arrived: nothing accepts it (a server that stopped
+    /// accepting but whose listening socket is still bound, e.g. one draining after SIGTERM), or not HTTP/2, or,
+    /// over TLS 1.3, the server refused our client certificate (it can say so only after the handshake, RFC 8446
+    /// §4.4.2.4). The message says which it likely was.
+    #[error("{0}")]
+    NoPreface(String),
 }
 
 /// The HTTP/2 stream window (RFC 9113 §6.9) on both sides of the sidecar, in bytes: what one call whose reader
@@ -72,13 +78,14 @@ pub fn connection_window(streams: u32) -> u32 {
     streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
 }
 
-pub(super) type Driver<B> = http2::Connection<TokioIo<Stream>, B, TokioExecutor>;
+pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Stream>>, B, TokioExecutor>;
 
+/// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
 pub(super) async fn connect<B: SendBody>(
     addr: SocketAddr,
     settings: &Settings,
     keepalive: Duration,
-) -> Result<(SendRequest<B>, Driver<B>), ConnectError> {
+) -> Result<(SendRequest<B>, std::pin::Pin<Box<Driver<B>>>), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -87,6 +94,7 @@ pub(super) async fn connect<B: SendBody>(
             Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
             None => Stream::Plain(tcp),
         };
+        let (io, heard) = Heard::new(io);
         let (tx, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
@@ -104,6 +112,22 @@ pub(super) async fn connect<B: SendBody>(
             .initial_stream_window_size(STREAM_WINDOW)
             .handshake(TokioIo::new(io))
             .await?;
+        // The driver reads the server's preface; a connection that ends first was never accepted.
+        let mut driver = Box::pin(driver);
+        tokio::select! {
+            biased;
+            Ok(()) = heard => {}
+            res = driver.as_mut() => {
+                let why = match res {
+                    Ok(()) => "the peer closed the connection".to_owned(),
+                    Err(e) => crate::error_chain(&e),
+                };
+                return Err(ConnectError::NoPreface(match settings.tls {
+                    Some(_) => format!("closed right after the TLS handshake (client certificate refused?): {why}"),
+                    None => format!("closed before the server's HTTP/2 preface: {why}"),
+                }));
+            }
+        }
         Ok::<_, ConnectError>((tx, driver))
     };
     tokio::time::timeout(settings.connect_timeout, attempt)

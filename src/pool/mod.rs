@@ -40,6 +40,7 @@ use crate::telemetry::metrics::Metrics;
 mod connect;
 mod failure;
 mod lease;
+mod preface;
 
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
 use self::connect::{Driver, connect};
@@ -283,11 +284,8 @@ async fn maintain<B: SendBody>(
         if !rotating {
             conn.set(State::Connecting);
         }
-        let connected = match connect(addr, &settings, conn.keepalive_interval()).await {
-            // Boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
-            Ok((tx, driver)) => Ok((tx, Box::pin(driver))),
-            Err(e) => Err(e.to_string()),
-        };
+        // The driver comes boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
+        let connected = connect(addr, &settings, conn.keepalive_interval()).await.map_err(|e| e.to_string());
         let connected = match connected {
             Ok((tx, mut driver)) if rotating => {
                 match settle(&mut driver, settings.connect_timeout.min(ROTATION_SETTLE)).await {

@@ -21,6 +21,11 @@ pub enum ProxyError {
     /// Nothing usable to send the call to.
     #[error(transparent)]
     NoEndpoint(#[from] NoEndpoint),
+    /// A `waitForReady` call's deadline passed while it still waited for an endpoint. The wait is bounded by the
+    /// deadline (grpc/doc/wait-for-ready.md), so it ends as any call past its deadline does, `DEADLINE_EXCEEDED`,
+    /// as grpc-go ("context deadline exceeded while waiting for connections to become ready") and grpc-java do.
+    #[error("deadline exceeded while waiting for an endpoint to become ready (waitForReady): {0}")]
+    NotReadyByDeadline(NoEndpoint),
     /// The call's deadline passed before the backend answered.
     #[error("deadline exceeded after {0:?} (grpc-timeout or the sidecar's default)")]
     DeadlineExceeded(Duration),
@@ -91,7 +96,7 @@ impl ProxyError {
             ProxyError::Upstream { failure: SendFailure::Reset(reason), .. } => code_of_reset(*reason),
             ProxyError::Upstream { .. } => Code::Unavailable,
             ProxyError::HeadersTooLarge { .. } => Code::ResourceExhausted,
-            ProxyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ProxyError::DeadlineExceeded(_) | ProxyError::NotReadyByDeadline(_) => Code::DeadlineExceeded,
             ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
             ProxyError::Unimplemented(_) => Code::Unimplemented,
             ProxyError::MalformedTimeout(_)

@@ -134,7 +134,18 @@ impl Proxy {
         let wait_for_ready = policy.as_ref().and_then(|p| p.wait_for_ready) == Some(true);
         let wait_until = if wait_for_ready { deadline } else { deadline.min(start + self.config.failfast_timeout) };
         if let Some(hedging) = policy.as_ref().and_then(|p| p.hedging.as_ref()) {
-            let call = HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit };
+            let call = HedgedCall {
+                balancer,
+                parts,
+                origin,
+                method,
+                start,
+                deadline,
+                timeout,
+                wait_until,
+                wait_for_ready,
+                permit,
+            };
             return self.hedged(call, hedging, log).await;
         }
         let mut retry = PolicyRetry::new(policy.as_ref().and_then(|p| p.retry.as_ref()));
@@ -143,7 +154,7 @@ impl Proxy {
         let mut refused_by: Vec<SocketAddr> = Vec::new();
         let mut attempts: u32 = 0;
         loop {
-            let picked = balancer.pick(&refused_by, wait_until).await?;
+            let picked = balancer.pick(&refused_by, wait_until).await.map_err(|e| no_endpoint(e, wait_for_ready))?;
             let addr = picked.addr();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
@@ -375,3 +386,9 @@ pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
 
 #[cfg(test)]
 mod retry_tests;
+
+/// The answer to a call that found no endpoint: `UNAVAILABLE` for a fail-fast call, `DEADLINE_EXCEEDED` for a
+/// `waitForReady` one, whose wait ends only at its deadline (grpc/doc/wait-for-ready.md).
+pub(super) fn no_endpoint(e: crate::balance::NoEndpoint, wait_for_ready: bool) -> ProxyError {
+    if wait_for_ready { ProxyError::NotReadyByDeadline(e) } else { ProxyError::NoEndpoint(e) }
+}

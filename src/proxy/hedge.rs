@@ -43,8 +43,13 @@ use crate::{
     grpc::status_of,
     pool::{self, SendFailure},
     proxy::{
-        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, call_log::CallLog, error::ProxyError,
-        forward::header_list_size, replay::ReplayBody,
+        Attempt, Balancer, Proxy,
+        body::ResponseBody,
+        call::CallRecord,
+        call_log::CallLog,
+        error::ProxyError,
+        forward::{self, header_list_size},
+        replay::ReplayBody,
     },
     service_config::{CodeSet, HedgingPolicy},
 };
@@ -63,6 +68,8 @@ pub(super) struct HedgedCall {
     pub timeout: Duration,
     /// How long the first pick may wait for a usable endpoint (`waitForReady`, else the fail-fast timeout).
     pub wait_until: Instant,
+    /// The method's `waitForReady`: the first pick waits up to the deadline, and ends `DEADLINE_EXCEEDED` there.
+    pub wait_for_ready: bool,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -75,12 +82,21 @@ pub(super) struct Schedule {
     sent: u32,
     /// When the next attempt goes; `None`: no more (all sent, or hedging stopped).
     next: Option<Instant>,
+    /// The due hedge found no usable endpoint: it waits for the endpoint set to change (and, with a non-zero
+    /// `hedgingDelay`, at most that delay), not for a timer that is already due.
+    parked: bool,
 }
 
 impl Schedule {
     /// The first attempt is due now.
     pub fn new(policy: &HedgingPolicy) -> Self {
-        Self { max_attempts: policy.max_attempts, delay: policy.delay, sent: 0, next: Some(Instant::now()) }
+        Self {
+            max_attempts: policy.max_attempts,
+            delay: policy.delay,
+            sent: 0,
+            next: Some(Instant::now()),
+            parked: false,
+        }
     }
 
     /// When the next attempt is due, if one is left.
@@ -88,9 +104,32 @@ impl Schedule {
         self.next
     }
 
+    /// When a timer should wake the call for the next attempt: `None` when none is left, or while a postponed
+    /// hedge with no `hedgingDelay` waits only for the endpoint set to change.
+    pub fn timer(&self) -> Option<Instant> {
+        self.next.filter(|_| !self.waits_for_change_only())
+    }
+
     /// Whether an attempt is due now.
     pub fn due(&self) -> bool {
-        self.next.is_some_and(|t| t <= Instant::now())
+        !self.waits_for_change_only() && self.next.is_some_and(|t| t <= Instant::now())
+    }
+
+    /// Whether a postponed hedge waits for the endpoint set to change.
+    pub fn parked(&self) -> bool {
+        self.parked && self.next.is_some()
+    }
+
+    /// The endpoint set changed (an endpoint came, connected or was readmitted): a postponed hedge is due now.
+    pub fn endpoints_changed(&mut self) {
+        if self.parked() {
+            self.parked = false;
+            self.next = Some(Instant::now());
+        }
+    }
+
+    fn waits_for_change_only(&self) -> bool {
+        self.parked && self.delay.is_zero()
     }
 
     /// Attempts sent so far (the value of the next attempt's `grpc-previous-rpc-attempts`).
@@ -101,13 +140,17 @@ impl Schedule {
     /// An attempt went out: the next one is due a `hedgingDelay` later, if any is left.
     pub fn on_sent(&mut self) {
         self.sent += 1;
+        self.parked = false;
         self.next = (self.sent < self.max_attempts).then(|| Instant::now() + self.delay);
     }
 
-    /// No endpoint could take the due hedge now: it is tried again a `hedgingDelay` later.
+    /// No endpoint could take the due hedge now: it is tried again when the endpoint set changes, or a non-zero
+    /// `hedgingDelay` later, whichever comes first. With a zero delay only a change makes it due (else the call
+    /// would pick, fail and pick again without waiting).
     pub fn postpone(&mut self) {
         if self.next.is_some() {
             self.next = Some(Instant::now() + self.delay);
+            self.parked = true;
         }
     }
 
@@ -124,12 +167,14 @@ impl Schedule {
                 _ => return self.stop(),
             },
         };
+        self.parked = false;
         self.next = Some(Instant::now() + wait);
     }
 
     /// An attempt the endpoint never processed: sent again at once, not counted against `maxAttempts`.
     pub fn resend(&mut self) {
         self.sent = self.sent.saturating_sub(1);
+        self.parked = false;
         self.next = Some(Instant::now());
     }
 
@@ -173,7 +218,18 @@ impl Proxy {
         policy: &HedgingPolicy,
         log: &mut CallLog,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let HedgedCall { balancer, parts, origin, method, start, deadline, timeout, wait_until, permit } = call;
+        let HedgedCall {
+            balancer,
+            parts,
+            origin,
+            method,
+            start,
+            deadline,
+            timeout,
+            wait_until,
+            wait_for_ready,
+            permit,
+        } = call;
         origin.share();
         let mut schedule = Schedule::new(policy);
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(policy.max_attempts as usize);
@@ -185,6 +241,8 @@ impl Proxy {
         let mut transparent = 0;
         // The next attempt re-sends one the endpoint never processed: not charged to the budget.
         let mut resend = false;
+        // Changes of the endpoint set, for a hedge postponed because no endpoint could take it.
+        let mut endpoints = balancer.subscribe();
         let finish = |attempts: &mut Vec<Option<Attempt>>| {
             attempts.iter_mut().filter_map(Option::take).for_each(Attempt::abandon);
         };
@@ -198,6 +256,8 @@ impl Proxy {
                     // A hedge takes an endpoint that is usable now; with nothing else in flight the call may wait
                     // as a plain one does.
                     let wait = if in_flight.is_empty() { wait_until } else { Instant::now() };
+                    // A change from here on wakes a postponed hedge.
+                    endpoints.borrow_and_update();
                     match balancer.pick(&tried, wait).await {
                         // The budget is asked once an endpoint is there to take the hedge, so a postponed hedge
                         // spends no token.
@@ -220,7 +280,7 @@ impl Proxy {
                         Err(e) if in_flight.is_empty() => {
                             return match last {
                                 Some(failure) => self.give_up(failure, &method, start),
-                                None => Err(e.into()),
+                                None => Err(forward::no_endpoint(e, wait_for_ready)),
                             };
                         }
                         Err(_) => schedule.postpone(),
@@ -233,11 +293,15 @@ impl Proxy {
                 });
                 return self.give_up(failure, &method, start);
             }
-            let hedge_at = schedule.next().unwrap_or(deadline);
+            let hedge_at = schedule.timer().unwrap_or(deadline);
             let (i, sent) = tokio::select! {
                 biased;
                 Some(done) = in_flight.next() => done,
-                () = tokio::time::sleep_until(hedge_at), if schedule.next().is_some() => continue,
+                () = tokio::time::sleep_until(hedge_at), if schedule.timer().is_some() => continue,
+                Ok(()) = endpoints.changed(), if schedule.parked() => {
+                    schedule.endpoints_changed();
+                    continue;
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     drop(in_flight);
                     attempts.iter_mut().filter_map(Option::take).for_each(|mut a| a.finish(Code::DeadlineExceeded));

@@ -85,7 +85,7 @@ pub async fn start(
         eject_after: args.eject_after,
         ewma_decay: args.ewma_decay,
     };
-    let (targets, routes, table) = build_targets(&args, &settings, &metrics)?;
+    let (targets, routes, table) = build_targets(&args, &settings, &metrics).await?;
 
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = health::service(&reporter);
@@ -154,9 +154,11 @@ pub async fn start(
     Ok(Running { listen, admin: admin_addr, state, done })
 }
 
-/// Every route's target, started once per distinct target URI; the route table the proxy looks calls up in.
+/// Every route's target, started once per distinct target (a namespace-less Kubernetes URI is first given the
+/// pod's own namespace, so two spellings of one Service and port are one target, and one Service is one watch);
+/// the route table the proxy looks calls up in.
 #[allow(clippy::type_complexity)]
-fn build_targets(
+async fn build_targets(
     args: &SidecarArgs,
     settings: &balance::Settings,
     metrics: &Arc<Metrics>,
@@ -164,17 +166,33 @@ fn build_targets(
     let routes = args.all_routes();
     crate::routes::check(&routes)?;
     let options = discovery::Options { kubeconfig: args.kubeconfig.clone(), ip_family: args.ip_family };
-    let (mut uris, mut targets, mut indexed, mut table): (Vec<discovery::Target>, Vec<Arc<Target>>, Vec<_>, _) =
-        (Vec::new(), Vec::new(), Vec::new(), RouteTable::default());
-    for route in routes {
-        let i = match uris.iter().position(|u| *u == route.target) {
-            Some(i) => i,
-            None => {
-                uris.push(route.target.clone());
-                targets.push(Target::spawn(route.target.clone(), settings.clone(), options.clone(), metrics.clone()));
-                targets.len() - 1
-            }
+    // The pod's namespace, when some URI leaves it out; without a client configuration yet, such a target stays
+    // apart and its watch learns the namespace once the configuration appears.
+    let own = match routes.iter().any(|r| r.target.lacks_namespace()) {
+        true => discovery::kubernetes::own_namespace(options.kubeconfig.as_deref()).await,
+        false => None,
+    };
+    let mut uris: Vec<discovery::Target> = Vec::new();
+    let mut of_route = Vec::with_capacity(routes.len());
+    for route in &routes {
+        let uri = match &own {
+            Some(ns) => route.target.clone().in_namespace(ns),
+            None => route.target.clone(),
         };
+        let i = uris.iter().position(|u| *u == uri).unwrap_or_else(|| {
+            uris.push(uri);
+            uris.len() - 1
+        });
+        of_route.push(i);
+    }
+    let discoveries = discovery::spawn_all(&uris, &options);
+    let targets: Vec<Arc<Target>> = uris
+        .iter()
+        .zip(discoveries)
+        .map(|(uri, found)| Target::spawn(uri, found, settings.clone(), metrics.clone()))
+        .collect();
+    let (mut indexed, mut table) = (Vec::new(), RouteTable::default());
+    for (route, i) in routes.into_iter().zip(of_route) {
         table.insert(&route.service, targets[i].balancer.clone())?;
         indexed.push((route.service, i));
     }

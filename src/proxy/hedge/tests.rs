@@ -148,17 +148,40 @@ async fn hedged_views_of_one_body_all_read_it_to_the_end() {
     }
 }
 
-/// With `hedgingDelay` 0, a due hedge that finds no usable endpoint while another attempt is in flight is
-/// postponed to "now", so `hedged` picks again at once, forever: a busy loop (snapshot, describe, format) until
-/// the attempt in flight ends. Reached when the only endpoint stops being usable mid-call (ejected by other calls'
-/// failures, or reconnecting after a GOAWAY refused a hedge that is then re-sent).
+/// With `hedgingDelay` 0, a due hedge that finds no usable endpoint while another attempt is in flight was
+/// postponed to "now", so `hedged` picked again at once, forever: a busy loop (snapshot, describe, format) until
+/// the attempt in flight ended. Reached when the only endpoint stops being usable mid-call (ejected by other calls'
+/// failures, or reconnecting after a GOAWAY refused a hedge that is then re-sent). It now waits for the endpoint
+/// set to change.
 #[tokio::test(start_paused = true)]
-#[ignore = "a postponed hedge with hedgingDelay 0 is due again at once (busy loop in Proxy::hedged); the fix wants \
-            the pick to wait for a change in the endpoint set alongside the attempts in flight, not a timer"]
 async fn a_postponed_hedge_with_a_zero_delay_is_not_due_again_at_once() {
     let mut s = Schedule::new(&policy(2, Duration::ZERO));
     s.on_sent();
     assert!(s.due(), "the hedge is due at once");
     s.postpone();
     assert!(!s.due(), "no endpoint could take it: it must not be due again before something changes");
+    assert_eq!(s.timer(), None, "no timer wakes it: only a change of the endpoint set");
+    assert!(s.parked());
+    advance(Duration::from_secs(1)).await;
+    assert!(!s.due(), "time alone does not make it due");
+    s.endpoints_changed();
+    assert!(s.due(), "the endpoint set changed: the hedge is tried again");
+    assert!(!s.parked());
+}
+
+/// With a non-zero `hedgingDelay`, a postponed hedge goes again at the earlier of a delay and a change of the set.
+#[tokio::test(start_paused = true)]
+async fn a_postponed_hedge_goes_at_the_delay_or_at_a_change_whichever_is_first() {
+    let mut s = Schedule::new(&policy(3, 100 * MS));
+    s.on_sent();
+    advance(100 * MS).await;
+    s.postpone();
+    assert!(!s.due());
+    assert!(s.timer().is_some());
+    advance(100 * MS).await;
+    assert!(s.due(), "a hedging delay later");
+    s.postpone();
+    advance(10 * MS).await;
+    s.endpoints_changed();
+    assert!(s.due(), "the set changed before the delay");
 }
