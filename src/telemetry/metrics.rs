@@ -80,7 +80,7 @@ impl Metrics {
             }
         }
         let mut calls = self.calls.write();
-        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS { method } else { "other" };
+        let key = super::capped_label(&*calls, method, MAX_METHODS);
         calls.entry(key.into()).or_default().record(code, elapsed);
     }
 
