@@ -125,19 +125,6 @@ pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
     frame.freeze()
 }
 
-/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
-/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
-/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
-pub fn code_of_reset(reason: h2::Reason) -> Code {
-    match reason {
-        h2::Reason::CANCEL => Code::Cancelled,
-        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-        h2::Reason::REFUSED_STREAM => Code::Unavailable,
-        _ => Code::Internal,
-    }
-}
-
 /// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers).
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     let v = headers.get("grpc-status")?.to_str().ok()?;
@@ -148,14 +135,13 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
 /// connection's failure or a reset this side's HTTP/2 stack sent (a protocol violation by the peer on that stream).
 ///
 /// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
-/// the endpoint. Returns the reason and the status a gRPC client reports for it ([`code_of_reset`]).
-pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<(h2::Reason, Code)> {
+/// the endpoint. Returns the reset's reason (`crate::proxy::error::code_of_reset` gives its status).
+pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
     let e = crate::pool::h2_error(err)?;
     if !e.is_reset() || !e.is_remote() {
         return None;
     }
-    let reason = e.reason()?;
-    Some((reason, code_of_reset(reason)))
+    e.reason()
 }
 
 /// The error code of a GOAWAY that this side's HTTP/2 stack sent because the peer broke a protocol rule or one of
@@ -307,14 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn resets_map_as_the_grpc_http2_document_says() {
-        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
-        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
-        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
-        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
-        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
-            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
-        }
+    fn only_a_peers_stream_reset_is_a_stream_reset() {
         let reset = h2::Error::from(h2::Reason::CANCEL);
         assert_eq!(stream_reset(&reset), None, "a bare reason is not a stream reset");
         let io = std::io::Error::other("gone");

@@ -46,22 +46,21 @@ impl Proxy {
             None => None,
         };
         if method.as_ref().is_some_and(connect::is_streaming) {
-            return error(Code::Unimplemented, &connect::streaming(&path), &HeaderMap::new());
+            return refuse(ProxyError::ConnectStreaming(connect::streaming(&path)), &HeaderMap::new());
         }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
-            Some(None) => return error(Code::InvalidArgument, "malformed connect-timeout-ms", &HeaderMap::new()),
+            Some(None) => return refuse(ProxyError::MalformedConnectTimeout, &HeaderMap::new()),
         };
         let (mut parts, body) = req.into_parts();
         let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                let msg = format!("request larger than max ({limit} bytes)");
-                return error(Code::ResourceExhausted, &msg, &HeaderMap::new());
+                return refuse(ProxyError::RequestTooLarge(limit), &HeaderMap::new());
             }
-            Err(e) => return error(Code::Cancelled, &format!("request body: {e}"), &HeaderMap::new()),
+            Err(e) => return refuse(ProxyError::RequestBody(e.to_string()), &HeaderMap::new()),
         };
         let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
@@ -76,7 +75,7 @@ impl Proxy {
                         method = Some(m);
                         f
                     }
-                    None => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
+                    None => return refuse(ProxyError::MalformedRequest(msg), &HeaderMap::new()),
                 }
             }
         };
@@ -99,7 +98,7 @@ impl Proxy {
         let (parts, body) = res.into_parts();
         let collected = match body.collect().await {
             Ok(c) => c,
-            Err(e) => return error(Code::Unavailable, &format!("upstream: {e}"), &parts.headers),
+            Err(e) => return refuse(ProxyError::UpstreamBody(e.to_string()), &parts.headers),
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
@@ -121,7 +120,7 @@ impl Proxy {
             return error_with(code, &message, details, &meta);
         }
         if connect::several_messages(&data) {
-            return error(Code::Unimplemented, &connect::streaming(&path), &meta);
+            return refuse(ProxyError::ConnectStreaming(connect::streaming(&path)), &meta);
         }
         if codec == Codec::Json
             && let Some(m) = &method
@@ -142,7 +141,7 @@ impl Proxy {
                 res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
                 res
             }
-            Err(msg) => error(Code::Internal, &msg, &meta),
+            Err(msg) => refuse(ProxyError::MalformedReply(msg), &meta),
         }
     }
 
@@ -165,7 +164,8 @@ impl Proxy {
         path: &str,
     ) -> Result<(prost_reflect::MethodDescriptor, Arc<Balancer>), (Code, String)> {
         let Some(balancer) = self.routes.get(path).cloned() else {
-            return Err((Code::Unimplemented, ProxyError::Unimplemented(path.to_owned()).to_string()));
+            let e = ProxyError::Unimplemented(path.to_owned());
+            return Err((e.code(), e.to_string()));
         };
         let Some(schemas) = &self.schemas else {
             return Err((Code::Unimplemented, format!("{path}: {}", connect::NO_SCHEMA)));
@@ -190,6 +190,11 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// A Connect error response for what the sidecar answers itself (its status from [`ProxyError::code`]).
+fn refuse(e: ProxyError, meta: &HeaderMap) -> Response<ResponseBody> {
+    error_with(e.code(), &e.to_string(), Vec::new(), meta)
 }
 
 /// A Connect error response.
