@@ -39,16 +39,10 @@ pub fn encode_timeout(d: Duration) -> String {
     format!("{minutes}M")
 }
 
-/// The bytes `grpc-message` percent-encodes (gRPC HTTP/2 protocol document, "Responses"): everything outside
-/// 0x20..=0x7E (the crate always encodes non-ASCII bytes; `CONTROLS` adds 0x00..=0x1F and 0x7F), and `%` itself.
-const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
-
-/// Percent-encodes a `grpc-message` value as the gRPC spec asks (bytes outside 0x20..=0x7E, and `%`).
-pub fn encode_message(msg: &str) -> String {
-    percent_encoding::utf8_percent_encode(msg, GRPC_MESSAGE).to_string()
-}
-
-/// Decodes a percent-encoded `grpc-message` (the inverse of [`encode_message`]); bad escapes stay as they are.
+/// Decodes a percent-encoded `grpc-message` (as `crate::proxy::error::add_status` and every gRPC peer encode
+/// it); bad escapes stay as they are and bytes that are not UTF-8 become U+FFFD: the gRPC HTTP/2 document says a
+/// decoder must not fail. Not tonic's `Status::from_header_map`, which also needs `grpc-status`, copies every
+/// other header into the status's metadata, and gives up on a message that is not UTF-8.
 pub fn decode_message(v: &[u8]) -> String {
     percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
@@ -125,7 +119,10 @@ pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
     frame.freeze()
 }
 
-/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers).
+/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers); `None` when
+/// it is missing or not a number. On every proxied response's trailers, so it reads one header and allocates
+/// nothing: not tonic's `Status::from_header_map`, which decodes the message and copies every other header into
+/// the status's metadata.
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     let v = headers.get("grpc-status")?.to_str().ok()?;
     v.parse::<i32>().ok().map(Code::from_i32)
@@ -271,13 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_percent_encoded() {
-        assert_eq!(encode_message("name is required"), "name is required");
-        assert_eq!(encode_message("100% ok\n"), "100%25 ok%0A");
-        assert_eq!(encode_message("é"), "%C3%A9");
-        for m in ["name is required", "100% ok\n", "é", ""] {
-            assert_eq!(decode_message(encode_message(m).as_bytes()), m);
-        }
+    fn messages_are_percent_decoded() {
+        assert_eq!(decode_message(b"name is required"), "name is required");
+        assert_eq!(decode_message(b"100%25 ok%0A"), "100% ok\n");
+        assert_eq!(decode_message(b"%C3%A9"), "é");
         assert_eq!(decode_message(b"50%zz"), "50%zz");
     }
 

@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use tonic::Code;
 
 use crate::{
     BoxError,
-    grpc::{encode_message, status_of, stream_reset},
+    grpc::{status_of, stream_reset},
     proxy::{call::CallRecord, error::code_of_reset, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
@@ -148,10 +148,7 @@ impl UpstreamBody {
         self.inner = None;
         self.done = true;
         let mut t = HeaderMap::with_capacity(2);
-        t.insert("grpc-status", HeaderValue::from(code as i32));
-        if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
-            t.insert("grpc-message", v);
-        }
+        super::error::add_status(&mut t, code, message);
         Poll::Ready(Some(Ok(Frame::trailers(t))))
     }
 }

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tonic::Code;
 
-use crate::{balance::NoEndpoint, grpc::encode_message, pool::SendFailure, proxy::body::ResponseBody};
+use crate::{balance::NoEndpoint, pool::SendFailure, proxy::body::ResponseBody};
 
 /// What the sidecar answers instead of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -191,11 +191,21 @@ pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::empty());
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(code as i32));
-    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
-        h.insert("grpc-message", v);
-    }
+    add_status(h, code, message);
     res
+}
+
+/// Adds `grpc-status: code` and, unless `message` is empty, its percent-encoded `grpc-message` to `headers` (a
+/// Trailers-Only response's headers, or trailers) through tonic's `Status::add_header`: the sidecar's own answers
+/// are encoded exactly as those of the services tonic serves here (health, reflection). tonic percent-encodes
+/// a few printable characters as well (space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `{`, `}`), which the gRPC HTTP/2
+/// document allows: a decoder must accept any percent-encoded byte.
+pub fn add_status(headers: &mut HeaderMap, code: Code, message: &str) {
+    // `add_header` fails only on a value that cannot be a header, which percent-encoding rules out; the status
+    // alone still goes out then.
+    if tonic::Status::new(code, message).add_header(headers).is_err() {
+        headers.insert("grpc-status", HeaderValue::from(code as i32));
+    }
 }
 
 #[cfg(test)]
@@ -214,5 +224,21 @@ mod tests {
         assert_eq!(code_of_send_failure(SendFailure::Reset(h2::Reason::CANCEL)), Code::Cancelled);
         assert_eq!(code_of_send_failure(SendFailure::Connection), Code::Unavailable);
         assert_eq!(code_of_send_failure(SendFailure::Unprocessed), Code::Unavailable);
+    }
+
+    #[test]
+    fn status_messages_are_percent_encoded_and_decode_to_themselves() {
+        for m in ["name is required", "100% ok\n", "é", "no route for /x.y/\"q\u{1F600}", "50%zz"] {
+            let mut h = HeaderMap::new();
+            add_status(&mut h, Code::InvalidArgument, m);
+            assert_eq!(h["grpc-status"], "3");
+            let v = h["grpc-message"].as_bytes();
+            assert!(v.iter().all(|b| (0x20..=0x7e).contains(b)), "{m:?}: {v:?}");
+            assert_eq!(crate::grpc::decode_message(v), m);
+        }
+        let mut h = HeaderMap::new();
+        add_status(&mut h, Code::Ok, "");
+        assert_eq!(h["grpc-status"], "0");
+        assert!(h.get("grpc-message").is_none());
     }
 }
