@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
@@ -30,6 +31,7 @@ impl Proxy {
     }
 
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
+        let start = Instant::now();
         let path = req.uri().path().to_owned();
         let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
         // Set when the schema was learned from this target's backends: refreshed if a message does not map.
@@ -41,26 +43,34 @@ impl Proxy {
                     learned_from = Some(balancer);
                     Some(m)
                 }
-                Err((code, msg)) => return error(code, &msg, &HeaderMap::new()),
+                Err((code, msg)) => return self.refused(&path, start, code, &msg),
             },
             None => None,
         };
         if method.as_ref().is_some_and(connect::is_streaming) {
-            return refuse(ProxyError::ConnectStreaming(connect::streaming(&path)), &HeaderMap::new());
+            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
+            return self.refused(&path, start, e.code(), &e.to_string());
         }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
-            Some(None) => return refuse(ProxyError::MalformedConnectTimeout, &HeaderMap::new()),
+            Some(None) => {
+                let e = ProxyError::MalformedConnectTimeout;
+                return self.refused(&path, start, e.code(), &e.to_string());
+            }
         };
         let (mut parts, body) = req.into_parts();
         let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return refuse(ProxyError::RequestTooLarge(limit), &HeaderMap::new());
+            Err(e) => {
+                let e = if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::RequestTooLarge(limit)
+                } else {
+                    ProxyError::RequestBody(e.to_string())
+                };
+                return self.refused(&path, start, e.code(), &e.to_string());
             }
-            Err(e) => return refuse(ProxyError::RequestBody(e.to_string()), &HeaderMap::new()),
         };
         let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
@@ -75,7 +85,10 @@ impl Proxy {
                         method = Some(m);
                         f
                     }
-                    None => return refuse(ProxyError::MalformedRequest(msg), &HeaderMap::new()),
+                    None => {
+                        let e = ProxyError::MalformedRequest(msg);
+                        return self.refused(&path, start, e.code(), &e.to_string());
+                    }
                 }
             }
         };
@@ -143,6 +156,15 @@ impl Proxy {
             }
             Err(msg) => refuse(ProxyError::MalformedReply(msg), &meta),
         }
+    }
+
+    /// The Connect error for a call the sidecar answers itself before any endpoint is tried, counted in the
+    /// metrics and written to the access log as every call is (a call that is forwarded is counted by `forward`).
+    fn refused(&self, path: &str, start: Instant, code: Code, message: &str) -> Response<ResponseBody> {
+        let method = self.method_label(path);
+        self.metrics.record_call(&method, code, start.elapsed());
+        super::call_log::CallLog::new(&self.metrics).finish(&self.metrics, &method, code, start);
+        error(code, message, &HeaderMap::new())
     }
 
     /// The method again from the backends' current build (when a message did not map with the schema learned
