@@ -181,3 +181,18 @@ fn a_route_for_a_service_the_sidecar_answers_itself_is_refused() {
         assert!(stderr.contains("--route") && stderr.contains("answered by the sidecar"), "{stderr}");
     }
 }
+
+#[test]
+fn an_access_log_file_that_cannot_be_opened_is_a_bad_flag_value() {
+    for env in [&[][..], &[("HELLO_SIDECAR_ACCESS_LOG", "/nonexistent-dir/access.jsonl")]] {
+        let mut args = vec!["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "127.0.0.1:0"];
+        args.extend(["--admin", "127.0.0.1:0"]);
+        if env.is_empty() {
+            args.extend(["--access-log", "/nonexistent-dir/access.jsonl"]);
+        }
+        let (code, stderr) = run(&args, env);
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: one line: {stderr}");
+        assert!(stderr.contains("--access-log /nonexistent-dir/access.jsonl: No such file"), "{stderr}");
+    }
+}
