@@ -47,6 +47,14 @@ fn main() -> ExitCode {
         eprintln!("error: invalid value for '--descriptor-set': {e}");
         return ExitCode::from(2);
     }
+    // An access log file that cannot be opened (a missing directory, no permission): a bad flag value too.
+    if let Command::Sidecar(args) = &cli.command
+        && let Some(sink) = &args.access_log
+        && let Err(e) = telemetry::access_log::check(sink)
+    {
+        eprintln!("error: --access-log {sink}: {e}");
+        return ExitCode::from(2);
+    }
     // A key that does not match its certificate, a CA bundle rustls cannot use: bad flag values too.
     if let Err(e) = hello_sidecar::cli::check_tls(&cli.command) {
         eprintln!("error: {e}");

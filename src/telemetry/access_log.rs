@@ -62,6 +62,18 @@ pub fn parse_sink(s: &str) -> Result<Sink, String> {
     }
 }
 
+/// Whether `sink` can be opened for appending (a file is created if missing, as [`AccessLog::start`] would), so
+/// that a path that cannot be is refused as a bad flag value before anything starts.
+///
+/// # Errors
+/// The file cannot be opened: its directory is missing, it is a directory, permission is denied.
+pub fn check(sink: &Sink) -> std::io::Result<()> {
+    match sink {
+        Sink::File(path) => std::fs::OpenOptions::new().create(true).append(true).open(path).map(drop),
+        Sink::Stdout | Sink::Stderr => Ok(()),
+    }
+}
+
 /// The endpoint a call went to, named when its line is written (not on the call's path).
 pub trait Peer: Send + Sync {
     /// The target the endpoint belongs to, as the user wrote it.
