@@ -272,6 +272,30 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_types, clippy::disallowed_methods)] // a real device and a real writer thread
+    fn lines_the_sink_refuses_are_counted_as_dropped() {
+        // /dev/full refuses every write with ENOSPC: a full disk.
+        let log = AccessLog::start(&Sink::File("/dev/full".into())).expect("/dev/full opens");
+        for _ in 0..3 {
+            log.record(Entry {
+                at: UNIX_EPOCH,
+                method: Arc::from("m"),
+                peer: None,
+                code: Code::Ok,
+                duration: Duration::ZERO,
+                retries: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.dropped() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(log.dropped(), 3, "every line the disk refused is counted");
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_and_never_waits() {
         let (tx, _rx) = mpsc::sync_channel(1);
         let log = AccessLog { tx, dropped: AtomicU64::new(0) };
