@@ -5,7 +5,8 @@
 //! to a bounded channel with `try_send`, and one writer thread formats and writes the lines (a thread, not a
 //! task: blocking writes to a slow disk or pipe never hold up the proxy's runtime). When the writer
 //! falls behind and the channel is full, the line is dropped and counted
-//! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log.
+//! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log. Lines the sink refuses (a full
+//! disk, a closed pipe) are counted there too.
 //!
 //! A line (fields always present; `target` and `endpoint` are null when no endpoint was tried):
 //! `{"timestamp":"2026-11-30T04:41:49.123Z","method":"/hello.v1.HelloService/SayHello","target":"kubernetes:///hello.default:grpc","endpoint":"hello-7d9c-x2x4q","status":"OK","duration_seconds":0.0021,"retries":0,"request_bytes":12,"response_bytes":21}`
@@ -118,7 +119,8 @@ struct Line<'a> {
 /// The access log: a queue to its writer thread.
 pub struct AccessLog {
     tx: mpsc::SyncSender<Entry>,
-    dropped: AtomicU64,
+    /// Lines dropped: the queue was full, or the sink refused them (shared with the writer thread).
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
@@ -133,8 +135,12 @@ impl AccessLog {
             Sink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&rx, BufWriter::new(out)))?;
-        Ok(Arc::new(Self { tx, dropped: AtomicU64::new(0) }))
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(&rx, BufWriter::new(out), &lost))?;
+        Ok(Arc::new(Self { tx, dropped }))
     }
 
     /// Queues one line; drops and counts it when the writer is behind. Never waits.
@@ -144,28 +150,39 @@ impl AccessLog {
         }
     }
 
-    /// Lines dropped because the queue was full.
+    /// Lines dropped because the queue was full or the sink refused them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
     }
 }
 
 /// Writes lines until every sender is gone. Flushes whenever the queue is empty: bursts go out in large writes,
-/// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls.
-fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>) {
+/// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls: the
+/// lines of a batch that did not make it out are counted in `lost` (all of the batch when its flush fails, since
+/// a buffered writer cannot say how much of it went out).
+fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, lost: &AtomicU64) {
     let mut buf = Vec::with_capacity(512);
     while let Ok(mut entry) = rx.recv() {
+        let (mut batch, mut failed) = (0, 0);
         loop {
             buf.clear();
             format_line(&entry, &mut buf);
             drop(entry);
-            let _ = out.write_all(&buf);
+            batch += 1;
+            if out.write_all(&buf).is_err() {
+                failed += 1;
+            }
             match rx.try_recv() {
                 Ok(next) => entry = next,
                 Err(_) => break,
             }
         }
-        let _ = out.flush();
+        if out.flush().is_err() {
+            failed = batch;
+        }
+        if failed > 0 {
+            lost.fetch_add(failed, Relaxed);
+        }
     }
 }
 
@@ -298,7 +315,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_and_never_waits() {
         let (tx, _rx) = mpsc::sync_channel(1);
-        let log = AccessLog { tx, dropped: AtomicU64::new(0) };
+        let log = AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) };
         for _ in 0..3 {
             log.record(Entry {
                 at: UNIX_EPOCH,
