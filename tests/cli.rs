@@ -196,3 +196,20 @@ fn an_access_log_file_that_cannot_be_opened_is_a_bad_flag_value() {
         assert!(stderr.contains("--access-log /nonexistent-dir/access.jsonl: No such file"), "{stderr}");
     }
 }
+
+#[test]
+fn call_into_a_closed_pipe_does_not_panic() {
+    // `hello-sidecar call … | head -1`: the reader is gone before the summary is written.
+    let b = common::Backend::start("pipe-pod", &[]);
+    let mut child = Command::new(common::BIN)
+        .args(["call", "--addr", &b.addr.to_string(), "-n", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("call");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("call ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
