@@ -39,16 +39,10 @@ pub fn encode_timeout(d: Duration) -> String {
     format!("{minutes}M")
 }
 
-/// The bytes `grpc-message` percent-encodes (gRPC HTTP/2 protocol document, "Responses"): everything outside
-/// 0x20..=0x7E (the crate always encodes non-ASCII bytes; `CONTROLS` adds 0x00..=0x1F and 0x7F), and `%` itself.
-const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
-
-/// Percent-encodes a `grpc-message` value as the gRPC spec asks (bytes outside 0x20..=0x7E, and `%`).
-pub fn encode_message(msg: &str) -> String {
-    percent_encoding::utf8_percent_encode(msg, GRPC_MESSAGE).to_string()
-}
-
-/// Decodes a percent-encoded `grpc-message` (the inverse of [`encode_message`]); bad escapes stay as they are.
+/// Decodes a percent-encoded `grpc-message` (as `crate::proxy::error::add_status` and every gRPC peer encode
+/// it); bad escapes stay as they are and bytes that are not UTF-8 become U+FFFD: the gRPC HTTP/2 document says a
+/// decoder must not fail. Not tonic's `Status::from_header_map`, which also needs `grpc-status`, copies every
+/// other header into the status's metadata, and gives up on a message that is not UTF-8.
 pub fn decode_message(v: &[u8]) -> String {
     percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
@@ -125,20 +119,10 @@ pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
     frame.freeze()
 }
 
-/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
-/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
-/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
-pub fn code_of_reset(reason: h2::Reason) -> Code {
-    match reason {
-        h2::Reason::CANCEL => Code::Cancelled,
-        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-        h2::Reason::REFUSED_STREAM => Code::Unavailable,
-        _ => Code::Internal,
-    }
-}
-
-/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers).
+/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers); `None` when
+/// it is missing or not a number. On every proxied response's trailers, so it reads one header and allocates
+/// nothing: not tonic's `Status::from_header_map`, which decodes the message and copies every other header into
+/// the status's metadata.
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     let v = headers.get("grpc-status")?.to_str().ok()?;
     v.parse::<i32>().ok().map(Code::from_i32)
@@ -148,14 +132,13 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
 /// connection's failure or a reset this side's HTTP/2 stack sent (a protocol violation by the peer on that stream).
 ///
 /// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
-/// the endpoint. Returns the reason and the status a gRPC client reports for it ([`code_of_reset`]).
-pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<(h2::Reason, Code)> {
+/// the endpoint. Returns the reset's reason (`crate::proxy::error::code_of_reset` gives its status).
+pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
     let e = crate::pool::h2_error(err)?;
     if !e.is_reset() || !e.is_remote() {
         return None;
     }
-    let reason = e.reason()?;
-    Some((reason, code_of_reset(reason)))
+    e.reason()
 }
 
 /// The error code of a GOAWAY that this side's HTTP/2 stack sent because the peer broke a protocol rule or one of
@@ -285,13 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_percent_encoded() {
-        assert_eq!(encode_message("name is required"), "name is required");
-        assert_eq!(encode_message("100% ok\n"), "100%25 ok%0A");
-        assert_eq!(encode_message("é"), "%C3%A9");
-        for m in ["name is required", "100% ok\n", "é", ""] {
-            assert_eq!(decode_message(encode_message(m).as_bytes()), m);
-        }
+    fn messages_are_percent_decoded() {
+        assert_eq!(decode_message(b"name is required"), "name is required");
+        assert_eq!(decode_message(b"100%25 ok%0A"), "100% ok\n");
+        assert_eq!(decode_message(b"%C3%A9"), "é");
         assert_eq!(decode_message(b"50%zz"), "50%zz");
     }
 
@@ -307,14 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn resets_map_as_the_grpc_http2_document_says() {
-        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
-        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
-        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
-        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
-        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
-            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
-        }
+    fn only_a_peers_stream_reset_is_a_stream_reset() {
         let reset = h2::Error::from(h2::Reason::CANCEL);
         assert_eq!(stream_reset(&reset), None, "a bare reason is not a stream reset");
         let io = std::io::Error::other("gone");

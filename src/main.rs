@@ -47,6 +47,14 @@ fn main() -> ExitCode {
         eprintln!("error: invalid value for '--descriptor-set': {e}");
         return ExitCode::from(2);
     }
+    // An access log file that cannot be opened (a missing directory, no permission): a bad flag value too.
+    if let Command::Sidecar(args) = &cli.command
+        && let Some(sink) = &args.access_log
+        && let Err(e) = telemetry::access_log::check(sink)
+    {
+        eprintln!("error: --access-log {sink}: {e}");
+        return ExitCode::from(2);
+    }
     // A key that does not match its certificate, a CA bundle rustls cannot use: bad flag values too.
     if let Err(e) = hello_sidecar::cli::check_tls(&cli.command) {
         eprintln!("error: {e}");
@@ -107,7 +115,7 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Call(args) if args.interval.is_some() => {
             let interval = args.interval.unwrap_or_default();
-            let each = |o: &client::Outcome| println!("{}", client::outcome_line(o));
+            let each = |o: &client::Outcome| out(format_args!("{}\n", client::outcome_line(o)));
             match client::run_loop(&args, interval, each).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -120,9 +128,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Call(args) => match client::run(&args).await {
             Ok(summary) => {
                 if args.json {
-                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    out(format_args!("{}\n", serde_json::to_string(&summary).unwrap_or_default()));
                 } else {
-                    print!("{summary}");
+                    out(format_args!("{summary}"));
                 }
                 if summary.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
             }
@@ -143,6 +151,18 @@ async fn run(command: Command) -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Inject(_) => ExitCode::SUCCESS, // handled before the runtime starts
+    }
+}
+
+/// Writes to stdout; when the reader has gone (`call … | head`) the process ends quietly, as ripgrep does, where
+/// `print!` would panic on the broken pipe (and `call --interval` must not go on calling for no one).
+fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 

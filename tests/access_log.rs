@@ -88,3 +88,42 @@ async fn the_access_log_is_off_by_default_and_a_bad_path_is_refused() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("--access-log /nonexistent-dir/access.jsonl: No such file"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_calls_the_sidecar_refuses_itself_are_logged_and_counted() {
+    let b = Backend::start("log-connect", &[]);
+    let target = Sidecar::static_target(&[&b]);
+    let dir = std::env::temp_dir().join(format!("hello-access-log-{}-{}", std::process::id(), fresh_ip()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("access.jsonl");
+    let path_arg = path.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start(&target, &["--access-log", &path_arg]);
+    sidecar.wait_ready_endpoints(1);
+
+    let json = [("content-type", "application/json")];
+    let say_hello = "/hello.v1.HelloService/SayHello";
+    // Answered by the backend: logged as any call.
+    let ok = raw_request(sidecar.addr, false, say_hello, &json, br#"{"name":"Ada"}"#.to_vec()).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // Answered by the sidecar before any endpoint: malformed JSON, a malformed connect-timeout-ms.
+    let bad_json = raw_request(sidecar.addr, false, say_hello, &json, br#"{"nam"#.to_vec()).await;
+    assert_eq!(bad_json.status, 400, "{bad_json:?}");
+    let timeout = [("content-type", "application/json"), ("connect-timeout-ms", "soon")];
+    let bad_timeout = raw_request(sidecar.addr, false, say_hello, &timeout, b"{}".to_vec()).await;
+    assert_eq!(bad_timeout.status, 400, "{bad_timeout:?}");
+
+    let logged = wait_for("three access log lines", Duration::from_secs(10), || {
+        let l = lines(&path);
+        (l.len() >= 3).then_some(l)
+    });
+    let statuses: Vec<&str> = logged.iter().map(|l| l["status"].as_str().unwrap_or("?")).collect();
+    assert_eq!(statuses, ["OK", "INVALID_ARGUMENT", "INVALID_ARGUMENT"], "one line per call: {logged:?}");
+    for l in &logged[1..] {
+        assert_eq!(l["method"], say_hello, "{l}");
+        assert!(l["endpoint"].is_null(), "no endpoint was tried: {l}");
+    }
+    let m = sidecar.metrics();
+    let invalid = format!("hello_sidecar_requests_total{{method=\"{say_hello}\",grpc_status=\"INVALID_ARGUMENT\"}}");
+    assert_eq!(metric(&m, &invalid), 2, "{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,3 +181,35 @@ fn a_route_for_a_service_the_sidecar_answers_itself_is_refused() {
         assert!(stderr.contains("--route") && stderr.contains("answered by the sidecar"), "{stderr}");
     }
 }
+
+#[test]
+fn an_access_log_file_that_cannot_be_opened_is_a_bad_flag_value() {
+    for env in [&[][..], &[("HELLO_SIDECAR_ACCESS_LOG", "/nonexistent-dir/access.jsonl")]] {
+        let mut args = vec!["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "127.0.0.1:0"];
+        args.extend(["--admin", "127.0.0.1:0"]);
+        if env.is_empty() {
+            args.extend(["--access-log", "/nonexistent-dir/access.jsonl"]);
+        }
+        let (code, stderr) = run(&args, env);
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: one line: {stderr}");
+        assert!(stderr.contains("--access-log /nonexistent-dir/access.jsonl: No such file"), "{stderr}");
+    }
+}
+
+#[test]
+fn call_into_a_closed_pipe_does_not_panic() {
+    // `hello-sidecar call … | head -1`: the reader is gone before the summary is written.
+    let b = common::Backend::start("pipe-pod", &[]);
+    let mut child = Command::new(common::BIN)
+        .args(["call", "--addr", &b.addr.to_string(), "-n", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("call");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("call ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

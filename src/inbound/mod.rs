@@ -29,7 +29,6 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tonic::Code;
 use tracing::{debug, info, warn};
 
 use self::{
@@ -40,7 +39,7 @@ use self::{
 use crate::{
     admin,
     cli::InboundArgs,
-    proxy::error::status_response,
+    proxy::error::{ProxyError, status_response},
     tls::{AllowList, ServerTls, TlsError, verify},
 };
 
@@ -240,16 +239,12 @@ impl Inbound {
     async fn handle(&self, peer: &Peer, mut req: Request<Incoming>) -> Response<InboundBody> {
         let Some(id) = &peer.id else {
             self.stats.record(&peer.label, Outcome::Unauthenticated);
-            return answer(
-                Code::Unauthenticated,
-                "the client certificate carries no valid SPIFFE ID (exactly one URI SAN, a spiffe:// ID: X509-SVID \
-                 §2); the inbound proxy knows callers only by that",
-            );
+            return answer(ProxyError::NoIdentity);
         };
         if !self.allow.allows(&peer.label) {
             self.stats.record(&peer.label, Outcome::PermissionDenied);
             debug!(client_id = %peer.label, path = req.uri().path(), "caller not on the allow list");
-            return answer(Code::PermissionDenied, &format!("caller {} is not allowed here", peer.label));
+            return answer(ProxyError::NotAllowed(peer.label.clone()));
         }
         let headers = req.headers_mut();
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
@@ -268,12 +263,13 @@ impl Inbound {
             Err(e) => {
                 self.stats.record(&peer.label, Outcome::Unavailable);
                 warn!(app = %self.app.addr(), error = %e, "the app did not take the call");
-                answer(Code::Unavailable, &format!("inbound proxy: the app at {}: {e}", self.app.addr()))
+                answer(ProxyError::AppUnavailable { addr: self.app.addr(), error: e })
             }
         }
     }
 }
 
-fn answer(code: Code, message: &str) -> Response<InboundBody> {
-    status_response(code, message).map(|_| Either::Right(Empty::new()))
+/// The Trailers-Only answer for a call the inbound proxy refuses (its status from [`ProxyError::code`]).
+fn answer(e: ProxyError) -> Response<InboundBody> {
+    status_response(e.code(), &e.to_string()).map(|_| Either::Right(Empty::new()))
 }

@@ -21,7 +21,8 @@ use crate::{
     telemetry::metrics::{counter, counter_sample},
 };
 
-/// Distinct caller identities with their own metrics label (`other` takes one of them once they are used up).
+/// Distinct caller identities with their own metrics label; past them, callers count as `other`
+/// ([`crate::telemetry::capped_label`]).
 pub const MAX_IDS: usize = 100;
 /// Distinct (identity, certificate serial) pairs kept in the callers view.
 const MAX_CALLERS: usize = 64;
@@ -83,7 +84,7 @@ impl Stats {
             counts[i] += 1;
             return;
         }
-        let label = if m.len() < MAX_IDS { id } else { "other" };
+        let label = crate::telemetry::capped_label(&*m, id, MAX_IDS);
         m.entry(label.to_owned()).or_default()[i] += 1;
     }
 

@@ -4,7 +4,7 @@
 //! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
 //! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset. A stream the backend
 //! resets mid-response ends with the status a gRPC client reports for that `RST_STREAM` code
-//! ([`crate::grpc::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
+//! ([`crate::proxy::error::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
 //! `grpc-status` is recorded as `UNKNOWN` (what grpcio and grpc-go report for it); one that ends with no trailers
 //! at all gets `INTERNAL` trailers, as grpc-go reports it.
 
@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
@@ -27,8 +27,8 @@ use tonic::Code;
 
 use crate::{
     BoxError,
-    grpc::{encode_message, status_of, stream_reset},
-    proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
+    grpc::{status_of, stream_reset},
+    proxy::{call::CallRecord, error::code_of_reset, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
 
@@ -148,10 +148,7 @@ impl UpstreamBody {
         self.inner = None;
         self.done = true;
         let mut t = HeaderMap::with_capacity(2);
-        t.insert("grpc-status", HeaderValue::from(code as i32));
-        if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
-            t.insert("grpc-message", v);
-        }
+        super::error::add_status(&mut t, code, message);
         Poll::Ready(Some(Ok(Frame::trailers(t))))
     }
 }
@@ -204,11 +201,11 @@ impl Body for UpstreamBody {
                     return this.end_with(Code::ResourceExhausted, &msg);
                 }
                 let addr = this.record.endpoint_addr();
-                if let Some((reason, code)) = stream_reset(&e) {
+                if let Some(reason) = stream_reset(&e) {
                     // One stream reset by the backend: the connection is fine, and a reset says nothing about the
                     // endpoint's health (REFUSED_STREAM after the answer began, too).
                     let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
-                    return this.end_reset(code, &msg);
+                    return this.end_reset(code_of_reset(reason), &msg);
                 }
                 let msg = format!("upstream {addr} failed mid-response: {}", crate::error_chain(&e));
                 this.end_with(Code::Unavailable, &msg)

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
@@ -30,6 +31,7 @@ impl Proxy {
     }
 
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
+        let start = Instant::now();
         let path = req.uri().path().to_owned();
         let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
         // Set when the schema was learned from this target's backends: refreshed if a message does not map.
@@ -41,27 +43,34 @@ impl Proxy {
                     learned_from = Some(balancer);
                     Some(m)
                 }
-                Err((code, msg)) => return error(code, &msg, &HeaderMap::new()),
+                Err((code, msg)) => return self.refused(&path, start, code, &msg),
             },
             None => None,
         };
         if method.as_ref().is_some_and(connect::is_streaming) {
-            return error(Code::Unimplemented, &connect::streaming(&path), &HeaderMap::new());
+            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
+            return self.refused(&path, start, e.code(), &e.to_string());
         }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
-            Some(None) => return error(Code::InvalidArgument, "malformed connect-timeout-ms", &HeaderMap::new()),
+            Some(None) => {
+                let e = ProxyError::MalformedConnectTimeout;
+                return self.refused(&path, start, e.code(), &e.to_string());
+            }
         };
         let (mut parts, body) = req.into_parts();
         let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                let msg = format!("request larger than max ({limit} bytes)");
-                return error(Code::ResourceExhausted, &msg, &HeaderMap::new());
+            Err(e) => {
+                let e = if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::RequestTooLarge(limit)
+                } else {
+                    ProxyError::RequestBody(e.to_string())
+                };
+                return self.refused(&path, start, e.code(), &e.to_string());
             }
-            Err(e) => return error(Code::Cancelled, &format!("request body: {e}"), &HeaderMap::new()),
         };
         let frame = match connect::request_frame(method.as_ref(), codec, &bytes) {
             Ok(f) => f,
@@ -76,7 +85,10 @@ impl Proxy {
                         method = Some(m);
                         f
                     }
-                    None => return error(Code::InvalidArgument, &msg, &HeaderMap::new()),
+                    None => {
+                        let e = ProxyError::MalformedRequest(msg);
+                        return self.refused(&path, start, e.code(), &e.to_string());
+                    }
                 }
             }
         };
@@ -99,7 +111,7 @@ impl Proxy {
         let (parts, body) = res.into_parts();
         let collected = match body.collect().await {
             Ok(c) => c,
-            Err(e) => return error(Code::Unavailable, &format!("upstream: {e}"), &parts.headers),
+            Err(e) => return refuse(ProxyError::UpstreamBody(e.to_string()), &parts.headers),
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
@@ -121,7 +133,7 @@ impl Proxy {
             return error_with(code, &message, details, &meta);
         }
         if connect::several_messages(&data) {
-            return error(Code::Unimplemented, &connect::streaming(&path), &meta);
+            return refuse(ProxyError::ConnectStreaming(connect::streaming(&path)), &meta);
         }
         if codec == Codec::Json
             && let Some(m) = &method
@@ -142,8 +154,17 @@ impl Proxy {
                 res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()));
                 res
             }
-            Err(msg) => error(Code::Internal, &msg, &meta),
+            Err(msg) => refuse(ProxyError::MalformedReply(msg), &meta),
         }
+    }
+
+    /// The Connect error for a call the sidecar answers itself before any endpoint is tried, counted in the
+    /// metrics and written to the access log as every call is (a call that is forwarded is counted by `forward`).
+    fn refused(&self, path: &str, start: Instant, code: Code, message: &str) -> Response<ResponseBody> {
+        let method = self.method_label(path);
+        self.metrics.record_call(&method, code, start.elapsed());
+        super::call_log::CallLog::new(&self.metrics).finish(&self.metrics, &method, code, start);
+        error(code, message, &HeaderMap::new())
     }
 
     /// The method again from the backends' current build (when a message did not map with the schema learned
@@ -165,7 +186,8 @@ impl Proxy {
         path: &str,
     ) -> Result<(prost_reflect::MethodDescriptor, Arc<Balancer>), (Code, String)> {
         let Some(balancer) = self.routes.get(path).cloned() else {
-            return Err((Code::Unimplemented, ProxyError::Unimplemented(path.to_owned()).to_string()));
+            let e = ProxyError::Unimplemented(path.to_owned());
+            return Err((e.code(), e.to_string()));
         };
         let Some(schemas) = &self.schemas else {
             return Err((Code::Unimplemented, format!("{path}: {}", connect::NO_SCHEMA)));
@@ -190,6 +212,11 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// A Connect error response for what the sidecar answers itself (its status from [`ProxyError::code`]).
+fn refuse(e: ProxyError, meta: &HeaderMap) -> Response<ResponseBody> {
+    error_with(e.code(), &e.to_string(), Vec::new(), meta)
 }
 
 /// A Connect error response.

@@ -5,15 +5,10 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tonic::Code;
 
-use crate::{
-    balance::NoEndpoint,
-    grpc::{code_of_reset, encode_message},
-    pool::SendFailure,
-    proxy::body::ResponseBody,
-};
+use crate::{balance::NoEndpoint, pool::SendFailure, proxy::body::ResponseBody};
 
 /// What the sidecar answers instead of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +81,65 @@ pub enum ProxyError {
          (application/grpc-web) and Connect (application/json, application/proto)"
     )]
     Http1,
+    /// A Connect request for a streaming method (this port translates Connect unary calls only); the message
+    /// says which method.
+    #[error("{0}")]
+    ConnectStreaming(String),
+    /// A Connect `connect-timeout-ms` that is not 1 to 10 digits.
+    #[error("malformed connect-timeout-ms")]
+    MalformedConnectTimeout,
+    /// A Connect request message that does not map to the method's request type (or is not JSON at all).
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// A Connect request body over `--max-message-bytes` (the limit, in bytes).
+    #[error("request larger than max ({0} bytes)")]
+    RequestTooLarge(usize),
+    /// The backend's answer to a Connect call failed while it was being collected.
+    #[error("upstream: {0}")]
+    UpstreamBody(String),
+    /// The backend's reply to a Connect call cannot be translated (not one message, or not of the reply type).
+    #[error("{0}")]
+    MalformedReply(String),
+    /// `inbound`: the caller's certificate carries no SPIFFE ID (X509-SVID §2).
+    #[error(
+        "the client certificate carries no valid SPIFFE ID (exactly one URI SAN, a spiffe:// ID: X509-SVID §2); \
+         the inbound proxy knows callers only by that"
+    )]
+    NoIdentity,
+    /// `inbound`: the caller (its SPIFFE ID) is not on `--allow`.
+    #[error("caller {0} is not allowed here")]
+    NotAllowed(String),
+    /// `inbound`: the app behind it did not take the call.
+    #[error("inbound proxy: the app at {addr}: {error}")]
+    AppUnavailable {
+        /// The app's address.
+        addr: std::net::SocketAddr,
+        /// Why, with its causes.
+        error: String,
+    },
+}
+
+/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
+/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
+/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
+pub fn code_of_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// The status of an attempt that failed before the backend answered: a stream the peer reset gets the status of
+/// its reset ([`code_of_reset`]); a failed connection, or a request never processed, `UNAVAILABLE` (the gRPC
+/// status code document: "the service is currently unavailable", safe to retry).
+pub fn code_of_send_failure(failure: SendFailure) -> Code {
+    match failure {
+        SendFailure::Reset(reason) => code_of_reset(reason),
+        SendFailure::Unprocessed | SendFailure::Connection => Code::Unavailable,
+    }
 }
 
 impl ProxyError {
@@ -93,8 +147,7 @@ impl ProxyError {
     pub fn code(&self) -> Code {
         match self {
             ProxyError::NoEndpoint(_) => Code::Unavailable,
-            ProxyError::Upstream { failure: SendFailure::Reset(reason), .. } => code_of_reset(*reason),
-            ProxyError::Upstream { .. } => Code::Unavailable,
+            ProxyError::Upstream { failure, .. } => code_of_send_failure(*failure),
             ProxyError::HeadersTooLarge { .. } => Code::ResourceExhausted,
             ProxyError::DeadlineExceeded(_) | ProxyError::NotReadyByDeadline(_) => Code::DeadlineExceeded,
             ProxyError::TooLarge { .. } | ProxyError::Overloaded(_) => Code::ResourceExhausted,
@@ -104,6 +157,14 @@ impl ProxyError {
             | ProxyError::NotGrpc(_)
             | ProxyError::Http1 => Code::Internal,
             ProxyError::RequestBody(_) => Code::Cancelled,
+            ProxyError::ConnectStreaming(_) => Code::Unimplemented,
+            ProxyError::MalformedConnectTimeout | ProxyError::MalformedRequest(_) => Code::InvalidArgument,
+            ProxyError::RequestTooLarge(_) => Code::ResourceExhausted,
+            ProxyError::UpstreamBody(_) => Code::Unavailable,
+            ProxyError::MalformedReply(_) => Code::Internal,
+            ProxyError::NoIdentity => Code::Unauthenticated,
+            ProxyError::NotAllowed(_) => Code::PermissionDenied,
+            ProxyError::AppUnavailable { .. } => Code::Unavailable,
         }
     }
 
@@ -135,9 +196,54 @@ pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::empty());
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(code as i32));
-    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
-        h.insert("grpc-message", v);
-    }
+    add_status(h, code, message);
     res
+}
+
+/// Adds `grpc-status: code` and, unless `message` is empty, its percent-encoded `grpc-message` to `headers` (a
+/// Trailers-Only response's headers, or trailers) through tonic's `Status::add_header`: the sidecar's own answers
+/// are encoded exactly as those of the services tonic serves here (health, reflection). tonic percent-encodes
+/// a few printable characters as well (space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `{`, `}`), which the gRPC HTTP/2
+/// document allows: a decoder must accept any percent-encoded byte.
+pub fn add_status(headers: &mut HeaderMap, code: Code, message: &str) {
+    // `add_header` fails only on a value that cannot be a header, which percent-encoding rules out; the status
+    // alone still goes out then.
+    if tonic::Status::new(code, message).add_header(headers).is_err() {
+        headers.insert("grpc-status", HeaderValue::from(code as i32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_map_as_the_grpc_http2_document_says() {
+        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
+        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
+        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
+        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
+            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
+        }
+        assert_eq!(code_of_send_failure(SendFailure::Reset(h2::Reason::CANCEL)), Code::Cancelled);
+        assert_eq!(code_of_send_failure(SendFailure::Connection), Code::Unavailable);
+        assert_eq!(code_of_send_failure(SendFailure::Unprocessed), Code::Unavailable);
+    }
+
+    #[test]
+    fn status_messages_are_percent_encoded_and_decode_to_themselves() {
+        for m in ["name is required", "100% ok\n", "é", "no route for /x.y/\"q\u{1F600}", "50%zz"] {
+            let mut h = HeaderMap::new();
+            add_status(&mut h, Code::InvalidArgument, m);
+            assert_eq!(h["grpc-status"], "3");
+            let v = h["grpc-message"].as_bytes();
+            assert!(v.iter().all(|b| (0x20..=0x7e).contains(b)), "{m:?}: {v:?}");
+            assert_eq!(crate::grpc::decode_message(v), m);
+        }
+        let mut h = HeaderMap::new();
+        add_status(&mut h, Code::Ok, "");
+        assert_eq!(h["grpc-status"], "0");
+        assert!(h.get("grpc-message").is_none());
+    }
 }

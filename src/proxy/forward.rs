@@ -196,11 +196,10 @@ impl Proxy {
                             tracing::debug!(endpoint = %addr, %error, "transparent retry: the request never reached the application");
                             continue;
                         }
-                    } else if let SendFailure::Reset(reason) = failure {
-                        // The peer answered this request with a reset: about the call, not the endpoint's health.
-                        attempt.finish(crate::grpc::code_of_reset(reason));
                     } else {
-                        attempt.finish(Code::Unavailable);
+                        // A reset is the peer's answer to this request (about the call, not the endpoint's
+                        // health); a failed connection is UNAVAILABLE.
+                        attempt.finish(super::error::code_of_send_failure(failure));
                     }
                     let err = ProxyError::Upstream { addr, failure, error };
                     if self.policy_retry(&mut retry, err.code(), None, &origin, deadline).await {

@@ -340,8 +340,7 @@ impl Proxy {
                     }
                     match failure {
                         SendFailure::Unprocessed => attempt.release(),
-                        SendFailure::Reset(reason) => attempt.finish(crate::grpc::code_of_reset(reason)),
-                        _ => attempt.finish(Code::Unavailable),
+                        _ => attempt.finish(super::error::code_of_send_failure(failure)),
                     }
                     let err = ProxyError::Upstream { addr, failure, error };
                     if verdict(Some(err.code()), policy.non_fatal) == Verdict::Fatal {

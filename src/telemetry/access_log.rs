@@ -5,7 +5,8 @@
 //! to a bounded channel with `try_send`, and one writer thread formats and writes the lines (a thread, not a
 //! task: blocking writes to a slow disk or pipe never hold up the proxy's runtime). When the writer
 //! falls behind and the channel is full, the line is dropped and counted
-//! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log.
+//! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log. Lines the sink refuses (a full
+//! disk, a closed pipe) are counted there too.
 //!
 //! A line (fields always present; `target` and `endpoint` are null when no endpoint was tried):
 //! `{"timestamp":"2026-11-30T04:41:49.123Z","method":"/hello.v1.HelloService/SayHello","target":"kubernetes:///hello.default:grpc","endpoint":"hello-7d9c-x2x4q","status":"OK","duration_seconds":0.0021,"retries":0,"request_bytes":12,"response_bytes":21}`
@@ -62,6 +63,18 @@ pub fn parse_sink(s: &str) -> Result<Sink, String> {
     }
 }
 
+/// Whether `sink` can be opened for appending (a file is created if missing, as [`AccessLog::start`] would), so
+/// that a path that cannot be is refused as a bad flag value before anything starts.
+///
+/// # Errors
+/// The file cannot be opened: its directory is missing, it is a directory, permission is denied.
+pub fn check(sink: &Sink) -> std::io::Result<()> {
+    match sink {
+        Sink::File(path) => std::fs::OpenOptions::new().create(true).append(true).open(path).map(drop),
+        Sink::Stdout | Sink::Stderr => Ok(()),
+    }
+}
+
 /// The endpoint a call went to, named when its line is written (not on the call's path).
 pub trait Peer: Send + Sync {
     /// The target the endpoint belongs to, as the user wrote it.
@@ -106,7 +119,8 @@ struct Line<'a> {
 /// The access log: a queue to its writer thread.
 pub struct AccessLog {
     tx: mpsc::SyncSender<Entry>,
-    dropped: AtomicU64,
+    /// Lines dropped: the queue was full, or the sink refused them (shared with the writer thread).
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
@@ -121,8 +135,12 @@ impl AccessLog {
             Sink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&rx, BufWriter::new(out)))?;
-        Ok(Arc::new(Self { tx, dropped: AtomicU64::new(0) }))
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(&rx, BufWriter::new(out), &lost))?;
+        Ok(Arc::new(Self { tx, dropped }))
     }
 
     /// Queues one line; drops and counts it when the writer is behind. Never waits.
@@ -132,28 +150,39 @@ impl AccessLog {
         }
     }
 
-    /// Lines dropped because the queue was full.
+    /// Lines dropped because the queue was full or the sink refused them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
     }
 }
 
 /// Writes lines until every sender is gone. Flushes whenever the queue is empty: bursts go out in large writes,
-/// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls.
-fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>) {
+/// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls: the
+/// lines of a batch that did not make it out are counted in `lost` (all of the batch when its flush fails, since
+/// a buffered writer cannot say how much of it went out).
+fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, lost: &AtomicU64) {
     let mut buf = Vec::with_capacity(512);
     while let Ok(mut entry) = rx.recv() {
+        let (mut batch, mut failed) = (0, 0);
         loop {
             buf.clear();
             format_line(&entry, &mut buf);
             drop(entry);
-            let _ = out.write_all(&buf);
+            batch += 1;
+            if out.write_all(&buf).is_err() {
+                failed += 1;
+            }
             match rx.try_recv() {
                 Ok(next) => entry = next,
                 Err(_) => break,
             }
         }
-        let _ = out.flush();
+        if out.flush().is_err() {
+            failed = batch;
+        }
+        if failed > 0 {
+            lost.fetch_add(failed, Relaxed);
+        }
     }
 }
 
@@ -260,9 +289,33 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_types, clippy::disallowed_methods)] // a real device and a real writer thread
+    fn lines_the_sink_refuses_are_counted_as_dropped() {
+        // /dev/full refuses every write with ENOSPC: a full disk.
+        let log = AccessLog::start(&Sink::File("/dev/full".into())).expect("/dev/full opens");
+        for _ in 0..3 {
+            log.record(Entry {
+                at: UNIX_EPOCH,
+                method: Arc::from("m"),
+                peer: None,
+                code: Code::Ok,
+                duration: Duration::ZERO,
+                retries: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.dropped() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(log.dropped(), 3, "every line the disk refused is counted");
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_and_never_waits() {
         let (tx, _rx) = mpsc::sync_channel(1);
-        let log = AccessLog { tx, dropped: AtomicU64::new(0) };
+        let log = AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) };
         for _ in 0..3 {
             log.record(Entry {
                 at: UNIX_EPOCH,

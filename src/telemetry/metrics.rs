@@ -80,7 +80,7 @@ impl Metrics {
             }
         }
         let mut calls = self.calls.write();
-        let key = if calls.contains_key(method) || calls.len() < MAX_METHODS { method } else { "other" };
+        let key = super::capped_label(&*calls, method, MAX_METHODS);
         calls.entry(key.into()).or_default().record(code, elapsed);
     }
 
@@ -170,7 +170,7 @@ impl Collector for Metrics {
         let updates = self.discovery_updates.load(Relaxed);
         counter(&mut enc, "hello_sidecar_discovery_updates", "Endpoint sets received from discovery.", updates)?;
         if let Some(log) = self.access_log() {
-            let help = "Access log lines dropped because the writer fell behind (calls never wait for it).";
+            let help = "Access log lines dropped because the writer fell behind (calls never wait for it) or the sink refused them.";
             counter(&mut enc, "hello_sidecar_access_log_dropped", help, log.dropped())?;
         }
         counter(

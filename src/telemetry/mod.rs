@@ -5,6 +5,8 @@ pub mod calls;
 pub mod metrics;
 pub mod process;
 
+use std::{borrow::Borrow, collections::HashMap, hash::Hash};
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::cli::LogFormat;
@@ -18,4 +20,37 @@ pub fn init_logging(format: LogFormat, default: &str) {
         LogFormat::Plain => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
+}
+
+/// The label value that stands for every value past a label's cap.
+pub const OTHER: &str = "other";
+
+/// The label a series of `value` gets in `series` (a map from label value to what is recorded under it), capped at
+/// `max` distinct values so no peer can create series at will (Prometheus: "do not use labels to store dimensions
+/// with high cardinality"): `value` itself when it has a series already or fewer than `max` are in use, else
+/// [`OTHER`]. `OTHER` then takes one more series, so a family has at most `max + 1`.
+pub fn capped_label<'a, K, V>(series: &HashMap<K, V>, value: &'a str, max: usize) -> &'a str
+where
+    K: Borrow<str> + Hash + Eq,
+{
+    if series.len() < max || series.contains_key(value) { value } else { OTHER }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_past_the_cap_is_other_and_known_labels_stay() {
+        let mut series: HashMap<String, u64> = HashMap::new();
+        for v in ["a", "b", "c"] {
+            let label = capped_label(&series, v, 2).to_owned();
+            *series.entry(label).or_default() += 1;
+        }
+        assert_eq!(series.get("c"), None);
+        assert_eq!(series.get(OTHER), Some(&1));
+        // Over the cap, a value with a series of its own keeps it.
+        assert_eq!(capped_label(&series, "a", 2), "a");
+        assert_eq!(capped_label(&series, "d", 2), OTHER);
+    }
 }
