@@ -51,8 +51,11 @@ async fn a_backend_killed_mid_run_costs_at_most_the_calls_in_flight() {
     assert!(!tail.contains_key("kill-victim") || tail["kill-victim"] <= CONCURRENCY, "{tail:?}");
     let after = calls(&sidecar.client(), 60, 4, None).await;
     assert!(after.iter().all(|o| o.code == Code::Ok), "{after:?}");
+    // Only survivors answer. (Which of them is Peak-EWMA's call: on a busy machine one survivor may carry a
+    // stale latency peak for the few milliseconds these calls take, and rightly get none of them.)
     let pods = by_pod(&after);
-    assert_eq!(pods.keys().map(String::as_str).collect::<Vec<_>>(), ["kill-a", "kill-b"]);
+    assert!(pods.keys().all(|p| p == "kill-a" || p == "kill-b"), "{pods:?}");
+    assert_eq!(pods.values().sum::<usize>(), 60, "{pods:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,9 +278,17 @@ async fn a_frozen_pod_at_one_call_at_a_time_is_ejected_at_its_first_timeout() {
     let sidecar = Sidecar::start(&Sidecar::static_target(&[&a, &b, &frozen]), &[]);
     sidecar.wait_ready_endpoints(3);
     let mut c = sidecar.client();
-    // Every pod has answered before the freeze.
-    let warm = calls(&c, 30, 1, None).await;
-    assert!(warm.iter().all(|o| o.code == Code::Ok), "{warm:?}");
+    // Every pod has answered before the freeze: a pod that never answered is not "hung" but unknown, and is
+    // ejected only after `--eject-after` failures. On a busy machine 30 calls may all miss one pod (Peak-EWMA
+    // avoids a pod that looked slow once), so warm up until each has answered.
+    let warm_until = Instant::now() + Duration::from_secs(30);
+    let mut warm = std::collections::BTreeMap::new();
+    while warm.len() < 3 && Instant::now() < warm_until {
+        let batch = calls(&c, 30, 1, None).await;
+        assert!(batch.iter().all(|o| o.code == Code::Ok), "{batch:?}");
+        warm.extend(by_pod(&batch));
+    }
+    assert_eq!(warm.len(), 3, "every pod answered before the freeze: {warm:?}");
     signal(frozen.proc.child.id(), "-STOP");
     let end = Instant::now() + Duration::from_secs(20);
     let mut failed = Vec::new();
