@@ -134,7 +134,7 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
 /// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
 /// the endpoint. Returns the reset's reason (`crate::proxy::error::code_of_reset` gives its status).
 pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
-    let e = crate::pool::h2_error(err)?;
+    let e = h2_error(err)?;
     if !e.is_reset() || !e.is_remote() {
         return None;
     }
@@ -145,7 +145,7 @@ pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reaso
 /// its abuse limits (`ENHANCE_YOUR_CALM`: rapid reset, CONTINUATION or small-DATA-frame floods), if that is why a
 /// connection ended with `err`. A GOAWAY the peer sent, an I/O error or a clean close give `None`.
 pub fn goaway_sent(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
-    let e = crate::pool::h2_error(err)?;
+    let e = h2_error(err)?;
     (e.is_go_away() && e.is_library()).then(|| e.reason()).flatten()
 }
 
@@ -155,7 +155,7 @@ pub fn goaway_sent(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason
 pub fn goaway_cause(reason: h2::Reason, err: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
     let what =
         if reason == h2::Reason::ENHANCE_YOUR_CALM { "an HTTP/2 abuse limit" } else { "an HTTP/2 protocol rule" };
-    (what, crate::pool::h2_error(err).map(ToString::to_string).unwrap_or_default())
+    (what, h2_error(err).map(ToString::to_string).unwrap_or_default())
 }
 
 /// The shortest time between two warn lines about GOAWAYs sent to one kind of peer: a client or backend that
@@ -219,6 +219,18 @@ impl MessageScanner {
         }
         None
     }
+}
+
+/// The HTTP/2 error somewhere in an error's chain of causes (hyper wraps h2's errors), if any.
+pub fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = e.source();
+    }
+    None
 }
 
 #[cfg(test)]

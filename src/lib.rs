@@ -18,8 +18,9 @@
 //!   with failure accrual (ejection).
 //! - [`pool`]: one multiplexed HTTP/2 connection per endpoint (more only at the peer's stream limit), kept up
 //!   with backoff and keepalive, drained on removal.
-//! - [`reflection`]: gRPC server reflection for every routed service (answered here or forwarded to the route's
-//!   backends, v1 and v1alpha), and the schemas Connect JSON learns through it.
+//! - [`proxy::reflection`]: gRPC server reflection for every routed service (answered here or forwarded to the
+//!   route's backends, v1 and v1alpha), and the schemas Connect JSON learns through it. Part of the proxy: it
+//!   answers calls and uses the route table and balancers as the call path does.
 //! - [`discovery`]: the control path. A stream of endpoint sets from a `static:///` list or from the Kubernetes
 //!   EndpointSlice watcher; the balancer diffs each set against what it has.
 //!
@@ -63,7 +64,6 @@ pub mod kube_standin;
 pub mod listen;
 pub mod pool;
 pub mod proxy;
-pub mod reflection;
 pub mod routes;
 pub mod server;
 pub mod service_config;

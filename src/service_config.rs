@@ -307,7 +307,8 @@ fn codes(values: &[Value], path: &str) -> Result<CodeSet, ConfigError> {
 }
 
 /// The protobuf JSON form of `google.protobuf.Duration`: decimal seconds with at most 9 fractional digits and an
-/// `s` suffix (`"1s"`, `"0.25s"`), at most [`MAX_DURATION_SECS`]; negative durations are not meaningful here.
+/// `s` suffix (`"1s"`, `"0.25s"`), at most 315,576,000,000 s (protobuf Duration's range); negative durations
+/// are not meaningful here.
 pub fn duration(s: &str) -> Option<Duration> {
     let digits = s.strip_suffix('s')?;
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));

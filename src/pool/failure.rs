@@ -7,6 +7,8 @@
 
 use h2::Reason;
 
+use crate::grpc::h2_error;
+
 /// How a request to a backend failed, as far as the connection can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendFailure {
@@ -45,16 +47,4 @@ pub fn calm_goaway(e: &hyper::Error) -> bool {
             && h2.reason() == Some(Reason::ENHANCE_YOUR_CALM)
             && h2.to_string().contains("too_many_pings")
     })
-}
-
-/// The HTTP/2 error somewhere in an error's chain of causes (hyper wraps h2's errors), if any.
-pub fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = e.source();
-    }
-    None
 }

@@ -44,7 +44,7 @@ mod preface;
 
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
 use self::connect::{Driver, connect};
-pub use self::failure::{SendFailure, calm_goaway, classify, h2_error};
+pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, LIMIT_REFRESH_MAX, Overflow};
 

@@ -6,7 +6,7 @@
 //!
 //! The request is one bare message (`application/proto`, or proto3 JSON with `application/json`, mapped with the
 //! descriptors compiled into the binary, from `--descriptor-set`, or learned from the route's backends through
-//! server reflection: [`crate::reflection::schema`]); `connect-timeout-ms` becomes `grpc-timeout`. The answer is
+//! server reflection: [`crate::proxy::reflection::schema`]); `connect-timeout-ms` becomes `grpc-timeout`. The answer is
 //! the bare reply message in the same codec, or a Connect error: an HTTP status from the gRPC code and
 //! `{"code":"invalid_argument","message":"name is required"}`, with the backend's `grpc-status-details-bin` as
 //! `details` ([`error_details`]). Backend trailers come back as `trailer-` headers.

@@ -16,10 +16,10 @@ use crate::{
         body::ResponseBody,
         connect::{self, Codec},
         error::ProxyError,
+        reflection::schema::{RETRY_AFTER, Unlearned},
         request_body::RequestBody,
         web,
     },
-    reflection::schema::{RETRY_AFTER, Unlearned},
 };
 
 impl Proxy {

@@ -17,6 +17,7 @@ mod connect_call;
 pub mod error;
 mod forward;
 mod hedge;
+pub mod reflection;
 pub mod replay;
 pub mod request_body;
 pub mod route;
@@ -90,7 +91,7 @@ pub struct Proxy {
     reflection_v1alpha: LocalService,
     methods: RwLock<HashMap<String, Arc<str>>>,
     /// Message types for Connect JSON beyond the compiled schema (descriptor sets, backends' reflection).
-    schemas: Option<Arc<crate::reflection::schema::Schemas>>,
+    schemas: Option<Arc<crate::proxy::reflection::schema::Schemas>>,
 }
 
 impl Proxy {
@@ -121,7 +122,7 @@ impl Proxy {
 
     /// Lets Connect JSON find message types in `schemas` (descriptor sets, the routes' backends' reflection) for
     /// services the sidecar was not compiled with.
-    pub fn with_schemas(mut self, schemas: Arc<crate::reflection::schema::Schemas>) -> Self {
+    pub fn with_schemas(mut self, schemas: Arc<crate::proxy::reflection::schema::Schemas>) -> Self {
         self.schemas = Some(schemas);
         self
     }

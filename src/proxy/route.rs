@@ -15,7 +15,7 @@ pub enum Route {
     Forward,
     /// `grpc.health.v1.Health`, answered here.
     Health,
-    /// gRPC server reflection (v1 and v1alpha), answered here or by the route's backends ([`crate::reflection`]).
+    /// gRPC server reflection (v1 and v1alpha), answered here or by the route's backends ([`crate::proxy::reflection`]).
     Reflection,
     /// grpc-web (HTTP/1.1 or HTTP/2), translated to gRPC.
     GrpcWeb(web::Mode),

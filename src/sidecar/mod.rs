@@ -1,5 +1,5 @@
 //! The `sidecar` role: wires routes → targets (discovery → balancer) → proxy, plus health, reflection (local and
-//! forwarded, [`crate::reflection`]) and the admin port.
+//! forwarded, [`crate::proxy::reflection`]) and the admin port.
 
 mod collector;
 mod health;
@@ -18,8 +18,10 @@ use crate::{
     admin, balance,
     cli::SidecarArgs,
     discovery, pool,
-    proxy::{self, Balancer, Proxy},
-    reflection::{Reflector, schema::Schemas},
+    proxy::{
+        self, Balancer, Proxy,
+        reflection::{Reflector, schema::Schemas},
+    },
     routes::{RouteError, RouteTable},
     target::Target,
     telemetry::{access_log::AccessLog, metrics::Metrics},
