@@ -88,7 +88,7 @@ async fn an_api_outage_keeps_the_last_known_endpoints() {
     let sidecar = c.sidecar(&[]);
     sidecar.wait_ready_endpoints(3);
     let connects = metric(&sidecar.metrics(), "hello_sidecar_connects_total{result=\"ok\"}");
-    let load = Load::start(&sidecar.client(), 2);
+    let load = Load::start(&sidecar.addr.to_string(), 2);
 
     c.api.down();
     c.api.drop_watches();

@@ -276,7 +276,7 @@ async fn certificates_rotated_on_disk_under_load_fail_no_call() {
         serials().contains("\"serial\": \"0100\"").then_some(())
     });
 
-    let load = Load::start(&sidecar.client(), 8);
+    let load = Load::start(&sidecar.addr.to_string(), 8);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Both sides rotate: the inbound proxy's server certificate, and the sidecar's client certificate in two
     // steps, the certificate a few polls before its key: the half-written pair must keep the old one in use.
@@ -320,7 +320,7 @@ async fn a_rotated_certificate_the_backend_refuses_keeps_the_old_connection_serv
     wait_for("the first client certificate in use", Duration::from_secs(10), || {
         serials().contains("\"serial\": \"0100\"").then_some(())
     });
-    let load = Load::start(&hello_sidecar::client::connect(&addr.to_string()).unwrap(), 8);
+    let load = Load::start(&addr.to_string(), 8);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A certificate from a CA the backend does not trust: key first, so the pair is never half-new for long.

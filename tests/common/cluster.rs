@@ -113,29 +113,48 @@ impl Drop for KubeCluster {
 }
 
 /// Steady traffic through the sidecar until stopped, every outcome kept with its finish time.
+///
+/// The calls run on a runtime of their own, on their own thread, with a client made there. Tests block their own
+/// thread while they wait (`wait_for`, `http_get`); load on the test's runtime froze with it, and a call whose
+/// HEADERS had left but whose DATA had not ended at the sidecar as DEADLINE_EXCEEDED, a failure the proxy never
+/// caused (seen in `tls.rs` on a loaded CI machine).
 pub struct Load {
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<(Instant, Outcome)>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Load {
-    pub fn start(client: &HelloServiceClient<Channel>, concurrency: usize) -> Self {
+    /// Starts `concurrency` call loops against the sidecar's gRPC address `addr` (`host:port`).
+    pub fn start(addr: &str, concurrency: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..concurrency)
-            .map(|_| {
-                let (mut c, stop, outcomes) = (client.clone(), stop.clone(), outcomes.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let o = client::call_once(&mut c, "load", Some(Duration::from_secs(5))).await;
-                        outcomes.lock().expect("lock").push((Instant::now(), o));
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+        let run = {
+            let (stop, outcomes, addr) = (stop.clone(), outcomes.clone(), addr.to_owned());
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("load runtime");
+                rt.block_on(async move {
+                    let client = client::connect(&addr).expect("load client");
+                    let tasks: Vec<_> = (0..concurrency)
+                        .map(|_| {
+                            let (mut c, stop, outcomes) = (client.clone(), stop.clone(), outcomes.clone());
+                            tokio::spawn(async move {
+                                while !stop.load(Ordering::Relaxed) {
+                                    let o = client::call_once(&mut c, "load", Some(Duration::from_secs(5))).await;
+                                    outcomes.lock().expect("lock").push((Instant::now(), o));
+                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
                     }
                 })
-            })
-            .collect();
-        Self { stop, outcomes, tasks }
+            }
+        };
+        let thread = std::thread::Builder::new().name("load".into()).spawn(run).expect("load thread");
+        Self { stop, outcomes, thread }
     }
 
     /// Outcomes finished after `since`.
@@ -143,11 +162,11 @@ impl Load {
         self.outcomes.lock().expect("lock").iter().filter(|(t, _)| *t >= since).map(|(_, o)| o.clone()).collect()
     }
 
+    /// Stops the loops (each finishes its call in flight) and returns every outcome.
     pub async fn stop(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         let all = self.outcomes.lock().expect("lock");
         all.iter().map(|(_, o)| o.clone()).collect()
     }
@@ -163,6 +182,8 @@ pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
 pub trait Cluster {
     /// A client of the sidecar (the app's view).
     fn client(&self) -> HelloServiceClient<Channel>;
+    /// The sidecar's gRPC address as the app sees it (`host:port`).
+    fn grpc_addr(&self) -> String;
     /// Backend pods that are ready, by name.
     fn ready_pods(&self) -> Vec<String>;
     /// Waits until the sidecar has `n` endpoints with an open connection.
@@ -202,6 +223,10 @@ impl LocalCluster {
 impl Cluster for LocalCluster {
     fn client(&self) -> HelloServiceClient<Channel> {
         self.sidecar.client()
+    }
+
+    fn grpc_addr(&self) -> String {
+        self.sidecar.addr.to_string()
     }
 
     fn ready_pods(&self) -> Vec<String> {

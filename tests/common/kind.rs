@@ -78,6 +78,10 @@ impl Cluster for KindCluster {
         client::connect(&self.grpc.to_string()).expect("client")
     }
 
+    fn grpc_addr(&self) -> String {
+        self.grpc.to_string()
+    }
+
     fn ready_pods(&self) -> Vec<String> {
         let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=backend", self.release);
         let jsonpath = r#"{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{.metadata.deletionTimestamp}{"\n"}{end}"#;

@@ -26,7 +26,7 @@ pub async fn spread(c: &mut impl Cluster) {
 /// Scale up: every new pod gets calls within 2 s of being ready; no call fails.
 pub async fn scale_up(c: &mut impl Cluster, to: usize) {
     let before = c.ready_pods();
-    let load = Load::start(&c.client(), 4);
+    let load = Load::start(&c.grpc_addr(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.scale(to);
     let ready_at = Instant::now();
@@ -51,7 +51,7 @@ pub async fn scale_down(c: &mut impl Cluster, to: usize) {
 /// Runs `change` under steady load; asserts no call failed; returns every outcome and the calls per pod once the
 /// change has settled.
 async fn under_load<C: Cluster>(c: &mut C, change: impl FnOnce(&mut C)) -> (Vec<Outcome>, BTreeMap<String, usize>) {
-    let load = Load::start(&c.client(), 4);
+    let load = Load::start(&c.grpc_addr(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     change(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -65,7 +65,7 @@ async fn under_load<C: Cluster>(c: &mut C, change: impl FnOnce(&mut C)) -> (Vec<
 
 /// A rolling restart of every pod: no call fails, and the new pods serve.
 pub async fn rolling_restart(c: &mut impl Cluster) {
-    let load = Load::start(&c.client(), 4);
+    let load = Load::start(&c.grpc_addr(), 4);
     c.rolling_restart();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let outcomes = load.stop().await;
