@@ -127,7 +127,7 @@ fn backend_behind_inbound(dir: &Path, ca: &Ca) -> (Backend, Inbound) {
     (app, inbound)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_end_to_end_gives_the_app_the_verified_caller() {
     let dir = temp_dir("e2e");
     let ca = Ca::new("test CA");
@@ -155,7 +155,7 @@ async fn mtls_end_to_end_gives_the_app_the_verified_caller() {
     assert_eq!(metric(&m, &series), 2, "{m}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_off_the_allow_list_or_without_an_id_are_refused_with_a_status() {
     let dir = temp_dir("deny");
     let ca = Ca::new("test CA");
@@ -195,7 +195,7 @@ fn sidecar_logging(target: &str, flags: &[&str], log: &Path) -> (Proc, SocketAdd
     (Proc { child, name: "sidecar".into() }, addr, admin)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backend_certificates_give_unavailable_with_the_tls_reason_and_back_off() {
     let dir = temp_dir("bad");
     let ca = Ca::new("test CA");
@@ -260,7 +260,7 @@ fn plaintext_callers_are_refused_at_once() {
     });
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotated_on_disk_under_load_fail_no_call() {
     let dir = temp_dir("rotate");
     let ca = Ca::new("test CA");
@@ -305,7 +305,7 @@ async fn certificates_rotated_on_disk_under_load_fail_no_call() {
 /// Make-before-break holds when the new certificate does not work: a sidecar certificate rotated to one the
 /// backend refuses (another CA) keeps the old connection serving, warns, backs off and retries the new files, and
 /// a good certificate after it is taken up (review of issue 15).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_the_backend_refuses_keeps_the_old_connection_serving() {
     let dir = temp_dir("rotate-bad");
     let ca = Ca::new("test CA");
@@ -439,7 +439,7 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_identity_is_checked_against_the_dns_san() {
     let dir = temp_dir("dns");
     let ca = Ca::new("test CA");
@@ -455,7 +455,7 @@ async fn a_dns_identity_is_checked_against_the_dns_san() {
     assert_eq!((o.code, o.message.as_str()), (Code::Ok, "Hello, dns!"), "{o:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inbound_proxy_refuses_untrusted_and_expired_client_certificates_in_the_handshake() {
     let dir = temp_dir("client-certs");
     let ca = Ca::new("test CA");
@@ -494,7 +494,7 @@ async fn the_inbound_proxy_refuses_untrusted_and_expired_client_certificates_in_
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_fixture_can_terminate_mtls_itself() {
     let dir = temp_dir("fixture");
     let ca = Ca::new("test CA");
@@ -517,7 +517,7 @@ async fn the_server_fixture_can_terminate_mtls_itself() {
 
 /// RFC 9113 §8.3.1: `:scheme` is the scheme of the target URI, so a request the sidecar sends over TLS says
 /// `https` (a backend that routes or authorizes by scheme sees the truth), and one over h2c says `http`.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_forwarded_over_tls_carry_scheme_https() {
     let dir = temp_dir("scheme");
     let ca = Ca::new("test CA");
@@ -542,7 +542,7 @@ async fn requests_forwarded_over_tls_carry_scheme_https() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_is_down_behind_the_inbound_proxy_is_unavailable() {
     let dir = temp_dir("app-down");
     let ca = Ca::new("test CA");
@@ -593,7 +593,7 @@ async fn trailer_echo_app(listener: tokio::net::TcpListener) {
 /// README: "a caller's own copy is removed". HTTP/2 request trailers reach apps that read them (Go's
 /// `r.Trailer`), so an allowed caller putting someone else's identity there must not get it through
 /// (review of issue 15).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_identity_header_in_request_trailers_does_not_reach_the_app() {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
     let dir = temp_dir("trailers");
@@ -709,7 +709,7 @@ fn an_expired_own_certificate_is_a_warning_at_start() {
 
 /// A TLS backend that does not choose `h2` by ALPN (an HTTP/1.1-only server, say) is refused after the handshake:
 /// UNAVAILABLE naming ALPN, and reconnects back off (review of issue 15).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_does_not_negotiate_h2_is_unavailable_naming_alpn() {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let dir = temp_dir("alpn");
