@@ -4,10 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{SendBody, Settings, preface::Heard};
+use super::{BoxExecutor, SendBody, Settings, preface::Heard};
 use crate::tls::Stream;
 
 /// TCP keepalive: probes start after this much idle time…
@@ -78,7 +78,7 @@ pub fn connection_window(streams: u32) -> u32 {
     streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
 }
 
-pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Stream>>, B, TokioExecutor>;
+pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Stream>>, B, BoxExecutor>;
 
 /// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
 pub(super) async fn connect<B: SendBody>(
@@ -95,7 +95,7 @@ pub(super) async fn connect<B: SendBody>(
             None => Stream::Plain(tcp),
         };
         let (io, heard) = Heard::new(io);
-        let (tx, driver) = http2::Builder::new(TokioExecutor::new())
+        let (tx, driver) = http2::Builder::new(BoxExecutor)
             .timer(TokioTimer::new())
             .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
             .keep_alive_timeout(settings.keepalive_timeout)

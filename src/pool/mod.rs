@@ -38,12 +38,14 @@ use tracing::{debug, info, warn};
 use crate::telemetry::metrics::Metrics;
 
 mod connect;
+mod exec;
 mod failure;
 mod lease;
 mod preface;
 
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
 use self::connect::{Driver, connect};
+pub use self::exec::BoxExecutor;
 pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, LIMIT_REFRESH_MAX, Overflow};

@@ -29,7 +29,7 @@ use std::{collections::HashMap, convert::Infallible, future::Future, sync::Arc, 
 use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use parking_lot::RwLock;
@@ -38,7 +38,7 @@ use tower::{ServiceExt, util::BoxCloneSyncService};
 use tracing::warn;
 
 use crate::{
-    pool::STREAM_WINDOW,
+    pool::{BoxExecutor, STREAM_WINDOW},
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     routes::RouteTable,
     service_config::ServiceConfig,
@@ -182,7 +182,7 @@ impl Proxy {
     /// Accepts connections until `shutdown` resolves, then waits up to `drain` for calls in flight.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>, drain: Duration) {
         let max_streams = self.config.max_concurrent_calls.saturating_add(64);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(BoxExecutor);
         builder
             .http2()
             .timer(TokioTimer::new())
