@@ -32,10 +32,11 @@ pub fn encode_timeout(d: Duration) -> String {
         // Round up so the forwarded deadline is never shorter than a sub-unit remainder would make it.
         let v = nanos.div_ceil(per);
         if v <= MAX {
-            return format!("{v}{unit}");
+            // At most eight digits: formatted as a u64, not through u128's much slower `Display`.
+            return format!("{}{unit}", v as u64);
         }
     }
-    let minutes = nanos.div_ceil(60_000_000_000).min(MAX);
+    let minutes = nanos.div_ceil(60_000_000_000).min(MAX) as u64;
     format!("{minutes}M")
 }
 
@@ -47,17 +48,17 @@ pub fn decode_message(v: &[u8]) -> String {
     percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
 }
 
-/// The request URI with a scheme and authority, which an HTTP/2 client needs for its pseudo-headers. The scheme is
-/// the connection's to `addr`, not the caller's (RFC 9113 §8.3.1: `:scheme` names the scheme of the target URI, and
+/// The request URI with a scheme and authority (the endpoint's address, made once per endpoint rather than per
+/// call), which an HTTP/2 client needs for its pseudo-headers. The scheme is the connection's, not the caller's (RFC 9113 §8.3.1: `:scheme` names the scheme of the target URI, and
 /// a TLS connection to the endpoint makes it `https`; the app speaks h2c to the sidecar, so its own is `http`).
-pub fn absolute_uri(uri: &http::Uri, addr: std::net::SocketAddr, tls: bool) -> http::Uri {
+pub fn absolute_uri(uri: &http::Uri, authority: Option<&http::uri::Authority>, tls: bool) -> http::Uri {
     let scheme = if tls { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
     if uri.scheme() == Some(&scheme) && uri.authority().is_some() {
         return uri.clone();
     }
     let mut parts = uri.clone().into_parts();
     if parts.scheme.is_none() || parts.authority.is_none() {
-        parts.authority = addr.to_string().parse().ok();
+        parts.authority = authority.cloned();
     }
     parts.scheme = Some(scheme);
     http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())

@@ -40,6 +40,8 @@ use self::{
 pub struct Endpoint<B> {
     /// Where it is.
     addr: SocketAddr,
+    /// `addr` as the `:authority` of requests sent there: made once, not formatted and parsed per call.
+    authority: Option<http::uri::Authority>,
     /// What discovery said of it (pod name, terminating).
     meta: RwLock<Discovered>,
     /// Its pooled HTTP/2 connection.
@@ -134,6 +136,11 @@ impl<B> Picked<B> {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
+    }
+
+    /// The endpoint's address as a request `:authority` (`None` only if it could not be one).
+    pub fn authority(&self) -> Option<&http::uri::Authority> {
+        self.endpoint.authority.as_ref()
     }
 
     /// Starts the attempt: the call counts in flight on the endpoint and the leased connection from now on, and
@@ -278,6 +285,7 @@ impl<B: SendBody> Balancer<B> {
         );
         Endpoint {
             addr: d.addr,
+            authority: d.addr.to_string().parse().ok(),
             meta: RwLock::new(d),
             conn,
             load: PeakEwma::new(self.settings.ewma_decay),

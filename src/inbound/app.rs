@@ -22,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The app's HTTP/2 connection.
 pub struct App {
     addr: SocketAddr,
+    /// `addr` as a request `:authority`, made once.
+    authority: Option<http::uri::Authority>,
     current: RwLock<Option<SendRequest<AppBody>>>,
     /// Serialises reconnects, so a burst of calls after a restart of the app opens one connection, not many.
     connecting: tokio::sync::Mutex<()>,
@@ -30,12 +32,18 @@ pub struct App {
 impl App {
     /// The app at `addr` (not connected yet).
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, current: RwLock::new(None), connecting: tokio::sync::Mutex::new(()) }
+        let authority = addr.to_string().parse().ok();
+        Self { addr, authority, current: RwLock::new(None), connecting: tokio::sync::Mutex::new(()) }
     }
 
     /// Where the app listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the app listens, as a request `:authority`.
+    pub fn authority(&self) -> Option<&http::uri::Authority> {
+        self.authority.as_ref()
     }
 
     fn usable(&self) -> Option<SendRequest<AppBody>> {

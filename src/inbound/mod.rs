@@ -249,7 +249,7 @@ impl Inbound {
         let headers = req.headers_mut();
         while headers.remove(CLIENT_ID_HEADER).is_some() {}
         headers.insert(CLIENT_ID_HEADER, id.clone());
-        *req.uri_mut() = crate::grpc::absolute_uri(req.uri(), self.app.addr(), false);
+        *req.uri_mut() = crate::grpc::absolute_uri(req.uri(), self.app.authority(), false);
         let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
             Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),

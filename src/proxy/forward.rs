@@ -18,13 +18,14 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderName, HeaderValue, Request, Response, Version, uri::Authority};
 use http_body::Body;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tonic::Code;
 
 use crate::{
@@ -47,6 +48,9 @@ use crate::{
 const RETRY_BUFFER: usize = 64 * 1024;
 /// Attempts of one call at most (the first one included); only transparent retries add attempts.
 const MAX_ATTEMPTS: usize = 5;
+/// Header names made once, not parsed from a string per call.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_PREVIOUS_RPC_ATTEMPTS: HeaderName = HeaderName::from_static("grpc-previous-rpc-attempts");
 
 impl Proxy {
     /// Forwards a call and answers every failure with the right status.
@@ -92,7 +96,7 @@ impl Proxy {
             return Err(ProxyError::Unimplemented(path.to_owned()));
         };
         let policy = if self.service_config.is_empty() { None } else { self.service_config.lookup(path).cloned() };
-        let asked = match req.headers().get("grpc-timeout") {
+        let asked = match req.headers().get(GRPC_TIMEOUT) {
             Some(v) => Some(
                 parse_timeout(v.as_bytes())
                     .ok_or_else(|| ProxyError::MalformedTimeout(String::from_utf8_lossy(v.as_bytes()).into_owned()))?,
@@ -153,22 +157,29 @@ impl Proxy {
         // usable.
         let mut refused_by: Vec<SocketAddr> = Vec::new();
         let mut attempts: u32 = 0;
+        // One timer for the whole call: it bounds each attempt's wait for response headers and then travels with
+        // the response body (one timer registration per call, not two).
+        let mut expiry = Box::pin(tokio::time::sleep_until(deadline));
         loop {
             let picked = balancer.pick(&refused_by, wait_until).await.map_err(|e| no_endpoint(e, wait_for_ready))?;
             let addr = picked.addr();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
             };
-            let Some(upstream) = self.upstream_request(&parts, view, addr, deadline, attempts) else {
+            let Some(upstream) = self.upstream_request(&mut parts, view, picked.authority(), deadline, attempts) else {
                 return Err(ProxyError::DeadlineExceeded(timeout));
             };
             attempts += 1;
 
             let (mut attempt, mut sender) = picked.begin();
             log.attempt(attempt.endpoint(), attempts - 1);
-            let sent = tokio::time::timeout_at(deadline, sender.try_send_request(upstream)).await;
+            let sent = tokio::select! {
+                biased;
+                sent = sender.try_send_request(upstream) => Ok(sent),
+                () = expiry.as_mut() => Err(()),
+            };
             let res = match sent {
-                Err(_) => {
+                Err(()) => {
                     attempt.finish(Code::DeadlineExceeded);
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
@@ -234,18 +245,21 @@ impl Proxy {
             }
             let record =
                 CallRecord::new(attempt, method, start, self.metrics.clone(), permit).with_log(std::mem::take(log));
-            return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
+            return Ok(self.pass_through(res, record, origin, header_code, expiry, timeout));
         }
     }
 
-    /// The request for one attempt on `addr`: the caller's method, path and metadata, `:scheme https` when the
-    /// backend connections use TLS, the time left as `grpc-timeout`, and after `previous` attempts
-    /// `grpc-previous-rpc-attempts` (gRFC A6). `None` when the deadline has passed.
+    /// The request for one attempt on the endpoint at `authority`: the caller's method, path and metadata,
+    /// `:scheme https` when the backend connections use TLS, the time left as `grpc-timeout`, and after `previous`
+    /// attempts `grpc-previous-rpc-attempts` (gRFC A6). `None` when the deadline has passed.
+    ///
+    /// The attempt's own fields are written into the caller's map (`parts`), which is then cloned: a cloned
+    /// `HeaderMap` has no spare room, so inserting into the clone grew and rehashed it on every call.
     pub(super) fn upstream_request(
         &self,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
         view: ReplayBody,
-        addr: SocketAddr,
+        authority: Option<&Authority>,
         deadline: Instant,
         previous: u32,
     ) -> Option<Request<ReplayBody>> {
@@ -253,38 +267,38 @@ impl Proxy {
         if now >= deadline {
             return None;
         }
-        let mut upstream = Request::new(view);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = crate::grpc::absolute_uri(&parts.uri, addr, self.config.backend_tls);
-        *upstream.version_mut() = Version::HTTP_2;
-        *upstream.headers_mut() = parts.headers.clone();
         if let Ok(mut v) = HeaderValue::from_str(&encode_timeout(deadline - now)) {
             // A new value on nearly every call: HPACK-indexing it would insert it into the connection's dynamic
             // table and evict the fields that do repeat (content-type, te, user-agent), so they would be sent and
             // indexed again on every call. A never-indexed literal (RFC 7541 §6.2.3) keeps the table for those
             // (bench/callgrind.py: ~2,500 fewer instructions per call).
             v.set_sensitive(true);
-            upstream.headers_mut().insert("grpc-timeout", v);
+            parts.headers.insert(GRPC_TIMEOUT, v);
         }
         if previous > 0 {
             // gRFC A6: a retried or hedged attempt says how many came before it.
-            upstream.headers_mut().insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
+            parts.headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(previous));
         }
+        let mut upstream = Request::new(view);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = crate::grpc::absolute_uri(&parts.uri, authority, self.config.backend_tls);
+        *upstream.version_mut() = Version::HTTP_2;
+        *upstream.headers_mut() = parts.headers.clone();
         Some(upstream)
     }
 
-    /// The committed attempt's response handed to the caller: its body passed through under the call's deadline,
-    /// with the call's record ending when the body does.
+    /// The committed attempt's response handed to the caller: its body passed through under the call's deadline
+    /// (`expiry`, a timer set to it), with the call's record ending when the body does.
     pub(super) fn pass_through(
         &self,
         res: Response<hyper::body::Incoming>,
         record: CallRecord,
         origin: ReplayBody,
         header_code: Option<Code>,
-        deadline: Instant,
+        expiry: Pin<Box<Sleep>>,
         timeout: Duration,
     ) -> Response<ResponseBody> {
-        let sleep = Box::pin(tokio::time::sleep_until(deadline));
+        let sleep = expiry;
         let limits = (self.config.max_header_bytes, self.metrics.clone());
         res.map(|body| {
             ResponseBody::Upstream(Box::new(UpstreamBody::new(

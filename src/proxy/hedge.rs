@@ -220,7 +220,7 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let HedgedCall {
             balancer,
-            parts,
+            mut parts,
             origin,
             method,
             start,
@@ -264,7 +264,10 @@ impl Proxy {
                         Ok(_) if !first && !std::mem::take(&mut resend) && !self.withdraw_hedge() => schedule.stop(),
                         Ok(picked) => {
                             let addr = picked.addr();
-                            let Some(req) = self.upstream_request(&parts, view, addr, deadline, schedule.sent()) else {
+                            let authority = picked.authority();
+                            let Some(req) =
+                                self.upstream_request(&mut parts, view, authority, deadline, schedule.sent())
+                            else {
                                 finish(&mut attempts);
                                 return Err(ProxyError::DeadlineExceeded(timeout));
                             };
@@ -376,7 +379,14 @@ impl Proxy {
                     }
                     let record = CallRecord::new(attempt, method, start, self.metrics.clone(), permit)
                         .with_log(std::mem::take(log));
-                    return Ok(self.pass_through(res, record, origin, header_code, deadline, timeout));
+                    return Ok(self.pass_through(
+                        res,
+                        record,
+                        origin,
+                        header_code,
+                        Box::pin(tokio::time::sleep_until(deadline)),
+                        timeout,
+                    ));
                 }
                 (Verdict::Fatal, Some(code)) => {
                     attempt.finish(code);
