@@ -70,6 +70,6 @@ impl Target {
 
     /// Whether some endpoint can take a call now.
     pub fn serving(&self) -> bool {
-        self.balancer.ready_count() > 0
+        self.balancer.any_ready()
     }
 }

@@ -96,6 +96,11 @@ impl<B> Endpoint<B> {
         self.conn.state()
     }
 
+    /// Its connection state's name, without cloning the state (`/metrics` reads it for every endpoint).
+    pub fn connection_state_name(&self) -> &'static str {
+        self.conn.state_name()
+    }
+
     /// Open HTTP/2 connections to it (primary and extra).
     pub fn open_connections(&self) -> usize {
         self.conn.open_connections()
@@ -189,7 +194,8 @@ pub struct Balancer<B> {
     /// The target's name, shared with its endpoints' stats.
     target_name: Arc<str>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint<B>>>>>,
-    changed: Arc<watch::Sender<u64>>,
+    /// Shared with the endpoints' connections: the change signal, the count of those up, the connect bound.
+    shared: Arc<pool::Shared>,
     /// Discovery's current problem, named in [`NoEndpoint`].
     discovery_problem: RwLock<Option<String>>,
 }
@@ -197,7 +203,6 @@ pub struct Balancer<B> {
 impl<B: SendBody> Balancer<B> {
     /// An empty balancer for `target` (the name used in error messages).
     pub fn new(target: String, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let (changed, _) = watch::channel(0);
         let target_name = Arc::from(target.as_str());
         Self {
             target,
@@ -206,7 +211,7 @@ impl<B: SendBody> Balancer<B> {
             stats: Arc::default(),
             target_name,
             endpoints: RwLock::new(Arc::default()),
-            changed: Arc::new(changed),
+            shared: Arc::default(),
             discovery_problem: RwLock::default(),
         }
     }
@@ -233,12 +238,18 @@ impl<B: SendBody> Balancer<B> {
 
     /// A receiver that sees a new value on every change of the set or of a connection.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.shared.subscribe()
     }
 
     /// Endpoints a call could be sent to now.
     pub fn ready_count(&self) -> usize {
         self.snapshot().iter().filter(|e| e.conn.is_ready()).count()
+    }
+
+    /// Whether a call could be sent to some endpoint now: [`Balancer::ready_count`] `> 0`, without scanning the set
+    /// while no connection is up (the health task asks on every connection state change).
+    pub fn any_ready(&self) -> bool {
+        self.shared.maybe_ready() && self.snapshot().iter().any(|e| e.conn.is_ready())
     }
 
     /// Replaces the set: endpoints kept keep their connection and load; new ones connect; removed ones drain.
@@ -268,7 +279,7 @@ impl<B: SendBody> Balancer<B> {
             ep.conn.retire();
         }
         *self.endpoints.write() = Arc::new(next);
-        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        self.shared.notify();
         if added + removed > 0 {
             info!(target = %self.target, added, removed, kept, "endpoints updated");
         }
@@ -281,7 +292,7 @@ impl<B: SendBody> Balancer<B> {
             self.settings.pool.clone(),
             breaker.clone() as Arc<dyn pool::ConnectOutcomes>,
             self.metrics.clone(),
-            self.changed.clone(),
+            self.shared.clone(),
         );
         Endpoint {
             addr: d.addr,
@@ -299,7 +310,7 @@ impl<B: SendBody> Balancer<B> {
     /// is usable: a refused stream never reached the application, so the same endpoint may take the retry when
     /// it is the only one. Waits for one to become usable until `wait_until`, then gives up with [`NoEndpoint`].
     pub async fn pick(&self, avoid: &[SocketAddr], wait_until: Instant) -> Result<Picked<B>, NoEndpoint> {
-        let mut changes = self.changed.subscribe();
+        let mut changes = self.shared.subscribe();
         loop {
             changes.borrow_and_update();
             let set = self.snapshot();
@@ -350,3 +361,6 @@ fn describe<B>(set: &[Arc<Endpoint<B>>]) -> String {
     detail.push(')');
     detail
 }
+
+#[cfg(test)]
+mod tests;

@@ -178,7 +178,7 @@ mod tests {
             addr: "127.0.0.9:9".parse().expect("address"),
             state: RwLock::new(state),
             stop: watch::channel(false).0,
-            changed: Arc::new(watch::channel(0).0),
+            shared: Arc::default(),
             primary_in_flight: Arc::default(),
             primary_max_streams: AtomicUsize::new(max_streams),
             overflow: Mutex::default(),

@@ -42,6 +42,7 @@ mod exec;
 mod failure;
 mod lease;
 mod preface;
+mod shared;
 
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
 use self::connect::{Driver, connect};
@@ -49,6 +50,8 @@ pub use self::exec::BoxExecutor;
 pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;
 use self::lease::{LIMIT_REFRESH, LIMIT_REFRESH_MAX, Overflow};
+use self::shared::connect_permit;
+pub use self::shared::{MAX_CONNECTING, Shared};
 
 /// A request body the pool can send: any [`http_body::Body`] of [`bytes::Bytes`] that can move between tasks.
 /// The pool is generic over it so that it names nothing of the proxy above it; the proxy names its concrete body
@@ -162,8 +165,8 @@ pub struct Connection<B> {
     addr: SocketAddr,
     state: RwLock<State<B>>,
     stop: watch::Sender<bool>,
-    /// Bumped on every state change, so callers waiting for a usable endpoint wake up.
-    changed: Arc<watch::Sender<u64>>,
+    /// Shared with the target's other connections: every state change is signalled there.
+    shared: Arc<Shared>,
     /// Calls in flight on the primary connection.
     primary_in_flight: Arc<AtomicU32>,
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS on the primary connection, as its driver last saw it.
@@ -183,14 +186,14 @@ impl<B: SendBody> Connection<B> {
         settings: Settings,
         outcomes: Arc<dyn ConnectOutcomes>,
         metrics: Arc<Metrics>,
-        changed: Arc<watch::Sender<u64>>,
+        shared: Arc<Shared>,
     ) -> Arc<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let conn = Arc::new(Self {
             addr,
             state: RwLock::new(State::Connecting),
             stop,
-            changed,
+            shared,
             primary_in_flight: Arc::default(),
             primary_max_streams: AtomicUsize::new(usize::MAX),
             overflow: Mutex::default(),
@@ -263,9 +266,16 @@ impl<B> Connection<B> {
         }
     }
 
+    /// The current state's [`State::name`], without cloning the state (`/metrics` reads it for every endpoint).
+    pub fn state_name(&self) -> &'static str {
+        self.state.read().name()
+    }
+
     fn set(&self, state: State<B>) {
-        *self.state.write() = state;
-        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        let now_ready = matches!(state, State::Ready(_));
+        let was_ready = matches!(std::mem::replace(&mut *self.state.write(), state), State::Ready(_));
+        self.shared.ready_changed(was_ready, now_ready);
+        self.shared.notify();
     }
 }
 
@@ -287,7 +297,9 @@ async fn maintain<B: SendBody>(
             conn.set(State::Connecting);
         }
         // The driver comes boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
+        let Some(permit) = connect_permit(&conn.shared, &mut stop).await else { return };
         let connected = connect(addr, &settings, conn.keepalive_interval()).await.map_err(|e| e.to_string());
+        drop(permit);
         let connected = match connected {
             Ok((tx, mut driver)) if rotating => {
                 match settle(&mut driver, settings.connect_timeout.min(ROTATION_SETTLE)).await {

@@ -57,7 +57,7 @@ fn endpoint_state<B>(e: &Endpoint<B>, now: tokio::time::Instant) -> &'static str
     match e.health(now) {
         crate::balance::breaker::Health::Ejected => "ejected",
         crate::balance::breaker::Health::Probation => "probation",
-        crate::balance::breaker::Health::Ok => e.connection_state().name(),
+        crate::balance::breaker::Health::Ok => e.connection_state_name(),
     }
 }
 
@@ -77,7 +77,7 @@ impl Collector for TargetsCollector {
         for (t, set) in &sets {
             let mut by_state: BTreeMap<&str, u64> = STATES.into_iter().map(|s| (s, 0)).collect();
             for e in set.iter() {
-                let state = if e.is_ejected(now) { "ejected" } else { e.connection_state().name() };
+                let state = if e.is_ejected(now) { "ejected" } else { e.connection_state_name() };
                 *by_state.entry(state).or_default() += 1;
                 *total.entry(state).or_default() += 1;
             }
