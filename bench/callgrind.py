@@ -4,6 +4,7 @@
     python3 bench/callgrind.py                  # release build; 1 and 32 streams; prints the figure and top functions
     python3 bench/callgrind.py --smoke          # debug build, few calls: proves the harness works (scripts/test)
     python3 bench/callgrind.py --n1 2000 --n2 6000 --top 30
+    python3 bench/callgrind.py --mtls           # the mTLS path: the sidecar speaks TLS to `inbound` proxies
 
 The release sidecar runs under `valgrind --tool=callgrind` with a static target to 3 `hello-sidecar server`
 backends. h2load sends exactly N1 unary calls in one run and N2 in another (each reply checked: 23 bytes, the
@@ -11,6 +12,10 @@ HelloResponse frame); the sidecar stops after each and callgrind counts every in
 shutdown included. Instructions per call = (Ir(N2) - Ir(N1)) / (N2 - N1): start-up and shutdown cancel out.
 Wall-clock figures on this shared machine are noisy; instruction counts are repeatable, so they are the yardstick
 (bench/bench.py's side-by-side run is the confirmation).
+
+With --mtls the sidecar's target is three `hello-sidecar inbound` proxies (one in front of each backend, not under
+valgrind) and it speaks mTLS to them with certificates from bench.py's `make_certs`: the figure is the sidecar's
+own instructions per call on the TLS path (pooled connections, so handshakes are start-up and cancel out).
 """
 
 import argparse
@@ -30,6 +35,9 @@ RESPONSE_BYTES = 23
 PATH = "/hello.v1.HelloService/SayHello"
 BACKENDS = ["127.0.0.71:8080", "127.0.0.72:8080", "127.0.0.73:8080"]
 SIDECAR, ADMIN = "127.0.0.70:50051", "127.0.0.70:9901"
+INBOUNDS = ["127.0.0.74:8443", "127.0.0.75:8443", "127.0.0.76:8443"]
+# Extra sidecar flags and its target's endpoints: set by --mtls.
+TARGET_ENDPOINTS, EXTRA_FLAGS = BACKENDS, []
 LOADS = [("1 stream", 1), ("32 streams", 32)]
 
 
@@ -48,7 +56,7 @@ def wait(what, check, timeout=120.0):
 def ready_endpoints():
     with urllib.request.urlopen(f"http://{ADMIN}/metrics", timeout=2) as r:
         m = re.search(r'^hello_sidecar_endpoints\{state="ready"\} (\d+)', r.read().decode(), re.M)
-    return m is not None and int(m.group(1)) == len(BACKENDS)
+    return m is not None and int(m.group(1)) == len(TARGET_ENDPOINTS)
 
 
 def h2load(n, streams, tmp: Path):
@@ -72,7 +80,7 @@ def measure(binary: Path, n, streams, tmp: Path, tag: str):
     out = tmp / f"callgrind.{tag}.out"
     sidecar = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
                                 str(binary), "sidecar", "--listen", SIDECAR, "--admin", ADMIN,
-                                "--target", "static:///" + ",".join(BACKENDS)],
+                                "--target", "static:///" + ",".join(TARGET_ENDPOINTS), *EXTRA_FLAGS],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "RUST_LOG": "warn"})
     try:
@@ -100,22 +108,42 @@ def main():
     ap.add_argument("--n1", type=int, default=1000)
     ap.add_argument("--n2", type=int, default=3000)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--mtls", action="store_true", help="sidecar --mTLS--> inbound proxies --h2c--> backends")
+    ap.add_argument("--binary", type=Path, help="measure this hello-sidecar binary (e.g. a saved copy, for A/B) "
+                                                "instead of building one")
     args = ap.parse_args()
     if args.smoke:
         args.n1, args.n2, args.top = 20, 60, 5
     profile = "debug" if args.smoke else "release"
-    subprocess.run(["cargo", "build", "--quiet", *([] if args.smoke else ["--release"]),
-                    "--manifest-path", str(ROOT / "Cargo.toml")], check=True)
-    binary = TARGET / profile / "hello-sidecar"
+    if args.binary is None:
+        subprocess.run(["cargo", "build", "--quiet", *([] if args.smoke else ["--release"]),
+                        "--manifest-path", str(ROOT / "Cargo.toml")], check=True)
+    binary = args.binary or TARGET / profile / "hello-sidecar"
     tmp = Path(tempfile.mkdtemp(prefix="hello-callgrind-"))
     backends = [subprocess.Popen([str(binary), "server", "--listen", b, "--id", f"cg-{i}"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, b in enumerate(BACKENDS)]
+    if args.mtls:
+        global TARGET_ENDPOINTS, EXTRA_FLAGS
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench import TRUST_DOMAIN, make_certs
+        pki = make_certs(tmp)
+        for inbound, backend in zip(INBOUNDS, BACKENDS):
+            admin = inbound.rsplit(":", 1)[0] + ":9903"
+            backends.append(subprocess.Popen(
+                [str(binary), "inbound", "--listen", inbound, "--admin", admin, "--forward", backend,
+                 "--tls-cert", str(pki / "backend.crt"), "--tls-key", str(pki / "backend.key"),
+                 "--tls-ca", str(pki / "ca.crt"), "--allow", f"{TRUST_DOMAIN}/ns/bench/*"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}))
+        TARGET_ENDPOINTS = INBOUNDS
+        EXTRA_FLAGS = ["--tls-cert", str(pki / "client.crt"), "--tls-key", str(pki / "client.key"),
+                       "--tls-ca", str(pki / "ca.crt"), "--tls-server-identity", f"{TRUST_DOMAIN}/ns/bench/sa/backend"]
     lines = [f"Instructions per proxied unary call ({profile} build, callgrind, "
-             f"(Ir({args.n2}) - Ir({args.n1})) / {args.n2 - args.n1}, one h2load connection):", "",
+             f"(Ir({args.n2}) - Ir({args.n1})) / {args.n2 - args.n1}, one h2load connection"
+             f"{', mTLS to inbound proxies' if args.mtls else ''}):", "",
              "| load | instructions per call |", "|---|---:|"]
     try:
         import socket
-        for b in BACKENDS:
+        for b in BACKENDS + (INBOUNDS if args.mtls else []):
             host, port = b.rsplit(":", 1)
             wait(b, lambda: socket.create_connection((host, int(port)), timeout=0.5).close() is None)
         profiles = {}
