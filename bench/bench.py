@@ -222,6 +222,7 @@ def main():
             wait_port(i)
         time.sleep(0.5)
         idle_rss = rss_kib([sidecar.pid])
+        idle_rss_tls = rss_kib([tls_sidecar.pid])
 
         targets = {"direct": (BACKENDS[0], lambda: []), "sidecar": (SIDECAR, lambda: [sidecar.pid]),
                    "nginx": (NGINX, lambda: [nginx.pid, *children(nginx.pid)]),
@@ -232,6 +233,9 @@ def main():
                 sys.exit(f"{name} at {addr} does not answer HelloService correctly")
         results = {(load, t): [] for load, _, _ in LOADS for t in targets}
         peak_rss = idle_rss
+        peak_rss_tls = idle_rss_tls
+        # The sidecar process whose RSS is sampled under each target's load (the mTLS one's, not its inbounds').
+        rss_of = {"sidecar": sidecar.pid, "sidecar-mtls": tls_sidecar.pid}
         order = list(targets)
         for run in range(args.runs):
             for load, conns, streams in LOADS:
@@ -242,17 +246,20 @@ def main():
 
                     def sample():
                         while sampling:
-                            peak[0] = max(peak[0], rss_kib([sidecar.pid]))
+                            peak[0] = max(peak[0], rss_kib([rss_of[name]]))
                             time.sleep(0.1)
 
                     sampler = threading.Thread(target=sample)
-                    if name == "sidecar":
+                    if name in rss_of:
                         sampler.start()
                     r = h2load(addr, conns, streams, args.seconds, tmp)
                     sampling = False
-                    if name == "sidecar":
+                    if name in rss_of:
                         sampler.join()
+                    if name == "sidecar":
                         peak_rss = max(peak_rss, peak[0])
+                    elif name == "sidecar-mtls":
+                        peak_rss_tls = max(peak_rss_tls, peak[0])
                     r["cpu_per_10k"] = (cpu_seconds(pids()) - cpu0) / max(r["calls"], 1) * 10_000 if name != "direct" else None
                     if abs(r["bytes_per_response"] - RESPONSE_BYTES) > 0.5:
                         sys.exit(f"{name} {load}: {r['bytes_per_response']:.1f} bytes per response, not {RESPONSE_BYTES}: errors")
@@ -261,7 +268,7 @@ def main():
         for name, (addr, _) in targets.items():
             if not sample_with_client(addr):
                 sys.exit(f"{name} stopped answering correctly during the run")
-        report(results, list(targets), idle_rss, peak_rss, args)
+        report(results, list(targets), (idle_rss, peak_rss, idle_rss_tls, peak_rss_tls), args)
     finally:
         for p in procs:
             # SIGTERM, not SIGKILL: a killed nginx master leaves its workers holding the port.
@@ -274,7 +281,8 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(results, targets, idle_rss, peak_rss, args):
+def report(results, targets, rss, args):
+    idle_rss, peak_rss, idle_rss_tls, peak_rss_tls = rss
     med = lambda rs, k: statistics.median(r[k] for r in rs) if rs and rs[0][k] is not None else None
     lines = [f"Runs: median of {args.runs} x {args.seconds} s, h2load -t1, unary SayHello, 3 backends on loopback.", "",
              "| load | target | req/s | p50 ms | p99 ms | proxy CPU s / 10k calls |", "|---|---|---:|---:|---:|---:|"]
@@ -292,7 +300,8 @@ def report(results, targets, idle_rss, peak_rss, args):
     lines += ["", f"Latency at 1 stream: sidecar p50 - direct p50 = "
               f"{(med(results[(one, 'sidecar')], 'p50') - med(results[(one, 'direct')], 'p50')) * 1000:.0f} us, "
               f"p99 - p99 = {(med(results[(one, 'sidecar')], 'p99') - med(results[(one, 'direct')], 'p99')) * 1000:.0f} us.",
-              f"Sidecar RSS: {idle_rss / 1024:.1f} MiB idle, {peak_rss / 1024:.1f} MiB peak under load."]
+              f"Sidecar RSS: {idle_rss / 1024:.1f} MiB idle, {peak_rss / 1024:.1f} MiB peak under load; "
+              f"mTLS sidecar: {idle_rss_tls / 1024:.1f} MiB idle, {peak_rss_tls / 1024:.1f} MiB peak."]
     text = "\n".join(lines)
     print("\n" + text)
     if not args.smoke:
