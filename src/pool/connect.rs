@@ -7,7 +7,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{BoxExecutor, SendBody, Settings, preface::Heard};
+use super::{BoxExecutor, SendBody, Settings, coalesce::Coalesce, preface::Heard};
 use crate::tls::Stream;
 
 /// TCP keepalive: probes start after this much idle time…
@@ -78,7 +78,7 @@ pub fn connection_window(streams: u32) -> u32 {
     streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
 }
 
-pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Stream>>, B, BoxExecutor>;
+pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Coalesce<Stream>>>, B, BoxExecutor>;
 
 /// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
 pub(super) async fn connect<B: SendBody>(
@@ -94,7 +94,7 @@ pub(super) async fn connect<B: SendBody>(
             Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
             None => Stream::Plain(tcp),
         };
-        let (io, heard) = Heard::new(io);
+        let (io, heard) = Heard::new(Coalesce::new(io));
         let (tx, driver) = http2::Builder::new(BoxExecutor)
             .timer(TokioTimer::new())
             .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::telemetry::metrics::Metrics;
 
+mod coalesce;
 mod connect;
 mod exec;
 mod failure;
