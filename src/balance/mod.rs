@@ -91,6 +91,11 @@ impl<B> Endpoint<B> {
         self.meta.read().clone()
     }
 
+    /// Its pod's name, if discovery knows it (without cloning the rest of [`Endpoint::meta`]).
+    pub fn pod(&self) -> Option<String> {
+        self.meta.read().pod.clone()
+    }
+
     /// Its connection's state.
     pub fn connection_state(&self) -> pool::State<B> {
         self.conn.state()
