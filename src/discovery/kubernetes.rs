@@ -32,6 +32,18 @@ use tracing::{debug, info, warn};
 
 use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
 
+/// How long discovery waits for the next slice change of a burst before it hands the set on: a controller writes
+/// the slices of a large Service one by one (100 for 10,000 endpoints), and each hand-over costs the whole set
+/// (union, comparison, balancer update). Kubernetes' own EndpointSlice controller batches pod changes for up to a
+/// second (`--endpointslice-updates-batch-period`); 2 ms is nothing beside that.
+const BURST_QUIET: Duration = Duration::from_millis(2);
+/// Changes this soon after the last hand-over are a burst, and wait BURST_QUIET for more.
+const BURST_WINDOW: Duration = Duration::from_millis(100);
+/// Sets at least this large wait for the rest of a burst; a smaller one costs little to hand over.
+const LARGE_SET: usize = 1000;
+/// The longest a burst is held back while changes keep coming.
+const BURST_MAX: Duration = Duration::from_millis(50);
+
 /// The label the EndpointSlice controller puts on every slice of a Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -81,6 +93,10 @@ pub async fn run(
     let mut retry = Retry::default();
     // An event already taken from the stream while coalescing a burst, handled next.
     let mut peeked = None;
+    // When the burst of slice changes not yet handed to the balancer began.
+    let mut burst_since: Option<Instant> = None;
+    // When a set was last handed on: a change soon after it is part of a burst.
+    let mut last_handover: Option<Instant> = None;
     loop {
         let next = match (peeked.take(), check_at) {
             (Some(event), _) => Some(event),
@@ -141,15 +157,33 @@ pub async fn run(
         health.recovered();
         health.synced();
         check_at = None;
-        // Coalesce a burst: slice changes already waiting are applied before the union is recomputed, so a
-        // controller writing 100 slices costs one recomputation and one balancer update, not 100 ever larger ones.
-        if let Some(event) = events.next().now_or_never() {
+        // Coalesce a burst: changes already waiting are applied before the union is recomputed, and for a large
+        // set while changes keep coming (the last hand-over was within BURST_WINDOW) those that follow within
+        // BURST_QUIET of each other (for at most BURST_MAX) too, so a controller writing 100 slices costs a few
+        // recomputations and balancer updates, not 100 ever larger ones. A change to a small set, or after a quiet
+        // spell, goes on at once.
+        let large = feeds.iter().any(|f| f.last.as_ref().is_some_and(|set| set.len() >= LARGE_SET));
+        let in_burst = large && last_handover.is_some_and(|t: Instant| t.elapsed() < BURST_WINDOW);
+        let since = *burst_since.get_or_insert_with(Instant::now);
+        let quiet = if in_burst {
+            BURST_QUIET.min((since + BURST_MAX).saturating_duration_since(Instant::now()))
+        } else {
+            Duration::ZERO
+        };
+        let waiting = if quiet.is_zero() {
+            events.next().now_or_never()
+        } else {
+            tokio::time::timeout(quiet, events.next()).await.ok()
+        };
+        if let Some(event) = waiting {
             let more = matches!(event, Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))));
             peeked = Some(event);
             if more {
                 continue;
             }
         }
+        burst_since = None;
+        last_handover = Some(Instant::now());
         let mut gone = Vec::new();
         for (i, feed) in feeds.iter_mut().enumerate() {
             let set = usable(feed.slices.current(), options.ip_family);
