@@ -44,11 +44,9 @@ impl std::fmt::Debug for TargetsCollector {
 fn endpoint_labels<B>(set: &[Arc<Endpoint<B>>]) -> Vec<String> {
     let mut seen = HashSet::new();
     set.iter()
-        .map(|e| {
-            match e.pod() {
-                Some(p) if seen.insert(p.clone()) => p,
-                _ => e.addr().to_string(),
-            }
+        .map(|e| match e.pod() {
+            Some(p) if seen.insert(p.clone()) => p,
+            _ => e.addr().to_string(),
         })
         .collect()
 }
