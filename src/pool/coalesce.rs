@@ -31,9 +31,12 @@ const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 
-/// Bytes kept before a write goes through without waiting for a flush (h2's own write buffer is 16 KiB plus a
-/// frame's payload).
-const MAX_BUFFERED: usize = 64 * 1024;
+/// Bytes kept before a write goes through without waiting for a flush: h2's own write buffer is 16 KiB, and a
+/// bulk DATA payload (which h2 hands over beside its buffer, uncopied) then goes straight through instead of being
+/// copied here.
+const MAX_BUFFERED: usize = 16 * 1024;
+/// A buffer grown past this by a burst is freed once written, so an idle connection holds no more than this.
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// An I/O stream whose writes are kept until the second `poll_flush` of a batch (see the module doc).
 pub(super) struct Coalesce<S> {
@@ -64,7 +67,11 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             }
             self.written += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -281,6 +288,10 @@ mod tests {
         io.flush().await.expect("flush");
         assert_eq!(io.inner.writes.concat(), b"0123456789abcd");
         assert!(io.inner.writes.iter().all(|w| w.len() <= 3));
+        // A burst's buffer is freed once written: an idle connection keeps at most KEEP_CAPACITY.
+        io.write_all(&[1; 2 * KEEP_CAPACITY]).await.expect("write");
+        io.flush().await.expect("flush");
+        assert_eq!(io.buf.capacity(), 0);
     }
 
     #[tokio::test]
