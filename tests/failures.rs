@@ -30,7 +30,8 @@ async fn a_backend_killed_mid_run_costs_at_most_the_calls_in_flight() {
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for _ in 0..150 {
-                out.push(client::call_once(&mut c, "world", Some(Duration::from_secs(5))).await);
+                let started = Instant::now();
+                out.push((started, client::call_once(&mut c, "world", Some(Duration::from_secs(5))).await));
                 done.fetch_add(1, Ordering::Relaxed);
             }
             out
@@ -40,15 +41,22 @@ async fn a_backend_killed_mid_run_costs_at_most_the_calls_in_flight() {
         (done.load(Ordering::Relaxed) >= 200).then_some(())
     });
     victim.proc.kill();
-    let mut outcomes = Vec::new();
+    let killed_at = Instant::now();
+    let mut timed = Vec::new();
     for w in workers {
-        outcomes.extend(w.await.expect("worker"));
+        timed.extend(w.await.expect("worker"));
     }
+    let outcomes: Vec<_> = timed.iter().map(|(_, o)| o.clone()).collect();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.code != Code::Ok).collect();
     assert!(failed.len() <= CONCURRENCY, "only calls in flight on the killed pod may fail: {failed:?}");
-    // After the kill, the survivors answer everything.
-    let tail = by_pod(&outcomes[outcomes.len() - 100..]);
-    assert!(!tail.contains_key("kill-victim") || tail["kill-victim"] <= CONCURRENCY, "{tail:?}");
+    // Calls started after the kill (and the 50 ms it may take the process to die) are answered by the survivors.
+    // Judged by start time: the workers do not progress evenly on a loaded machine, so the last calls of one
+    // worker may predate the kill (the test took the last 100 outcomes of the last worker and failed in CI).
+    let dead = killed_at + Duration::from_millis(50);
+    let after_kill: Vec<_> = timed.iter().filter(|(t, _)| *t > dead).map(|(_, o)| o.clone()).collect();
+    assert!(after_kill.len() >= 10, "{} calls after the kill", after_kill.len());
+    let tail = by_pod(&after_kill);
+    assert!(!tail.contains_key("kill-victim"), "the killed pod answered calls started after the kill: {tail:?}");
     let after = calls(&sidecar.client(), 60, 4, None).await;
     assert!(after.iter().all(|o| o.code == Code::Ok), "{after:?}");
     // Only survivors answer. (Which of them is Peak-EWMA's call: on a busy machine one survivor may carry a
