@@ -41,8 +41,9 @@ use crate::{
         replay::ReplayBody,
         request_body::RequestBody,
     },
-    service_config::RetryPolicy,
 };
+
+use self::policy::PolicyRetry;
 
 /// Request bytes kept for a retry; a larger body is streamed without retries.
 const RETRY_BUFFER: usize = 64 * 1024;
@@ -332,64 +333,6 @@ impl Proxy {
     }
 }
 
-impl Proxy {
-    /// Whether the method's retry policy sends the call again after it ended with `code` (gRFC A6): the code is
-    /// retryable, attempts remain, the request body was kept, the budget allows it, and the backoff (or the
-    /// server's `grpc-retry-pushback-ms`; a malformed or negative one forbids the retry) ends before the deadline.
-    /// Waits out the backoff when it does.
-    async fn policy_retry(
-        &self,
-        retry: &mut PolicyRetry<'_>,
-        code: Code,
-        pushback: Option<&HeaderValue>,
-        origin: &ReplayBody,
-        deadline: Instant,
-    ) -> bool {
-        let Some(delay) = retry.next(code, pushback) else { return false };
-        if origin.replay().is_none() || Instant::now() + delay >= deadline {
-            return false;
-        }
-        if !self.budget.withdraw() {
-            self.metrics.retries_refused_by_budget.fetch_add(1, Relaxed);
-            return false;
-        }
-        self.metrics.retries_policy.fetch_add(1, Relaxed);
-        tokio::time::sleep(delay).await;
-        true
-    }
-}
-
-/// The state of one call's `retryPolicy`: attempts made and the next backoff.
-struct PolicyRetry<'a> {
-    policy: Option<&'a RetryPolicy>,
-    attempts: u32,
-    backoff: Duration,
-}
-
-impl<'a> PolicyRetry<'a> {
-    fn new(policy: Option<&'a RetryPolicy>) -> Self {
-        Self { policy, attempts: 1, backoff: policy.map_or(Duration::ZERO, |p| p.initial_backoff) }
-    }
-
-    /// The wait before the next attempt, if the policy retries after `code`: uniform in `[0, backoff]`, the
-    /// backoff then multiplied up to its maximum; or the server's pushback.
-    fn next(&mut self, code: Code, pushback: Option<&HeaderValue>) -> Option<Duration> {
-        let policy = self.policy?;
-        if !policy.retryable.contains(code) || self.attempts >= policy.max_attempts {
-            return None;
-        }
-        let delay = match pushback {
-            Some(v) => Duration::from_millis(v.to_str().ok()?.trim().parse::<u64>().ok()?),
-            None => self.backoff.mul_f64(rand::random::<f64>()),
-        };
-        self.attempts += 1;
-        // Saturating: any multiplier above 0 is valid, and a product past `Duration`'s range is `maxBackoff`.
-        self.backoff = Duration::try_from_secs_f64(self.backoff.as_secs_f64() * policy.backoff_multiplier)
-            .map_or(policy.max_backoff, |b| b.min(policy.max_backoff));
-        Some(delay)
-    }
-}
-
 /// The size of a header block as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2, RFC
 /// 7541 §4.1): name + value + 32 bytes per field.
 pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
@@ -397,8 +340,7 @@ pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
     u32::try_from(size).unwrap_or(u32::MAX)
 }
 
-#[cfg(test)]
-mod retry_tests;
+mod policy;
 
 /// The answer to a call that found no endpoint: `UNAVAILABLE` for a fail-fast call, `DEADLINE_EXCEEDED` for a
 /// `waitForReady` one, whose wait ends only at its deadline (grpc/doc/wait-for-ready.md).
