@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::client::conn::http2::SendRequest;
+use crate::pool::SendRequest;
 use parking_lot::RwLock;
 use tokio::{sync::watch, time::Instant};
 use tracing::info;

@@ -1,13 +1,15 @@
 //! Opening one HTTP/2 connection to an endpoint: TCP with kernel keepalive, optional TLS, and the h2 settings that
 //! stock peers and stalled readers need (windows, header-list size, PINGs only while streams are open).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU32},
+    time::Duration,
+};
 
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{BoxExecutor, SendBody, Settings, coalesce::Coalesce, preface::Heard};
+use super::{SendRequest, Settings, coalesce::Coalesce, driver::Driver, preface::Heard};
 use crate::tls::Stream;
 
 /// TCP keepalive: probes start after this much idle time…
@@ -33,7 +35,7 @@ pub enum ConnectError {
     Tls(std::io::Error),
     /// The HTTP/2 handshake failed.
     #[error("http/2 handshake: {0}")]
-    Handshake(#[from] hyper::Error),
+    Handshake(#[from] h2::Error),
     /// The connection closed before the server's HTTP/2 preface arrived: nothing accepts it (a server that stopped
     /// accepting but whose listening socket is still bound, e.g. one draining after SIGTERM), or not HTTP/2, or,
     /// over TLS 1.3, the server refused our client certificate (it can say so only after the handshake, RFC 8446
@@ -50,7 +52,7 @@ pub enum ConnectError {
 /// at 85-118 MB/s (hyper's adaptive windows had reached 88 MB/s, without the slow-reader guarantee).
 ///
 /// Known limit: h2 (0.4.20) keeps each received DATA payload as a slice of the ~8 KiB read buffer it arrived in,
-/// and hyper releases a stream's flow-control capacity only as its body is polled, with no way to hold data
+/// and a stream's flow-control capacity is released only as its body is polled, with no way to hold data
 /// elsewhere without also releasing the window. So in memory a stalled stream is bounded by its window × the read
 /// buffer per frame, not by its window: a peer that sends one-byte DATA frames on a stream nobody reads,
 /// interleaved with larger frames on a stream another caller drains (which keep h2's small-DATA-frame budget
@@ -78,14 +80,22 @@ pub fn connection_window(streams: u32) -> u32 {
     streams.max(1).saturating_mul(STREAM_WINDOW).min(MAX_WINDOW)
 }
 
-pub(super) type Driver<B> = http2::Connection<TokioIo<Heard<Coalesce<Stream>>>, B, BoxExecutor>;
+/// What hyper's HTTP/2 client used until issue 14 and stock clients keep: at most 100 streams until the peer's
+/// SETTINGS say otherwise, 16 KiB frames, 1 MiB of send buffer per stream, no server push.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+const MAX_FRAME_SIZE: u32 = 16 << 10;
+const MAX_SEND_BUFFER: usize = 1 << 20;
+/// Streams this side may reset for the peer's protocol errors before the connection is ended (hyper's default).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
-pub(super) async fn connect<B: SendBody>(
+/// The driver PINGs (every `keepalive`, zero for never) only while `in_flight` counts calls on the connection.
+pub(super) async fn connect<B>(
     addr: SocketAddr,
     settings: &Settings,
     keepalive: Duration,
-) -> Result<(SendRequest<B>, std::pin::Pin<Box<Driver<B>>>), ConnectError> {
+    in_flight: Arc<AtomicU32>,
+) -> Result<(SendRequest<B>, std::pin::Pin<Box<Driver>>), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -95,23 +105,28 @@ pub(super) async fn connect<B: SendBody>(
             None => Stream::Plain(tcp),
         };
         let (io, heard) = Heard::new(Coalesce::new(io));
-        let (tx, driver) = http2::Builder::new(BoxExecutor)
-            .timer(TokioTimer::new())
-            .keep_alive_interval((!keepalive.is_zero()).then_some(keepalive))
-            .keep_alive_timeout(settings.keepalive_timeout)
-            // No PINGs without open streams: stock servers count them as abuse (see the module doc).
-            .keep_alive_while_idle(false)
-            // Also h2's CONTINUATION flood limit, which hyper has no knob for: a header block may span at most
-            // max(5, n + n/4) non-final CONTINUATION frames, n = this / 16 KiB (h2 0.4.20,
-            // `calc_max_continuation_frames`). hyper's 16 KiB default allowed 5, so a backend splitting its headers
-            // into 8 small frames (legal; grpc-go and grpcio accept it) closed the shared connection; the 16 MiB of
-            // `proxy::h2_header_list_limit` allow 1,280, and a flood of empty CONTINUATION frames still ends there.
+        let reads = io.reads();
+        let (tx, conn) = h2::client::Builder::new()
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .enable_push(false)
+            // Also h2's CONTINUATION flood limit: a header block may span at most max(5, n + n/4) non-final
+            // CONTINUATION frames, n = this / 16 KiB (h2 0.4.20, `calc_max_continuation_frames`). A 16 KiB limit
+            // allowed 5, so a backend splitting its headers into 8 small frames (legal; grpc-go and grpcio accept
+            // it) closed the shared connection; the 16 MiB of `proxy::h2_header_list_limit` allow 1,280, and a
+            // flood of empty CONTINUATION frames still ends there.
             .max_header_list_size(settings.max_header_list_bytes)
-            // Fixed windows, not adaptive ones (hyper's BDP estimate resizes both, breaking the ratio below).
+            // Fixed windows (see `connection_window` for the ratio).
             .initial_connection_window_size(connection_window(settings.max_streams))
-            .initial_stream_window_size(STREAM_WINDOW)
-            .handshake(TokioIo::new(io))
+            .initial_window_size(STREAM_WINDOW)
+            .handshake::<_, bytes::Bytes>(io)
             .await?;
+        let closed = Arc::default();
+        // No PINGs without calls in flight: stock servers count them as abuse (see the pool's module doc).
+        let pings = (!keepalive.is_zero()).then_some((keepalive, settings.keepalive_timeout));
+        let driver = Driver::new(conn, Arc::clone(&closed), pings, reads, in_flight);
         // The driver reads the server's preface; a connection that ends first was never accepted.
         let mut driver = Box::pin(driver);
         tokio::select! {
@@ -128,7 +143,7 @@ pub(super) async fn connect<B: SendBody>(
                 }));
             }
         }
-        Ok::<_, ConnectError>((tx, driver))
+        Ok::<_, ConnectError>((SendRequest::new(tx, closed), driver))
     };
     tokio::time::timeout(settings.connect_timeout, attempt)
         .await

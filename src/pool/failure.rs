@@ -22,9 +22,8 @@ pub enum SendFailure {
     Connection,
 }
 
-/// Classifies a request's failure from hyper's error (its source chain carries h2's error).
-pub fn classify(e: &hyper::Error) -> SendFailure {
-    let Some(h2) = h2_error(e) else { return SendFailure::Connection };
+/// Classifies a request's failure from h2's error for its stream.
+pub fn classify(h2: &h2::Error) -> SendFailure {
     if h2.is_remote() && h2.is_go_away() {
         // h2 fails a stream with the peer's GOAWAY only when the stream is above the GOAWAY's last-stream-id, or
         // was opened after it; streams at or below it carry on (and see a broken pipe if the peer then closes).
@@ -40,7 +39,7 @@ pub fn classify(e: &hyper::Error) -> SendFailure {
 /// Whether a connection ended with the peer's GOAWAY `ENHANCE_YOUR_CALM` "too_many_pings", which grpc-go and
 /// gRPC-core send when a client pings more often than their policy allows (gRFC A8). h2 shows the GOAWAY's debug
 /// data only in its message, so that is where it is read.
-pub fn calm_goaway(e: &hyper::Error) -> bool {
+pub fn calm_goaway(e: &(dyn std::error::Error + 'static)) -> bool {
     h2_error(e).is_some_and(|h2| {
         h2.is_go_away()
             && h2.is_remote()

@@ -9,10 +9,9 @@ use std::{
     time::Duration,
 };
 
-use hyper::client::conn::http2::SendRequest;
 use tracing::{debug, info};
 
-use super::{Connection, SendBody, connect};
+use super::{Connection, SendBody, SendRequest, connect};
 
 pub(super) struct Overflow<B> {
     pub(super) conns: Vec<Extra<B>>,
@@ -97,7 +96,8 @@ impl<B> Connection<B> {
 
 /// Opens one extra connection, lends it out while it is needed, and lets it close once idle.
 async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
-    let result = connect(conn.addr, &conn.settings, conn.keepalive_interval()).await;
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let result = connect(conn.addr, &conn.settings, conn.keepalive_interval(), in_flight.clone()).await;
     let (tx, driver) = match result {
         Ok(c) => c,
         Err(e) => {
@@ -108,7 +108,6 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
         }
     };
     conn.metrics.connects_ok.fetch_add(1, Relaxed);
-    let in_flight = Arc::new(AtomicU32::new(0));
     // Until the peer's SETTINGS arrive the driver reports a default; lend it as if the primary's limit applied.
     let max_streams = Arc::new(AtomicUsize::new(conn.primary_max_streams.load(Relaxed)));
     {
@@ -135,7 +134,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
                 if in_flight.load(Relaxed) != 0 {
                     idle_since = tokio::time::Instant::now();
                 } else if idle_since.elapsed() >= OVERFLOW_IDLE {
-                    // Idle: stop lending it; hyper closes it once the last handle is gone.
+                    // Idle: stop lending it; h2 closes it once the last handle is gone.
                     conn.overflow.lock().conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
                     let _ = driver.await;
                     return;
@@ -151,7 +150,6 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use parking_lot::{Mutex, RwLock};
     use tokio::sync::watch;
 
@@ -163,11 +161,8 @@ mod tests {
     /// A request handle on an HTTP/2 connection over an in-memory pipe, and what keeps it open.
     async fn handle() -> (SendRequest<Body>, impl Sized) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
-        let (tx, driver) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Body>(TokioIo::new(ours))
-            .await
-            .expect("handshake");
-        (tx, (driver, theirs))
+        let (tx, conn) = h2::client::handshake(ours).await.expect("handshake");
+        (SendRequest::new(tx, Arc::default()), (conn, theirs))
     }
 
     /// A connection whose primary is `state`, with the peer's limit at `max_streams`.

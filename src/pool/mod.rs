@@ -17,8 +17,10 @@
 //! object; a hung process (alive to TCP) is the balancer's business, through deadlines and failure accrual.
 //!
 //! Draining: when discovery removes an endpoint, [`Connection::retire`] stops reconnects and drops the published
-//! handle. hyper closes an HTTP/2 client connection once every handle is gone and its last stream has finished,
-//! so calls in flight complete and no new call can start there.
+//! handle. h2 closes a client connection once every handle is gone and its last stream has finished, so calls in
+//! flight complete and no new call can start there.
+//!
+//! Requests go out on h2's client directly ([`client`]), not through hyper's, which costs two tasks per call.
 
 use std::{
     net::SocketAddr,
@@ -29,7 +31,6 @@ use std::{
     time::Duration,
 };
 
-use hyper::client::conn::http2::SendRequest;
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::sync::watch;
@@ -37,16 +38,21 @@ use tracing::{debug, info, warn};
 
 use crate::telemetry::metrics::Metrics;
 
+mod client;
 mod coalesce;
 mod connect;
+mod driver;
 mod exec;
 mod failure;
 mod lease;
 mod preface;
 mod shared;
 
+pub use self::client::{RecvBody, SendError, SendRequest, strip_connection_headers};
+use self::connect::connect;
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
-use self::connect::{Driver, connect};
+use self::driver::Driver;
+pub use self::driver::DriverError;
 pub use self::exec::BoxExecutor;
 pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;
@@ -240,7 +246,7 @@ impl<B> Connection<B> {
 
     /// Notes how a connection ended: a `too_many_pings` GOAWAY doubles the keepalive interval (grpc-go's client
     /// does the same), so the next connection stays within the peer's ping policy.
-    fn closed(&self, error: Option<&hyper::Error>) {
+    fn closed(&self, error: Option<&DriverError>) {
         let Some(e) = error else {
             debug!(addr = %self.addr, "connection closed by the peer");
             return;
@@ -299,7 +305,8 @@ async fn maintain<B: SendBody>(
         }
         // The driver comes boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
         let Some(permit) = connect_permit(&conn.shared, &mut stop).await else { return };
-        let connected = connect(addr, &settings, conn.keepalive_interval()).await.map_err(|e| e.to_string());
+        let in_flight = conn.primary_in_flight.clone();
+        let connected = connect(addr, &settings, conn.keepalive_interval(), in_flight).await.map_err(|e| e.to_string());
         drop(permit);
         let connected = match connected {
             Ok((tx, mut driver)) if rotating => {
@@ -361,7 +368,7 @@ async fn maintain<B: SendBody>(
                     continue;
                 }
                 if retired {
-                    // Drop our handle (a retire may have raced the connect and been overwritten by Ready); hyper
+                    // Drop our handle (a retire may have raced the connect and been overwritten by Ready); h2
                     // finishes the streams in flight, then closes.
                     conn.set(State::Draining);
                     let _ = driver.await;
@@ -429,7 +436,7 @@ const ROTATION_SETTLE: Duration = Duration::from_millis(500);
 /// Whether a new connection is up: a TLS 1.3 server can refuse our client certificate only after the handshake
 /// (RFC 8446 §4.4.2.4), which the driver then reads as an alert within a round trip. `Ok` when the driver is still
 /// running after `wait`.
-async fn settle<B: SendBody>(driver: &mut std::pin::Pin<Box<Driver<B>>>, wait: Duration) -> Result<(), String> {
+async fn settle(driver: &mut std::pin::Pin<Box<Driver>>, wait: Duration) -> Result<(), String> {
     match tokio::time::timeout(wait, driver.as_mut()).await {
         Err(_) => Ok(()),
         Ok(Ok(())) => Err("closed by the peer right after the handshake".to_owned()),

@@ -9,6 +9,10 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     task::{Context, Poll},
 };
 
@@ -17,17 +21,24 @@ use tokio::{
     sync::oneshot,
 };
 
-/// An I/O stream that reports its first bytes read (the server's preface) once, through a oneshot.
+/// An I/O stream that reports its first bytes read (the server's preface) once, through a oneshot, and counts
+/// its reads (the keepalive's sign of life, [`super::driver`]).
 pub(super) struct Heard<S> {
     inner: S,
     first_read: Option<oneshot::Sender<()>>,
+    reads: Arc<AtomicU64>,
 }
 
 impl<S> Heard<S> {
     /// `inner`, and what resolves once bytes have been read from it.
     pub(super) fn new(inner: S) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        (Self { inner, first_read: Some(tx) }, rx)
+        (Self { inner, first_read: Some(tx), reads: Arc::default() }, rx)
+    }
+
+    /// How many reads returned bytes so far.
+    pub(super) fn reads(&self) -> Arc<AtomicU64> {
+        self.reads.clone()
     }
 }
 
@@ -36,6 +47,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.reads.fetch_add(1, Relaxed);
+        }
         if this.first_read.is_some()
             && matches!(res, Poll::Ready(Ok(())))
             && buf.filled().len() > before

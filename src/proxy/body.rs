@@ -21,13 +21,13 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 use tonic::Code;
 
 use crate::{
     BoxError,
     grpc::{status_of, stream_reset},
+    pool::RecvBody,
     proxy::{call::CallRecord, error::code_of_reset, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
@@ -108,7 +108,7 @@ const NO_STATUS: &str = "server closed the stream without sending trailers";
 
 /// The backend's response body with the call's deadline and accounting attached.
 pub struct UpstreamBody {
-    inner: Option<Incoming>,
+    inner: Option<RecvBody>,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     header_code: Option<Code>,
@@ -122,7 +122,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// Wraps `inner`; `header_code` is a `grpc-status` already seen in the response headers.
     pub fn new(
-        inner: Incoming,
+        inner: RecvBody,
         deadline: Pin<Box<Sleep>>,
         timeout: Duration,
         header_code: Option<Code>,
@@ -217,7 +217,7 @@ impl Body for UpstreamBody {
                     this.record.finish(code);
                     Poll::Ready(None)
                 }
-                // The stream ended (END_STREAM on DATA, or RST_STREAM(NO_ERROR), which hyper reads as an end)
+                // The stream ended (END_STREAM on DATA, or RST_STREAM(NO_ERROR), which `RecvBody` reads as an end)
                 // with no trailers at all: grpc-go reports INTERNAL; send that explicitly.
                 None => this.end_with(Code::Internal, NO_STATUS),
             },

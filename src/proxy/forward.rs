@@ -172,7 +172,7 @@ impl Proxy {
             };
             attempts += 1;
 
-            let (mut attempt, mut sender) = picked.begin();
+            let (mut attempt, sender) = picked.begin();
             log.attempt(attempt.endpoint(), attempts - 1);
             let sent = tokio::select! {
                 biased;
@@ -184,7 +184,7 @@ impl Proxy {
                     attempt.finish(Code::DeadlineExceeded);
                     return Err(ProxyError::DeadlineExceeded(timeout));
                 }
-                Ok(Err(mut e)) => {
+                Ok(Err(e)) => {
                     if let Some((size, limit)) = origin.too_large() {
                         attempt.finish(Code::ResourceExhausted);
                         return Err(ProxyError::TooLarge { size, limit });
@@ -195,12 +195,8 @@ impl Proxy {
                         attempt.release();
                         return Err(ProxyError::MalformedBody(why));
                     }
-                    let failure = match e.take_message() {
-                        // Handed back unsent: the connection closed before the request was written.
-                        Some(_) => SendFailure::Unprocessed,
-                        None => pool::classify(e.error()),
-                    };
-                    let error = crate::error_chain(e.error());
+                    let failure = e.failure();
+                    let error = crate::error_chain(&e);
                     if failure == SendFailure::Unprocessed {
                         attempt.release();
                         if self.may_resend(&origin, &mut refused_by, addr, deadline) {
@@ -276,6 +272,10 @@ impl Proxy {
             v.set_sensitive(true);
             parts.headers.insert(GRPC_TIMEOUT, v);
         }
+        if parts.version != Version::HTTP_2 {
+            // An HTTP/1.1 caller's (grpc-web, Connect) connection-specific fields, which HTTP/2 forbids.
+            pool::strip_connection_headers(&mut parts.headers);
+        }
         if previous > 0 {
             // gRFC A6: a retried or hedged attempt says how many came before it.
             parts.headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(previous));
@@ -292,7 +292,7 @@ impl Proxy {
     /// (`expiry`, a timer set to it), with the call's record ending when the body does.
     pub(super) fn pass_through(
         &self,
-        res: Response<hyper::body::Incoming>,
+        res: Response<pool::RecvBody>,
         record: CallRecord,
         origin: ReplayBody,
         header_code: Option<Code>,

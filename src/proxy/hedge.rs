@@ -41,7 +41,7 @@ use tonic::Code;
 
 use crate::{
     grpc::status_of,
-    pool::{self, SendFailure},
+    pool::SendFailure,
     proxy::{
         Attempt, Balancer, Proxy,
         body::ResponseBody,
@@ -273,7 +273,7 @@ impl Proxy {
                             };
                             tried.push(addr);
                             let i = attempts.len();
-                            let (attempt, mut sender) = picked.begin();
+                            let (attempt, sender) = picked.begin();
                             log.attempt(attempt.endpoint(), schedule.sent());
                             attempts.push(Some(attempt));
                             let sent = sender.try_send_request(req);
@@ -315,18 +315,15 @@ impl Proxy {
             let addr = attempt.addr();
             let res = match sent {
                 Ok(res) => res,
-                Err(mut e) => {
+                Err(e) => {
                     if let Some((size, limit)) = origin.too_large() {
                         attempt.finish(Code::ResourceExhausted);
                         drop(in_flight);
                         finish(&mut attempts);
                         return Err(ProxyError::TooLarge { size, limit });
                     }
-                    let failure = match e.take_message() {
-                        Some(_) => SendFailure::Unprocessed,
-                        None => pool::classify(e.error()),
-                    };
-                    let error = crate::error_chain(e.error());
+                    let failure = e.failure();
+                    let error = crate::error_chain(&e);
                     if failure == SendFailure::Unprocessed && transparent < MAX_TRANSPARENT {
                         attempt.release();
                         transparent += 1;

@@ -127,7 +127,7 @@ enum Failed {
 }
 
 async fn send(
-    mut sender: hyper::client::conn::http2::SendRequest<ReplayBody>,
+    sender: crate::pool::SendRequest<ReplayBody>,
     addr: SocketAddr,
     version: Version,
     req: &ServerReflectionRequest,
@@ -150,7 +150,7 @@ async fn send(
         h.insert("grpc-timeout", v);
     }
     let answer = async {
-        let res = sender.send_request(upstream).await.map_err(|e| Failed::Transport(crate::error_chain(&e)))?;
+        let res = sender.try_send_request(upstream).await.map_err(|e| Failed::Transport(crate::error_chain(&e)))?;
         let (parts, body) = res.into_parts();
         let collected = Limited::new(body, MAX_REPLY)
             .collect()
