@@ -15,10 +15,7 @@ use std::{
     future::Future,
     marker::PhantomData,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -27,19 +24,19 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::{SendBody, SendFailure, classify};
+use super::{SendBody, SendFailure, classify, driver::Gone};
 
 /// The request handle of one backend connection (cheap to clone; one clone per call).
 pub struct SendRequest<B> {
     h2: h2::client::SendRequest<Bytes>,
-    /// Set by the connection's driver when the connection has ended.
-    closed: Arc<AtomicBool>,
+    /// Whether the connection takes no new streams (ended, or a GOAWAY came).
+    gone: Arc<Gone>,
     _body: PhantomData<fn(B)>,
 }
 
 impl<B> Clone for SendRequest<B> {
     fn clone(&self) -> Self {
-        Self { h2: self.h2.clone(), closed: self.closed.clone(), _body: PhantomData }
+        Self { h2: self.h2.clone(), gone: self.gone.clone(), _body: PhantomData }
     }
 }
 
@@ -66,13 +63,13 @@ impl SendError {
 }
 
 impl<B> SendRequest<B> {
-    pub(super) fn new(h2: h2::client::SendRequest<Bytes>, closed: Arc<AtomicBool>) -> Self {
-        Self { h2, closed, _body: PhantomData }
+    pub(super) fn new(h2: h2::client::SendRequest<Bytes>, gone: Arc<Gone>) -> Self {
+        Self { h2, gone, _body: PhantomData }
     }
 
-    /// Whether the connection has ended (no request can be sent on it any more).
+    /// Whether the connection takes no new requests: it ended, or the peer's GOAWAY stopped new streams.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Relaxed)
+        self.gone.is_set()
     }
 }
 
@@ -82,10 +79,15 @@ impl<B: SendBody> SendRequest<B> {
     /// Errors: a connection that ended before the stream opened, or a GOAWAY or `REFUSED_STREAM` that left the
     /// stream unprocessed, is [`SendFailure::Unprocessed`] (RFC 9113 §8.7); a reset by the peer is
     /// [`SendFailure::Reset`]; anything else is [`SendFailure::Connection`]. A request body that fails resets the
-    /// stream, and the call sees that reset (its cause is the body's, which the caller knows).
+    /// stream, and the call sees that reset (its cause is the body's, which the caller knows). A connection that
+    /// takes no new stream, or whose GOAWAY failed this one, is marked [`Gone`]: the pool replaces it.
     pub async fn try_send_request(self, req: Request<B>) -> Result<Response<RecvBody>, SendError> {
-        let unprocessed = |error: h2::Error| SendError { failure: SendFailure::Unprocessed, error };
-        let mut h2 = self.h2.ready().await.map_err(unprocessed)?;
+        let SendRequest { h2, gone, .. } = self;
+        let unprocessed = |error: h2::Error| {
+            gone.set();
+            SendError { failure: SendFailure::Unprocessed, error }
+        };
+        let mut h2 = h2.ready().await.map_err(unprocessed)?;
         let (parts, body) = req.into_parts();
         let eos = body.is_end_stream();
         let (response, tx) = h2.send_request(Request::from_parts(parts, ()), eos).map_err(unprocessed)?;
@@ -106,7 +108,12 @@ impl<B: SendBody> SendRequest<B> {
                 }
             }
         };
-        let res = response.await.map_err(|error| SendError { failure: classify(&error), error })?;
+        let res = response.await.map_err(|error| {
+            if error.is_go_away() && error.is_remote() {
+                gone.set();
+            }
+            SendError { failure: classify(&error), error }
+        })?;
         Ok(res.map(|stream| RecvBody { stream, data_done: false, _cancel: cancel }))
     }
 }

@@ -123,10 +123,10 @@ pub(super) async fn connect<B>(
             .initial_window_size(STREAM_WINDOW)
             .handshake::<_, bytes::Bytes>(io)
             .await?;
-        let closed = Arc::default();
+        let gone = Arc::default();
         // No PINGs without calls in flight: stock servers count them as abuse (see the pool's module doc).
         let pings = (!keepalive.is_zero()).then_some((keepalive, settings.keepalive_timeout));
-        let driver = Driver::new(conn, Arc::clone(&closed), pings, reads, in_flight);
+        let driver = Driver::new(conn, Arc::clone(&gone), pings, reads, in_flight);
         // The driver reads the server's preface; a connection that ends first was never accepted.
         let mut driver = Box::pin(driver);
         tokio::select! {
@@ -143,7 +143,7 @@ pub(super) async fn connect<B>(
                 }));
             }
         }
-        Ok::<_, ConnectError>((SendRequest::new(tx, closed), driver))
+        Ok::<_, ConnectError>((SendRequest::new(tx, gone), driver))
     };
     tokio::time::timeout(settings.connect_timeout, attempt)
         .await

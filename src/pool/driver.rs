@@ -1,5 +1,11 @@
 //! Driving one backend connection: h2's connection future, keepalive PINGs while calls are in flight, and the
-//! flag its request handles read to know it has ended.
+//! flag ([`Gone`]) its request handles read to know it takes no new streams.
+//!
+//! A peer's GOAWAY (nginx sends one every `keepalive_requests` requests; servers send one when they drain) ends
+//! new streams on a connection while the ones below its last-stream-id carry on (RFC 9113 §6.8). h2 shows it
+//! only to a request that then fails, so that request's handle marks the connection gone ([`Gone::set`]); the
+//! driver then resolves at once, so the pool connects anew, and keeps driving the old connection's remaining
+//! streams when polled again ([`Driver::draining`]), as hyper's client did (make-before-break).
 //!
 //! Keepalive (gRFC A8, and the pool's module doc): a PING goes out only when calls are in flight on the connection
 //! and nothing was read from it for a whole keepalive interval; a PING unanswered within the keepalive timeout
@@ -11,14 +17,21 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU32, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::Bytes;
-use tokio::time::{Instant, Sleep};
+use futures_util::task::AtomicWaker;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::{Instant, Sleep},
+};
 
 use super::{coalesce::Coalesce, preface::Heard};
 use crate::tls::Stream;
@@ -37,19 +50,44 @@ pub enum DriverError {
     KeepAliveTimedOut(Duration),
 }
 
-/// One backend connection's driver: poll it (in the connector task) for the connection to make progress.
-pub struct Driver {
-    conn: h2::client::Connection<Io, Bytes>,
-    closed: Arc<AtomicBool>,
+/// Whether a connection takes no new streams: it ended, or a request on it failed to open a stream (a GOAWAY).
+/// Shared by the connection's request handles and its driver.
+#[derive(Debug, Default)]
+pub struct Gone {
+    flag: AtomicBool,
+    driver: AtomicWaker,
+}
+
+impl Gone {
+    /// Marks the connection gone and wakes its driver.
+    pub fn set(&self) {
+        if !self.flag.swap(true, Release) {
+            self.driver.wake();
+        }
+    }
+
+    /// Whether it is gone.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Acquire)
+    }
+}
+
+/// One backend connection's driver: poll it (in the connector task) for the connection to make progress. It
+/// resolves when the connection ends, or early with `Ok` once the connection is [`Gone`] (then
+/// [`Driver::draining`] is true, and polling it further drives the streams left on it until they end).
+pub struct Driver<T = Io> {
+    conn: h2::client::Connection<T, Bytes>,
+    gone: Arc<Gone>,
+    draining: bool,
     keepalive: Option<KeepAlive>,
 }
 
-impl Driver {
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// Drives `conn`; `closed` is set when it ends. With `keepalive` (interval, timeout), PINGs go out as the module
     /// doc says: `reads` counts reads from the socket, `in_flight` the calls on the connection.
     pub(super) fn new(
-        mut conn: h2::client::Connection<Io, Bytes>,
-        closed: Arc<AtomicBool>,
+        mut conn: h2::client::Connection<T, Bytes>,
+        gone: Arc<Gone>,
         keepalive: Option<(Duration, Duration)>,
         reads: Arc<AtomicU64>,
         in_flight: Arc<AtomicU32>,
@@ -66,7 +104,12 @@ impl Driver {
                 in_flight,
             })
         });
-        Self { conn, closed, keepalive }
+        Self { conn, gone, draining: false, keepalive }
+    }
+
+    /// Whether it resolved early because the connection takes no new streams, with streams possibly left on it.
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS as last seen (h2's initial guess until its SETTINGS arrive).
@@ -75,26 +118,35 @@ impl Driver {
     }
 }
 
-impl Future for Driver {
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     type Output = Result<(), DriverError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let res = match Pin::new(&mut this.conn).poll(cx) {
             Poll::Ready(res) => res.map_err(DriverError::H2),
-            Poll::Pending => match this.keepalive.as_mut().map(|k| k.poll_expired(cx)) {
-                Some(Poll::Ready(timeout)) => Err(DriverError::KeepAliveTimedOut(timeout)),
-                _ => return Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.draining {
+                    this.gone.driver.register(cx.waker());
+                    if this.gone.is_set() {
+                        this.draining = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                match this.keepalive.as_mut().map(|k| k.poll_expired(cx)) {
+                    Some(Poll::Ready(timeout)) => Err(DriverError::KeepAliveTimedOut(timeout)),
+                    _ => return Poll::Pending,
+                }
+            }
         };
-        this.closed.store(true, Relaxed);
+        this.gone.set();
         Poll::Ready(res)
     }
 }
 
-impl Drop for Driver {
+impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
-        self.closed.store(true, Relaxed);
+        self.gone.set();
     }
 }
 
@@ -137,5 +189,60 @@ impl KeepAlive {
                 self.timer.as_mut().reset(Instant::now() + self.interval);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// An empty SETTINGS frame: a server's whole preface (RFC 9113 §3.4).
+    const SERVER_PREFACE: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const PING: u8 = 6;
+
+    /// A driver over an in-memory pipe whose far end (returned) is a peer that sent its preface and then never
+    /// answers anything; keepalive every second with a one-second timeout; `in_flight` calls.
+    /// (The request handle is returned too: h2 closes a connection that has none and no stream.)
+    async fn silent_peer(in_flight: u32) -> (Pin<Box<Driver<Heard<DuplexStream>>>>, DuplexStream, impl Sized) {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        theirs.write_all(&SERVER_PREFACE).await.expect("preface");
+        let (io, _heard) = Heard::new(ours);
+        let reads = io.reads();
+        let (tx, conn) = h2::client::handshake(io).await.expect("handshake");
+        let ka = Some((Duration::from_secs(1), Duration::from_secs(1)));
+        let driver = Driver::new(conn, Arc::default(), ka, reads, Arc::new(AtomicU32::new(in_flight)));
+        (Box::pin(driver), theirs, tx)
+    }
+
+    /// The frame types the peer has received so far (after the client's 24-byte connection preface).
+    async fn frames_seen(peer: &mut DuplexStream) -> Vec<u8> {
+        let mut buf = vec![0; 1 << 16];
+        let n = tokio::time::timeout(Duration::from_millis(1), peer.read(&mut buf)).await.map_or(0, |r| r.unwrap_or(0));
+        let mut types = Vec::new();
+        let mut at = 24.min(n);
+        while at + 9 <= n {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            types.push(buf[at + 3]);
+            at += 9 + len;
+        }
+        types
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_ping_with_calls_in_flight_ends_the_connection() {
+        let (mut driver, mut peer, _tx) = silent_peer(1).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), driver.as_mut()).await;
+        assert!(matches!(ended, Ok(Err(DriverError::KeepAliveTimedOut(_)))), "{ended:?}");
+        assert!(frames_seen(&mut peer).await.contains(&PING), "a PING went out first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_ping_without_calls_in_flight() {
+        let (mut driver, mut peer, _tx) = silent_peer(0).await;
+        let still_up = tokio::time::timeout(Duration::from_secs(10), driver.as_mut()).await;
+        assert!(still_up.is_err(), "the connection ended: {still_up:?}");
+        assert!(!frames_seen(&mut peer).await.contains(&PING), "a PING went out with no call in flight");
     }
 }

@@ -127,6 +127,10 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
         tokio::select! {
             res = &mut driver => {
                 conn.closed(res.as_ref().err());
+                if driver.draining() {
+                    // No new streams after a GOAWAY; the ones left finish first.
+                    let _ = (&mut driver).await;
+                }
                 return;
             }
             _ = limits.tick() => {

@@ -375,6 +375,14 @@ async fn maintain<B: SendBody>(
                     debug!(%addr, "drained");
                     return;
                 }
+                if driver.draining() {
+                    // A GOAWAY stopped new streams: connect anew now, and let the old connection finish its
+                    // streams in the background (make-before-break).
+                    debug!(%addr, "the peer stopped new streams (GOAWAY); connecting anew while the old connection drains");
+                    tokio::spawn(driver);
+                    failures = 0;
+                    continue;
+                }
                 if *stop.borrow() {
                     return;
                 }
