@@ -15,12 +15,15 @@ use std::{
     future::Future,
     marker::PhantomData,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering::Relaxed},
+    },
     task::{Context, Poll, ready},
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
@@ -31,12 +34,14 @@ pub struct SendRequest<B> {
     h2: h2::client::SendRequest<Bytes>,
     /// Whether the connection takes no new streams (ended, or a GOAWAY came).
     gone: Arc<Gone>,
+    /// Streams open on the connection (its keepalive PINGs only while there are some).
+    open: Arc<AtomicU32>,
     _body: PhantomData<fn(B)>,
 }
 
 impl<B> Clone for SendRequest<B> {
     fn clone(&self) -> Self {
-        Self { h2: self.h2.clone(), gone: self.gone.clone(), _body: PhantomData }
+        Self { h2: self.h2.clone(), gone: self.gone.clone(), open: self.open.clone(), _body: PhantomData }
     }
 }
 
@@ -63,8 +68,8 @@ impl SendError {
 }
 
 impl<B> SendRequest<B> {
-    pub(super) fn new(h2: h2::client::SendRequest<Bytes>, gone: Arc<Gone>) -> Self {
-        Self { h2, gone, _body: PhantomData }
+    pub(super) fn new(h2: h2::client::SendRequest<Bytes>, gone: Arc<Gone>, open: Arc<AtomicU32>) -> Self {
+        Self { h2, gone, open, _body: PhantomData }
     }
 
     /// Whether the connection takes no new requests: it ended, or the peer's GOAWAY stopped new streams.
@@ -76,21 +81,29 @@ impl<B> SendRequest<B> {
 impl<B: SendBody> SendRequest<B> {
     /// Sends `req` (an absolute URI: `:scheme` and `:authority` come from it) and waits for the response headers.
     ///
-    /// Errors: a connection that ended before the stream opened, or a GOAWAY or `REFUSED_STREAM` that left the
-    /// stream unprocessed, is [`SendFailure::Unprocessed`] (RFC 9113 §8.7); a reset by the peer is
-    /// [`SendFailure::Reset`]; anything else is [`SendFailure::Connection`]. A request body that fails resets the
-    /// stream, and the call sees that reset (its cause is the body's, which the caller knows). A connection that
-    /// takes no new stream, or whose GOAWAY failed this one, is marked [`Gone`]: the pool replaces it.
+    /// Errors: a connection that failed or got a GOAWAY before the stream opened, or a GOAWAY or `REFUSED_STREAM`
+    /// that left the stream unprocessed, is [`SendFailure::Unprocessed`] (RFC 9113 §8.7); a reset by the peer is
+    /// [`SendFailure::Reset`]; anything else is [`SendFailure::Connection`] (h2 refusing a malformed request too,
+    /// which every caller's header handling rules out). A request body that fails resets the stream, and the call
+    /// sees that reset (its cause is the body's, which the caller knows). A connection that takes no new stream,
+    /// or whose GOAWAY failed this one, is marked [`Gone`]: the pool replaces it.
     pub async fn try_send_request(self, req: Request<B>) -> Result<Response<RecvBody>, SendError> {
-        let SendRequest { h2, gone, .. } = self;
-        let unprocessed = |error: h2::Error| {
+        let SendRequest { h2, gone, open, .. } = self;
+        // `ready` fails only for the connection (an error, a GOAWAY, its stream IDs used up): no stream was opened.
+        let mut h2 = h2.ready().await.map_err(|error| {
             gone.set();
             SendError { failure: SendFailure::Unprocessed, error }
-        };
-        let mut h2 = h2.ready().await.map_err(unprocessed)?;
+        })?;
         let (parts, body) = req.into_parts();
         let eos = body.is_end_stream();
-        let (response, tx) = h2.send_request(Request::from_parts(parts, ()), eos).map_err(unprocessed)?;
+        let (response, tx) = h2.send_request(Request::from_parts(parts, ()), eos).map_err(|error| {
+            if error.is_go_away() || error.is_io() {
+                gone.set();
+                return SendError { failure: SendFailure::Unprocessed, error };
+            }
+            SendError { failure: SendFailure::Connection, error }
+        })?;
+        let stream = OpenStream::new(open);
         // The body: sent here if it is complete, else piped by a task of its own that ends when the response is
         // dropped (the `cancel` sender travels with it).
         let cancel = if eos {
@@ -114,7 +127,23 @@ impl<B: SendBody> SendRequest<B> {
             }
             SendError { failure: classify(&error), error }
         })?;
-        Ok(res.map(|stream| RecvBody { stream, data_done: false, _cancel: cancel }))
+        Ok(res.map(|recv| RecvBody { stream: recv, data_done: false, _cancel: cancel, _open: stream }))
+    }
+}
+
+/// One stream counted open on its connection until dropped.
+struct OpenStream(Arc<AtomicU32>);
+
+impl OpenStream {
+    fn new(open: Arc<AtomicU32>) -> Self {
+        open.fetch_add(1, Relaxed);
+        Self(open)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -125,6 +154,7 @@ pub struct RecvBody {
     data_done: bool,
     /// Dropped with the body: tells a request-body task still running to reset the stream and stop.
     _cancel: Option<oneshot::Sender<()>>,
+    _open: OpenStream,
 }
 
 impl Body for RecvBody {
@@ -225,7 +255,12 @@ impl<B: SendBody> Pipe<B> {
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
                 // The caller's body failed (reset, over a limit, malformed): the backend must not take it as whole.
-                Some(Err(_)) => return Poll::Ready(Err(h2::Reason::CANCEL)),
+                // The caller's own reset code when it reset its stream, else INTERNAL_ERROR (as hyper did).
+                Some(Err(e)) => {
+                    let e: crate::BoxError = e.into();
+                    let reason = crate::grpc::h2_error(&*e).and_then(h2::Error::reason);
+                    return Poll::Ready(Err(reason.unwrap_or(h2::Reason::INTERNAL_ERROR)));
+                }
                 None => return Poll::Ready(self.tx.send_data(Bytes::new(), true).map_err(|_| h2::Reason::CANCEL)),
             };
             match frame.into_data() {
@@ -256,23 +291,64 @@ impl<B: SendBody> Pipe<B> {
     }
 }
 
-/// Removes the fields HTTP/2 forbids in a request (RFC 9113 §8.2.2: connection-specific fields, and `te` other
-/// than `trailers`), which an HTTP/1.1 caller (grpc-web, Connect) may have sent: h2 refuses a request with them.
-pub fn strip_connection_headers(headers: &mut HeaderMap) {
-    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::Empty;
+    use tokio::{io::DuplexStream, task::JoinHandle};
+
+    use super::*;
+    use crate::pool::driver::Driver;
+
+    /// An h2 server on `io` that answers every request after `delay` with headers only.
+    fn backend(io: DuplexStream, delay: Duration) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(io).await.expect("server handshake");
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = respond.send_response(Response::new(()), true);
+                });
+            }
+        })
     }
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
+
+    async fn client(delay: Duration) -> (SendRequest<Empty<Bytes>>, Pin<Box<Driver<DuplexStream>>>, Arc<Gone>) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        backend(theirs, delay);
+        let (h2, conn) = h2::client::handshake(ours).await.expect("handshake");
+        let gone = Arc::new(Gone::default());
+        let driver = Driver::new(conn, gone.clone(), None, Arc::default(), Arc::default());
+        (SendRequest::new(h2, gone.clone(), Arc::default()), Box::pin(driver), gone)
     }
-    if let Some(listed) = headers.remove(CONNECTION)
-        && let Ok(names) = listed.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
+
+    fn request() -> Request<Empty<Bytes>> {
+        Request::post("http://backend.test/pkg.Svc/M").body(Empty::new()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_gone_connection_driven_to_its_end_keeps_its_calls_in_flight() {
+        let (tx, driver, gone) = client(Duration::from_millis(300)).await;
+        // As a replaced or retired connection is driven.
+        let _old = tokio::spawn(driver.finish());
+        let call = tokio::spawn(tx.clone().try_send_request(request()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gone.set(); // what a request failing on the peer's GOAWAY does
+        let res = call.await.expect("join");
+        assert!(res.is_ok(), "the call in flight was killed: {:?}", res.err());
+        assert!(tx.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_request_h2_refuses_is_not_retried_and_keeps_the_connection() {
+        let (tx, driver, _gone) = client(Duration::ZERO).await;
+        let _driver = tokio::spawn(driver.finish());
+        let mut req = request();
+        req.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        let Err(e) = tx.clone().try_send_request(req).await else { panic!("h2 refuses a connection header") };
+        assert_ne!(e.failure(), SendFailure::Unprocessed, "{e}");
+        assert!(!tx.is_closed(), "one malformed request marked the connection gone");
+        assert!(tx.try_send_request(request()).await.is_ok(), "the connection still serves");
     }
 }

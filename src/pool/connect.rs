@@ -89,12 +89,11 @@ const MAX_SEND_BUFFER: usize = 1 << 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
-/// The driver PINGs (every `keepalive`, zero for never) only while `in_flight` counts calls on the connection.
+/// The driver PINGs (every `keepalive`, zero for never) only while streams are open on the connection.
 pub(super) async fn connect<B>(
     addr: SocketAddr,
     settings: &Settings,
     keepalive: Duration,
-    in_flight: Arc<AtomicU32>,
 ) -> Result<(SendRequest<B>, std::pin::Pin<Box<Driver>>), ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
@@ -126,7 +125,8 @@ pub(super) async fn connect<B>(
         let gone = Arc::default();
         // No PINGs without calls in flight: stock servers count them as abuse (see the pool's module doc).
         let pings = (!keepalive.is_zero()).then_some((keepalive, settings.keepalive_timeout));
-        let driver = Driver::new(conn, Arc::clone(&gone), pings, reads, in_flight);
+        let open = Arc::<AtomicU32>::default();
+        let driver = Driver::new(conn, Arc::clone(&gone), pings, reads, Arc::clone(&open));
         // The driver reads the server's preface; a connection that ends first was never accepted.
         let mut driver = Box::pin(driver);
         tokio::select! {
@@ -143,7 +143,7 @@ pub(super) async fn connect<B>(
                 }));
             }
         }
-        Ok::<_, ConnectError>((SendRequest::new(tx, gone), driver))
+        Ok::<_, ConnectError>((SendRequest::new(tx, gone, open), driver))
     };
     tokio::time::timeout(settings.connect_timeout, attempt)
         .await

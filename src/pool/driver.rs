@@ -79,18 +79,20 @@ pub struct Driver<T = Io> {
     conn: h2::client::Connection<T, Bytes>,
     gone: Arc<Gone>,
     draining: bool,
+    /// Whether the connection has really ended (not just resolved early as draining).
+    ended: bool,
     keepalive: Option<KeepAlive>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
-    /// Drives `conn`; `closed` is set when it ends. With `keepalive` (interval, timeout), PINGs go out as the module
-    /// doc says: `reads` counts reads from the socket, `in_flight` the calls on the connection.
+    /// Drives `conn`; `gone` is set when it ends. With `keepalive` (interval, timeout), PINGs go out as the module
+    /// doc says: `reads` counts reads from the socket, `open` the streams open on this connection.
     pub(super) fn new(
         mut conn: h2::client::Connection<T, Bytes>,
         gone: Arc<Gone>,
         keepalive: Option<(Duration, Duration)>,
         reads: Arc<AtomicU64>,
-        in_flight: Arc<AtomicU32>,
+        open: Arc<AtomicU32>,
     ) -> Self {
         let keepalive = keepalive.and_then(|(interval, timeout)| {
             Some(KeepAlive {
@@ -101,10 +103,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 waiting: false,
                 seen: reads.load(Relaxed),
                 reads,
-                in_flight,
+                open,
             })
         });
-        Self { conn, gone, draining: false, keepalive }
+        Self { conn, gone, draining: false, ended: false, keepalive }
+    }
+
+    /// Drives the connection until it has really ended, through an early resolution as draining: what a caller
+    /// that only waits for the end (a retired or replaced connection) must await, else dropping the driver early
+    /// would kill the streams still on it.
+    pub async fn finish(mut self: Pin<Box<Self>>) -> Result<(), DriverError> {
+        loop {
+            let res = self.as_mut().await;
+            if self.ended {
+                return res;
+            }
+        }
     }
 
     /// Whether it resolved early because the connection takes no new streams, with streams possibly left on it.
@@ -139,6 +153,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 }
             }
         };
+        this.ended = true;
         this.gone.set();
         Poll::Ready(res)
     }
@@ -160,7 +175,8 @@ struct KeepAlive {
     /// `reads` at the last check.
     seen: u64,
     reads: Arc<AtomicU64>,
-    in_flight: Arc<AtomicU32>,
+    /// Streams open on this connection (not the endpoint's: a replaced connection's streams are not this one's).
+    open: Arc<AtomicU32>,
 }
 
 impl KeepAlive {
@@ -180,7 +196,7 @@ impl KeepAlive {
             }
             ready!(self.timer.as_mut().poll(cx));
             let reads = self.reads.load(Relaxed);
-            let silent = reads == self.seen && self.in_flight.load(Relaxed) > 0;
+            let silent = reads == self.seen && self.open.load(Relaxed) > 0;
             self.seen = reads;
             if silent && self.pings.send_ping(h2::Ping::opaque()).is_ok() {
                 self.waiting = true;
@@ -203,16 +219,16 @@ mod tests {
     const PING: u8 = 6;
 
     /// A driver over an in-memory pipe whose far end (returned) is a peer that sent its preface and then never
-    /// answers anything; keepalive every second with a one-second timeout; `in_flight` calls.
+    /// answers anything; keepalive every second with a one-second timeout; `open` streams.
     /// (The request handle is returned too: h2 closes a connection that has none and no stream.)
-    async fn silent_peer(in_flight: u32) -> (Pin<Box<Driver<Heard<DuplexStream>>>>, DuplexStream, impl Sized) {
+    async fn silent_peer(open: u32) -> (Pin<Box<Driver<Heard<DuplexStream>>>>, DuplexStream, impl Sized) {
         let (ours, mut theirs) = tokio::io::duplex(1 << 16);
         theirs.write_all(&SERVER_PREFACE).await.expect("preface");
         let (io, _heard) = Heard::new(ours);
         let reads = io.reads();
         let (tx, conn) = h2::client::handshake(io).await.expect("handshake");
         let ka = Some((Duration::from_secs(1), Duration::from_secs(1)));
-        let driver = Driver::new(conn, Arc::default(), ka, reads, Arc::new(AtomicU32::new(in_flight)));
+        let driver = Driver::new(conn, Arc::default(), ka, reads, Arc::new(AtomicU32::new(open)));
         (Box::pin(driver), theirs, tx)
     }
 

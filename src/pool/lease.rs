@@ -96,8 +96,7 @@ impl<B> Connection<B> {
 
 /// Opens one extra connection, lends it out while it is needed, and lets it close once idle.
 async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
-    let in_flight = Arc::new(AtomicU32::new(0));
-    let result = connect(conn.addr, &conn.settings, conn.keepalive_interval(), in_flight.clone()).await;
+    let result = connect(conn.addr, &conn.settings, conn.keepalive_interval()).await;
     let (tx, driver) = match result {
         Ok(c) => c,
         Err(e) => {
@@ -108,6 +107,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
         }
     };
     conn.metrics.connects_ok.fetch_add(1, Relaxed);
+    let in_flight = Arc::new(AtomicU32::new(0));
     // Until the peer's SETTINGS arrive the driver reports a default; lend it as if the primary's limit applied.
     let max_streams = Arc::new(AtomicUsize::new(conn.primary_max_streams.load(Relaxed)));
     {
@@ -120,16 +120,19 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
     }
     info!(addr = %conn.addr, "opened an extra connection: the peer's max-concurrent-streams was reached");
     drop(tx);
-    tokio::pin!(driver);
+    let mut driver = driver;
     let mut limits = tokio::time::interval_at(tokio::time::Instant::now() + LIMIT_REFRESH, LIMIT_REFRESH);
     let mut idle_since = tokio::time::Instant::now();
     loop {
         tokio::select! {
             res = &mut driver => {
                 conn.closed(res.as_ref().err());
-                if driver.draining() {
-                    // No new streams after a GOAWAY; the ones left finish first.
-                    let _ = (&mut driver).await;
+                // No new streams after a GOAWAY: stop lending it; the streams left finish first.
+                conn.overflow.lock().conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
+                if driver.draining()
+                    && let Err(e) = driver.finish().await
+                {
+                    conn.closed(Some(&e));
                 }
                 return;
             }
@@ -140,7 +143,7 @@ async fn open_overflow<B: SendBody>(conn: Arc<Connection<B>>) {
                 } else if idle_since.elapsed() >= OVERFLOW_IDLE {
                     // Idle: stop lending it; h2 closes it once the last handle is gone.
                     conn.overflow.lock().conns.retain(|x| !Arc::ptr_eq(&x.in_flight, &in_flight));
-                    let _ = driver.await;
+                    let _ = driver.finish().await;
                     return;
                 }
             }
@@ -166,7 +169,7 @@ mod tests {
     async fn handle() -> (SendRequest<Body>, impl Sized) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let (tx, conn) = h2::client::handshake(ours).await.expect("handshake");
-        (SendRequest::new(tx, Arc::default()), (conn, theirs))
+        (SendRequest::new(tx, Arc::default(), Arc::default()), (conn, theirs))
     }
 
     /// A connection whose primary is `state`, with the peer's limit at `max_streams`.

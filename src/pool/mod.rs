@@ -48,7 +48,7 @@ mod lease;
 mod preface;
 mod shared;
 
-pub use self::client::{RecvBody, SendError, SendRequest, strip_connection_headers};
+pub use self::client::{RecvBody, SendError, SendRequest};
 use self::connect::connect;
 pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
 use self::driver::Driver;
@@ -305,8 +305,7 @@ async fn maintain<B: SendBody>(
         }
         // The driver comes boxed, not pinned on the stack: a certificate rotation hands it to its own task to drain.
         let Some(permit) = connect_permit(&conn.shared, &mut stop).await else { return };
-        let in_flight = conn.primary_in_flight.clone();
-        let connected = connect(addr, &settings, conn.keepalive_interval(), in_flight).await.map_err(|e| e.to_string());
+        let connected = connect(addr, &settings, conn.keepalive_interval()).await.map_err(|e| e.to_string());
         drop(permit);
         let connected = match connected {
             Ok((tx, mut driver)) if rotating => {
@@ -362,7 +361,7 @@ async fn maintain<B: SendBody>(
                     // New certificates: connect again with them; this driver finishes its calls in flight and
                     // closes once the new connection has replaced its handle.
                     debug!(%addr, "tls certificates changed; replacing the connection");
-                    tokio::spawn(driver);
+                    tokio::spawn(driver.finish());
                     // This connection was up: backoff and log level start fresh for the new certificates.
                     failures = 0;
                     continue;
@@ -371,7 +370,7 @@ async fn maintain<B: SendBody>(
                     // Drop our handle (a retire may have raced the connect and been overwritten by Ready); h2
                     // finishes the streams in flight, then closes.
                     conn.set(State::Draining);
-                    let _ = driver.await;
+                    let _ = driver.finish().await;
                     debug!(%addr, "drained");
                     return;
                 }
@@ -379,7 +378,13 @@ async fn maintain<B: SendBody>(
                     // A GOAWAY stopped new streams: connect anew now, and let the old connection finish its
                     // streams in the background (make-before-break).
                     debug!(%addr, "the peer stopped new streams (GOAWAY); connecting anew while the old connection drains");
-                    tokio::spawn(driver);
+                    let old = conn.clone();
+                    tokio::spawn(async move {
+                        // How it ends still counts: a `too_many_pings` GOAWAY doubles the keepalive interval.
+                        if let Err(e) = driver.finish().await {
+                            old.closed(Some(&e));
+                        }
+                    });
                     failures = 0;
                     continue;
                 }

@@ -272,10 +272,6 @@ impl Proxy {
             v.set_sensitive(true);
             parts.headers.insert(GRPC_TIMEOUT, v);
         }
-        if parts.version != Version::HTTP_2 {
-            // An HTTP/1.1 caller's (grpc-web, Connect) connection-specific fields, which HTTP/2 forbids.
-            pool::strip_connection_headers(&mut parts.headers);
-        }
         if previous > 0 {
             // gRFC A6: a retried or hedged attempt says how many came before it.
             parts.headers.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(previous));
