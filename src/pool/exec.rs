@@ -1,7 +1,8 @@
-//! The executor handed to hyper's HTTP/2 client and server: tokio's, with each spawned future boxed first.
+//! The executor handed to hyper's HTTP/2 server: tokio's, with each spawned future boxed first.
 //!
-//! hyper spawns a task per request on a client connection (`H2ClientFuture`, an enum whose largest variant holds
-//! a whole HTTP/2 connection, so every per-request task is several KiB) and per stream on a server connection.
+//! hyper spawns a task per stream on a server connection (and did per request on a client connection, before the
+//! pool sent requests on h2 directly: `H2ClientFuture`, an enum whose largest variant holds a whole HTTP/2
+//! connection, so every per-request task was several KiB).
 //! Handed to `tokio::spawn` as they are, those futures are moved by value through the spawn path into the task
 //! cell and the cell's stage is rewritten at its size when the task completes: `memcpy` topped the per-call
 //! profile (`bench/callgrind.py`). Boxed, one copy goes to the heap and tokio moves a pointer.
