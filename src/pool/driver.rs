@@ -7,10 +7,11 @@
 //! driver then resolves at once, so the pool connects anew, and keeps driving the old connection's remaining
 //! streams when polled again ([`Driver::draining`]), as hyper's client did (make-before-break).
 //!
-//! Keepalive (gRFC A8, and the pool's module doc): a PING goes out only when calls are in flight on the connection
-//! and nothing was read from it for a whole keepalive interval; a PING unanswered within the keepalive timeout
-//! ends the connection (its calls fail with [`DriverError::KeepAliveTimedOut`], and the pool reconnects). h2 closes
-//! the connection on its own once every request handle is gone and its last stream has finished.
+//! Keepalive (gRFC A8, and the pool's module doc): a PING goes out only when streams are open on the connection and
+//! nothing was read from it for a whole keepalive interval (checked every half interval, so after one to one and a half
+//! intervals of silence); a PING unanswered within the keepalive timeout ends the connection (its calls fail with
+//! [`DriverError::KeepAliveTimedOut`], and the pool reconnects). h2 closes the connection on its own once every request
+//! handle is gone and its last stream has finished.
 
 use std::{
     future::Future,
@@ -99,9 +100,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 pings: conn.ping_pong()?,
                 interval,
                 timeout,
-                timer: Box::pin(tokio::time::sleep(interval)),
+                timer: Box::pin(tokio::time::sleep(interval / 2)),
                 waiting: false,
                 seen: reads.load(Relaxed),
+                active: Instant::now(),
                 reads,
                 open,
             })
@@ -169,11 +171,14 @@ struct KeepAlive {
     pings: h2::PingPong,
     interval: Duration,
     timeout: Duration,
-    /// The next check: an interval after the last one, or the PING's timeout while `waiting`.
+    /// The next check (every half interval), or the PING's timeout while `waiting`.
     timer: Pin<Box<Sleep>>,
     waiting: bool,
     /// `reads` at the last check.
     seen: u64,
+    /// When the connection last showed life (a read, or no stream open), as of the checks: at most half an
+    /// interval late, so a PING goes out after one to one and a half intervals of silence, never sooner.
+    active: Instant,
     reads: Arc<AtomicU64>,
     /// Streams open on this connection (not the endpoint's: a replaced connection's streams are not this one's).
     open: Arc<AtomicU32>,
@@ -188,21 +193,27 @@ impl KeepAlive {
                     // Answered (or the connection is ending, which its own poll reports).
                     self.waiting = false;
                     self.seen = self.reads.load(Relaxed);
-                    self.timer.as_mut().reset(Instant::now() + self.interval);
+                    self.active = Instant::now();
+                    self.timer.as_mut().reset(self.active + self.interval / 2);
                     continue;
                 }
                 ready!(self.timer.as_mut().poll(cx));
                 return Poll::Ready(self.timeout);
             }
             ready!(self.timer.as_mut().poll(cx));
+            let now = Instant::now();
             let reads = self.reads.load(Relaxed);
-            let silent = reads == self.seen && self.open.load(Relaxed) > 0;
-            self.seen = reads;
-            if silent && self.pings.send_ping(h2::Ping::opaque()).is_ok() {
+            // Silence counts only while calls wait on the connection: no PING right as a call starts on a
+            // connection that was idle.
+            if reads != self.seen || self.open.load(Relaxed) == 0 {
+                self.seen = reads;
+                self.active = now;
+            }
+            if now >= self.active + self.interval && self.pings.send_ping(h2::Ping::opaque()).is_ok() {
                 self.waiting = true;
-                self.timer.as_mut().reset(Instant::now() + self.timeout);
+                self.timer.as_mut().reset(now + self.timeout);
             } else {
-                self.timer.as_mut().reset(Instant::now() + self.interval);
+                self.timer.as_mut().reset(now + self.interval / 2);
             }
         }
     }
@@ -232,12 +243,12 @@ mod tests {
         (Box::pin(driver), theirs, tx)
     }
 
-    /// The frame types the peer has received so far (after the client's 24-byte connection preface).
+    /// The frame types the peer has received since the last call (after the client's 24-byte connection preface).
     async fn frames_seen(peer: &mut DuplexStream) -> Vec<u8> {
         let mut buf = vec![0; 1 << 16];
         let n = tokio::time::timeout(Duration::from_millis(1), peer.read(&mut buf)).await.map_or(0, |r| r.unwrap_or(0));
         let mut types = Vec::new();
-        let mut at = 24.min(n);
+        let mut at = if buf[..n].starts_with(b"PRI * HTTP/2.0") { 24 } else { 0 };
         while at + 9 <= n {
             let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
             types.push(buf[at + 3]);
@@ -252,6 +263,15 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), driver.as_mut()).await;
         assert!(matches!(ended, Ok(Err(DriverError::KeepAliveTimedOut(_)))), "{ended:?}");
         assert!(frames_seen(&mut peer).await.contains(&PING), "a PING went out first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_waits_for_a_whole_interval_of_silence() {
+        let (mut driver, mut peer, _tx) = silent_peer(1).await;
+        let _ = tokio::time::timeout(Duration::from_millis(900), driver.as_mut()).await;
+        assert!(!frames_seen(&mut peer).await.contains(&PING), "a PING before one interval of silence");
+        let _ = tokio::time::timeout(Duration::from_millis(700), driver.as_mut()).await;
+        assert!(frames_seen(&mut peer).await.contains(&PING), "no PING after one and a half intervals of silence");
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,8 +61,12 @@ fn lease<B>(sender: SendRequest<B>, in_flight: &Arc<AtomicU32>) -> Lease<B> {
 impl<B: SendBody> Connection<B> {
     /// A handle for one call, or `None` while the connection is not up: the primary connection while the peer
     /// accepts more streams on it, else an extra connection with room. When every connection is at the peer's
-    /// limit, one more is opened in the background (at most four) and this call queues on the primary meanwhile,
-    /// as hyper does. This is the one place that decides which connection carries a call.
+    /// limit, one more is opened in the background (at most four) and this call queues on the primary meanwhile
+    /// (inside h2, as a stream pending open). This is the one place that decides which connection carries a call.
+    ///
+    /// Known limit: a call queued so fails as `UNAVAILABLE` if the primary dies before its stream opens; it is not
+    /// sent again, although it never left (h2 does not say which streams were still pending). hyper's client kept
+    /// such calls in its own queue and handed them back unsent.
     pub fn lease(self: &Arc<Self>) -> Option<Lease<B>> {
         let primary = self.sender()?;
         Some(self.lease_with(primary))
