@@ -24,20 +24,31 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-/// Encodes a duration as `grpc-timeout`, choosing the finest unit whose value fits in 8 digits.
-pub fn encode_timeout(d: Duration) -> String {
+/// Encodes a duration as a `grpc-timeout` value, choosing the finest unit whose value fits in 8 digits (the gRPC
+/// HTTP/2 document's `TimeoutValue`), rounded up so the forwarded deadline is never shorter than the caller's.
+/// Written into a stack buffer, not through `format!`: this runs once per forwarded call.
+pub fn encode_timeout(d: Duration) -> http::HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
-    for (unit, per) in [("n", 1u128), ("u", 1_000), ("m", 1_000_000), ("S", 1_000_000_000)] {
-        // Round up so the forwarded deadline is never shorter than a sub-unit remainder would make it.
-        let v = nanos.div_ceil(per);
-        if v <= MAX {
-            // At most eight digits: formatted as a u64, not through u128's much slower `Display`.
-            return format!("{}{unit}", v as u64);
+    let (value, unit) = [(b'n', 1u128), (b'u', 1_000), (b'm', 1_000_000), (b'S', 1_000_000_000)]
+        .into_iter()
+        .map(|(unit, per)| (nanos.div_ceil(per), unit))
+        .find(|(v, _)| *v <= MAX)
+        .unwrap_or_else(|| (nanos.div_ceil(60_000_000_000).min(MAX), b'M'));
+    // At most eight digits and the unit.
+    let mut buf = [0u8; 9];
+    let mut at = buf.len() - 1;
+    buf[at] = unit;
+    let mut v = value as u64;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
     }
-    let minutes = nanos.div_ceil(60_000_000_000).min(MAX) as u64;
-    format!("{minutes}M")
+    http::HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| http::HeaderValue::from_static("99999999M"))
 }
 
 /// Decodes a percent-encoded `grpc-message` (as `crate::proxy::error::add_status` and every gRPC peer encode
@@ -272,11 +283,14 @@ mod tests {
         assert_eq!(encode_timeout(Duration::from_millis(5000)), "5000000u");
         assert_eq!(encode_timeout(Duration::from_nanos(1500)), "1500n");
         assert_eq!(encode_timeout(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(encode_timeout(Duration::ZERO), "0n");
+        assert_eq!(encode_timeout(Duration::from_secs(u64::MAX)), "99999999M");
         for d in [Duration::from_nanos(1), Duration::from_millis(1234), Duration::from_secs(86_400 * 400)] {
             let enc = encode_timeout(d);
             let digits = enc.len() - 1;
-            assert!(digits <= 8, "{enc}");
-            assert!(parse_timeout(enc.as_bytes()).is_some_and(|back| back >= d || d.as_secs() > 99_999_999), "{enc}");
+            assert!(digits <= 8, "{enc:?}");
+            let back = parse_timeout(enc.as_bytes());
+            assert!(back.is_some_and(|back| back >= d || d.as_secs() > 99_999_999), "{enc:?}");
         }
     }
 

@@ -102,7 +102,7 @@ impl Proxy {
         h.remove("connect-timeout-ms");
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        if let Some(t) = timeout.and_then(|t| HeaderValue::from_str(&encode_timeout(t)).ok()) {
+        if let Some(t) = timeout.map(encode_timeout) {
             h.insert("grpc-timeout", t);
         }
         parts.version = Version::HTTP_2;

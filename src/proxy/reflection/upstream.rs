@@ -146,9 +146,7 @@ async fn send(
     let h = upstream.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert(header::TE, HeaderValue::from_static("trailers"));
-    if let Ok(v) = HeaderValue::from_str(&encode_timeout(deadline.saturating_duration_since(Instant::now()))) {
-        h.insert("grpc-timeout", v);
-    }
+    h.insert("grpc-timeout", encode_timeout(deadline.saturating_duration_since(Instant::now())));
     let answer = async {
         let res = sender.try_send_request(upstream).await.map_err(|e| Failed::Transport(crate::error_chain(&e)))?;
         let (parts, body) = res.into_parts();
