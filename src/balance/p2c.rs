@@ -135,7 +135,8 @@ fn cheaper<B: SendBody>(
     ejected_too: bool,
 ) -> Option<Picked<B>> {
     let side = |e: &Endpoint<B>| {
-        let (rtt, pending, dev) = e.load.sample();
+        // A deviation whose noise margin stays under the floor changes nothing in `prefer_first`.
+        let (rtt, pending, dev) = e.load.sample(now, NOISE_FLOOR_NS / NOISE_DEVS);
         Side { rtt, pending, last_pick: e.last_pick.load(Relaxed), dev }
     };
     let (first, second) = if prefer_first(side(a), side(b)) { (a, b) } else { (b, a) };
@@ -196,7 +197,7 @@ mod tests {
             let a = rng.random_range(0..3);
             let b = (a + rng.random_range(1..3)) % 3;
             let s = |i: usize| {
-                let (rtt, pending, dev) = pods[i].sample();
+                let (rtt, pending, dev) = pods[i].sample(Instant::now(), NOISE_FLOOR_NS / NOISE_DEVS);
                 Side { rtt, pending, last_pick: last[i], dev }
             };
             let i = if prefer_first(s(a), s(b)) { a } else { b };
@@ -228,7 +229,7 @@ mod tests {
             let a = rng.random_range(0..3);
             let b = (a + rng.random_range(1..3)) % 3;
             let s = |i: usize| {
-                let (rtt, pending, dev) = pods[i].sample();
+                let (rtt, pending, dev) = pods[i].sample(Instant::now(), NOISE_FLOOR_NS / NOISE_DEVS);
                 Side { rtt, pending, last_pick: last[i], dev }
             };
             let i = if prefer_first(s(a), s(b)) { a } else { b };
@@ -259,7 +260,7 @@ mod tests {
     }
 
     fn sampled(e: &PeakEwma, last_pick: u64) -> Side {
-        let (rtt, pending, dev) = e.sample();
+        let (rtt, pending, dev) = e.sample(Instant::now(), NOISE_FLOOR_NS / NOISE_DEVS);
         Side { rtt, pending, last_pick, dev }
     }
 
