@@ -17,7 +17,8 @@
 //! - [`balance`]: the set of endpoints and the choice among them (power of two choices over Peak-EWMA latency),
 //!   with failure accrual (ejection).
 //! - [`pool`]: one multiplexed HTTP/2 connection per endpoint (more only at the peer's stream limit), kept up
-//!   with backoff and keepalive, drained on removal.
+//!   with backoff and keepalive, drained on removal; requests go out on h2's client directly (`pool/client.rs`),
+//!   each connection is driven by `pool/driver.rs` and reconnected by `pool/maintain.rs`.
 //! - [`proxy::reflection`]: gRPC server reflection for every routed service (answered here or forwarded to the
 //!   route's backends, v1 and v1alpha), and the schemas Connect JSON learns through it. Part of the proxy: it
 //!   answers calls and uses the route table and balancers as the call path does.

@@ -11,7 +11,7 @@ use std::{
 
 use tracing::{debug, info};
 
-use super::{Connection, SendBody, SendRequest, connect};
+use super::{Connection, SendBody, SendRequest, connect::connect};
 
 pub(super) struct Overflow<B> {
     pub(super) conns: Vec<Extra<B>>,
