@@ -86,7 +86,7 @@ impl<B: SendBody> SendRequest<B> {
     /// [`SendFailure::Reset`]; anything else is [`SendFailure::Connection`] (h2 refusing a malformed request too,
     /// which every caller's header handling rules out). A request body that fails resets the stream, and the call
     /// sees that reset (its cause is the body's, which the caller knows). A connection that takes no new stream,
-    /// or whose GOAWAY failed this one, is marked [`Gone`]: the pool replaces it.
+    /// or whose GOAWAY failed this one, is marked gone: the pool replaces it.
     pub async fn try_send_request(self, req: Request<B>) -> Result<Response<RecvBody>, SendError> {
         let SendRequest { h2, gone, open, .. } = self;
         // `ready` fails only for the connection (an error, a GOAWAY, its stream IDs used up): no stream was opened.

@@ -20,7 +20,7 @@
 //! handle. h2 closes a client connection once every handle is gone and its last stream has finished, so calls in
 //! flight complete and no new call can start there.
 //!
-//! Requests go out on h2's client directly ([`client`]), not through hyper's, which costs two tasks per call.
+//! Requests go out on h2's client directly (`pool/client.rs`), not through hyper's, which costs two tasks per call.
 
 use std::{
     net::SocketAddr,
