@@ -9,7 +9,7 @@
 //!
 //! Keepalive (gRFC A8, and the pool's module doc): a PING goes out only when streams are open on the connection and
 //! nothing was read from it for a whole keepalive interval (checked every half interval, so after one to one and a half
-//! intervals of silence); a PING unanswered within the keepalive timeout ends the connection (its calls fail with
+//! intervals of silence), at most one per interval; a PING unanswered within the keepalive timeout ends the connection (its calls fail with
 //! [`DriverError::KeepAliveTimedOut`], and the pool reconnects). h2 closes the connection on its own once every request
 //! handle is gone and its last stream has finished.
 
@@ -104,6 +104,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 waiting: false,
                 seen: reads.load(Relaxed),
                 active: Instant::now(),
+                pinged: None,
                 reads,
                 open,
             })
@@ -176,9 +177,11 @@ struct KeepAlive {
     waiting: bool,
     /// `reads` at the last check.
     seen: u64,
-    /// When the connection last showed life (a read, or no stream open), as of the checks: at most half an
-    /// interval late, so a PING goes out after one to one and a half intervals of silence, never sooner.
+    /// When the connection was last read from, as of the checks (at most half an interval late), so a PING goes
+    /// out after one to one and a half intervals of silence, never sooner.
     active: Instant,
+    /// When the last PING went out: the next one waits at least an interval (grpc-go's `too_many_pings` policy).
+    pinged: Option<Instant>,
     reads: Arc<AtomicU64>,
     /// Streams open on this connection (not the endpoint's: a replaced connection's streams are not this one's).
     open: Arc<AtomicU32>,
@@ -203,14 +206,16 @@ impl KeepAlive {
             ready!(self.timer.as_mut().poll(cx));
             let now = Instant::now();
             let reads = self.reads.load(Relaxed);
-            // Silence counts only while calls wait on the connection: no PING right as a call starts on a
-            // connection that was idle.
-            if reads != self.seen || self.open.load(Relaxed) == 0 {
+            if reads != self.seen {
                 self.seen = reads;
                 self.active = now;
             }
-            if now >= self.active + self.interval && self.pings.send_ping(h2::Ping::opaque()).is_ok() {
+            // Streams must be open when it goes (stock servers police PINGs on idle connections), not through the
+            // whole silence: a hung backend that sparse short calls reach must still be found.
+            let due = now >= self.active + self.interval && self.pinged.is_none_or(|p| now >= p + self.interval);
+            if due && self.open.load(Relaxed) > 0 && self.pings.send_ping(h2::Ping::opaque()).is_ok() {
                 self.waiting = true;
+                self.pinged = Some(now);
                 self.timer.as_mut().reset(now + self.timeout);
             } else {
                 self.timer.as_mut().reset(now + self.interval / 2);
@@ -272,6 +277,39 @@ mod tests {
         assert!(!frames_seen(&mut peer).await.contains(&PING), "a PING before one interval of silence");
         let _ = tokio::time::timeout(Duration::from_millis(700), driver.as_mut()).await;
         assert!(frames_seen(&mut peer).await.contains(&PING), "no PING after one and a half intervals of silence");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_that_sparse_calls_reach_is_still_pinged() {
+        // Streams open only now and then (short calls, far apart), and the peer never answers anything.
+        let open = Arc::new(AtomicU32::new(0));
+        let (ours, mut peer) = tokio::io::duplex(1 << 16);
+        peer.write_all(&SERVER_PREFACE).await.expect("preface");
+        let (io, _heard) = Heard::new(ours);
+        let reads = io.reads();
+        let (_tx, conn) = h2::client::handshake(io).await.expect("handshake");
+        let ka = Some((Duration::from_secs(1), Duration::from_secs(1)));
+        let mut driver = Box::pin(Driver::new(conn, Arc::default(), ka, reads, open.clone()));
+        // A 300 ms call every second, each over one of the driver's checks (every 500 ms from the start).
+        let mut ended = None;
+        for _ in 0..6 {
+            if let Ok(res) = tokio::time::timeout(Duration::from_millis(400), driver.as_mut()).await {
+                ended = Some(res);
+                break;
+            }
+            open.store(1, Relaxed);
+            if let Ok(res) = tokio::time::timeout(Duration::from_millis(300), driver.as_mut()).await {
+                ended = Some(res);
+                break;
+            }
+            open.store(0, Relaxed);
+            if let Ok(res) = tokio::time::timeout(Duration::from_millis(300), driver.as_mut()).await {
+                ended = Some(res);
+                break;
+            }
+        }
+        assert!(frames_seen(&mut peer).await.contains(&PING), "no PING although calls waited on a silent peer");
+        assert!(matches!(ended, Some(Err(DriverError::KeepAliveTimedOut(_)))), "{ended:?}");
     }
 
     #[tokio::test(start_paused = true)]
