@@ -3,15 +3,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use hyper::body::Incoming;
 use parking_lot::RwLock;
-
-use hyper::{
-    body::Incoming,
-    client::conn::http2::{self, SendRequest},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::debug;
+
+use crate::pool::{self, SendRequest};
 
 /// What goes to the app: the caller's body, its trailers without the identity header.
 pub type AppBody = super::strip::StripTrailer<Incoming>;
@@ -62,27 +58,19 @@ impl App {
         if let Some(tx) = self.usable() {
             return Ok(tx);
         }
-        let tx = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
-            .await
-            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))??;
+        let tx = self.connect().await?;
         *self.current.write() = Some(tx.clone());
         Ok(tx)
     }
 
     async fn connect(&self) -> Result<SendRequest<AppBody>, String> {
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // The same large fixed windows as the sidecar's pool (see pool::connect).
-            .initial_connection_window_size(8 << 20)
-            .initial_stream_window_size(1 << 20)
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("http/2 handshake: {}", crate::error_chain(&e)))?;
+        // h2's client, as the sidecar's pool uses it (no hyper dispatch task per call), h2c on loopback: no TLS, no
+        // keepalive PINGs (a dead app closes its sockets), the pool's fixed windows.
+        let settings = pool::Settings { connect_timeout: CONNECT_TIMEOUT, ..pool::Settings::default() };
+        let (tx, driver) = pool::connect(self.addr, &settings, Duration::ZERO).await.map_err(|e| e.to_string())?;
         let addr = self.addr;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = driver.finish().await {
                 debug!(%addr, error = %crate::error_chain(&e), "app connection closed");
             }
         });

@@ -48,7 +48,7 @@ use crate::{
 pub const CLIENT_ID_HEADER: &str = "x-hello-sidecar-client-id";
 
 /// A response to the caller: the app's, or one made here.
-pub type InboundBody = Either<Incoming, Empty<Bytes>>;
+pub type InboundBody = Either<crate::pool::RecvBody, Empty<Bytes>>;
 
 /// Why the inbound proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +252,7 @@ impl Inbound {
         *req.uri_mut() = crate::grpc::absolute_uri(req.uri(), self.app.authority(), false);
         let req = req.map(|body| StripTrailer::new(body, CLIENT_ID_HEADER));
         let sent = match self.app.sender().await {
-            Ok(mut tx) => tx.send_request(req).await.map_err(|e| crate::error_chain(&e)),
+            Ok(tx) => tx.try_send_request(req).await.map_err(|e| crate::error_chain(&e)),
             Err(e) => Err(e),
         };
         match sent {

@@ -44,7 +44,7 @@ const MAX_BUFFERED: usize = 16 * 1024;
 const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// An I/O stream whose writes are kept until the second `poll_flush` of a batch (see the module doc).
-pub(super) struct Coalesce<S> {
+pub struct Coalesce<S> {
     inner: S,
     buf: Vec<u8>,
     /// How much of `buf` has been written.

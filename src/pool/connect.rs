@@ -89,8 +89,10 @@ const MAX_SEND_BUFFER: usize = 1 << 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Connects to `addr`; done once the server's preface has arrived ([`super::preface`]), within the connect timeout.
-/// The driver PINGs (every `keepalive`, zero for never) only while streams are open on the connection.
-pub(super) async fn connect<B>(
+/// The driver PINGs (every `keepalive`, zero for never) only while streams are open on the connection. The pool's
+/// connector tasks use it, and so does the inbound proxy for its one connection to the app: poll the driver (e.g.
+/// `tokio::spawn(driver.finish())`) for the connection to make progress.
+pub async fn connect<B>(
     addr: SocketAddr,
     settings: &Settings,
     keepalive: Duration,

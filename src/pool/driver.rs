@@ -38,7 +38,7 @@ use super::{coalesce::Coalesce, preface::Heard};
 use crate::tls::Stream;
 
 /// The I/O under a backend connection's HTTP/2.
-pub(super) type Io = Heard<Coalesce<Stream>>;
+pub type Io = Heard<Coalesce<Stream>>;
 
 /// Why a backend connection ended.
 #[derive(Debug, thiserror::Error)]

@@ -49,8 +49,8 @@ mod preface;
 mod shared;
 
 pub use self::client::{RecvBody, SendError, SendRequest};
-pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connection_window};
-pub use self::driver::DriverError;
+pub use self::connect::{ConnectError, MAX_WINDOW, STREAM_WINDOW, connect, connection_window};
+pub use self::driver::{Driver, DriverError};
 pub use self::exec::BoxExecutor;
 pub use self::failure::{SendFailure, calm_goaway, classify};
 pub use self::lease::Lease;

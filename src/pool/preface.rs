@@ -23,7 +23,7 @@ use tokio::{
 
 /// An I/O stream that reports its first bytes read (the server's preface) once, through a oneshot, and counts
 /// its reads (the keepalive's sign of life, [`super::driver`]).
-pub(super) struct Heard<S> {
+pub struct Heard<S> {
     inner: S,
     first_read: Option<oneshot::Sender<()>>,
     reads: Arc<AtomicU64>,
