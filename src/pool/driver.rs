@@ -237,15 +237,19 @@ mod tests {
     /// A driver over an in-memory pipe whose far end (returned) is a peer that sent its preface and then never
     /// answers anything; keepalive every second with a one-second timeout; `open` streams.
     /// (The request handle is returned too: h2 closes a connection that has none and no stream.)
-    async fn silent_peer(open: u32) -> (Pin<Box<Driver<Heard<DuplexStream>>>>, DuplexStream, impl Sized) {
+    /// The open-stream count is returned last, for a test to change.
+    async fn silent_peer(
+        open: u32,
+    ) -> (Pin<Box<Driver<Heard<DuplexStream>>>>, DuplexStream, impl Sized, Arc<AtomicU32>) {
         let (ours, mut theirs) = tokio::io::duplex(1 << 16);
         theirs.write_all(&SERVER_PREFACE).await.expect("preface");
         let (io, _heard) = Heard::new(ours);
         let reads = io.reads();
         let (tx, conn) = h2::client::handshake(io).await.expect("handshake");
         let ka = Some((Duration::from_secs(1), Duration::from_secs(1)));
-        let driver = Driver::new(conn, Arc::default(), ka, reads, Arc::new(AtomicU32::new(open)));
-        (Box::pin(driver), theirs, tx)
+        let open = Arc::new(AtomicU32::new(open));
+        let driver = Driver::new(conn, Arc::default(), ka, reads, open.clone());
+        (Box::pin(driver), theirs, tx, open)
     }
 
     /// The frame types the peer has received since the last call (after the client's 24-byte connection preface).
@@ -264,7 +268,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_ping_with_calls_in_flight_ends_the_connection() {
-        let (mut driver, mut peer, _tx) = silent_peer(1).await;
+        let (mut driver, mut peer, _tx, _) = silent_peer(1).await;
         let ended = tokio::time::timeout(Duration::from_secs(5), driver.as_mut()).await;
         assert!(matches!(ended, Ok(Err(DriverError::KeepAliveTimedOut(_)))), "{ended:?}");
         assert!(frames_seen(&mut peer).await.contains(&PING), "a PING went out first");
@@ -272,7 +276,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_ping_waits_for_a_whole_interval_of_silence() {
-        let (mut driver, mut peer, _tx) = silent_peer(1).await;
+        let (mut driver, mut peer, _tx, _) = silent_peer(1).await;
         let _ = tokio::time::timeout(Duration::from_millis(900), driver.as_mut()).await;
         assert!(!frames_seen(&mut peer).await.contains(&PING), "a PING before one interval of silence");
         let _ = tokio::time::timeout(Duration::from_millis(700), driver.as_mut()).await;
@@ -282,14 +286,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_that_sparse_calls_reach_is_still_pinged() {
         // Streams open only now and then (short calls, far apart), and the peer never answers anything.
-        let open = Arc::new(AtomicU32::new(0));
-        let (ours, mut peer) = tokio::io::duplex(1 << 16);
-        peer.write_all(&SERVER_PREFACE).await.expect("preface");
-        let (io, _heard) = Heard::new(ours);
-        let reads = io.reads();
-        let (_tx, conn) = h2::client::handshake(io).await.expect("handshake");
-        let ka = Some((Duration::from_secs(1), Duration::from_secs(1)));
-        let mut driver = Box::pin(Driver::new(conn, Arc::default(), ka, reads, open.clone()));
+        let (mut driver, mut peer, _tx, open) = silent_peer(0).await;
         // A 300 ms call every second, each over one of the driver's checks (every 500 ms from the start).
         let mut ended = None;
         for _ in 0..6 {
@@ -314,7 +311,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_ping_without_calls_in_flight() {
-        let (mut driver, mut peer, _tx) = silent_peer(0).await;
+        let (mut driver, mut peer, _tx, _) = silent_peer(0).await;
         let still_up = tokio::time::timeout(Duration::from_secs(10), driver.as_mut()).await;
         assert!(still_up.is_err(), "the connection ended: {still_up:?}");
         assert!(!frames_seen(&mut peer).await.contains(&PING), "a PING went out with no call in flight");
