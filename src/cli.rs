@@ -3,11 +3,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
+pub use crate::telemetry::LogFormat;
 use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
 
+mod inject;
 mod tls;
+pub use self::inject::{DEFAULT_IMAGE, InjectArgs};
 pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs, check as check_tls};
 
 /// A Kubernetes-native gRPC sidecar that spreads every call over the ready backend pods.
@@ -22,15 +25,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How logs are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The roles of the one binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -43,7 +37,7 @@ pub enum Command {
     /// Simulate a whole cluster on this machine: API stand-in, pods, sidecar and traffic.
     Demo(DemoArgs),
     /// Add the sidecar to Kubernetes workloads in YAML (file or stdin) and print them; `--rbac` adds the RBAC.
-    Inject(crate::inject::InjectArgs),
+    Inject(InjectArgs),
     /// Run the mTLS inbound proxy in front of an app: verify callers' certificates and identities, forward to
     /// the app on loopback.
     Inbound(InboundArgs),

@@ -51,7 +51,7 @@ pub fn encode_timeout(d: Duration) -> http::HeaderValue {
     http::HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| http::HeaderValue::from_static("99999999M"))
 }
 
-/// Decodes a percent-encoded `grpc-message` (as `crate::proxy::error::add_status` and every gRPC peer encode
+/// Decodes a percent-encoded `grpc-message` (as [`add_status`] and every gRPC peer encode
 /// it); bad escapes stay as they are and bytes that are not UTF-8 become U+FFFD: the gRPC HTTP/2 document says a
 /// decoder must not fail. Not tonic's `Status::from_header_map`, which also needs `grpc-status`, copies every
 /// other header into the status's metadata, and gives up on a message that is not UTF-8.
@@ -140,11 +140,44 @@ pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     v.parse::<i32>().ok().map(Code::from_i32)
 }
 
+/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
+/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
+/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
+pub fn code_of_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// Adds `grpc-status: code` and, unless `message` is empty, its percent-encoded `grpc-message` to `headers` (a
+/// Trailers-Only response's headers, or trailers) through tonic's `Status::add_header`: the sidecar's own answers
+/// are encoded exactly as those of the services tonic serves here (health, reflection). tonic percent-encodes
+/// a few printable characters as well (space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `{`, `}`), which the gRPC HTTP/2
+/// document allows: a decoder must accept any percent-encoded byte.
+pub fn add_status(headers: &mut http::HeaderMap, code: Code, message: &str) {
+    // `add_header` fails only on a value that cannot be a header, which percent-encoding rules out; the status
+    // alone still goes out then.
+    if tonic::Status::new(code, message).add_header(headers).is_err() {
+        headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    }
+}
+
+/// The size of a header block as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2, RFC
+/// 7541 §4.1): name + value + 32 bytes per field.
+pub fn header_list_size(headers: &http::HeaderMap) -> u32 {
+    let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+    u32::try_from(size).unwrap_or(u32::MAX)
+}
+
 /// The stream reset behind `err`, if the failure was one stream's `RST_STREAM` sent by the peer rather than the
 /// connection's failure or a reset this side's HTTP/2 stack sent (a protocol violation by the peer on that stream).
 ///
 /// A reset says something about that call only; a connection failure (GOAWAY, I/O error) says something about
-/// the endpoint. Returns the reset's reason (`crate::proxy::error::code_of_reset` gives its status).
+/// the endpoint. Returns the reset's reason ([`code_of_reset`] gives its status).
 pub fn stream_reset(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
     let e = h2_error(err)?;
     if !e.is_reset() || !e.is_remote() {
@@ -168,31 +201,6 @@ pub fn goaway_cause(reason: h2::Reason, err: &(dyn std::error::Error + 'static))
     let what =
         if reason == h2::Reason::ENHANCE_YOUR_CALM { "an HTTP/2 abuse limit" } else { "an HTTP/2 protocol rule" };
     (what, h2_error(err).map(ToString::to_string).unwrap_or_default())
-}
-
-/// The shortest time between two warn lines about GOAWAYs sent to one kind of peer: a client or backend that
-/// reconnects and breaks the same rule again would otherwise write a line per connection. The metric counts every
-/// GOAWAY regardless.
-pub const GOAWAY_WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Whether a warn line about a GOAWAY sent to a peer of this kind (`upstream`: a backend; else a client) is due
-/// now: at most one per [`GOAWAY_WARN_EVERY`] per kind, process-wide. Returns how many were suppressed since the
-/// last one, or `None` when this one is to be suppressed.
-pub fn goaway_warn_due(upstream: bool) -> Option<u64> {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-    use parking_lot::Mutex;
-    static LAST: [Mutex<Option<tokio::time::Instant>>; 2] = [Mutex::new(None), Mutex::new(None)];
-    static SUPPRESSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-    let kind = usize::from(upstream);
-    let mut last = LAST[kind].lock();
-    let now = tokio::time::Instant::now();
-    if last.is_some_and(|t| now.duration_since(t) < GOAWAY_WARN_EVERY) {
-        SUPPRESSED[kind].fetch_add(1, Relaxed);
-        return None;
-    }
-    *last = Some(now);
-    Some(SUPPRESSED[kind].swap(0, Relaxed))
 }
 
 /// Tracks gRPC message boundaries in a request body to enforce a per-message size limit, without copying.
@@ -250,15 +258,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn goaway_warn_lines_are_rate_limited_per_side() {
-        // The first line of a side is due; a repeat within GOAWAY_WARN_EVERY is not (the metric still counts it).
-        assert!(goaway_warn_due(true).is_some());
-        assert_eq!(goaway_warn_due(true), None);
-        assert_eq!(goaway_warn_due(true), None);
-        assert!(goaway_warn_due(false).is_some(), "the other side has its own allowance");
-    }
-
-    #[test]
     fn a_goaway_names_a_limit_or_a_rule() {
         let e = std::io::Error::other("not h2");
         assert_eq!(goaway_cause(h2::Reason::ENHANCE_YOUR_CALM, &e).0, "an HTTP/2 abuse limit");
@@ -311,6 +310,33 @@ mod tests {
         assert_eq!(parse_code("17"), None);
         assert_eq!(parse_code("nope"), None);
         assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn resets_map_as_the_grpc_http2_document_says() {
+        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
+        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
+        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
+        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
+            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn status_messages_are_percent_encoded_and_decode_to_themselves() {
+        for m in ["name is required", "100% ok\n", "é", "no route for /x.y/\"q\u{1F600}", "50%zz"] {
+            let mut h = http::HeaderMap::new();
+            add_status(&mut h, Code::InvalidArgument, m);
+            assert_eq!(h["grpc-status"], "3");
+            let v = h["grpc-message"].as_bytes();
+            assert!(v.iter().all(|b| (0x20..=0x7e).contains(b)), "{m:?}: {v:?}");
+            assert_eq!(decode_message(v), m);
+        }
+        let mut h = http::HeaderMap::new();
+        add_status(&mut h, Code::Ok, "");
+        assert_eq!(h["grpc-status"], "0");
+        assert!(h.get("grpc-message").is_none());
     }
 
     #[test]

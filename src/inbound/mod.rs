@@ -33,13 +33,14 @@ use tracing::{debug, info, warn};
 
 use self::{
     app::App,
-    stats::{LogEvery, Outcome, Stats},
+    stats::{Outcome, Stats},
     strip::StripTrailer,
 };
 use crate::{
     admin,
     cli::InboundArgs,
     proxy::error::{ProxyError, status_response},
+    telemetry::log_every::LogEvery,
     tls::{AllowList, ServerTls, TlsError, verify},
 };
 

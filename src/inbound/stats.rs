@@ -6,12 +6,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use parking_lot::Mutex;
-
-use tokio::time::Instant;
 
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, metrics::MetricType};
 use serde_json::json;
@@ -163,50 +161,9 @@ impl Collector for StatsSnapshot {
     }
 }
 
-/// At most one log line per `every` for one kind of event (a caller's failed handshake, a shed connection), so a
-/// flood of bad connections cannot flood the log; the metrics count every event regardless.
-#[derive(Debug)]
-pub struct LogEvery {
-    every: Duration,
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl LogEvery {
-    /// A limiter allowing one line per `every`.
-    pub const fn new(every: Duration) -> Self {
-        Self { every, last: Mutex::new(None), suppressed: AtomicU64::new(0) }
-    }
-
-    /// `Some(lines suppressed since the last one)` when a line is due now, else `None` (and one more suppressed).
-    pub fn due(&self) -> Option<u64> {
-        let mut last = self.last.lock();
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < self.every) {
-            self.suppressed.fetch_add(1, Relaxed);
-            return None;
-        }
-        *last = Some(now);
-        Some(self.suppressed.swap(0, Relaxed))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn log_lines_are_limited_to_one_per_period_and_count_the_rest() {
-        let l = LogEvery::new(Duration::from_secs(10));
-        assert_eq!(l.due(), Some(0));
-        assert_eq!(l.due(), None);
-        assert_eq!(l.due(), None);
-        tokio::time::advance(Duration::from_secs(9)).await;
-        assert_eq!(l.due(), None);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(l.due(), Some(3));
-        assert_eq!(l.due(), None);
-    }
 
     #[test]
     fn identities_beyond_the_cap_count_as_other() {

@@ -10,7 +10,6 @@
 //! pass through with a note on stderr; a malformed document stops everything with one line naming it
 //! ([`InjectError`], exit code 2).
 
-pub mod args;
 pub mod check;
 pub mod rbac;
 pub mod sidecar;
@@ -20,7 +19,7 @@ pub mod yaml;
 
 use std::io::Read;
 
-pub use args::InjectArgs;
+pub use crate::cli::InjectArgs;
 use sidecar::SidecarSpec;
 use yaml::{Document, Node};
 

@@ -14,9 +14,6 @@ use super::yaml::Node;
 /// The injected container's name: how `inject` recognises (and `--uninject` removes) its own work.
 pub const SIDECAR_NAME: &str = "hello-sidecar";
 
-/// The image published by `.github/workflows/release.yml` for this version (the chart's default too).
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/hello-sidecar/hello-sidecar:", env!("CARGO_PKG_VERSION"));
-
 /// What the injected sidecar runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SidecarSpec {
@@ -115,6 +112,7 @@ impl SidecarSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::DEFAULT_IMAGE;
 
     fn spec() -> SidecarSpec {
         SidecarSpec {

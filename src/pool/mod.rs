@@ -35,7 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{log_every::LogEvery, metrics::Metrics};
 
 mod client;
 mod coalesce;
@@ -125,6 +125,9 @@ impl Default for Settings {
 pub const STOCK_MIN_PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// The longest a doubled keepalive interval grows (a longer configured one is kept as it is).
 const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// One warn line per 10 s about GOAWAYs sent to backends: one that reconnects and breaks the same rule again would
+/// otherwise write a line per connection (the metric counts every GOAWAY).
+static GOAWAY_LOG: LogEvery = LogEvery::new(Duration::from_secs(10));
 
 /// What the connection of an endpoint is doing now.
 #[derive(Debug)]
@@ -263,7 +266,7 @@ impl<B> Connection<B> {
         } else if let Some(reason) = crate::grpc::goaway_sent(e) {
             self.metrics.record_goaway_sent(true, reason);
             let (what, goaway) = crate::grpc::goaway_cause(reason, e);
-            if let Some(suppressed) = crate::grpc::goaway_warn_due(true) {
+            if let Some(suppressed) = GOAWAY_LOG.due() {
                 warn!(addr = %self.addr, ?reason, %goaway, suppressed, "closed the connection: the backend broke {what}");
             }
         } else {

@@ -4,7 +4,7 @@
 //! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
 //! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset. A stream the backend
 //! resets mid-response ends with the status a gRPC client reports for that `RST_STREAM` code
-//! ([`crate::proxy::error::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
+//! ([`crate::grpc::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
 //! `grpc-status` is recorded as `UNKNOWN` (what grpcio and grpc-go report for it); one that ends with no trailers
 //! at all gets `INTERNAL` trailers, as grpc-go reports it.
 
@@ -28,7 +28,7 @@ use crate::{
     BoxError,
     grpc::{status_of, stream_reset},
     pool::RecvBody,
-    proxy::{call::CallRecord, error::code_of_reset, replay::ReplayBody, web::GrpcWebBody},
+    proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
 
@@ -148,7 +148,7 @@ impl UpstreamBody {
         self.inner = None;
         self.done = true;
         let mut t = HeaderMap::with_capacity(2);
-        super::error::add_status(&mut t, code, message);
+        crate::grpc::add_status(&mut t, code, message);
         Poll::Ready(Some(Ok(Frame::trailers(t))))
     }
 }
@@ -176,7 +176,7 @@ impl Body for UpstreamBody {
                     this.record.sent(data.len());
                 }
                 if let Some(trailers) = frame.trailers_ref() {
-                    let (limit, size) = (this.limits.0, super::forward::header_list_size(trailers));
+                    let (limit, size) = (this.limits.0, crate::grpc::header_list_size(trailers));
                     if size > limit {
                         this.limits.1.headers_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let msg = format!(
@@ -205,7 +205,7 @@ impl Body for UpstreamBody {
                     // One stream reset by the backend: the connection is fine, and a reset says nothing about the
                     // endpoint's health (REFUSED_STREAM after the answer began, too).
                     let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
-                    return this.end_reset(code_of_reset(reason), &msg);
+                    return this.end_reset(crate::grpc::code_of_reset(reason), &msg);
                 }
                 let msg = format!("upstream {addr} failed mid-response: {}", crate::error_chain(&e));
                 this.end_with(Code::Unavailable, &msg)

@@ -5,10 +5,15 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use tonic::Code;
 
-use crate::{balance::NoEndpoint, pool::SendFailure, proxy::body::ResponseBody};
+use crate::{
+    balance::NoEndpoint,
+    grpc::{add_status, code_of_reset},
+    pool::SendFailure,
+    proxy::body::ResponseBody,
+};
 
 /// What the sidecar answers instead of the backend.
 #[derive(Debug, thiserror::Error)]
@@ -119,19 +124,6 @@ pub enum ProxyError {
     },
 }
 
-/// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
-/// ("Errors": CANCEL → CANCELLED, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
-/// PERMISSION_DENIED, REFUSED_STREAM → UNAVAILABLE, every other code → INTERNAL).
-pub fn code_of_reset(reason: h2::Reason) -> Code {
-    match reason {
-        h2::Reason::CANCEL => Code::Cancelled,
-        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-        h2::Reason::REFUSED_STREAM => Code::Unavailable,
-        _ => Code::Internal,
-    }
-}
-
 /// The status of an attempt that failed before the backend answered: a stream the peer reset gets the status of
 /// its reset ([`code_of_reset`]); a failed connection, or a request never processed, `UNAVAILABLE` (the gRPC
 /// status code document: "the service is currently unavailable", safe to retry).
@@ -143,6 +135,12 @@ pub fn code_of_send_failure(failure: SendFailure) -> Code {
 }
 
 impl ProxyError {
+    /// The answer to a call that found no endpoint: `UNAVAILABLE` for a fail-fast call, `DEADLINE_EXCEEDED` for a
+    /// `waitForReady` one, whose wait ends only at its deadline (grpc/doc/wait-for-ready.md).
+    pub fn no_endpoint(e: NoEndpoint, wait_for_ready: bool) -> Self {
+        if wait_for_ready { ProxyError::NotReadyByDeadline(e) } else { ProxyError::NoEndpoint(e) }
+    }
+
     /// The gRPC status code of this answer. HTTP-level rejections (415, 426) count as `INTERNAL` in metrics.
     pub fn code(&self) -> Code {
         match self {
@@ -200,50 +198,14 @@ pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     res
 }
 
-/// Adds `grpc-status: code` and, unless `message` is empty, its percent-encoded `grpc-message` to `headers` (a
-/// Trailers-Only response's headers, or trailers) through tonic's `Status::add_header`: the sidecar's own answers
-/// are encoded exactly as those of the services tonic serves here (health, reflection). tonic percent-encodes
-/// a few printable characters as well (space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `{`, `}`), which the gRPC HTTP/2
-/// document allows: a decoder must accept any percent-encoded byte.
-pub fn add_status(headers: &mut HeaderMap, code: Code, message: &str) {
-    // `add_header` fails only on a value that cannot be a header, which percent-encoding rules out; the status
-    // alone still goes out then.
-    if tonic::Status::new(code, message).add_header(headers).is_err() {
-        headers.insert("grpc-status", HeaderValue::from(code as i32));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn resets_map_as_the_grpc_http2_document_says() {
-        assert_eq!(code_of_reset(h2::Reason::CANCEL), Code::Cancelled);
-        assert_eq!(code_of_reset(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
-        assert_eq!(code_of_reset(h2::Reason::REFUSED_STREAM), Code::Unavailable);
-        assert_eq!(code_of_reset(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
-        for r in [h2::Reason::NO_ERROR, h2::Reason::PROTOCOL_ERROR, h2::Reason::INTERNAL_ERROR, h2::Reason::from(99)] {
-            assert_eq!(code_of_reset(r), Code::Internal, "{r:?}");
-        }
+    fn a_failure_before_the_answer_gets_its_resets_status_or_unavailable() {
         assert_eq!(code_of_send_failure(SendFailure::Reset(h2::Reason::CANCEL)), Code::Cancelled);
         assert_eq!(code_of_send_failure(SendFailure::Connection), Code::Unavailable);
         assert_eq!(code_of_send_failure(SendFailure::Unprocessed), Code::Unavailable);
-    }
-
-    #[test]
-    fn status_messages_are_percent_encoded_and_decode_to_themselves() {
-        for m in ["name is required", "100% ok\n", "é", "no route for /x.y/\"q\u{1F600}", "50%zz"] {
-            let mut h = HeaderMap::new();
-            add_status(&mut h, Code::InvalidArgument, m);
-            assert_eq!(h["grpc-status"], "3");
-            let v = h["grpc-message"].as_bytes();
-            assert!(v.iter().all(|b| (0x20..=0x7e).contains(b)), "{m:?}: {v:?}");
-            assert_eq!(crate::grpc::decode_message(v), m);
-        }
-        let mut h = HeaderMap::new();
-        add_status(&mut h, Code::Ok, "");
-        assert_eq!(h["grpc-status"], "0");
-        assert!(h.get("grpc-message").is_none());
     }
 }

@@ -110,7 +110,7 @@ impl Proxy {
             (Some(t), None) | (None, Some(t)) => t,
             (None, None) => self.config.default_timeout,
         };
-        let size = header_list_size(req.headers());
+        let size = crate::grpc::header_list_size(req.headers());
         if size > self.config.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge {
                 what: "request metadata",
@@ -162,7 +162,8 @@ impl Proxy {
         // the response body (one timer registration per call, not two).
         let mut expiry = Box::pin(tokio::time::sleep_until(deadline));
         loop {
-            let picked = balancer.pick(&refused_by, wait_until).await.map_err(|e| no_endpoint(e, wait_for_ready))?;
+            let picked =
+                balancer.pick(&refused_by, wait_until).await.map_err(|e| ProxyError::no_endpoint(e, wait_for_ready))?;
             let addr = picked.addr();
             let Some(view) = origin.replay() else {
                 return Err(ProxyError::RequestBody("the request body could not be replayed".into()));
@@ -219,7 +220,7 @@ impl Proxy {
                 Ok(Ok(res)) => res,
             };
             attempt.answered();
-            let size = header_list_size(res.headers());
+            let size = crate::grpc::header_list_size(res.headers());
             if size > self.config.max_header_bytes {
                 attempt.finish(Code::ResourceExhausted);
                 let limit = self.config.max_header_bytes;
@@ -328,17 +329,4 @@ impl Proxy {
     }
 }
 
-/// The size of a header block as HTTP/2 counts it against SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2, RFC
-/// 7541 §4.1): name + value + 32 bytes per field.
-pub(super) fn header_list_size(headers: &http::HeaderMap) -> u32 {
-    let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-    u32::try_from(size).unwrap_or(u32::MAX)
-}
-
 mod policy;
-
-/// The answer to a call that found no endpoint: `UNAVAILABLE` for a fail-fast call, `DEADLINE_EXCEEDED` for a
-/// `waitForReady` one, whose wait ends only at its deadline (grpc/doc/wait-for-ready.md).
-pub(super) fn no_endpoint(e: crate::balance::NoEndpoint, wait_for_ready: bool) -> ProxyError {
-    if wait_for_ready { ProxyError::NotReadyByDeadline(e) } else { ProxyError::NoEndpoint(e) }
-}

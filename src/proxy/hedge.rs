@@ -43,12 +43,7 @@ use crate::{
     grpc::status_of,
     pool::SendFailure,
     proxy::{
-        Attempt, Balancer, Proxy,
-        body::ResponseBody,
-        call::CallRecord,
-        call_log::CallLog,
-        error::ProxyError,
-        forward::{self, header_list_size},
+        Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, call_log::CallLog, error::ProxyError,
         replay::ReplayBody,
     },
     service_config::{CodeSet, HedgingPolicy},
@@ -283,7 +278,7 @@ impl Proxy {
                         Err(e) if in_flight.is_empty() => {
                             return match last {
                                 Some(failure) => self.give_up(failure, &method, start),
-                                None => Err(forward::no_endpoint(e, wait_for_ready)),
+                                None => Err(ProxyError::no_endpoint(e, wait_for_ready)),
                             };
                         }
                         Err(_) => schedule.postpone(),
@@ -354,7 +349,7 @@ impl Proxy {
                 }
             };
             attempt.answered();
-            let size = header_list_size(res.headers());
+            let size = crate::grpc::header_list_size(res.headers());
             if size > self.config.max_header_bytes {
                 attempt.finish(Code::ResourceExhausted);
                 drop(in_flight);

@@ -42,7 +42,7 @@ use crate::{
     proxy::{body::ResponseBody, budget::RetryBudget, error::ProxyError, request_body::RequestBody, route::Route},
     routes::RouteTable,
     service_config::ServiceConfig,
-    telemetry::metrics::Metrics,
+    telemetry::{log_every::LogEvery, metrics::Metrics},
 };
 
 /// The request body the proxy sends upstream: the caller's body, kept for retries. The one place that names the
@@ -221,7 +221,7 @@ impl Proxy {
                                 if let Some(reason) = crate::grpc::goaway_sent(&*e) {
                                     metrics.record_goaway_sent(false, reason);
                                     let (what, goaway) = crate::grpc::goaway_cause(reason, &*e);
-                                    if let Some(suppressed) = crate::grpc::goaway_warn_due(false) {
+                                    if let Some(suppressed) = GOAWAY_LOG.due() {
                                         warn!(%peer, ?reason, %goaway, suppressed, "closed an inbound connection: the client broke {what}");
                                     }
                                 } else {
@@ -263,6 +263,10 @@ fn h1_max_headers(max_header_bytes: u32) -> usize {
 fn inbound_connection_window(max_streams: u32) -> u32 {
     crate::pool::connection_window(max_streams)
 }
+
+/// One warn line per 10 s about GOAWAYs sent to clients: one that reconnects and breaks the same rule again would
+/// otherwise write a line per connection (the metric counts every GOAWAY).
+static GOAWAY_LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(10));
 
 /// The `method` label of every call whose path is not a method of the compiled schema.
 pub const OTHER_METHOD: &str = "other";

@@ -2,14 +2,23 @@
 
 pub mod access_log;
 pub mod calls;
+pub mod log_every;
 pub mod metrics;
 pub mod process;
 
 use std::{borrow::Borrow, collections::HashMap, hash::Hash};
 
+use clap::ValueEnum;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::cli::LogFormat;
+/// How logs are written to stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `default` applies without it.
 pub fn init_logging(format: LogFormat, default: &str) {

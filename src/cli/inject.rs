@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::sidecar::DEFAULT_IMAGE;
 use crate::discovery::Target;
+
+/// The image `inject` puts in the pod unless `--image` names another: this build's version.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/hello-sidecar/hello-sidecar:", env!("CARGO_PKG_VERSION"));
 
 /// Flags of `inject`.
 #[derive(Debug, Clone, Args)]
