@@ -1,6 +1,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::time::{Instant, advance};
