@@ -222,11 +222,11 @@ async fn a_forbidden_api_is_named_in_ready_in_calls_and_in_metrics() {
     assert!(retried <= 3, "{retried} LISTs in 6 s");
     let m = sidecar.metrics();
     assert!(metric_sum(&m, "hello_sidecar_discovery_errors_total", "status=\"403\"") >= 2, "{m}");
-    assert_eq!(metric(&m, "hello_sidecar_discovery_failing"), 1);
+    assert_eq!(metric_max(&m, "hello_sidecar_discovery_failing"), 1);
     // RBAC fixed: discovery recovers on its own and says so.
     c.api.refuse(None);
     wait_for("ready once the API allows the list", Duration::from_secs(40), || http_get(sidecar.admin, "/ready"));
-    assert_eq!(metric(&sidecar.metrics(), "hello_sidecar_discovery_failing"), 0);
+    assert_eq!(metric_max(&sidecar.metrics(), "hello_sidecar_discovery_failing"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,13 +297,13 @@ async fn after_a_watch_outage_discovery_recovers_without_a_slice_change() {
     c.api.down();
     c.api.drop_watches();
     wait_for("discovery to report the outage", Duration::from_secs(20), || {
-        (metric(&sidecar.metrics(), "hello_sidecar_discovery_failing") == 1).then_some(())
+        (metric_max(&sidecar.metrics(), "hello_sidecar_discovery_failing") == 1).then_some(())
     });
     let watches = c.api.watches();
     c.api.up().await.expect("the API comes back");
     wait_for("the watch to resume", Duration::from_secs(40), || (c.api.watches() > watches).then_some(()));
     let recovered = wait_for_opt(Duration::from_secs(15), || {
-        (metric(&sidecar.metrics(), "hello_sidecar_discovery_failing") == 0).then_some(())
+        (metric_max(&sidecar.metrics(), "hello_sidecar_discovery_failing") == 0).then_some(())
     });
     let (_, body) = http_get_any(sidecar.admin, "/ready").expect("/ready");
     assert!(recovered.is_some(), "the watch resumed 15 s ago, yet discovery still reports a problem; /ready: {body}");

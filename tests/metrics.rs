@@ -154,7 +154,9 @@ async fn metrics_parse_and_add_up_per_target_and_per_pod() {
     let synced = m.one("hello_sidecar_discovery_last_sync_timestamp_seconds", &[("target", TARGET_LABEL)]);
     assert!(synced <= now() + 1.0 && synced > now() - 600.0, "synced at {synced}");
     assert_eq!(m.one("hello_sidecar_discovery_watch_restarts_total", &[("target", TARGET_LABEL)]), 0.0);
-    m.family("hello_sidecar_discovery_failing", "gauge");
+    let failing = m.family("hello_sidecar_discovery_failing", "gauge");
+    // One series per target, none unlabelled: `sum()` over the family counts failing targets.
+    assert!(failing.samples.iter().all(|s| s.labels.contains_key("target")), "{:?}", failing.samples);
     assert_eq!(m.one("hello_sidecar_discovery_failing", &[("target", TARGET_LABEL)]), 0.0);
 
     // A pod that leaves: its series go; the target's counts stay.

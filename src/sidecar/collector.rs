@@ -200,12 +200,10 @@ impl TargetsCollector {
         }
         let mut f = enc.encode_descriptor(
             "hello_sidecar_discovery_failing",
-            "1 while discovery is failing (the last known endpoints stay in use); unlabelled: any target.",
+            "1 while a target's discovery is failing (its last known endpoints stay in use).",
             None,
             MetricType::Gauge,
         )?;
-        let any = self.targets.iter().any(|t| t.discovery.problem().is_some());
-        f.encode_gauge(&u64::from(any))?;
         for t in &self.targets {
             gauge_sample(&mut f, [("target", t.name())], u64::from(t.discovery.problem().is_some()))?;
         }

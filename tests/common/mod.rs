@@ -202,6 +202,17 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// The largest sample of metric `name` over all its labels (e.g. whether any target's discovery is failing), 0
+/// when it has none.
+pub fn metric_max(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{')?.split_once("} "))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The sum of every sample of metric `name` whose labels include `label` (e.g. `status="403"`), whatever its other
 /// labels (such as `target`).
 pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
