@@ -6,7 +6,8 @@
 //! task: blocking writes to a slow disk or pipe never hold up the proxy's runtime). When the writer
 //! falls behind and the channel is full, the line is dropped and counted
 //! (`hello_sidecar_access_log_dropped_total`): a call never waits for the log. Lines the sink refuses (a full
-//! disk, a closed pipe) are counted there too.
+//! disk, a closed pipe) are counted there too. A named pipe (FIFO) is opened by the writer thread, not at
+//! start-up: opening one blocks until its reader (a log shipper) opens it too, which may be later than the sidecar.
 //!
 //! A line (fields always present; `target` and `endpoint` are null when no endpoint was tried):
 //! `{"timestamp":"2026-11-30T04:41:49.123Z","method":"/hello.v1.HelloService/SayHello","target":"kubernetes:///hello.default:grpc","endpoint":"hello-7d9c-x2x4q","status":"OK","duration_seconds":0.0021,"retries":0,"request_bytes":12,"response_bytes":21}`
@@ -15,7 +16,8 @@
 
 use std::{
     io::{BufWriter, Write},
-    path::PathBuf,
+    os::unix::fs::FileTypeExt,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -70,8 +72,32 @@ pub fn parse_sink(s: &str) -> Result<Sink, String> {
 /// The file cannot be opened: its directory is missing, it is a directory, permission is denied.
 pub fn check(sink: &Sink) -> std::io::Result<()> {
     match sink {
-        Sink::File(path) => std::fs::OpenOptions::new().create(true).append(true).open(path).map(drop),
+        Sink::File(path) if is_fifo(path) => Ok(()),
+        Sink::File(path) => open(path).map(drop),
         Sink::Stdout | Sink::Stderr => Ok(()),
+    }
+}
+
+/// `path` opened for appending, created if missing.
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether `path` is a named pipe, whose `open` for writing blocks until a reader opens it (fifo(7)).
+fn is_fifo(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// The sink of a FIFO that could not be opened: it refuses every line, so each is counted as dropped.
+struct Refused;
+
+impl Write for Refused {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
     }
 }
 
@@ -127,19 +153,33 @@ impl AccessLog {
     /// Opens `sink` and starts the writer thread.
     ///
     /// # Errors
-    /// The file cannot be opened for appending, or the thread cannot start.
+    /// The file cannot be opened for appending, or the thread cannot start. A FIFO is opened by the writer
+    /// thread: until its reader comes, lines queue, then are dropped and counted; if it cannot be opened, a warn
+    /// line says why and every line is dropped and counted.
     pub fn start(sink: &Sink) -> std::io::Result<Arc<Self>> {
-        let out: Box<dyn Write + Send> = match sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        let out: Option<Box<dyn Write + Send>> = match sink {
+            Sink::Stdout => Some(Box::new(std::io::stdout())),
+            Sink::Stderr => Some(Box::new(std::io::stderr())),
+            Sink::File(path) if is_fifo(path) => None,
+            Sink::File(path) => Some(Box::new(open(path)?)),
+        };
+        let fifo = match sink {
+            Sink::File(path) => path.clone(),
+            _ => PathBuf::new(),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_lines(&rx, BufWriter::new(out), &lost))?;
+        std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            let out = out.unwrap_or_else(|| match open(&fifo) {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    tracing::warn!(path = %fifo.display(), error = %e, "cannot open the access log's pipe; its lines are dropped");
+                    Box::new(Refused)
+                }
+            });
+            write_lines(&rx, BufWriter::new(out), &lost);
+        })?;
         Ok(Arc::new(Self { tx, dropped }))
     }
 
@@ -229,105 +269,4 @@ fn rfc3339_millis(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Pod;
-
-    impl Peer for Pod {
-        fn target(&self) -> &str {
-            "kubernetes:///hello.default:grpc"
-        }
-        fn name(&self) -> String {
-            "hello-0".into()
-        }
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        // 2024-02-29T23:59:59.5Z: a leap day.
-        assert_eq!(rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_709_251_199_500)), "2024-02-29T23:59:59.500Z");
-        assert_eq!(rfc3339_millis(UNIX_EPOCH + Duration::from_secs(1_796_013_706)), "2026-11-30T04:41:46.000Z");
-    }
-
-    #[test]
-    fn a_line_has_every_field() {
-        let mut buf = Vec::new();
-        let entry = Entry {
-            at: UNIX_EPOCH,
-            method: Arc::from("/hello.v1.HelloService/SayHello"),
-            peer: Some(Arc::new(Pod)),
-            code: Code::DeadlineExceeded,
-            duration: Duration::from_millis(250),
-            retries: 2,
-            request_bytes: 12,
-            response_bytes: 0,
-        };
-        format_line(&entry, &mut buf);
-        assert_eq!(buf.last(), Some(&b'\n'));
-        let v: serde_json::Value = serde_json::from_slice(&buf).expect("JSON");
-        assert_eq!(v["status"], "DEADLINE_EXCEEDED");
-        assert_eq!(v["endpoint"], "hello-0");
-        assert_eq!(v["target"], "kubernetes:///hello.default:grpc");
-        assert_eq!(v["duration_seconds"], 0.25);
-        assert_eq!(v["retries"], 2);
-        assert_eq!(v["request_bytes"], 12);
-        let none = Entry { peer: None, ..entry };
-        buf.clear();
-        format_line(&none, &mut buf);
-        let v: serde_json::Value = serde_json::from_slice(&buf).expect("JSON");
-        assert!(v["endpoint"].is_null() && v["target"].is_null());
-    }
-
-    #[test]
-    fn sinks_parse() {
-        assert_eq!(parse_sink("stdout"), Ok(Sink::Stdout));
-        assert_eq!(parse_sink("stderr"), Ok(Sink::Stderr));
-        assert_eq!(parse_sink("/var/log/a.jsonl"), Ok(Sink::File("/var/log/a.jsonl".into())));
-        assert!(parse_sink(" ").is_err());
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_types, clippy::disallowed_methods)] // a real device and a real writer thread
-    fn lines_the_sink_refuses_are_counted_as_dropped() {
-        // /dev/full refuses every write with ENOSPC: a full disk.
-        let log = AccessLog::start(&Sink::File("/dev/full".into())).expect("/dev/full opens");
-        for _ in 0..3 {
-            log.record(Entry {
-                at: UNIX_EPOCH,
-                method: Arc::from("m"),
-                peer: None,
-                code: Code::Ok,
-                duration: Duration::ZERO,
-                retries: 0,
-                request_bytes: 0,
-                response_bytes: 0,
-            });
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while log.dropped() < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(log.dropped(), 3, "every line the disk refused is counted");
-    }
-
-    #[test]
-    fn a_full_queue_drops_and_counts_and_never_waits() {
-        let (tx, _rx) = mpsc::sync_channel(1);
-        let log = AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) };
-        for _ in 0..3 {
-            log.record(Entry {
-                at: UNIX_EPOCH,
-                method: Arc::from("m"),
-                peer: None,
-                code: Code::Ok,
-                duration: Duration::ZERO,
-                retries: 0,
-                request_bytes: 0,
-                response_bytes: 0,
-            });
-        }
-        assert_eq!(log.dropped(), 2);
-    }
-}
+mod tests;
