@@ -46,8 +46,11 @@ pub enum RouteError {
         "invalid route '{0}': expected SERVICE=TARGET, e.g. acme.orders.v1.OrderService=kubernetes:///orders.shop:grpc"
     )]
     NoEquals(String),
-    /// The service is empty or not a fully qualified name.
-    #[error("invalid route '{0}': the service must be a fully qualified gRPC service name (package.Service) or *")]
+    /// The service is empty or not a full name.
+    #[error(
+        "invalid route '{0}': the service must be a gRPC service's full name (package.Service, or Service when its \
+         proto has no package) or *"
+    )]
     BadService(String),
     /// The target does not parse.
     #[error("invalid route '{route}': {error}")]
@@ -103,13 +106,14 @@ fn parse_route(route: &str) -> Result<Route, RouteError> {
     Ok(Route { service, target })
 }
 
-/// `package.Service`: dot-separated identifiers (protobuf's full names), at least two parts.
+/// A protobuf full name: dot-separated identifiers, `package.Service`, or one identifier for a service declared in
+/// a `.proto` without a `package` (its `:path` is then `/Service/Method`).
 fn is_service_name(s: &str) -> bool {
     let ident = |p: &str| {
         p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
-    s.split('.').count() >= 2 && s.split('.').all(ident)
+    s.split('.').all(ident)
 }
 
 /// Checks a whole set of routes: at least one, and no service routed twice.
@@ -202,7 +206,12 @@ mod tests {
     fn bad_routes_say_what_is_wrong() {
         assert!(matches!(parse_routes("acme.X"), Err(RouteError::NoEquals(_))));
         assert!(matches!(parse_routes("=static:///a:1"), Err(RouteError::BadService(_))));
-        assert!(matches!(parse_routes("Orders=static:///a:1"), Err(RouteError::BadService(_))));
+        for bad in ["Orders.=static:///a:1", ".Orders=static:///a:1", "a..B=static:///a:1", "1a.B=static:///a:1"] {
+            assert!(matches!(parse_routes(bad), Err(RouteError::BadService(_))), "{bad}");
+        }
+        // A service of a proto without a package.
+        let r = parse_routes("Orders=static:///a:1").expect("a one-part name");
+        assert_eq!(r[0].service, ServiceMatch::Exact("Orders".into()));
         assert!(matches!(parse_routes("a.B=ftp:///x"), Err(RouteError::BadTarget { .. })));
         let health = parse_routes("grpc.health.v1.Health=static:///a:1");
         assert!(matches!(health, Err(RouteError::AnsweredHere(_))), "{health:?}");

@@ -63,7 +63,9 @@ async fn two_routes_spread_each_services_calls_over_its_own_backends() {
     let (a, b) = (EchoBackend::start("echo-a").await, EchoBackend::start("echo-b").await);
     // A third route to the Kubernetes target: the same target, so the same watch, balancer and pool.
     let alias = "hello.v1.Alias=kubernetes:///hello.default:grpc";
-    let sidecar = kube.sidecar(&["--route", &echo_route(&[&a, &b]), "--route", alias]);
+    // A service from a proto without a package has a one-part name.
+    let unpackaged = format!("Unpackaged=static:///{},{}", a.addr, b.addr);
+    let sidecar = kube.sidecar(&["--route", &echo_route(&[&a, &b]), "--route", alias, "--route", &unpackaged]);
     sidecar.wait_ready_endpoints(5);
 
     let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
@@ -84,18 +86,25 @@ async fn two_routes_spread_each_services_calls_over_its_own_backends() {
     let r = raw_request(sidecar.addr, true, "/other.v1.Other/Call", &grpc, grpc_frame(b"")).await;
     assert_eq!(r.grpc_status(), Some(Code::Unimplemented as i32), "{r:?}");
     assert!(r.grpc_message().contains("no route for /other.v1.Other/Call"), "{}", r.grpc_message());
+    // The package-less service reaches the echo backends, which do not serve it: their UNIMPLEMENTED, not a
+    // "no route" of the sidecar.
+    let r = raw_request(sidecar.addr, true, "/Unpackaged/Call", &grpc, grpc_frame(b"")).await;
+    assert_eq!(r.grpc_status(), Some(Code::Unimplemented as i32), "{r:?}");
+    assert!(!r.grpc_message().contains("no route"), "{}", r.grpc_message());
 
     let debug: serde_json::Value =
         serde_json::from_str(&http_get(sidecar.admin, "/debug/endpoints").expect("debug")).expect("json");
     let targets = debug["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 2, "one target per distinct URI, shared by routes: {debug:#}");
     assert_eq!(targets[0]["routes"], serde_json::json!(["hello.v1.HelloService", "hello.v1.Alias"]));
+    assert_eq!(targets[1]["routes"], serde_json::json!(["echo.v1.EchoService", "Unpackaged"]));
     let m = sidecar.metrics();
     let kube_ready = "hello_sidecar_target_endpoints{target=\"hello.default:grpc\",state=\"ready\"}";
     assert_eq!(metric(&m, kube_ready), 3, "{m}");
     let echo_target = format!("static:///{},{}", a.addr, b.addr);
     assert_eq!(metric(&m, &format!("hello_sidecar_target_endpoints{{target=\"{echo_target}\",state=\"ready\"}}")), 2);
     assert!(m.contains("method=\"/echo.v1.EchoService/*\""), "a routed service has its own label: {m}");
+    assert!(m.contains("method=\"/Unpackaged/*\""), "{m}");
 
     // Health per routed service; an unrouted one is unknown.
     let serving = ServingStatus::Serving as i32;

@@ -136,8 +136,9 @@ def test_a_descriptor_set_config_map_is_mounted_in_the_sidecar_next_to_its_certi
         {"sidecar": {"routes": [{"service": "acme.Orders"}]}},
         {"sidecar": {"routes": [{"service": "acme.Orders", "target": "http://orders"}]}},
         {"sidecar": {"routes": [{"service": "not a service", "target": "static:///1.2.3.4:80"}]}},
-        # The sidecar wants package.Service (routes.rs): a bare name would render and then crash-loop the pod.
-        {"sidecar": {"routes": [{"service": "Orders", "target": "static:///1.2.3.4:80"}]}},
+        # The sidecar wants a protobuf full name (routes.rs): anything else would render and then crash-loop the pod.
+        {"sidecar": {"routes": [{"service": "acme.Orders.", "target": "static:///1.2.3.4:80"}]}},
+        {"sidecar": {"routes": [{"service": "1acme.Orders", "target": "static:///1.2.3.4:80"}]}},
         {"sidecar": {"target": "kubernetes:///Hello.shop:grpc"}},
         {"sidecar": {"extraArgs": ["retry-budget=0.1"]}},
         {"sidecar": {"extraEnv": [{"value": "no name"}]}},
@@ -153,6 +154,13 @@ def test_the_schema_rejects_bad_sidecar_and_monitoring_values(bad):
     chart = helm.Chart.load(str(CHART))
     with pytest.raises(helm.HelmError):
         chart.validate_schema(bad)
+
+
+def test_the_schema_takes_a_service_of_a_proto_without_a_package():
+    # `service Orders {}` in a .proto with no `package` is called as /Orders/Method: its full name is one part.
+    helm.Chart.load(str(CHART)).validate_schema(
+        {"sidecar": {"routes": [{"service": "Orders", "target": "static:///1.2.3.4:80"}]}}
+    )
 
 
 def test_monitors_are_off_by_default():
