@@ -317,6 +317,13 @@ async fn connect_json_learns_the_types_from_the_backends_reflection() {
         let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"again","count":2}"#).await;
         assert_eq!((status, v["message"].as_str()), (200, Some("again")), "{v}");
         assert_eq!(lookups(), before + 1, "learned again once, in the version remembered for the target");
+        // A method the service does not have: UNIMPLEMENTED, said as a gRPC server says it, with no advice
+        // about schemas (the backends' schema is there; the method is not in it).
+        let (status, v) = curl_json(&sidecar, "/echo.v1.EchoService/Ech0", "{}").await;
+        assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")), "{v}");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(message.contains("unknown method Ech0 for service echo.v1.EchoService"), "{message}");
+        assert!(!message.contains("descriptor-set"), "{message}");
     }
 }
 

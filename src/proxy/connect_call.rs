@@ -194,10 +194,11 @@ impl Proxy {
         };
         match schemas.learned(&balancer, path).await {
             Ok(m) => Ok((m, balancer)),
-            Err(Unlearned { code: Code::Unimplemented, why }) => {
+            Err(Unlearned { why, unknown_method: true, .. }) => Err((Code::Unimplemented, format!("{path}: {why}"))),
+            Err(Unlearned { code: Code::Unimplemented, why, .. }) => {
                 Err((Code::Unimplemented, format!("{path}: {} ({why})", connect::NO_SCHEMA)))
             }
-            Err(Unlearned { code, why }) => Err((code, format!("{path}: {why}"))),
+            Err(Unlearned { code, why, .. }) => Err((code, format!("{path}: {why}"))),
         }
     }
 }

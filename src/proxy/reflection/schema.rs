@@ -42,8 +42,20 @@ enum Cached {
 /// UNIMPLEMENTED when they answered but serve no reflection or do not define the method.
 #[derive(Debug, Clone)]
 pub struct Unlearned {
+    /// The status a Connect caller gets.
     pub code: Code,
+    /// Why, for the caller's message.
     pub why: String,
+    /// The backends' schema defines the service but not the method: the caller named a method that does not
+    /// exist (a schema from elsewhere would not help, unlike when reflection is missing).
+    pub unknown_method: bool,
+}
+
+impl Unlearned {
+    /// Not learned for a reason other than an unknown method.
+    fn new(code: Code, why: String) -> Self {
+        Self { code, why, unknown_method: false }
+    }
 }
 
 /// Connect JSON's schemas: held ones, then learned per target.
@@ -70,10 +82,8 @@ impl Schemas {
     /// The method a path names on `balancer`'s target, learned through reflection (cached), or why it is not
     /// known. A method missing from the cached schema is looked up again: a newer build may have added it.
     pub async fn learned(&self, balancer: &Balancer, path: &str) -> Result<MethodDescriptor, Unlearned> {
-        let (service, method) = split(path).ok_or_else(|| Unlearned {
-            code: Code::Unimplemented,
-            why: format!("{path} is not /package.Service/Method"),
-        })?;
+        let (service, method) = split(path)
+            .ok_or_else(|| Unlearned::new(Code::Unimplemented, format!("{path} is not /package.Service/Method")))?;
         let target = balancer.target();
         let asked = Instant::now();
         if let Some(known) = self.cached_answer(target, service, method, None) {
@@ -124,7 +134,7 @@ impl Schemas {
         match self.cached(target)? {
             Cached::Pool { pool, at } => match find(&pool, service, method) {
                 Some(m) => Some(Ok(m)),
-                None if fresh(at) => Some(Err(not_defined(target, service, method))),
+                None if fresh(at) => Some(Err(not_defined(&pool, target, service, method))),
                 None => None,
             },
             Cached::Failed { at, until, why } if fresh(at) || Instant::now() < until => Some(Err(why)),
@@ -154,7 +164,7 @@ impl Schemas {
         let fetched = fetch(&self.reflector, balancer, service).await.and_then(|files| {
             let mut pool = DescriptorPool::new();
             pool.add_file_descriptor_protos(files)
-                .map_err(|e| Unlearned { code: Code::Unimplemented, why: format!("invalid schema: {e}") })?;
+                .map_err(|e| Unlearned::new(Code::Unimplemented, format!("invalid schema: {e}")))?;
             for file in previous.into_iter().flat_map(|p| p.files()) {
                 // Another service's file stays unless it clashes with the new build's (then it is fetched anew).
                 let _ = pool.add_file_descriptor_proto(file.file_descriptor_proto().clone());
@@ -164,8 +174,8 @@ impl Schemas {
         let mut learned = self.learned.lock();
         let pool = match fetched {
             Ok(pool) => pool,
-            Err(Unlearned { code, why }) => {
-                let why = Unlearned { code, why: format!("reflection at {target}: {why}") };
+            Err(Unlearned { code, why, .. }) => {
+                let why = Unlearned::new(code, format!("reflection at {target}: {why}"));
                 // Backends without reflection cost one lookup per few seconds; unreachable ones are asked again
                 // by the next call (calls that waited for this lookup share its answer), which waits for an
                 // endpoint as any call does.
@@ -176,12 +186,18 @@ impl Schemas {
             }
         };
         learned.insert(target.to_owned(), Cached::Pool { pool: pool.clone(), at: Instant::now() });
-        find(&pool, service, method).ok_or_else(|| not_defined(target, service, method))
+        find(&pool, service, method).ok_or_else(|| not_defined(&pool, target, service, method))
     }
 }
 
-fn not_defined(target: &str, service: &str, method: &str) -> Unlearned {
-    Unlearned { code: Code::Unimplemented, why: format!("the backends of {target} do not define /{service}/{method}") }
+/// Why `pool`, learned from `target`'s backends, has no `/service/method`: an unknown method of a service it
+/// defines (worded as grpc-go's server says it), or a service it lacks.
+fn not_defined(pool: &DescriptorPool, target: &str, service: &str, method: &str) -> Unlearned {
+    if pool.get_service_by_name(service).is_some() {
+        let why = format!("unknown method {method} for service {service} (server reflection at {target})");
+        return Unlearned { code: Code::Unimplemented, why, unknown_method: true };
+    }
+    Unlearned::new(Code::Unimplemented, format!("the backends of {target} do not define /{service}/{method}"))
 }
 
 fn split(path: &str) -> Option<(&str, &str)> {
@@ -198,7 +214,7 @@ async fn fetch(
     balancer: &Balancer,
     service: &str,
 ) -> Result<Vec<FileDescriptorProto>, Unlearned> {
-    let unimplemented = |why: String| Unlearned { code: Code::Unimplemented, why };
+    let unimplemented = |why: String| Unlearned::new(Code::Unimplemented, why);
     let mut pinned = Pinned::default();
     let mut files: Vec<FileDescriptorProto> = Vec::new();
     let mut wanted = vec![MessageRequest::FileContainingSymbol(service.to_owned())];
@@ -215,7 +231,7 @@ async fn fetch(
                 Code::Unavailable | Code::DeadlineExceeded => s.code(),
                 _ => Code::Unimplemented,
             };
-            Unlearned { code, why: s.message().to_owned() }
+            Unlearned::new(code, s.message().to_owned())
         })?;
         let got = match res.message_response {
             Some(MessageResponse::FileDescriptorResponse(f)) => f.file_descriptor_proto,
