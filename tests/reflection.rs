@@ -327,6 +327,28 @@ async fn connect_json_learns_the_types_from_the_backends_reflection() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_json_to_a_service_the_backends_lack_leaves_the_target_s_other_services_alone() {
+    let hello = Backend::start("lack-hello", &[]);
+    let echo = EchoBackend::start_with(fresh_ip(), "lack-echo", Reflection::V1).await;
+    // Two services routed to one target (one watch, one schema cache); its backends serve only the first.
+    let other = format!("other.v1.Other=static:///{}", echo.addr);
+    let sidecar =
+        Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &echo_route(&echo), "--route", &other]);
+    sidecar.wait_ready_endpoints(2);
+    let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"before"}"#).await;
+    assert_eq!((status, v["message"].as_str()), (200, Some("before")), "{v}");
+    // A caller's typo of a service name, say: the backends answer reflection with NOT_FOUND for it.
+    let (status, v) = curl_json(&sidecar, "/other.v1.Other/Call", "{}").await;
+    assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")), "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("other.v1.Other"), "{message}");
+    // The service the backends do serve still takes JSON, at once (not after a remembered failure expires), and
+    // no message about it names the other service.
+    let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"after"}"#).await;
+    assert_eq!((status, v["message"].as_str()), (200, Some("after")), "{v}");
+}
+
 /// `echo.proto` compiled with protox into a FileDescriptorSet file, as `protoc -o` writes it.
 fn echo_descriptor_set() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
