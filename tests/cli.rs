@@ -213,3 +213,49 @@ fn call_into_a_closed_pipe_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn a_fifo_the_sidecar_may_not_write_is_a_bad_flag_value() {
+    // As a file without write permission is: one line, exit 2, rather than a sidecar that runs and drops every
+    // line of its access log. Root writes whatever the mode says, so as root the sidecar runs as nobody.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("hello-sidecar-ro-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.join("access.pipe");
+    let made = Command::new("mkfifo").args(["-m", "0444"]).arg(&path).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+    let uid = Command::new("id").arg("-u").output().expect("id runs");
+    let mut cmd = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", common::BIN]);
+        c
+    } else {
+        Command::new(common::BIN)
+    };
+    let mut child = cmd
+        .args(["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--access-log")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "the sidecar started with an unwritable pipe: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("--access-log") && stderr.contains("Permission denied"), "{stderr}");
+}

@@ -327,6 +327,63 @@ async fn connect_json_learns_the_types_from_the_backends_reflection() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_json_to_a_service_the_backends_lack_leaves_the_target_s_other_services_alone() {
+    let hello = Backend::start("lack-hello", &[]);
+    let echo = EchoBackend::start_with(fresh_ip(), "lack-echo", Reflection::V1).await;
+    // Two services routed to one target (one watch, one schema cache); its backends serve only the first.
+    let other = format!("other.v1.Other=static:///{}", echo.addr);
+    let sidecar =
+        Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &echo_route(&echo), "--route", &other]);
+    sidecar.wait_ready_endpoints(2);
+    let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"before"}"#).await;
+    assert_eq!((status, v["message"].as_str()), (200, Some("before")), "{v}");
+    // A caller's typo of a service name, say: the backends answer reflection with NOT_FOUND for it.
+    let (status, v) = curl_json(&sidecar, "/other.v1.Other/Call", "{}").await;
+    assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")), "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("other.v1.Other"), "{message}");
+    // The service the backends do serve still takes JSON, at once (not after a remembered failure expires), and
+    // no message about it names the other service.
+    let (status, v) = curl_json(&sidecar, ECHO, r#"{"message":"after"}"#).await;
+    assert_eq!((status, v["message"].as_str()), (200, Some("after")), "{v}");
+}
+
+/// A `.proto` without a `package`: its service is `/Orders/Method`, its messages are top-level names.
+fn unpackaged_set() -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("hello-sidecar-unpackaged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let proto = "syntax = \"proto3\";\nmessage OrderRequest { string id = 1; }\nmessage OrderReply { string id = 1; }\n\
+                 service Orders { rpc Get(OrderRequest) returns (OrderReply); }\n";
+    std::fs::write(dir.join("orders.proto"), proto).expect("write orders.proto");
+    let set = protox::compile(["orders.proto"], [&dir]).expect("compile orders.proto");
+    let _ = std::fs::remove_dir_all(&dir);
+    set.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_resolves_the_messages_of_a_routed_service_without_a_package() {
+    // As `echo.v1.EchoRequest` is asked of echo.v1.EchoService's route, `OrderRequest` (a top-level message of
+    // the same package-less file) is asked of Orders' route, on a fresh stream (`grpcurl describe OrderRequest`).
+    let hello = Backend::start("unpackaged-hello", &[]);
+    let set: &'static [u8] = Box::leak(unpackaged_set().into_boxed_slice());
+    let orders = EchoBackend::start_with_schema(fresh_ip(), "unpackaged", Reflection::V1, set).await;
+    let route = format!("Orders=static:///{}", orders.addr);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&hello]), &["--route", &route]);
+    sidecar.wait_ready_endpoints(2);
+    let service = reflect(&sidecar, Caller::V1, &[MessageRequest::FileContainingSymbol("Orders".into())]).await;
+    assert_eq!(first_file(&service[0]).name(), "orders.proto", "{:?}", service[0]);
+    let message = reflect(&sidecar, Caller::V1, &[MessageRequest::FileContainingSymbol("OrderRequest".into())]).await;
+    assert!(
+        matches!(&message[0].message_response, Some(MessageResponse::FileDescriptorResponse(_))),
+        "{:?}",
+        message[0]
+    );
+    assert_eq!(first_file(&message[0]).name(), "orders.proto");
+    let file = reflect(&sidecar, Caller::V1, &[MessageRequest::FileByFilename("orders.proto".into())]).await;
+    assert!(matches!(&file[0].message_response, Some(MessageResponse::FileDescriptorResponse(_))), "{:?}", file[0]);
+}
+
 /// `echo.proto` compiled with protox into a FileDescriptorSet file, as `protoc -o` writes it.
 fn echo_descriptor_set() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");

@@ -199,7 +199,8 @@ impl AccessLog {
 /// Writes lines until every sender is gone. Flushes whenever the queue is empty: bursts go out in large writes,
 /// and a quiet log is never held back. A failing sink (a full disk, a closed pipe) loses lines, not calls: the
 /// lines of a batch that did not make it out are counted in `lost` (all of the batch when its flush fails, since
-/// a buffered writer cannot say how much of it went out).
+/// a buffered writer cannot say how much of it went out; what it still holds is then thrown away, so a line
+/// counted as lost is never written later).
 fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, lost: &AtomicU64) {
     let mut buf = Vec::with_capacity(512);
     while let Ok(mut entry) = rx.recv() {
@@ -219,6 +220,10 @@ fn write_lines(rx: &mpsc::Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Se
         }
         if out.flush().is_err() {
             failed = batch;
+            // What the writer still holds is counted as lost: it must not reach the sink later (a FIFO's next
+            // reader), and a line the broken pipe tore must not either.
+            let (inner, _lost) = out.into_parts();
+            out = BufWriter::new(inner);
         }
         if failed > 0 {
             lost.fetch_add(failed, Relaxed);

@@ -139,6 +139,9 @@ def test_a_descriptor_set_config_map_is_mounted_in_the_sidecar_next_to_its_certi
         # The sidecar wants a protobuf full name (routes.rs): anything else would render and then crash-loop the pod.
         {"sidecar": {"routes": [{"service": "acme.Orders.", "target": "static:///1.2.3.4:80"}]}},
         {"sidecar": {"routes": [{"service": "1acme.Orders", "target": "static:///1.2.3.4:80"}]}},
+        # Answered by the sidecar itself: the sidecar refuses a route for it (routes.rs ANSWERED_HERE).
+        {"sidecar": {"routes": [{"service": "grpc.health.v1.Health", "target": "static:///1.2.3.4:80"}]}},
+        {"sidecar": {"routes": [{"service": "grpc.reflection.v1alpha.ServerReflection", "target": "static:///1.2.3.4:80"}]}},
         {"sidecar": {"target": "kubernetes:///Hello.shop:grpc"}},
         {"sidecar": {"extraArgs": ["retry-budget=0.1"]}},
         {"sidecar": {"extraEnv": [{"value": "no name"}]}},

@@ -13,7 +13,7 @@ impl Reflector {
         let mut out = Vec::new();
         let exact = self.routes.services().filter(|(s, _)| symbol == *s || is_child(symbol, s));
         push_unique(&mut out, exact.map(|(_, b)| b.clone()));
-        let same_package = self.routes.services().filter(|(s, _)| package(s).is_some_and(|p| is_child(symbol, p)));
+        let same_package = self.routes.services().filter(|(s, _)| in_package(symbol, package(s)));
         push_unique(&mut out, same_package.map(|(_, b)| b.clone()));
         self.then_stream_and_default(out, stream)
     }
@@ -23,10 +23,11 @@ impl Reflector {
     pub(super) fn owners_of_file(&self, stream: &StreamState, name: &str) -> Vec<Arc<Balancer>> {
         let mut out = Vec::new();
         push_unique(&mut out, stream.answered.iter().cloned());
-        let by_dir = self
-            .routes
-            .services()
-            .filter(|(s, _)| package(s).is_some_and(|p| name.starts_with(&format!("{}/", p.replace('.', "/")))));
+        let by_dir = self.routes.services().filter(|(s, _)| match package(s) {
+            // A .proto without a package: a file at the top (`orders.proto`).
+            "" => !name.contains('/'),
+            p => name.starts_with(&format!("{}/", p.replace('.', "/"))),
+        });
         push_unique(&mut out, by_dir.map(|(_, b)| b.clone()));
         self.then_stream_and_default(out, stream)
     }
@@ -69,9 +70,15 @@ fn is_child(symbol: &str, parent: &str) -> bool {
     symbol.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.'))
 }
 
-/// The package of a fully qualified service name (`acme.orders.v1` of `acme.orders.v1.OrderService`).
-fn package(service: &str) -> Option<&str> {
-    service.rsplit_once('.').map(|(p, _)| p)
+/// The package of a fully qualified service name (`acme.orders.v1` of `acme.orders.v1.OrderService`); empty for
+/// a service declared in a `.proto` without a `package` (`Orders`).
+fn package(service: &str) -> &str {
+    service.rsplit_once('.').map_or("", |(p, _)| p)
+}
+
+/// Whether `symbol` is declared in `package`: for no package, a top-level name (`OrderRequest`).
+fn in_package(symbol: &str, package: &str) -> bool {
+    if package.is_empty() { !symbol.contains('.') } else { is_child(symbol, package) }
 }
 
 #[cfg(test)]
@@ -85,7 +92,10 @@ mod tests {
         assert!(is_child("echo.v1.EchoRequest", "echo.v1"));
         assert!(!is_child("echo.v10.X", "echo.v1"));
         assert!(!is_child("echo.v1", "echo.v1"));
-        assert_eq!(package("acme.orders.v1.OrderService"), Some("acme.orders.v1"));
+        assert_eq!(package("acme.orders.v1.OrderService"), "acme.orders.v1");
+        assert_eq!(package("Orders"), "");
+        assert!(in_package("OrderRequest", "") && !in_package("echo.v1.EchoRequest", ""));
+        assert!(in_package("echo.v1.EchoRequest", "echo.v1"));
     }
 
     fn balancer(name: &str) -> Arc<Balancer> {

@@ -49,12 +49,16 @@ pub struct Unlearned {
     /// The backends' schema defines the service but not the method: the caller named a method that does not
     /// exist (a schema from elsewhere would not help, unlike when reflection is missing).
     pub unknown_method: bool,
+    /// The backends serve reflection but refused this service's lookup (an error response or status, e.g.
+    /// NOT_FOUND for a service they lack): it says nothing of the target's other services, so it is not
+    /// remembered for the target.
+    this_service_only: bool,
 }
 
 impl Unlearned {
     /// Not learned for a reason other than an unknown method.
     fn new(code: Code, why: String) -> Self {
-        Self { code, why, unknown_method: false }
+        Self { code, why, unknown_method: false, this_service_only: false }
     }
 }
 
@@ -174,8 +178,14 @@ impl Schemas {
         let mut learned = self.learned.lock();
         let pool = match fetched {
             Ok(pool) => pool,
-            Err(Unlearned { code, why, .. }) => {
-                let why = Unlearned::new(code, format!("reflection at {target}: {why}"));
+            Err(Unlearned { code, why, this_service_only, .. }) => {
+                let why =
+                    Unlearned { this_service_only, ..Unlearned::new(code, format!("reflection at {target}: {why}")) };
+                if this_service_only {
+                    // The schema learned for the target's other services stays; a lookup for a service the
+                    // backends lack costs one round trip per call, as the call itself would.
+                    return Err(why);
+                }
                 // Backends without reflection cost one lookup per few seconds; unreachable ones are asked again
                 // by the next call (calls that waited for this lookup share its answer), which waits for an
                 // endpoint as any call does.
@@ -195,7 +205,7 @@ impl Schemas {
 fn not_defined(pool: &DescriptorPool, target: &str, service: &str, method: &str) -> Unlearned {
     if pool.get_service_by_name(service).is_some() {
         let why = format!("unknown method {method} for service {service} (server reflection at {target})");
-        return Unlearned { code: Code::Unimplemented, why, unknown_method: true };
+        return Unlearned { code: Code::Unimplemented, why, unknown_method: true, this_service_only: false };
     }
     Unlearned::new(Code::Unimplemented, format!("the backends of {target} do not define /{service}/{method}"))
 }
@@ -227,15 +237,20 @@ async fn fetch(
         let req = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
         let res = reflector.ask(balancer, &mut pinned, Version::V1, &req).await.map_err(|s| {
             // The backends could not be asked (no endpoint, a failed connection, too slow): as for a call.
-            let code = match s.code() {
-                Code::Unavailable | Code::DeadlineExceeded => s.code(),
-                _ => Code::Unimplemented,
+            // Any other refusal comes from backends that serve reflection (tonic's: NOT_FOUND for a symbol they
+            // lack) and is about this service only.
+            let (code, this_service_only) = match s.code() {
+                Code::Unavailable | Code::DeadlineExceeded => (s.code(), false),
+                Code::Unimplemented => (Code::Unimplemented, false),
+                _ => (Code::Unimplemented, true),
             };
-            Unlearned::new(code, s.message().to_owned())
+            Unlearned { this_service_only, ..Unlearned::new(code, s.message().to_owned()) }
         })?;
         let got = match res.message_response {
             Some(MessageResponse::FileDescriptorResponse(f)) => f.file_descriptor_proto,
-            Some(MessageResponse::ErrorResponse(e)) => return Err(unimplemented(e.error_message)),
+            Some(MessageResponse::ErrorResponse(e)) => {
+                return Err(Unlearned { this_service_only: true, ..unimplemented(e.error_message) });
+            }
             _ => return Err(unimplemented("unexpected answer".into())),
         };
         for raw in got {

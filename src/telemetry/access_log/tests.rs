@@ -140,3 +140,71 @@ fn a_fifo_without_a_reader_holds_up_neither_the_check_nor_start_up() {
     assert!(text.contains(r#""method":"/hello.v1.HelloService/SayHello""#), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn entry(method: &str) -> Entry {
+    Entry {
+        at: UNIX_EPOCH,
+        method: Arc::from(method),
+        peer: None,
+        code: Code::Ok,
+        duration: Duration::ZERO,
+        retries: 0,
+        request_bytes: 0,
+        response_bytes: 0,
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)] // a real pipe, a real writer thread, real readers
+fn a_line_counted_as_dropped_is_never_written_later() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("hello-sidecar-access-log-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("access.pipe");
+    let _ = std::fs::remove_file(&path);
+    let made = std::process::Command::new("mkfifo").arg(&path).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // A log shipper reads one line, then goes away (it restarts, say).
+    let log = AccessLog::start(&Sink::File(path.clone())).expect("a FIFO is a valid sink");
+    let (opened_tx, opened_rx) = mpsc::channel();
+    let first = path.clone();
+    std::thread::spawn(move || {
+        let _ = opened_tx.send(std::fs::File::open(&first));
+    });
+    let first = opened_rx.recv_timeout(Duration::from_secs(20)).expect("the writer opens the pipe").expect("open");
+    log.record(entry("first"));
+    let mut line = String::new();
+    std::io::BufReader::new(first).read_line(&mut line).expect("read");
+    assert!(line.contains(r#""method":"first""#), "{line}");
+    // Now it has closed its end: these lines meet a broken pipe and are counted as dropped.
+    for _ in 0..3 {
+        log.record(entry("while nobody reads"));
+    }
+    wait_for("the lines the closed pipe refused are counted", &|| log.dropped() >= 3);
+    assert_eq!(log.dropped(), 3);
+
+    // The shipper is back: it gets the lines made from now on, and none of the ones counted as lost.
+    let (read_tx, read_rx) = mpsc::channel();
+    let (second_tx, second_rx) = mpsc::channel();
+    let again = path.clone();
+    std::thread::spawn(move || {
+        let reader = std::fs::File::open(&again);
+        let _ = second_tx.send(());
+        let _ = read_tx.send(reader.and_then(std::io::read_to_string));
+    });
+    second_rx.recv_timeout(Duration::from_secs(20)).expect("the second reader opens the pipe");
+    log.record(entry("after"));
+    drop(log);
+    let text = read_rx.recv_timeout(Duration::from_secs(20)).expect("the writer wrote and closed").expect("read");
+    assert!(text.contains(r#""method":"after""#), "{text}");
+    assert!(!text.contains("while nobody reads"), "a line counted as dropped was written after all:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
