@@ -69,10 +69,12 @@ pub fn parse_sink(s: &str) -> Result<Sink, String> {
 /// that a path that cannot be is refused as a bad flag value before anything starts.
 ///
 /// # Errors
-/// The file cannot be opened: its directory is missing, it is a directory, permission is denied.
+/// The file cannot be opened: its directory is missing, it is a directory, permission is denied (for a FIFO,
+/// which is not opened here: this process may not write it).
 pub fn check(sink: &Sink) -> std::io::Result<()> {
     match sink {
-        Sink::File(path) if is_fifo(path) => Ok(()),
+        // Opening a FIFO would wait for its reader; whether this process may write it is asked instead.
+        Sink::File(path) if is_fifo(path) => may_write(path),
         Sink::File(path) => open(path).map(drop),
         Sink::Stdout | Sink::Stderr => Ok(()),
     }
@@ -86,6 +88,16 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
 /// Whether `path` is a named pipe, whose `open` for writing blocks until a reader opens it (fifo(7)).
 fn is_fifo(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Whether this process (its effective user and groups) may write `path`, without opening it (faccessat(2) with
+/// `AT_EACCESS`).
+///
+/// # Errors
+/// `PermissionDenied` when it may not, or the file's lookup error.
+fn may_write(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS).map_err(std::io::Error::from)
 }
 
 /// The sink of a FIFO that could not be opened: it refuses every line, so each is counted as dropped.
