@@ -145,7 +145,9 @@ async fn serve(
         .initial_connection_window_size(8 << 20)
         .initial_stream_window_size(1 << 20)
         .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // The caller is a sidecar, which has no use for `date`; hyper would format and encode it on every call.
+        .auto_date_header(false);
     let graceful = GracefulShutdown::new();
     let (conns_tx, mut conns_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::pin!(shutdown);

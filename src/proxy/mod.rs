@@ -195,7 +195,11 @@ impl Proxy {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(inbound_connection_window(max_streams))
             .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .keep_alive_timeout(Duration::from_secs(20))
+            // No `date` on HTTP/2 answers: gRPC does not use it (grpc-go and gRPC-core send none), and hyper would
+            // format, insert and HPACK-encode it on every call. HTTP/1.1 answers (browsers: grpc-web, Connect)
+            // keep it, as RFC 9110 §6.6.1 asks of a server with a clock.
+            .auto_date_header(false);
         // HTTP/1.1 callers (grpc-web, Connect) get the same header room as HTTP/2 ones: hyper's defaults (100
         // fields, a ~408 KiB read buffer) answer a bare 431 where HTTP/2 reaches the call path, which refuses what
         // is over `--max-header-bytes` with a status that names the size.
