@@ -75,6 +75,7 @@ pub enum RouteError {
 
 /// Parses one flag value: one or more routes separated by whitespace or commas.
 pub fn parse_routes(value: &str) -> Result<Vec<Route>, RouteError> {
+    let value = tight_equals(value);
     let mut raw: Vec<String> = Vec::new();
     for token in value.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()) {
         match raw.last_mut() {
@@ -87,6 +88,20 @@ pub fn parse_routes(value: &str) -> Result<Vec<Route>, RouteError> {
         }
     }
     raw.into_iter().map(|r| parse_route(&r)).collect()
+}
+
+/// `value` without the whitespace around each `=`: `a.B = static:///…` is one route, not three tokens (neither a
+/// service name nor a target URI has `=` or whitespace of its own).
+fn tight_equals(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (i, part) in value.split('=').enumerate() {
+        if i > 0 {
+            out.truncate(out.trim_end().len());
+            out.push('=');
+        }
+        out.push_str(if i > 0 { part.trim_start() } else { part });
+    }
+    out
 }
 
 /// Services answered by the sidecar itself before any route is looked up (`proxy::route`): `grpc.health.v1`
@@ -200,6 +215,14 @@ mod tests {
         assert_eq!(many[0].target, Target::Static(vec!["10.0.0.1:8080".into(), "10.0.0.2:8080".into()]));
         assert_eq!(many[1].service, ServiceMatch::Exact("echo.v1.Echo".into()));
         assert_eq!(many[2].service, ServiceMatch::Any);
+        // Whitespace around `=` does not split a route.
+        let spaced = parse_routes(" a.B = static:///10.0.0.1:80 , * =kubernetes:///rest:80").expect("two routes");
+        assert_eq!(spaced.len(), 2);
+        assert_eq!(spaced[0].service, ServiceMatch::Exact("a.B".into()));
+        assert_eq!(spaced[0].target, Target::Static(vec!["10.0.0.1:80".into()]));
+        assert_eq!(spaced[1].service, ServiceMatch::Any);
+        assert_eq!(tight_equals("=x"), "=x");
+        assert_eq!(tight_equals("a =  b = c"), "a=b=c");
     }
 
     #[test]
