@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::telemetry::LogFormat;
 use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
 
+mod addrs;
 mod inject;
 mod tls;
+pub use self::addrs::check as check_addrs;
 pub use self::inject::{DEFAULT_IMAGE, InjectArgs};
 pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs, check as check_tls};
 
