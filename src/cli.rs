@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::telemetry::LogFormat;
 use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
 
+mod addrs;
 mod inject;
 mod tls;
+pub use self::addrs::check as check_addrs;
 pub use self::inject::{DEFAULT_IMAGE, InjectArgs};
 pub use self::tls::{InboundArgs, ServerTlsArgs, TlsArgs, check as check_tls};
 
@@ -100,7 +102,7 @@ pub struct SidecarArgs {
     pub drain_timeout: Duration,
     /// Worker threads of the proxy: 1 keeps every hop of a call on one thread (lowest latency); 0 means one per
     /// core (most throughput under heavy concurrency).
-    #[arg(long, env = "HELLO_SIDECAR_THREADS", default_value = "1")]
+    #[arg(long, env = "HELLO_SIDECAR_THREADS", default_value = "1", value_parser = parse_threads)]
     pub threads: usize,
     /// Largest header or trailer block passed through, in bytes as HTTP/2 counts them (name + value + 32 per
     /// field); a larger one ends the call with RESOURCE_EXHAUSTED naming the size. Envoy's default is 60 KiB.
@@ -201,6 +203,17 @@ pub struct DemoArgs {
     /// How long the demo runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
+}
+
+/// Most proxy worker threads: far more than any node has cores, and few enough that the runtime's per-thread
+/// allocations cannot abort the process (4294967296 asked for 32 GiB at once).
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        _ => Err(format!("'{s}' is not a thread count from 0 (one per core) to {MAX_THREADS}")),
+    }
 }
 
 /// A keepalive interval: `0` (off) or at least one second (PINGs faster than that only draw GOAWAYs; grpc-go's

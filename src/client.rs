@@ -79,6 +79,12 @@ pub struct BadAddr(String);
 /// A client over one lazily connected channel to `addr` (`host:port` or `http://host:port`).
 pub fn connect(addr: &str) -> Result<HelloServiceClient<Channel>, BadAddr> {
     let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    // A port no server can listen on (0, or past 65535, which `Uri` accepts) is a bad address, not UNAVAILABLE.
+    let parsed = uri.parse::<http::Uri>().ok();
+    let port = parsed.as_ref().and_then(|u| u.authority()?.as_str().rsplit_once(':')).map(|(_, p)| p);
+    if port.is_some_and(|p| !p.contains(']') && p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(BadAddr(addr.to_owned()));
+    }
     let endpoint = Channel::from_shared(uri).map_err(|_| BadAddr(addr.to_owned()))?;
     Ok(HelloServiceClient::new(endpoint.connect_lazy()))
 }

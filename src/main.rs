@@ -60,6 +60,11 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // Two listeners on one port, `inbound` forwarding to itself: bad flag values too, found before binding.
+    if let Err(e) = hello_sidecar::cli::check_addrs(&cli.command) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // `inject` is a filter: no runtime, no logs, YAML on stdout, one line and exit 2 for bad input.
     if let Command::Inject(args) = &cli.command {
         return match inject::run(args) {

@@ -112,11 +112,13 @@ const MAX_ATTEMPTS_CAP: u32 = 5;
 impl ServiceConfig {
     /// Parses a service config from JSON text.
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError {
             path: if e.path().to_string() == "." { "$".into() } else { e.path().to_string() },
             message: e.inner().to_string(),
         })?;
+        // Anything after the config (a second one, a stray paste) would be ignored: refuse it.
+        de.end().map_err(|e| err("$".into(), &e.to_string()))?;
         let mut config = ServiceConfig::default();
         for (i, mc) in raw.method_config.into_iter().enumerate() {
             let at = |field: &str| format!("methodConfig[{i}]{field}");

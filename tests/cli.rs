@@ -259,3 +259,71 @@ fn a_fifo_the_sidecar_may_not_write_is_a_bad_flag_value() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("--access-log") && stderr.contains("Permission denied"), "{stderr}");
 }
+
+/// Values a sweep of every role's flags found taken, ending in a crash or in a process that runs and fails later:
+/// each is a bad flag value, one line naming the flag, exit 2. The sidecar's addresses are ones this machine does
+/// not have, so a sidecar that wrongly starts stops at once.
+#[test]
+fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
+    let away = ["--listen", "192.0.2.1:50051", "--admin", "192.0.2.1:9901"];
+    let sidecar =
+        |extra: &[&'static str]| [&["sidecar", "--target", "static:///127.0.0.1:1"][..], &away, extra].concat();
+    let target = |uri: &'static str| [&["sidecar", "--target", uri][..], &away].concat();
+    let two_configs = "{\"methodConfig\": []} {\"methodConfig\": [{\"timeout\": \"x\"}]}";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // A thread count the runtime cannot allocate: aborted with a backtrace.
+        (sidecar(&["--threads", "4294967296"]), "--threads"),
+        // JSON after the config (two configs in one file, a stray paste): silently ignored.
+        (sidecar(&["--service-config", two_configs]), "--service-config"),
+        // A negative number: clap took it for a flag and named none.
+        (sidecar(&["--default-timeout", "-1s"]), "--default-timeout"),
+        (sidecar(&["--max-concurrent-calls", "-1"]), "--max-concurrent-calls"),
+        // The app's port is the admin port: the admin bind failed (exit 1) once the listener was up.
+        (
+            vec![
+                "sidecar",
+                "--target",
+                "static:///127.0.0.1:1",
+                "--listen",
+                "192.0.2.1:7000",
+                "--admin",
+                "192.0.2.1:7000",
+            ],
+            "--admin",
+        ),
+        (
+            vec![
+                "sidecar",
+                "--target",
+                "static:///127.0.0.1:1",
+                "--listen",
+                "0.0.0.0:7001",
+                "--admin",
+                "192.0.2.1:7001",
+            ],
+            "--admin",
+        ),
+        (vec!["server", "--listen", "192.0.2.1:7002", "--admin", "192.0.2.1:7002"], "--admin"),
+        // A number out of range is no port name (IANA_SVC_NAME needs a letter): it matched no port, ever.
+        (target("kubernetes:///svc.ns:65536"), "--target"),
+        (target("kubernetes:///svc.ns:1-2"), "--target"),
+        // Static hosts that can never resolve: the sidecar ran, retrying discovery for ever.
+        (target("static:///::1"), "--target"),
+        (target("static:///a b:80"), "--target"),
+        (target("static:///a:+80"), "--target"),
+        (target("static:///[::1:80"), "--target"),
+        // A port no server listens on: `call` connected, failed and exited 1 with UNAVAILABLE.
+        (vec!["call", "--addr", "127.0.0.1:65536"], "--addr"),
+        (vec!["call", "--addr", "127.0.0.1:0"], "--addr"),
+    ];
+    // Every case is run, and every one that fails is named.
+    let failed: Vec<String> = cases
+        .iter()
+        .filter_map(|(args, flag)| {
+            let (code, stderr) = run(args, &[]);
+            let ok = code == Some(2) && stderr.trim_end().lines().count() == 1 && stderr.contains(flag);
+            (!ok).then(|| format!("{args:?}: exit {code:?}, not one line naming {flag}: {stderr}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

@@ -429,6 +429,19 @@ fn bad_tls_flags_stop_with_one_line_naming_the_flag() {
                 .collect(),
             "--allow",
         ),
+        (
+            // Forwarding to its own listener (an address this machine does not have, so no hang were it taken).
+            [
+                &["inbound", "--listen", "192.0.2.1:8443", "--admin", "192.0.2.1:9903", "--forward", "192.0.2.1:8443"]
+                    [..],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["--tls-cert", s(&crt), "--tls-key", s(&key), "--tls-ca", s(&ca_file)])
+            .chain(["--allow", "spiffe://td/ns/a/*"])
+            .collect(),
+            "--forward",
+        ),
     ];
     for (args, flag) in cases {
         let out = Command::new(common::BIN).args(&args).output().unwrap();

@@ -44,9 +44,10 @@ impl std::str::FromStr for Target {
             let hosts: Vec<String> = rest.split(',').map(str::trim).map(str::to_owned).collect();
             for h in &hosts {
                 let (host, port) = h.rsplit_once(':').ok_or_else(|| err("each host needs a :port"))?;
-                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                if host.is_empty() || !is_port_number(port) {
                     return Err(err("each entry must be host:port with a port from 1 to 65535"));
                 }
+                check_static_host(host).map_err(err)?;
             }
             return Ok(Target::Static(hosts));
         }
@@ -62,7 +63,7 @@ impl std::str::FromStr for Target {
             let port = match port.parse::<u16>() {
                 Ok(0) => return Err(err("port 0 is not a port")),
                 Ok(n) => PortRef::Number(n),
-                Err(_) if is_dns_label(port) && port.len() <= 15 => PortRef::Name(port.to_owned()),
+                Err(_) if is_port_name(port) => PortRef::Name(port.to_owned()),
                 Err(_) => return Err(err("the port must be a number or a port name")),
             };
             return Ok(Target::Kubernetes {
@@ -114,6 +115,36 @@ impl fmt::Display for Target {
     }
 }
 
+/// A port number as written in a URI (RFC 3986 §3.2.3: digits only), 1 to 65535.
+fn is_port_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// A Kubernetes port name (IANA_SVC_NAME, `validation.IsValidPortName`): at most 15 lower-case alphanumerics or
+/// '-', at least one letter, no "--", not starting or ending with '-'. Without the letter rule `65536` or `1-2`
+/// would be taken for a name that no EndpointSlice port ever has.
+fn is_port_name(s: &str) -> bool {
+    is_dns_label(s) && s.len() <= 15 && s.bytes().any(|b| b.is_ascii_lowercase()) && !s.contains("--")
+}
+
+/// A static host that can resolve: `[IPv6]`, or an IPv4 address or DNS name (letters, digits, '-', '.', '_').
+/// An unbracketed IPv6 address is refused: `::1:80` would split as host `::1`, port 80 or as host `::`, port 1.
+fn check_static_host(host: &str) -> Result<(), &'static str> {
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<std::net::Ipv6Addr>) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err("a bracketed host must be an IPv6 address, e.g. [::1]:8080"),
+        };
+    }
+    if host.contains(':') {
+        return Err("an IPv6 address goes in brackets, e.g. [::1]:8080");
+    }
+    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        return Err("a host is an IPv4 address, a DNS name or a bracketed IPv6 address");
+    }
+    Ok(())
+}
+
 /// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric, at most 63.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -160,6 +191,15 @@ mod tests {
             "kubernetes:///Hello.default:grpc",
             "kubernetes:///hello.default:0",
             "kubernetes:///hello.default:a-very-long-port-name",
+            "kubernetes:///hello.default:65536",
+            "kubernetes:///hello.default:1-2",
+            "kubernetes:///hello.default:g--rpc",
+            "static:///::1",
+            "static:///::1:8080",
+            "static:///[::1:8080",
+            "static:///[zz]:8080",
+            "static:///a b:8080",
+            "static:///host:+80",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
