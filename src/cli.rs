@@ -27,6 +27,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command-line parser: clap's, with one setting more in every role. A negative number after a flag
+    /// (`--max-concurrent-calls -1`, `--default-timeout -1`) is that flag's value: it reaches the flag's own parser,
+    /// whose error names the flag, where clap would take it for an unknown flag and name none. Other values that
+    /// start with `-` are still flags, so a missing value (`--target --listen …`, an empty variable in a pod spec)
+    /// is still "a value is required for '--target'".
+    pub fn parser() -> clap::Command {
+        <Self as clap::CommandFactory>::command()
+            .allow_negative_numbers(true)
+            .mut_subcommands(|s| s.allow_negative_numbers(true))
+    }
+
+    /// Parses a command line (program name first) with [`Cli::parser`].
+    ///
+    /// # Errors
+    /// clap's error for a bad flag or value (and for `--help` and `--version`, which are not failures).
+    pub fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut matches = Self::parser().try_get_matches_from(args)?;
+        <Self as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
+    }
+}
+
 /// The roles of the one binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {

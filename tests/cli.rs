@@ -276,8 +276,10 @@ fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
         // JSON after the config (two configs in one file, a stray paste): silently ignored.
         (sidecar(&["--service-config", two_configs]), "--service-config"),
         // A negative number: clap took it for a flag and named none.
-        (sidecar(&["--default-timeout", "-1s"]), "--default-timeout"),
+        (sidecar(&["--default-timeout", "-1"]), "--default-timeout"),
         (sidecar(&["--max-concurrent-calls", "-1"]), "--max-concurrent-calls"),
+        // A missing value (an empty variable in a pod spec) is still named as missing, not taken from the next flag.
+        (vec!["sidecar", "--target", "--listen", "192.0.2.1:50051"], "--target"),
         // The app's port is the admin port: the admin bind failed (exit 1) once the listener was up.
         (
             vec![

@@ -2,7 +2,7 @@
 //! so a bad `--sidecar-arg`, a flag given twice or clashing ports stop `inject` (one line, exit 2) instead of
 //! shipping a pod whose sidecar crash-loops.
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 
 use crate::cli::{Cli, Command};
 
@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 /// Errors: one line, e.g. `the argument '--listen <LISTEN>' cannot be used multiple times`.
 pub fn sidecar_args(args: &[String]) -> Result<(), String> {
     let for_parser = inline_only(args);
-    let command = Cli::command().mut_args(|a| a.env(None)).mut_subcommand("sidecar", |s| s.mut_args(|a| a.env(None)));
+    let command = Cli::parser().mut_args(|a| a.env(None)).mut_subcommand("sidecar", |s| s.mut_args(|a| a.env(None)));
     let parsed = command
         .try_get_matches_from(std::iter::once("hello-sidecar".to_owned()).chain(for_parser))
         .and_then(|m| Cli::from_arg_matches(&m))
