@@ -103,13 +103,13 @@ pub struct SidecarArgs {
     #[arg(long, env = "HELLO_SIDECAR_KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Deadline applied to (and forwarded with) a call that carries no grpc-timeout.
-    #[arg(long, env = "HELLO_SIDECAR_DEFAULT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HELLO_SIDECAR_DEFAULT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub default_timeout: Duration,
     /// How long a call waits for a usable endpoint before UNAVAILABLE (never longer than its deadline).
     #[arg(long, env = "HELLO_SIDECAR_FAILFAST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub failfast_timeout: Duration,
     /// Timeout of one TCP connect + HTTP/2 handshake to a backend.
-    #[arg(long, env = "HELLO_SIDECAR_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HELLO_SIDECAR_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
     /// Calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_CALLS", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
@@ -248,6 +248,15 @@ fn parse_keepalive(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() || d >= Duration::from_secs(1) => Ok(d),
         _ => Err("must be 0 (off) or at least 1s".into()),
+    }
+}
+
+/// A duration that must not be zero: a zero default deadline would end every call that carries none at once, and a
+/// zero connect timeout would fail every connect (`--failfast-timeout 0`, not waiting for an endpoint, is a choice).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
     }
 }
 

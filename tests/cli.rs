@@ -278,6 +278,9 @@ fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
         // A negative number: clap took it for a flag and named none.
         (sidecar(&["--default-timeout", "-1"]), "--default-timeout"),
         (sidecar(&["--max-concurrent-calls", "-1"]), "--max-concurrent-calls"),
+        // A zero deadline ends every call at once; a zero connect timeout fails every connect.
+        (sidecar(&["--default-timeout", "0s"]), "--default-timeout"),
+        (sidecar(&["--connect-timeout", "0"]), "--connect-timeout"),
         // A missing value (an empty variable in a pod spec) is still named as missing, not taken from the next flag.
         (vec!["sidecar", "--target", "--listen", "192.0.2.1:50051"], "--target"),
         // The app's port is the admin port: the admin bind failed (exit 1) once the listener was up.

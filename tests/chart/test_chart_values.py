@@ -148,6 +148,10 @@ def test_a_descriptor_set_config_map_is_mounted_in_the_sidecar_next_to_its_certi
         {"sidecar": {"ejectAfter": 0}},
         {"sidecar": {"threads": -1}},
         {"sidecar": {"failfastTimeout": "soon"}},
+        # A zero default deadline or connect timeout: the sidecar refuses both (exit 2).
+        {"sidecar": {"defaultTimeout": "0s"}},
+        {"sidecar": {"connectTimeout": "0"}},
+        {"sidecar": {"defaultTimeout": "0m0.0s"}},
         {"sidecar": {"descriptorSetConfigMap": "Not A Name"}},
         {"monitoring": {"podMonitor": {"enabled": "yes"}}},
         {"monitoring": {"grafana": {}}},
