@@ -24,7 +24,7 @@ pub struct InjectArgs {
     #[arg(long, value_parser = check_route)]
     pub route: Vec<String>,
     /// Image of the sidecar.
-    #[arg(long, default_value = DEFAULT_IMAGE)]
+    #[arg(long, default_value = DEFAULT_IMAGE, value_parser = check_image)]
     pub image: String,
     /// Where the app calls the sidecar.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -44,7 +44,7 @@ pub struct InjectArgs {
     #[arg(long)]
     pub rbac: bool,
     /// Namespace of objects that name none (where `kubectl apply` would put them).
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, default_value = "default", value_parser = check_namespace)]
     pub namespace: String,
 }
 
@@ -54,6 +54,28 @@ impl InjectArgs {
         let routes = self.route.iter().filter_map(|r| r.split_once('=')).map(|(_, uri)| uri);
         self.target.iter().map(String::as_str).chain(routes).filter_map(|uri| uri.parse().ok()).collect()
     }
+}
+
+/// A container image reference: not empty, no whitespace (the kubelet cannot pull `''` or `a b`).
+fn check_image(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(format!("'{s}' is not an image reference (e.g. {DEFAULT_IMAGE})"));
+    }
+    Ok(s.to_owned())
+}
+
+/// A namespace name: an RFC 1123 label (lower-case alphanumerics and '-', at most 63, alphanumeric at both ends),
+/// as the API server requires.
+fn check_namespace(s: &str) -> Result<String, String> {
+    let label = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !label {
+        return Err(format!("'{s}' is not a namespace name (lower-case letters, digits and '-', at most 63)"));
+    }
+    Ok(s.to_owned())
 }
 
 fn check_target(s: &str) -> Result<String, String> {

@@ -156,6 +156,10 @@ def test_the_default_image_is_the_one_the_chart_names():
         ("kind: Pod\nspec: {containers: []}\n", ["--target", "http://x"], "--target"),
         ("kind: Pod\nspec: {containers: []}\n", ["--route", "acme.Orders"], "--route"),
         ("kind: Pod\nspec: {containers: []}\n", ["/no/such/file.yaml"], "cannot read /no/such/file.yaml"),
+        # Values the kubelet or the API server would refuse once applied.
+        ("kind: Pod\nspec: {containers: []}\n", ["--target", TARGET, "--image="], "--image"),
+        ("kind: Pod\nspec: {containers: []}\n", ["--target", TARGET, "--namespace=Shop"], "--namespace"),
+        ("kind: Pod\nspec: {containers: []}\n", ["--target", TARGET, "-n", ""], "--namespace"),
     ],
 )
 def test_bad_input_stops_with_one_line_and_exit_2(text, args, says):
