@@ -90,6 +90,21 @@ async fn a_hung_backend_cannot_hold_a_call_past_its_deadline() {
     assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(6), "took {took:?}");
 }
 
+/// The backend fixture ends a call whose `grpc-timeout` passed with `DEADLINE_EXCEEDED`, as gRPC servers do
+/// (gRPC status code doc; grpc-go, gRPC-core). tonic's own timer answers `CANCELLED` "Timeout expired", and since
+/// the sidecar forwards the time left, that answer races the sidecar's own deadline: a caller of the sidecar got
+/// `CANCELLED` for a deadline about a third of the time (and the test above failed as often).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_fixture_answers_its_expired_deadline_deadline_exceeded() {
+    let hung = Backend::start("hung-direct", &["--delay", "1h"]);
+    let with_deadline = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "100m")];
+    let body = grpc_frame(&hello_request("x"));
+    for _ in 0..5 {
+        let r = raw_request(hung.addr, true, "/hello.v1.HelloService/SayHello", &with_deadline, body.clone()).await;
+        assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded as i32), "{r:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_reachable_is_unavailable_naming_the_target_never_a_hang() {
     let nowhere = format!("static:///{}:1", fresh_ip());

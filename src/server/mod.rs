@@ -9,6 +9,7 @@
 //!   overrides by metadata.
 //! - Health and reflection served; SIGTERM flips health to NOT_SERVING, then drains calls in flight.
 
+pub mod deadline;
 pub mod faults;
 pub mod tls;
 
@@ -239,6 +240,8 @@ pub async fn run(
         // metadata.
         .http2_max_header_list_size(16 << 20)
         .layer(tower::util::MapRequestLayer::new(keep_scheme))
+        // Inside tonic's own grpc-timeout timer, which would answer CANCELLED: see `deadline`.
+        .layer(deadline::DeadlineLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(HelloServiceServer::new(hello))
