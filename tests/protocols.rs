@@ -193,14 +193,11 @@ async fn malformed_grpc_web_text_is_the_callers_error_not_the_endpoints() {
     assert_eq!(reply.into_inner().message, "Hello, after!");
 }
 
-/// The README's table: gRPC-web is "translated: the same answers", and `grpc.health.v1.Health` is answered by the
-/// sidecar itself. Over gRPC-web (binary, HTTP/1.1 — a browser's health probe) `Check("")` gets `UNIMPLEMENTED`
-/// "no route for /grpc.health.v1.Health/Check … (grpc.health.v1.Health and reflection are answered here)" instead
-/// (and Connect gets 501 with the same message): the translated call is forwarded, never handed to the local
-/// health service. Ignored until the translated paths reach the local services.
+/// The README's table: gRPC-web and Connect are "translated: the same answers", and `grpc.health.v1.Health` is
+/// answered by the sidecar itself. A translated call to it used to be forwarded and get `UNIMPLEMENTED` "no route
+/// for /grpc.health.v1.Health/Check … (grpc.health.v1.Health and reflection are answered here)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: gRPC-web and Connect calls to grpc.health.v1.Health get UNIMPLEMENTED (no route)"]
-async fn grpc_web_health_checks_are_answered_by_the_sidecar() {
+async fn grpc_web_and_connect_health_checks_are_answered_by_the_sidecar() {
     let (_b, s) = cluster();
     let r = raw_request(
         s.addr,
@@ -216,4 +213,17 @@ async fn grpc_web_health_checks_are_answered_by_the_sidecar() {
     assert!(trailers.contains("grpc-status: 0"), "{trailers:?} {r:?}");
     // HealthCheckResponse { status: SERVING }
     assert_eq!(payloads, vec![vec![0x08, 0x01]], "{r:?}");
+
+    // Connect JSON (a probe written with curl): the health schema is compiled in.
+    let r = raw_request(
+        s.addr,
+        false,
+        "/grpc.health.v1.Health/Check",
+        &[("content-type", "application/json")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON reply");
+    assert_eq!(reply, serde_json::json!({"status": "SERVING"}), "{r:?}");
 }

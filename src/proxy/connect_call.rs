@@ -106,7 +106,7 @@ impl Proxy {
             h.insert("grpc-timeout", t);
         }
         parts.version = Version::HTTP_2;
-        let res = self.forward(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
+        let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
 
         let (parts, body) = res.into_parts();
         let collected = match body.collect().await {

@@ -54,7 +54,7 @@ pub type Balancer = crate::balance::Balancer<UpstreamRequestBody>;
 pub type Attempt = crate::balance::Attempt<UpstreamRequestBody>;
 
 /// A gRPC service answered inside the sidecar (health, reflection).
-pub type LocalService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
+pub type LocalService = BoxCloneSyncService<Request<RequestBody>, Response<tonic::body::Body>, Infallible>;
 
 /// Per-call policy.
 #[derive(Debug, Clone)]
@@ -134,11 +134,7 @@ impl Proxy {
             Ok(Route::GrpcWeb(mode)) => self.grpc_web(req, mode).await,
             Ok(Route::Connect(codec)) => self.connect(req, codec).await,
             Ok(Route::Preflight) => web::preflight(req.headers()),
-            Ok(Route::Health) => local(&self.health, req).await,
-            Ok(Route::Reflection) if req.uri().path().contains(".v1alpha.") => {
-                local(&self.reflection_v1alpha, req).await
-            }
-            Ok(Route::Reflection) => local(&self.reflection, req).await,
+            Ok(Route::Health | Route::Reflection) => self.grpc(req.map(RequestBody::Incoming)).await,
             Err(e) => {
                 if let ProxyError::Unimplemented(_) = &e {
                     self.metrics.record_call(OTHER_METHOD, e.code(), Duration::ZERO);
@@ -151,6 +147,17 @@ impl Proxy {
             }
         };
         Ok(res)
+    }
+
+    /// A gRPC call, as the app sent it or translated from grpc-web or Connect: health and reflection are answered
+    /// here ([`route::of_grpc_path`]), everything else is forwarded.
+    pub(super) async fn grpc(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
+        match route::of_grpc_path(req.uri().path()) {
+            Route::Health => local(&self.health, req).await,
+            Route::Reflection if req.uri().path().contains(".v1alpha.") => local(&self.reflection_v1alpha, req).await,
+            Route::Reflection => local(&self.reflection, req).await,
+            _ => self.forward(req).await,
+        }
     }
 
     /// The interned metrics label of a method path: one allocation per distinct label, not per call, and a
@@ -293,7 +300,7 @@ fn is_known_method(path: &str) -> bool {
     pool.get_service_by_name(service).is_some_and(|s| s.methods().any(|m| m.name() == method))
 }
 
-async fn local(svc: &LocalService, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn local(svc: &LocalService, req: Request<RequestBody>) -> Response<ResponseBody> {
     match svc.clone().oneshot(req).await {
         Ok(res) => res.map(ResponseBody::local),
         Err(never) => match never {},

@@ -47,14 +47,20 @@ pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
     if req.version() != Version::HTTP_2 {
         return Err(ProxyError::Http1);
     }
+    Ok(of_grpc_path(path))
+}
+
+/// Where a gRPC call goes by its `:path`, whether the app sent it as gRPC or it was translated from grpc-web or
+/// Connect: health and reflection are answered here, everything else is forwarded.
+pub fn of_grpc_path(path: &str) -> Route {
     if path.starts_with("/grpc.health.v1.Health/") {
-        Ok(Route::Health)
+        Route::Health
     } else if path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
     {
-        Ok(Route::Reflection)
+        Route::Reflection
     } else {
-        Ok(Route::Forward)
+        Route::Forward
     }
 }
 

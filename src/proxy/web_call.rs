@@ -29,7 +29,7 @@ impl Proxy {
             Mode::Binary => RequestBody::Incoming(body),
             Mode::Text => RequestBody::Base64(Base64Decode::new(body)),
         };
-        let res = self.forward(Request::from_parts(parts, body)).await;
+        let res = self.grpc(Request::from_parts(parts, body)).await;
         let (mut parts, body) = res.into_parts();
         parts.headers.insert(header::CONTENT_TYPE, web::content_type(mode));
         web::add_cors(&mut parts.headers, origin.as_ref());

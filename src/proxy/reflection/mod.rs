@@ -33,8 +33,8 @@ use std::{
 
 use parking_lot::Mutex;
 
+use crate::proxy::request_body::RequestBody;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use prost_reflect::DescriptorPool;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -52,7 +52,7 @@ pub use self::upstream::Version;
 use crate::{proxy::Balancer, routes::RouteTable};
 
 /// A reflection service as the proxy mounts it (the same shape as its other local services).
-pub type ReflectionService = BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, Infallible>;
+pub type ReflectionService = BoxCloneSyncService<Request<RequestBody>, Response<tonic::body::Body>, Infallible>;
 
 /// What reflection knows: the schemas held here, the routes, and which version each target speaks.
 pub struct Reflector {
@@ -96,7 +96,7 @@ impl Reflector {
     /// extension, so it is the version tried first at the backends.
     pub fn services(self: &Arc<Self>) -> (ReflectionService, ReflectionService) {
         let server = ServerReflectionServer::new(Handler(self.clone()));
-        let v1alpha = server.clone().map_request(|mut req: Request<Incoming>| {
+        let v1alpha = server.clone().map_request(|mut req: Request<RequestBody>| {
             *req.uri_mut() = Uri::from_static(Version::V1.path());
             req.extensions_mut().insert(Version::V1Alpha);
             req
