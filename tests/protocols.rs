@@ -137,6 +137,22 @@ async fn connect_errors_use_connects_json_and_http_statuses() {
     .await;
     assert_eq!(unknown.status, 501);
     assert!(String::from_utf8_lossy(&unknown.body).contains("unimplemented"));
+
+    // The Connect protocol: an unsupported Content-Encoding is `unimplemented` (not a body read as JSON), and a
+    // Connect-Protocol-Version other than 1 is `invalid_argument`; identity and version 1 pass.
+    let body = br#"{"name":"x"}"#.to_vec();
+    let gzip = connect_call(&s, "application/json", body.clone(), &[("content-encoding", "gzip")]).await;
+    assert_eq!(gzip.status, 501, "{gzip:?}");
+    let v: Value = serde_json::from_slice(&gzip.body).expect("json");
+    assert_eq!(v["code"], "unimplemented", "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("gzip")), "{v}");
+    let identity = connect_call(&s, "application/json", body.clone(), &[("content-encoding", "identity")]).await;
+    assert_eq!(identity.status, 200, "{identity:?}");
+    let v2 = [("content-type", "application/json"), ("connect-protocol-version", "2")];
+    let version = raw_request(s.addr, false, PATH, &v2, body).await;
+    assert_eq!(version.status, 400, "{version:?}");
+    let v: Value = serde_json::from_slice(&version.body).expect("json");
+    assert_eq!(v["code"], "invalid_argument", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

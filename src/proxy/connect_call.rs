@@ -33,6 +33,9 @@ impl Proxy {
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
         let start = Instant::now();
         let path = req.uri().path().to_owned();
+        if let Some((code, msg)) = unsupported(req.headers()) {
+            return self.refused(&path, start, code, &msg);
+        }
         let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
         // Set when the schema was learned from this target's backends: refreshed if a message does not map.
         let mut learned_from = None;
@@ -200,6 +203,25 @@ impl Proxy {
             }
             Err(Unlearned { code, why, .. }) => Err((code, format!("{path}: {why}"))),
         }
+    }
+}
+
+/// What the Connect protocol says a server must refuse before reading the body: a `Content-Encoding` it does not
+/// support (`unimplemented`; the sidecar takes identity only) and a `Connect-Protocol-Version` other than `1`
+/// (`invalid_argument`, as connect-go answers).
+fn unsupported(headers: &HeaderMap) -> Option<(Code, String)> {
+    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    if let Some(encoding) =
+        headers.get(header::CONTENT_ENCODING).filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        let msg = format!("content-encoding {:?} is not supported: send the request uncompressed", text(encoding));
+        return Some((Code::Unimplemented, msg));
+    }
+    match headers.get("connect-protocol-version") {
+        Some(v) if v.as_bytes() != b"1" => {
+            Some((Code::InvalidArgument, format!("connect-protocol-version must be \"1\", not {:?}", text(v))))
+        }
+        _ => None,
     }
 }
 
