@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::TypedValueParser};
 
 pub use crate::telemetry::LogFormat;
 use crate::{discovery::Target, routes::Route, service_config::ServiceConfig};
@@ -91,7 +91,8 @@ pub struct SidecarArgs {
     pub routes: Vec<Vec<Route>>,
     /// Per-method policy in the standard gRPC service config format (methodConfig: timeout, waitForReady,
     /// retryPolicy): a file, or the JSON itself.
-    #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_parser = parse_service_config, value_name = "FILE|JSON")]
+    #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_name = "FILE|JSON",
+          value_parser = clap::builder::OsStringValueParser::new().try_map(parse_service_config))]
     pub service_config: Option<ServiceConfig>,
     /// Message types for Connect JSON (and reflection) of routed services: a FileDescriptorSet as `protoc -o` or
     /// `buf build -o` writes it. Repeatable; HELLO_SIDECAR_DESCRIPTOR_SET may list several, comma-separated.
@@ -146,7 +147,8 @@ pub struct SidecarArgs {
     /// Access log, off unless given: one JSON line per call (method, target, endpoint, status, duration, retries,
     /// bytes) to stdout, stderr or a file (appended to). Lines the writer cannot keep up with are dropped and counted
     /// (hello_sidecar_access_log_dropped_total), never waited for.
-    #[arg(long, env = "HELLO_SIDECAR_ACCESS_LOG", value_name = "stdout|stderr|PATH", value_parser = crate::telemetry::access_log::parse_sink)]
+    #[arg(long, env = "HELLO_SIDECAR_ACCESS_LOG", value_name = "stdout|stderr|PATH",
+          value_parser = clap::builder::OsStringValueParser::new().try_map(crate::telemetry::access_log::parse_sink_os))]
     pub access_log: Option<crate::telemetry::access_log::Sink>,
     /// Address family to call a dual-stack pod on: auto (IPv4 when the pod has one), ipv4 or ipv6.
     #[arg(long, env = "HELLO_SIDECAR_IP_FAMILY", value_enum, default_value = "auto")]
@@ -314,11 +316,14 @@ fn parse_routes(s: &str) -> Result<Vec<Route>, String> {
     crate::routes::parse_routes(s).map_err(|e| e.to_string())
 }
 
-fn parse_service_config(s: &str) -> Result<ServiceConfig, String> {
-    let json = if s.trim_start().starts_with('{') {
-        s.to_owned()
-    } else {
-        std::fs::read_to_string(s).map_err(|e| format!("cannot read {s}: {e}"))?
+/// `--service-config`: inline JSON, or a file to read (its name need not be UTF-8, as any Linux path).
+fn parse_service_config(s: std::ffi::OsString) -> Result<ServiceConfig, String> {
+    let json = match s.to_str() {
+        Some(text) if text.trim_start().starts_with('{') => text.to_owned(),
+        _ => {
+            let path = std::path::Path::new(&s);
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
     };
     ServiceConfig::parse(&json).map_err(|e| e.to_string())
 }

@@ -332,3 +332,30 @@ fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+#[test]
+fn a_path_that_is_not_utf8_is_a_path() {
+    // Linux file names are bytes: a name that is not UTF-8 is read (or refused) as a file, naming the flag, not
+    // refused as "invalid UTF-8 was detected" with no flag named.
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(b"/nonexistent-\xff/config.json");
+    let out = Command::new(common::BIN)
+        .args(["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "192.0.2.1:50051", "--service-config"])
+        .arg(name)
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--service-config") && stderr.contains("cannot read"), "{stderr}");
+
+    let out = Command::new(common::BIN)
+        .args(["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "192.0.2.1:50051", "--access-log"])
+        .arg(std::ffi::OsStr::from_bytes(b"/nonexistent-\xff/access.log"))
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--access-log"), "{stderr}");
+}

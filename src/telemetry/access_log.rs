@@ -65,6 +65,14 @@ pub fn parse_sink(s: &str) -> Result<Sink, String> {
     }
 }
 
+/// Parses `--access-log` as given on the command line: a file name need not be UTF-8 (any Linux path).
+pub fn parse_sink_os(s: std::ffi::OsString) -> Result<Sink, String> {
+    match s.to_str() {
+        Some(text) => parse_sink(text),
+        None => Ok(Sink::File(s.into())),
+    }
+}
+
 /// Whether `sink` can be opened for appending (a file is created if missing, as [`AccessLog::start`] would), so
 /// that a path that cannot be is refused as a bad flag value before anything starts.
 ///
