@@ -153,6 +153,28 @@ async fn connect_errors_use_connects_json_and_http_statuses() {
     assert_eq!(version.status, 400, "{version:?}");
     let v: Value = serde_json::from_slice(&version.body).expect("json");
     assert_eq!(v["code"], "invalid_argument", "{v}");
+
+    // A Connect GET (the protocol's form for side-effect-free methods) is not translated: Connect's answer, not 415.
+    let get = raw_get(s.addr, &format!("{PATH}?connect=v1&encoding=json&message=%7B%7D")).await;
+    assert_eq!(get.status, 501, "{get:?}");
+    let v: Value = serde_json::from_slice(&get.body).expect("json");
+    assert_eq!(v["code"], "unimplemented", "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("POST")), "{v}");
+}
+
+/// A bare HTTP/1.1 GET of `path_and_query`.
+async fn raw_get(addr: std::net::SocketAddr, path_and_query: &str) -> RawResponse {
+    use http_body_util::{BodyExt, Empty};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path_and_query).header("host", "localhost").body(Empty::<bytes::Bytes>::new());
+    let res = send.send_request(req.expect("request")).await.expect("response");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    RawResponse { status, headers, body, trailers: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

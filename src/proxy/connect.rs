@@ -38,6 +38,21 @@ impl Codec {
         }
     }
 
+    /// The codec of a Connect GET request (`?connect=v1&encoding=json&message=…`, the Connect protocol's form for
+    /// side-effect-free methods), if the query is one.
+    pub fn of_get_query(query: Option<&str>) -> Option<Self> {
+        let mut connect = false;
+        let mut codec = Codec::Json;
+        for (key, value) in query?.split('&').filter_map(|p| p.split_once('=')) {
+            match (key, value) {
+                ("connect", "v1") => connect = true,
+                ("encoding", "proto") => codec = Codec::Proto,
+                _ => {}
+            }
+        }
+        connect.then_some(codec)
+    }
+
     /// The response content-type.
     pub fn content_type(self) -> &'static str {
         match self {

@@ -33,6 +33,10 @@ impl Proxy {
     async fn connect_inner(&self, req: Request<Incoming>, codec: Codec) -> Response<ResponseBody> {
         let start = Instant::now();
         let path = req.uri().path().to_owned();
+        if req.method() == http::Method::GET {
+            let msg = "Connect GET requests are not translated: send the call as a POST (unary Connect)";
+            return self.refused(&path, start, Code::Unimplemented, msg);
+        }
         if let Some((code, msg)) = unsupported(req.headers()) {
             return self.refused(&path, start, code, &msg);
         }

@@ -39,6 +39,10 @@ pub fn route<B>(req: &Request<B>) -> Result<Route, ProxyError> {
     if let Some(codec) = Codec::of(ct).filter(|_| req.method() == Method::POST) {
         return Ok(Route::Connect(codec));
     }
+    // A Connect GET: answered in Connect's error format (the sidecar translates POST only), not as "not gRPC".
+    if let Some(codec) = Codec::of_get_query(req.uri().query()).filter(|_| req.method() == Method::GET) {
+        return Ok(Route::Connect(codec));
+    }
     let is_grpc =
         ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;");
     if !is_grpc {
@@ -100,6 +104,12 @@ mod tests {
         assert_eq!(route(&req(p, Some("application/proto"), Version::HTTP_2)).ok(), Some(Route::Connect(Codec::Proto)));
         let other = req("/x.Y/Z", Some("application/grpc-web"), Version::HTTP_11);
         assert_eq!(route(&other).ok(), Some(Route::GrpcWeb(web::Mode::Binary)));
+        // A Connect GET is Connect's to answer; any other GET is not gRPC.
+        let get = |uri: &str| Request::get(uri).body(()).unwrap_or_else(|e| panic!("{e}"));
+        let connect_get = get("/a.B/C?connect=v1&encoding=proto&message=AA");
+        assert_eq!(route(&connect_get).ok(), Some(Route::Connect(Codec::Proto)));
+        assert_eq!(route(&get("/a.B/C?connect=v1&message=%7B%7D")).ok(), Some(Route::Connect(Codec::Json)));
+        assert!(matches!(route(&get("/a.B/C")), Err(ProxyError::NotGrpc(_))));
     }
 
     #[test]
