@@ -36,14 +36,23 @@ app.kubernetes.io/name: {{ include "hello-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+"<fullname>-<suffix>" within 63 characters: the full name is cut, never the suffix, so that names with different
+suffixes stay different however long the release name (Helm allows 53 characters). Called with (list . suffix).
+*/}}
+{{- define "hello-sidecar.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- printf "%s-%s" (include "hello-sidecar.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
 {{/* Backend resource name. */}}
 {{- define "hello-sidecar.backendName" -}}
-{{- printf "%s-backend" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "backend") }}
 {{- end }}
 
 {{/* Client resource name. */}}
 {{- define "hello-sidecar.clientName" -}}
-{{- printf "%s-client" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "client") }}
 {{- end }}
 
 {{/* The client's service account. */}}
