@@ -189,13 +189,13 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
     - name: HELLO_SIDECAR_CONNECT_TIMEOUT
       value: {{ $s.connectTimeout | quote }}
     - name: HELLO_SIDECAR_MAX_CONCURRENT_CALLS
-      value: {{ $s.maxConcurrentCalls | quote }}
+      value: {{ int64 $s.maxConcurrentCalls | quote }}
     - name: HELLO_SIDECAR_MAX_MESSAGE_BYTES
       value: {{ int64 $s.maxMessageBytes | quote }}
     - name: HELLO_SIDECAR_RETRY_BUDGET
       value: {{ $s.retryBudget | quote }}
     - name: HELLO_SIDECAR_EJECT_AFTER
-      value: {{ $s.ejectAfter | quote }}
+      value: {{ int64 $s.ejectAfter | quote }}
     - name: HELLO_SIDECAR_MAX_HEADER_BYTES
       value: {{ int64 $s.maxHeaderBytes | quote }}
     - name: HELLO_SIDECAR_KEEPALIVE_INTERVAL
