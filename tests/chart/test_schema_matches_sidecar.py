@@ -73,3 +73,29 @@ def test_a_million_renders_as_an_integer_not_1e06():
     test_pod = find(docs, "Pod")[0]
     args = [a for c in test_pod["spec"]["containers"] for a in c.get("args", [])]
     assert "--count=1000000" in args, args
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # A flag on the command line beats its HELLO_SIDECAR_* variable without a word: --admin elsewhere than
+        # adminPort leaves the probes and monitors on a closed port (the pod never gets ready); --listen elsewhere
+        # than listen leaves the app calling a closed port; a --target or --route there gets no RBAC (the watch is
+        # forbidden and every call UNAVAILABLE).
+        {"sidecar": {"extraArgs": ["--admin=0.0.0.0:9999"]}},
+        {"sidecar": {"extraArgs": ["--listen=127.0.0.1:6000"]}},
+        {"sidecar": {"extraArgs": ["--route=acme.orders.v1.OrderService=kubernetes:///orders.billing:grpc"]}},
+        {"sidecar": {"extraArgs": ["--target=kubernetes:///hello.other:grpc"]}},
+        # The same through an environment variable after the chart's own (the last of two with one name wins).
+        {"sidecar": {"extraEnv": [{"name": "HELLO_SIDECAR_ROUTE", "value": "acme.X=kubernetes:///x.other:grpc"}]}},
+        {"sidecar": {"extraEnv": [{"name": "HELLO_SIDECAR_ADMIN", "value": "0.0.0.0:9999"}]}},
+    ],
+)
+def test_the_schema_refuses_extra_flags_that_bypass_the_charts_wiring(bad):
+    with pytest.raises(helm.HelmError):
+        validate(bad)
+
+
+def test_extra_flags_the_chart_does_not_wire_stay_allowed():
+    validate({"sidecar": {"extraArgs": ["--retry-budget=0.1", "--ewma-decay=2s"],
+                          "extraEnv": [{"name": "HELLO_SIDECAR_RETRY_BUDGET", "value": "0.1"}, {"name": "TZ", "value": "UTC"}]}})
