@@ -21,6 +21,10 @@ def route(target: str) -> dict:
         {"sidecar": {"listen": "127.999.0.1:50051"}},
         # --threads: "not a thread count from 0 (one per core) to 1024".
         {"sidecar": {"threads": 2000}},
+        # --keepalive-interval: "must be 0 (off) or at least 1s" (src/cli.rs parse_keepalive).
+        {"sidecar": {"keepaliveInterval": "500ms"}},
+        {"sidecar": {"keepaliveInterval": "0.5s"}},
+        {"sidecar": {"keepaliveInterval": "999ms"}},
         # --max-concurrent-calls and --eject-after are u32.
         {"sidecar": {"maxConcurrentCalls": 2**32}},
         {"sidecar": {"ejectAfter": 2**32}},
@@ -49,6 +53,12 @@ def test_the_schema_refuses_what_the_sidecar_refuses_at_start(bad):
         {"sidecar": {"listen": "127.0.0.53:50051"}},
         {"sidecar": {"listen": "[::1]:50051"}},
         {"sidecar": {"threads": 1024}},
+        {"sidecar": {"keepaliveInterval": "0"}},
+        {"sidecar": {"keepaliveInterval": "0s"}},
+        {"sidecar": {"keepaliveInterval": "1s"}},
+        {"sidecar": {"keepaliveInterval": "1500ms"}},
+        {"sidecar": {"keepaliveInterval": "1m30s"}},
+        {"sidecar": {"keepaliveInterval": "2h"}},
         {"sidecar": {"maxConcurrentCalls": 2**32 - 1, "ejectAfter": 2**32 - 1}},
         route("kubernetes:///orders.shop:65535"),
         route("kubernetes:///orders.shop:grpc-web"),
