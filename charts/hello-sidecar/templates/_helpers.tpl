@@ -36,14 +36,23 @@ app.kubernetes.io/name: {{ include "hello-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+"<fullname>-<suffix>" within 63 characters: the full name is cut, never the suffix, so that names with different
+suffixes stay different however long the release name (Helm allows 53 characters). Called with (list . suffix).
+*/}}
+{{- define "hello-sidecar.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- printf "%s-%s" (include "hello-sidecar.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
 {{/* Backend resource name. */}}
 {{- define "hello-sidecar.backendName" -}}
-{{- printf "%s-backend" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "backend") }}
 {{- end }}
 
 {{/* Client resource name. */}}
 {{- define "hello-sidecar.clientName" -}}
-{{- printf "%s-client" (include "hello-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "client") }}
 {{- end }}
 
 {{/* The client's service account. */}}
@@ -180,13 +189,13 @@ chart's context instead, found in .Subcharts by the annotation in Chart.yaml (so
     - name: HELLO_SIDECAR_CONNECT_TIMEOUT
       value: {{ $s.connectTimeout | quote }}
     - name: HELLO_SIDECAR_MAX_CONCURRENT_CALLS
-      value: {{ $s.maxConcurrentCalls | quote }}
+      value: {{ int64 $s.maxConcurrentCalls | quote }}
     - name: HELLO_SIDECAR_MAX_MESSAGE_BYTES
       value: {{ int64 $s.maxMessageBytes | quote }}
     - name: HELLO_SIDECAR_RETRY_BUDGET
       value: {{ $s.retryBudget | quote }}
     - name: HELLO_SIDECAR_EJECT_AFTER
-      value: {{ $s.ejectAfter | quote }}
+      value: {{ int64 $s.ejectAfter | quote }}
     - name: HELLO_SIDECAR_MAX_HEADER_BYTES
       value: {{ int64 $s.maxHeaderBytes | quote }}
     - name: HELLO_SIDECAR_KEEPALIVE_INTERVAL

@@ -25,10 +25,10 @@ listens on loopback only. Everything here renders nothing while mtls.enabled is 
 
 {{/* Secret names of the two certificates. */}}
 {{- define "hello-sidecar.mtls.clientSecret" -}}
-{{- printf "%s-mtls" (include "hello-sidecar.clientName" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "client-mtls") }}
 {{- end }}
 {{- define "hello-sidecar.mtls.backendSecret" -}}
-{{- printf "%s-mtls" (include "hello-sidecar.backendName" .) | trunc 63 | trimSuffix "-" }}
+{{- include "hello-sidecar.suffixedName" (list . "backend-mtls") }}
 {{- end }}
 
 {{/* The sidecar's extra env: its certificate and the backend's expected identity. */}}
