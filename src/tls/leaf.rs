@@ -55,7 +55,7 @@ pub fn leaf_info(der: &CertificateDer<'_>) -> Option<LeafInfo> {
 }
 
 /// One DER TLV: (tag, contents, what follows). Definite lengths only, as DER requires.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, mut rest) = rest.split_first()?;
     let len = if first < 0x80 {

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod server;
 pub mod stream;
 pub mod verify;
+pub mod x509;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -112,10 +113,11 @@ pub fn read(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TlsEr
 }
 
 /// The trust anchors of a PEM CA bundle (`--tls-ca`). Errors name `flag` and `path`: a block that is not a valid
-/// X.509 certificate, or one webpki cannot use as a trust anchor.
+/// X.509 certificate, one that is not a CA (basicConstraints `cA` TRUE), or one webpki cannot use as a trust anchor.
 pub fn roots(flag: &'static str, path: &std::path::Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in parse_certs(flag, path, pem)? {
+    for (i, cert) in parse_certs(flag, path, pem)?.into_iter().enumerate() {
+        let der = cert.clone();
         roots.add(cert).map_err(|e| TlsError::Pem {
             flag,
             path: path.to_owned(),
@@ -126,6 +128,19 @@ pub fn roots(flag: &'static str, path: &std::path::Path, pem: &[u8]) -> Result<r
                 e => format!("not a usable CA certificate: {e}"),
             },
         })?;
+        // webpki trusts any certificate given as an anchor; one that is not a CA (a workload's own certificate in
+        // the bundle) would let its key sign every identity (RFC 5280 §4.2.1.9).
+        if !x509::is_ca(&der) {
+            return Err(TlsError::Pem {
+                flag,
+                path: path.to_owned(),
+                reason: format!(
+                    "certificate {} is not a CA (basicConstraints cA is not TRUE; RFC 5280 §4.2.1.9): a workload's \
+                     certificate here would let its key sign any identity",
+                    i + 1
+                ),
+            });
+        }
     }
     Ok(roots)
 }

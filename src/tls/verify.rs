@@ -63,13 +63,14 @@ impl ServerCertVerifier for BackendVerifier {
             Identity::Dns(name) => rustls::client::verify_server_name(&cert, name)?,
             Identity::Spiffe(want) => {
                 // X509-SVID §2: exactly one URI SAN, so a certificate naming two workloads is no SVID at all.
-                let ids = uri_sans(end_entity);
-                if ids.len() != 1 || ids[0] != want.as_str() {
-                    let presented = match ids.len() {
-                        0 => "no URI SAN".to_owned(),
-                        1 => ids.join(", "),
-                        n => format!("{n} URI SANs ({}; an SVID has exactly one)", ids.join(", ")),
-                    };
+                let presented = match uri_sans(end_entity) {
+                    Some(ids) if ids.len() == 1 && ids[0] == want.as_str() => None,
+                    Some(ids) if ids.is_empty() => Some("no URI SAN".to_owned()),
+                    Some(ids) if ids.len() == 1 => Some(ids.join(", ")),
+                    Some(ids) => Some(format!("{} URI SANs ({}; an SVID has exactly one)", ids.len(), ids.join(", "))),
+                    None => Some("a subjectAltName that does not parse (or a URI that is not ASCII)".to_owned()),
+                };
+                if let Some(presented) = presented {
                     let mismatch = IdentityMismatch { expected: want.to_string(), presented };
                     return Err(Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch)))));
                 }
@@ -101,19 +102,18 @@ impl ServerCertVerifier for BackendVerifier {
     }
 }
 
-/// All URI SANs of a certificate, of any scheme (empty when it does not parse).
-pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
-    match webpki::EndEntityCert::try_from(cert) {
-        Ok(ee) => ee.valid_uri_names().map(str::to_owned).collect(),
-        Err(_) => Vec::new(),
-    }
+/// All URI SANs of a certificate, of any scheme; `None` when its subjectAltName does not parse or holds a URI that
+/// is not ASCII. Not webpki's `valid_uri_names`: it skips such a URI and stops at a name that does not parse, so a
+/// certificate could hide a second URI SAN from the one-URI rule of X509-SVID §2 ([`super::x509::uri_sans`]).
+pub fn uri_sans(cert: &CertificateDer<'_>) -> Option<Vec<String>> {
+    super::x509::uri_sans(cert)
 }
 
 /// The SPIFFE ID of a verified peer certificate: its only URI SAN, when that is a valid `spiffe://` ID. X509-SVID
 /// §2 allows exactly one URI SAN of any scheme, so a second URI (even `https://…`) means no SPIFFE ID; the
 /// outbound [`BackendVerifier`] applies the same rule.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let mut ids = uri_sans(cert);
+    let mut ids = uri_sans(cert)?;
     if ids.len() != 1 {
         return None;
     }
