@@ -62,16 +62,7 @@ fn lines_the_sink_refuses_are_counted_as_dropped() {
     // /dev/full refuses every write with ENOSPC: a full disk.
     let log = AccessLog::start(&Sink::File("/dev/full".into())).expect("/dev/full opens");
     for _ in 0..3 {
-        log.record(Entry {
-            at: UNIX_EPOCH,
-            method: Arc::from("m"),
-            peer: None,
-            code: Code::Ok,
-            duration: Duration::ZERO,
-            retries: 0,
-            request_bytes: 0,
-            response_bytes: 0,
-        });
+        log.record(entry("m"));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while log.dropped() < 3 && std::time::Instant::now() < deadline {
@@ -85,16 +76,7 @@ fn a_full_queue_drops_and_counts_and_never_waits() {
     let (tx, _rx) = mpsc::sync_channel(1);
     let log = AccessLog { tx, dropped: Arc::new(AtomicU64::new(0)) };
     for _ in 0..3 {
-        log.record(Entry {
-            at: UNIX_EPOCH,
-            method: Arc::from("m"),
-            peer: None,
-            code: Code::Ok,
-            duration: Duration::ZERO,
-            retries: 0,
-            request_bytes: 0,
-            response_bytes: 0,
-        });
+        log.record(entry("m"));
     }
     assert_eq!(log.dropped(), 2);
 }
@@ -118,16 +100,7 @@ fn a_fifo_without_a_reader_holds_up_neither_the_check_nor_start_up() {
         .recv_timeout(Duration::from_secs(20))
         .expect("start-up waited for the pipe's reader")
         .expect("a FIFO is a valid --access-log");
-    log.record(Entry {
-        at: UNIX_EPOCH,
-        method: Arc::from("/hello.v1.HelloService/SayHello"),
-        peer: None,
-        code: Code::Ok,
-        duration: Duration::ZERO,
-        retries: 0,
-        request_bytes: 0,
-        response_bytes: 0,
-    });
+    log.record(entry("/hello.v1.HelloService/SayHello"));
     drop(log);
 
     // The reader comes later and gets the line queued before it came; EOF once the writer thread ends.
