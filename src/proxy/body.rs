@@ -120,7 +120,9 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `header_code` is a `grpc-status` already seen in the response headers.
+    /// Wraps `inner`; `header_code` is the status the response headers already settle
+    /// ([`crate::grpc::status_of_response`]: their `grpc-status`, or an HTTP status other than 200): a body that
+    /// then ends without trailers ends so, as gRPC clients read it, with no `INTERNAL` trailers added.
     pub fn new(
         inner: RecvBody,
         deadline: Pin<Box<Sleep>>,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
-    grpc::{decode_message, encode_timeout, status_of},
+    grpc::{decode_message, encode_timeout, status_of, status_of_response},
     proxy::{
         Balancer, Proxy,
         body::ResponseBody,
@@ -122,7 +122,14 @@ impl Proxy {
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
-        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Internal);
+        // An HTTP status other than 200 settles the call at the headers, as gRPC clients read it (connect-go
+        // too): a proxy's 503 or an error page is UNAVAILABLE or UNIMPLEMENTED, whatever body follows.
+        let settled = (parts.status != http::StatusCode::OK).then(|| status_of_response(parts.status, &parts.headers));
+        let code = settled
+            .flatten()
+            .or_else(|| status_of(&trailers))
+            .or_else(|| status_of(&parts.headers))
+            .unwrap_or(Code::Internal);
         let mut meta = metadata(&parts.headers);
         for (name, value) in &trailers {
             if !name.as_str().starts_with("grpc-")
@@ -133,7 +140,12 @@ impl Proxy {
         }
         if code != Code::Ok {
             let raw = trailers.get("grpc-message").or_else(|| parts.headers.get("grpc-message"));
-            let message = raw.map(|v| decode_message(v.as_bytes())).unwrap_or_default();
+            let message = match raw {
+                Some(v) => decode_message(v.as_bytes()),
+                // connect-go's wording for a status without grpc-status.
+                None if parts.status != http::StatusCode::OK => format!("HTTP status {}", parts.status),
+                None => String::new(),
+            };
             let details =
                 trailers.get("grpc-status-details-bin").or_else(|| parts.headers.get("grpc-status-details-bin"));
             let details = details.map(|v| connect::error_details(v.as_bytes())).unwrap_or_default();

@@ -43,6 +43,11 @@ pub enum Scenario {
     BareTrailers,
     /// A Trailers-Only `INVALID_ARGUMENT` with this `grpc-status-details-bin` value.
     Details(String),
+    /// A gRPC content-type and this HTTP status, no `grpc-status` and no body (what a proxy in front of a dead
+    /// app, or a misrouted call, looks like).
+    Http(u16),
+    /// This HTTP status with an HTML error page that ends the stream (END_STREAM on DATA): no trailers at all.
+    HttpPage(u16),
 }
 
 impl Scenario {
@@ -58,6 +63,8 @@ impl Scenario {
             "no-status" => Scenario::NoStatus,
             "bare-trailers" => Scenario::BareTrailers,
             "details" => Scenario::Details(arg.to_owned()),
+            "http" => Scenario::Http(arg.parse().unwrap_or(503)),
+            "http-page" => Scenario::HttpPage(arg.parse().unwrap_or(503)),
             _ => Scenario::Hello,
         }
     }
@@ -225,6 +232,20 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
                 h.insert("grpc-status-details-bin", v);
             }
             let _ = respond.send_response(res, true);
+        }
+        Scenario::Http(status) => {
+            read_all(&mut body).await;
+            let mut res = grpc_headers();
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            let _ = respond.send_response(res, true);
+        }
+        Scenario::HttpPage(status) => {
+            read_all(&mut body).await;
+            let mut res = Response::new(());
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            res.headers_mut().insert("content-type", HeaderValue::from_static("text/html"));
+            let Ok(mut tx) = respond.send_response(res, false) else { return };
+            let _ = tx.send_data(Bytes::from_static(b"<html><body>upstream connect error</body></html>"), true);
         }
     }
 }

@@ -1,0 +1,125 @@
+//! What a buggy or hostile backend can answer at the HTTP level: statuses other than 200 without `grpc-status`,
+//! error pages. The caller gets the status its gRPC client gives that answer when it calls the backend directly
+//! (gRPC's "HTTP to gRPC Status Code Mapping"), whatever protocol it speaks to the sidecar, and the sidecar's
+//! metrics, retry policy and breaker see that same status.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{h2peer::*, *};
+use hello_sidecar::pb::HelloRequest;
+use tonic::Code;
+
+const SAY_HELLO: &str = "/hello.v1.HelloService/SayHello";
+
+/// A sidecar (with `extra` flags) in front of one scripted backend, with its endpoint connected.
+async fn scripted(extra: &[&str]) -> (H2Backend, Sidecar) {
+    let b = H2Backend::start().await;
+    let s = Sidecar::start(&format!("static:///{}", b.addr), extra);
+    s.wait_ready_endpoints(1);
+    (b, s)
+}
+
+/// One SayHello through the sidecar with tonic's client (a stock gRPC client); the backend does `scenario`.
+async fn grpc_call(s: &Sidecar, scenario: &str) -> tonic::Status {
+    let mut req = tonic::Request::new(HelloRequest { name: "hostile".into() });
+    req.metadata_mut().insert("x-peer-scenario", scenario.parse().unwrap_or_else(|e| panic!("{e}")));
+    req.set_timeout(Duration::from_secs(5));
+    match s.client().say_hello(req).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// The same call as Connect JSON over HTTP/1.1: the response's HTTP status and body.
+async fn connect_call(s: &Sidecar, scenario: &str) -> (u16, String) {
+    let headers = [("content-type", "application/json"), ("x-peer-scenario", scenario)];
+    let r = raw_request(s.addr, false, SAY_HELLO, &headers, br#"{"name":"hostile"}"#.to_vec()).await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// Calls of SayHello the sidecar recorded with status `code` (a name: `UNAVAILABLE`).
+fn recorded(metrics: &str, code: &str) -> u64 {
+    metric(metrics, &format!("hello_sidecar_requests_total{{method=\"{SAY_HELLO}\",grpc_status=\"{code}\"}}"))
+}
+
+/// Waits until the sidecar has recorded `want` (status name → calls), and returns the metrics.
+fn wait_recorded(s: &Sidecar, want: &BTreeMap<&str, u64>) -> String {
+    let total: u64 = want.values().sum();
+    wait_for("every call to be recorded", Duration::from_secs(10), || {
+        let m = s.metrics();
+        let seen: u64 = ["OK", "UNKNOWN", "INTERNAL", "UNAVAILABLE", "UNIMPLEMENTED", "UNAUTHENTICATED"]
+            .iter()
+            .chain(&["PERMISSION_DENIED"])
+            .map(|c| recorded(&m, c))
+            .sum();
+        (seen >= total).then_some(m)
+    })
+}
+
+// An HTTP status without grpc-status (a proxy in front of a dead app answers 503, a misrouted call 404) means
+// what gRPC's mapping says, for a gRPC caller and a Connect caller alike, and in the sidecar's own call metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_statuses_without_grpc_status_keep_the_meaning_grpc_clients_give_them() {
+    let (_b, s) = scripted(&[]).await;
+    // (HTTP status, the status a gRPC client reports, Connect's name of it)
+    let cases = [
+        (400, Code::Internal, "INTERNAL", "internal"),
+        (401, Code::Unauthenticated, "UNAUTHENTICATED", "unauthenticated"),
+        (403, Code::PermissionDenied, "PERMISSION_DENIED", "permission_denied"),
+        (404, Code::Unimplemented, "UNIMPLEMENTED", "unimplemented"),
+        (429, Code::Unavailable, "UNAVAILABLE", "unavailable"),
+        (502, Code::Unavailable, "UNAVAILABLE", "unavailable"),
+        (503, Code::Unavailable, "UNAVAILABLE", "unavailable"),
+        (504, Code::Unavailable, "UNAVAILABLE", "unavailable"),
+        (418, Code::Unknown, "UNKNOWN", "unknown"),
+    ];
+    let mut want = BTreeMap::new();
+    for (http, code, name, connect) in cases {
+        let scenario = format!("http:{http}");
+        let status = grpc_call(&s, &scenario).await;
+        assert_eq!(status.code(), code, "gRPC caller, HTTP {http}: {status:?}");
+        let (_, body) = connect_call(&s, &scenario).await;
+        assert!(body.contains(&format!("\"code\":\"{connect}\"")), "Connect caller, HTTP {http}: {body}");
+        *want.entry(name).or_insert(0) += 2;
+    }
+    let m = wait_recorded(&s, &want);
+    for (name, n) in &want {
+        assert_eq!(recorded(&m, name), *n, "calls recorded {name}:\n{m}");
+    }
+    assert_eq!(grpc_call(&s, "hello").await.code(), Code::Ok, "the sidecar keeps serving");
+}
+
+// An error page (HTML, END_STREAM on DATA, no trailers) is its HTTP status, as grpc-go and grpcio read it (they
+// fail the call at the headers): passed through with no INTERNAL trailers added, UNAVAILABLE to a Connect caller
+// and in the call metric, not the INTERNAL of a gRPC response that lost its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_page_from_the_backend_is_its_http_status() {
+    let (_b, s) = scripted(&[]).await;
+    for (http, connect) in [(503, "unavailable"), (404, "unimplemented")] {
+        let scenario = format!("http-page:{http}");
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-peer-scenario", &scenario)];
+        let r = raw_request(s.addr, true, SAY_HELLO, &grpc, grpc_frame(&hello_request("hostile"))).await;
+        assert_eq!((r.status, r.grpc_status()), (http, None), "gRPC caller, HTTP {http} page: {r:?}");
+        let (_, body) = connect_call(&s, &scenario).await;
+        assert!(body.contains(&format!("\"code\":\"{connect}\"")), "Connect caller, HTTP {http} page: {body}");
+    }
+    let want = BTreeMap::from([("UNAVAILABLE", 2), ("UNIMPLEMENTED", 2)]);
+    let m = wait_recorded(&s, &want);
+    assert_eq!((recorded(&m, "UNAVAILABLE"), recorded(&m, "INTERNAL")), (2, 0), "{m}");
+}
+
+// A retry policy that names UNAVAILABLE retries a backend's bare 503, as the caller's own gRPC client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_on_unavailable_covers_a_bare_503() {
+    let config = r#"{"methodConfig": [{"name": [{"service": "hello.v1.HelloService"}],
+        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let (_b, s) = scripted(&["--service-config", config]).await;
+    for _ in 0..3 {
+        assert_eq!(grpc_call(&s, "http:503").await.code(), Code::Unavailable);
+    }
+    let retried = metric(&s.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}");
+    assert!(retried >= 1, "a 503 is UNAVAILABLE to the retry policy: {retried} retries");
+}
