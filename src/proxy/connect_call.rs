@@ -115,7 +115,11 @@ impl Proxy {
         parts.version = Version::HTTP_2;
         let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
 
-        let (parts, body) = res.into_parts();
+        let (parts, mut body) = res.into_parts();
+        // The reply is collected whole to be translated: at most one message of the limit, in its gRPC frame.
+        if let ResponseBody::Upstream(upstream) = &mut body {
+            upstream.limit_reply(self.config.max_message_bytes.saturating_add(5));
+        }
         let collected = match body.collect().await {
             Ok(c) => c,
             Err(e) => return refuse(ProxyError::UpstreamBody(e.to_string()), &parts.headers),
