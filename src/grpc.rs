@@ -131,13 +131,15 @@ pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
     frame.freeze()
 }
 
-/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers); `None` when
-/// it is missing or not a number. On every proxied response's trailers, so it reads one header and allocates
-/// nothing: not tonic's `Status::from_header_map`, which decodes the message and copies every other header into
-/// the status's metadata.
+/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers) as grpc-go and
+/// gRPC-core read it: a repeated one by its last value, one that is not a number as `INTERNAL` (both report a
+/// malformed `grpc-status` so), a number outside the codes as `UNKNOWN`; `None` when it is missing. On every
+/// proxied response's trailers, so it reads one header and allocates nothing: not tonic's
+/// `Status::from_header_map`, which decodes the message and copies every other header into the status's metadata.
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
-    v.parse::<i32>().ok().map(Code::from_i32)
+    let v = headers.get_all("grpc-status").iter().next_back()?;
+    let n = std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<i32>().ok());
+    Some(n.map_or(Code::Internal, Code::from_i32))
 }
 
 /// The status a gRPC client reports for a response whose HTTP status is `status` and that carries no
@@ -334,6 +336,23 @@ mod tests {
         assert_eq!(parse_code("17"), None);
         assert_eq!(parse_code("nope"), None);
         assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn grpc_status_is_read_as_grpc_go_and_grpc_core_read_it() {
+        let read = |values: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("grpc-status", http::HeaderValue::from_static(v));
+            }
+            status_of(&h)
+        };
+        assert_eq!(read(&[]), None);
+        assert_eq!(read(&["5"]), Some(Code::NotFound));
+        assert_eq!(read(&["5", "0"]), Some(Code::Ok), "the last one wins");
+        assert_eq!(read(&["abc"]), Some(Code::Internal), "malformed");
+        assert_eq!(read(&[""]), Some(Code::Internal), "malformed");
+        assert_eq!(read(&["99"]), Some(Code::Unknown), "out of range");
     }
 
     #[test]

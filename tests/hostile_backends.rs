@@ -144,3 +144,21 @@ async fn an_endless_reply_to_a_connect_caller_is_cut_at_the_message_limit() {
     assert_eq!(connect_call(&s, "hello").await.0, 200, "a reply within the limit is translated");
     assert_eq!(grpc_call(&s, "hello").await.code(), Code::Ok, "the sidecar keeps serving");
 }
+
+// A repeated grpc-status is read as grpc-go and gRPC-core read it, the last one wins; one that is not a number is
+// INTERNAL, as both report it. The Connect caller and the call metric agree with a grpc-go or grpcio caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_or_malformed_grpc_status_is_read_as_stock_clients_read_it() {
+    let (_b, s) = scripted(&[]).await;
+    let (status, body) = connect_call(&s, "statuses:5,0").await;
+    assert_eq!(status, 200, "grpc-status 5 then 0 is OK: {body}");
+    let (_, body) = connect_call(&s, "statuses:0,5").await;
+    assert!(body.contains("\"code\":\"not_found\""), "grpc-status 0 then 5 is NOT_FOUND: {body}");
+    let (_, body) = connect_call(&s, "statuses:abc").await;
+    assert!(body.contains("\"code\":\"internal\""), "grpc-status abc: {body}");
+    let want = BTreeMap::from([("OK", 1), ("NOT_FOUND", 1), ("INTERNAL", 1)]);
+    let m = wait_recorded(&s, &want);
+    for (name, n) in &want {
+        assert_eq!(recorded(&m, name), *n, "calls recorded {name}:\n{m}");
+    }
+}

@@ -46,6 +46,8 @@ pub enum Scenario {
     /// A gRPC content-type and this HTTP status, no `grpc-status` and no body (what a proxy in front of a dead
     /// app, or a misrouted call, looks like).
     Http(u16),
+    /// One `HelloResponse`, then trailers with these `grpc-status` values, in order (a repeated or malformed one).
+    Statuses(Vec<String>),
     /// This HTTP status with an HTML error page that ends the stream (END_STREAM on DATA): no trailers at all.
     HttpPage(u16),
 }
@@ -64,6 +66,7 @@ impl Scenario {
             "bare-trailers" => Scenario::BareTrailers,
             "details" => Scenario::Details(arg.to_owned()),
             "http" => Scenario::Http(arg.parse().unwrap_or(503)),
+            "statuses" => Scenario::Statuses(arg.split(',').map(str::to_owned).collect()),
             "http-page" => Scenario::HttpPage(arg.parse().unwrap_or(503)),
             _ => Scenario::Hello,
         }
@@ -238,6 +241,18 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
             let mut res = grpc_headers();
             *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
             let _ = respond.send_response(res, true);
+        }
+        Scenario::Statuses(values) => {
+            read_all(&mut body).await;
+            let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
+            let _ = tx.send_data(hello_reply("statuses follow"), false);
+            let mut t = HeaderMap::new();
+            for v in values {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    t.append("grpc-status", v);
+                }
+            }
+            let _ = tx.send_trailers(t);
         }
         Scenario::HttpPage(status) => {
             read_all(&mut body).await;
