@@ -162,3 +162,21 @@ async fn repeated_or_malformed_grpc_status_is_read_as_stock_clients_read_it() {
         assert_eq!(recorded(&m, name), *n, "calls recorded {name}:\n{m}");
     }
 }
+
+// A Connect JSON call to a routed service the sidecar has no schema for first asks the backends' reflection, and
+// waits for it no longer than the caller's deadline: a backend whose reflection hangs cost the caller the
+// reflection's own 5 s timeout whatever its connect-timeout-ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_reflection_holds_a_connect_caller_no_longer_than_its_deadline() {
+    let b = H2Backend::start().await;
+    let route = format!("echo.v1.EchoService=static:///{}", b.addr);
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &["--route", &route]);
+    s.wait_ready_endpoints(1);
+    let headers = [("content-type", "application/json"), ("connect-timeout-ms", "1000")];
+    let start = std::time::Instant::now();
+    let r = raw_request(s.addr, false, "/echo.v1.EchoService/Echo", &headers, br#"{"message":"x"}"#.to_vec()).await;
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("\"code\":\"deadline_exceeded\""), "{} {body}", r.status);
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(4), "took {took:?}: {body}");
+}

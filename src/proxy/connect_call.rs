@@ -40,24 +40,6 @@ impl Proxy {
         if let Some((code, msg)) = unsupported(req.headers()) {
             return self.refused(&path, start, code, &msg);
         }
-        let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
-        // Set when the schema was learned from this target's backends: refreshed if a message does not map.
-        let mut learned_from = None;
-        let mut method = match held {
-            Some(m) => Some(m),
-            None if codec == Codec::Json => match self.learn_schema(&path).await {
-                Ok((m, balancer)) => {
-                    learned_from = Some(balancer);
-                    Some(m)
-                }
-                Err((code, msg)) => return self.refused(&path, start, code, &msg),
-            },
-            None => None,
-        };
-        if method.as_ref().is_some_and(connect::is_streaming) {
-            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
-            return self.refused(&path, start, e.code(), &e.to_string());
-        }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -66,6 +48,31 @@ impl Proxy {
                 return self.refused(&path, start, e.code(), &e.to_string());
             }
         };
+        // The call's deadline bounds everything, learning the schema from the backends' reflection included.
+        let deadline = start + timeout.unwrap_or(self.config.default_timeout);
+        let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
+        // Set when the schema was learned from this target's backends: refreshed if a message does not map.
+        let mut learned_from = None;
+        let mut method = match held {
+            Some(m) => Some(m),
+            None if codec == Codec::Json => match tokio::time::timeout_at(deadline, self.learn_schema(&path)).await {
+                Ok(Ok((m, balancer))) => {
+                    learned_from = Some(balancer);
+                    Some(m)
+                }
+                Ok(Err((code, msg))) => return self.refused(&path, start, code, &msg),
+                Err(_) => {
+                    let e = ProxyError::DeadlineExceeded(deadline - start);
+                    let msg = format!("{e}, waiting for {path}'s schema from the backends' reflection");
+                    return self.refused(&path, start, e.code(), &msg);
+                }
+            },
+            None => None,
+        };
+        if method.as_ref().is_some_and(connect::is_streaming) {
+            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
+            return self.refused(&path, start, e.code(), &e.to_string());
+        }
         let (mut parts, body) = req.into_parts();
         let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
@@ -85,8 +92,12 @@ impl Proxy {
                 // Well-formed JSON that does not map may use what a newer build added: learn again, map again.
                 // Malformed JSON is the caller's alone.
                 let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-                let fresh =
-                    if well_formed { self.relearn(learned_from.as_deref(), &path, Duration::ZERO).await } else { None };
+                let fresh = if well_formed {
+                    let relearn = self.relearn(learned_from.as_deref(), &path, Duration::ZERO);
+                    tokio::time::timeout_at(deadline, relearn).await.ok().flatten()
+                } else {
+                    None
+                };
                 match fresh.and_then(|m| connect::request_frame(Some(&m), codec, &bytes).ok().map(|f| (m, f))) {
                     Some((m, f)) => {
                         method = Some(m);
@@ -109,8 +120,10 @@ impl Proxy {
         h.remove("connect-timeout-ms");
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        if let Some(t) = timeout.map(encode_timeout) {
-            h.insert("grpc-timeout", t);
+        // The caller's deadline, as the time left (learning the schema may have taken some); without one, the
+        // sidecar's default or the method's service config applies as to any call.
+        if timeout.is_some() {
+            h.insert("grpc-timeout", encode_timeout(deadline.saturating_duration_since(Instant::now())));
         }
         parts.version = Version::HTTP_2;
         let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
@@ -166,7 +179,8 @@ impl Proxy {
             // The backends' build has fields the learned schema lacks: JSON would drop them. Learned again at
             // most every RETRY_AFTER (a build whose reflection lags its replies would otherwise cost a lookup per
             // call).
-            if let Some(fresh) = self.relearn(learned_from.as_deref(), &path, RETRY_AFTER).await {
+            let relearn = self.relearn(learned_from.as_deref(), &path, RETRY_AFTER);
+            if let Some(fresh) = tokio::time::timeout_at(deadline, relearn).await.ok().flatten() {
                 method = Some(fresh);
             }
         }

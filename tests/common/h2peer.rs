@@ -2,7 +2,8 @@
 //! not show on demand: resets mid-response, unread streams, floods of tiny DATA frames, status details.
 //!
 //! The backend picks what to do from the request's `x-peer-scenario` header (see [`Scenario`]), so one backend
-//! serves every case, on `ip:8080` like a pod.
+//! serves every case, on `ip:8080` like a pod. Server reflection requests are held unanswered, as by a backend
+//! whose reflection hangs.
 
 #![allow(dead_code)]
 
@@ -145,6 +146,7 @@ async fn read_all(body: &mut h2::RecvStream) -> u64 {
 async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, streamed: Arc<AtomicU64>) {
     let scenario =
         req.headers().get("x-peer-scenario").and_then(|v| v.to_str().ok()).map_or(Scenario::Hello, Scenario::parse);
+    let scenario = if req.uri().path().contains("ServerReflection") { Scenario::Stall } else { scenario };
     let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let mut body = req.into_body();
     match scenario {
