@@ -203,3 +203,37 @@ async fn a_malformed_response_fails_its_call_not_the_connection() {
     assert_eq!(bad.grpc_status(), Some(Code::InvalidArgument as i32), "the malformed answer: {bad:?}");
     assert_eq!(stalled.grpc_status(), Some(Code::DeadlineExceeded as i32), "the other call: {stalled:?}");
 }
+
+// A server that answers its HTTP/2 preface and a GOAWAY at once (draining, or refusing connections) spoke HTTP/2:
+// the caller's UNAVAILABLE says so, not "closed before the server's HTTP/2 preface" (which points at a port that
+// is not HTTP/2 at all), and reconnects back off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_at_once_is_not_called_silent() {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((fresh_ip(), BACKEND_PORT));
+    let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).is_ok() {
+                    let mut out = rawh2::frame(rawh2::SETTINGS, 0, 0, &[]);
+                    out.extend(rawh2::frame(rawh2::GOAWAY, 0, 0, &[0; 8]));
+                    let _ = tcp.write_all(&out);
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+            });
+        }
+    });
+    let s = Sidecar::start(&format!("static:///{addr}"), &[]);
+    let status = grpc_call(&s, "hello").await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("right after its HTTP/2 preface"), "{status:?}");
+    assert!(!status.message().contains("before the server's HTTP/2 preface"), "{status:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n < 20, "reconnects back off: {n} connections in about 3 s");
+}
