@@ -1,7 +1,9 @@
-//! What a buggy or hostile backend can answer at the HTTP level: statuses other than 200 without `grpc-status`,
-//! error pages. The caller gets the status its gRPC client gives that answer when it calls the backend directly
-//! (gRPC's "HTTP to gRPC Status Code Mapping"), whatever protocol it speaks to the sidecar, and the sidecar's
-//! metrics, retry policy and breaker see that same status.
+//! What a buggy or hostile backend can send the sidecar, beyond stock servers' behaviour (`stock_backends.rs`,
+//! `peers.rs`): statuses other than 200 without `grpc-status`, error pages, repeated or malformed `grpc-status`,
+//! endless replies, a reflection that hangs, a GOAWAY sent with the preface, malformed fields. The caller gets the
+//! status its gRPC client gives that answer when it calls the backend directly (gRPC's "HTTP to gRPC Status Code
+//! Mapping"; grpc-go and gRPC-core for what the mapping leaves open), whatever protocol it speaks to the sidecar,
+//! by its deadline; the sidecar's metrics, retry policy and breaker see that same status, and it keeps serving.
 
 mod common;
 
