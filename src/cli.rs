@@ -121,7 +121,8 @@ pub struct SidecarArgs {
     /// Calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "HELLO_SIDECAR_MAX_CONCURRENT_CALLS", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_calls: u32,
-    /// Largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    /// Largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED. Also the largest reply the sidecar
+    /// collects to translate for a Connect caller (a larger one: RESOURCE_EXHAUSTED, the backend's stream reset).
     #[arg(long, env = "HELLO_SIDECAR_MAX_MESSAGE_BYTES", default_value = "4194304", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_message_bytes: u64,
     /// Retries allowed as a fraction of calls (≈20% extra load at most), on top of a small floor.

@@ -131,13 +131,39 @@ pub fn frame(flags: u8, payload: &[u8]) -> bytes::Bytes {
     frame.freeze()
 }
 
-/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers); `None` when
-/// it is missing or not a number. On every proxied response's trailers, so it reads one header and allocates
-/// nothing: not tonic's `Status::from_header_map`, which decodes the message and copies every other header into
-/// the status's metadata.
+/// Reads `grpc-status` from a header map (response headers of a Trailers-Only response, or trailers) as grpc-go and
+/// gRPC-core read it: a repeated one by its last value, one that is not a number as `INTERNAL` (both report a
+/// malformed `grpc-status` so), a number outside the codes as `UNKNOWN`; `None` when it is missing. On every
+/// proxied response's trailers, so it reads one header and allocates nothing: not tonic's
+/// `Status::from_header_map`, which decodes the message and copies every other header into the status's metadata.
 pub fn status_of(headers: &http::HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
-    v.parse::<i32>().ok().map(Code::from_i32)
+    let v = headers.get_all("grpc-status").iter().next_back()?;
+    let n = std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<i32>().ok());
+    Some(n.map_or(Code::Internal, Code::from_i32))
+}
+
+/// The status a gRPC client reports for a response whose HTTP status is `status` and that carries no
+/// `grpc-status`, from gRPC's "HTTP to gRPC Status Code Mapping" (`doc/http-grpc-status-mapping.md`, which grpc-go,
+/// gRPC-core, tonic and connect-go follow): 400 → `INTERNAL`, 401 → `UNAUTHENTICATED`, 403 → `PERMISSION_DENIED`,
+/// 404 → `UNIMPLEMENTED`, 429, 502, 503, 504 → `UNAVAILABLE`, any other → `UNKNOWN`. `None` for 200, whose
+/// status comes in the trailers.
+pub fn code_of_http_status(status: http::StatusCode) -> Option<Code> {
+    Some(match status.as_u16() {
+        200 => return None,
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    })
+}
+
+/// The status response headers already settle, as a gRPC client reads them: their `grpc-status` (a Trailers-Only
+/// response), else, for an HTTP status other than 200, that status's mapping ([`code_of_http_status`]: a proxy's
+/// 503, a 404 error page). `None` for a 200 without `grpc-status`: the status comes in the trailers.
+pub fn status_of_response(status: http::StatusCode, headers: &http::HeaderMap) -> Option<Code> {
+    status_of(headers).or_else(|| code_of_http_status(status))
 }
 
 /// The status a gRPC client reports for an RST_STREAM with `reason`, per the gRPC HTTP/2 protocol document
@@ -310,6 +336,48 @@ mod tests {
         assert_eq!(parse_code("17"), None);
         assert_eq!(parse_code("nope"), None);
         assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn grpc_status_is_read_as_grpc_go_and_grpc_core_read_it() {
+        let read = |values: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("grpc-status", http::HeaderValue::from_static(v));
+            }
+            status_of(&h)
+        };
+        assert_eq!(read(&[]), None);
+        assert_eq!(read(&["5"]), Some(Code::NotFound));
+        assert_eq!(read(&["5", "0"]), Some(Code::Ok), "the last one wins");
+        assert_eq!(read(&["abc"]), Some(Code::Internal), "malformed");
+        assert_eq!(read(&[""]), Some(Code::Internal), "malformed");
+        assert_eq!(read(&["99"]), Some(Code::Unknown), "out of range");
+    }
+
+    #[test]
+    fn http_statuses_map_as_the_grpc_document_says_unless_grpc_status_is_there() {
+        use http::StatusCode as S;
+        let cases = [
+            (S::OK, None),
+            (S::BAD_REQUEST, Some(Code::Internal)),
+            (S::UNAUTHORIZED, Some(Code::Unauthenticated)),
+            (S::FORBIDDEN, Some(Code::PermissionDenied)),
+            (S::NOT_FOUND, Some(Code::Unimplemented)),
+            (S::TOO_MANY_REQUESTS, Some(Code::Unavailable)),
+            (S::BAD_GATEWAY, Some(Code::Unavailable)),
+            (S::SERVICE_UNAVAILABLE, Some(Code::Unavailable)),
+            (S::GATEWAY_TIMEOUT, Some(Code::Unavailable)),
+            (S::IM_A_TEAPOT, Some(Code::Unknown)),
+            (S::INTERNAL_SERVER_ERROR, Some(Code::Unknown)),
+        ];
+        for (status, code) in cases {
+            assert_eq!(code_of_http_status(status), code, "{status}");
+            assert_eq!(status_of_response(status, &http::HeaderMap::new()), code, "{status}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        assert_eq!(status_of_response(S::SERVICE_UNAVAILABLE, &h), Some(Code::ResourceExhausted), "grpc-status wins");
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub async fn connect<B>(
             Some(tls) => Stream::Tls(Box::new(tls.connect(addr, tcp).await.map_err(ConnectError::Tls)?)),
             None => Stream::Plain(tcp),
         };
-        let (io, heard) = Heard::new(Coalesce::new(io));
+        let (io, mut heard) = Heard::new(Coalesce::new(io));
         let reads = io.reads();
         let (tx, conn) = h2::client::Builder::new()
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
@@ -133,8 +133,19 @@ pub async fn connect<B>(
         let mut driver = Box::pin(driver);
         tokio::select! {
             biased;
-            Ok(()) = heard => {}
+            Ok(()) = &mut heard => {}
             res = driver.as_mut() => {
+                // The preface and the end may come in one read (a GOAWAY sent at once by a server that is
+                // draining): then the server spoke HTTP/2, and saying it did not would send the reader astray.
+                if heard.try_recv().is_ok() {
+                    let why = match res {
+                        Ok(()) => "a GOAWAY (draining, or not taking connections) or a close".to_owned(),
+                        Err(e) => crate::error_chain(&e),
+                    };
+                    return Err(ConnectError::NoPreface(format!(
+                        "the server ended the connection right after its HTTP/2 preface: {why}"
+                    )));
+                }
                 let why = match res {
                     Ok(()) => "the peer closed the connection".to_owned(),
                     Err(e) => crate::error_chain(&e),

@@ -28,7 +28,7 @@ use crate::{
     BoxError,
     grpc::{status_of, stream_reset},
     pool::RecvBody,
-    proxy::{call::CallRecord, replay::ReplayBody, web::GrpcWebBody},
+    proxy::{call::CallRecord, error::ProxyError, replay::ReplayBody, web::GrpcWebBody},
     telemetry::metrics::Metrics,
 };
 
@@ -116,11 +116,15 @@ pub struct UpstreamBody {
     request: ReplayBody,
     /// `--max-header-bytes`, checked against the trailers, and the metrics that count a refusal.
     limits: (u32, Arc<Metrics>),
+    /// A cap on the reply's data bytes ([`UpstreamBody::limit_reply`]) and the bytes received so far.
+    reply_limit: Option<(u64, u64)>,
     done: bool,
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `header_code` is a `grpc-status` already seen in the response headers.
+    /// Wraps `inner`; `header_code` is the status the response headers already settle
+    /// ([`crate::grpc::status_of_response`]: their `grpc-status`, or an HTTP status other than 200): a body that
+    /// then ends without trailers ends so, as gRPC clients read it, with no `INTERNAL` trailers added.
     pub fn new(
         inner: RecvBody,
         deadline: Pin<Box<Sleep>>,
@@ -130,7 +134,25 @@ impl UpstreamBody {
         request: ReplayBody,
         limits: (u32, Arc<Metrics>),
     ) -> Self {
-        Self { inner: Some(inner), deadline, timeout, header_code, record, request, limits, done: false }
+        Self {
+            inner: Some(inner),
+            deadline,
+            timeout,
+            header_code,
+            record,
+            request,
+            limits,
+            reply_limit: None,
+            done: false,
+        }
+    }
+
+    /// Caps the reply's data at `bytes` of gRPC frames, for a reply the sidecar collects whole (to translate it for
+    /// a Connect caller) rather than streams: past it the backend's stream is reset and the body ends with
+    /// `RESOURCE_EXHAUSTED` ([`ProxyError::ReplyTooLarge`]), as a gRPC client refuses a message over its receive
+    /// limit, instead of growing until the deadline.
+    pub fn limit_reply(&mut self, bytes: u64) {
+        self.reply_limit = Some((bytes, 0));
     }
 
     fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -174,6 +196,13 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.sent(data.len());
+                    if let Some((limit, received)) = this.reply_limit.as_mut() {
+                        *received += data.len() as u64;
+                        if *received > *limit {
+                            let e = ProxyError::ReplyTooLarge(*limit);
+                            return this.end_with(e.code(), &e.to_string());
+                        }
+                    }
                 }
                 if let Some(trailers) = frame.trailers_ref() {
                     let (limit, size) = (this.limits.0, crate::grpc::header_list_size(trailers));

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
-    grpc::{decode_message, encode_timeout, status_of},
+    grpc::{decode_message, encode_timeout, status_of, status_of_response},
     proxy::{
         Balancer, Proxy,
         body::ResponseBody,
@@ -40,24 +40,6 @@ impl Proxy {
         if let Some((code, msg)) = unsupported(req.headers()) {
             return self.refused(&path, start, code, &msg);
         }
-        let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
-        // Set when the schema was learned from this target's backends: refreshed if a message does not map.
-        let mut learned_from = None;
-        let mut method = match held {
-            Some(m) => Some(m),
-            None if codec == Codec::Json => match self.learn_schema(&path).await {
-                Ok((m, balancer)) => {
-                    learned_from = Some(balancer);
-                    Some(m)
-                }
-                Err((code, msg)) => return self.refused(&path, start, code, &msg),
-            },
-            None => None,
-        };
-        if method.as_ref().is_some_and(connect::is_streaming) {
-            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
-            return self.refused(&path, start, e.code(), &e.to_string());
-        }
         let timeout = match req.headers().get("connect-timeout-ms").map(|v| v.to_str().ok().and_then(parse_ms)) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -66,6 +48,31 @@ impl Proxy {
                 return self.refused(&path, start, e.code(), &e.to_string());
             }
         };
+        // The call's deadline bounds everything, learning the schema from the backends' reflection included.
+        let deadline = start + timeout.unwrap_or(self.config.default_timeout);
+        let held = connect::method(&path).or_else(|| self.schemas.as_ref().and_then(|s| s.held(&path)));
+        // Set when the schema was learned from this target's backends: refreshed if a message does not map.
+        let mut learned_from = None;
+        let mut method = match held {
+            Some(m) => Some(m),
+            None if codec == Codec::Json => match tokio::time::timeout_at(deadline, self.learn_schema(&path)).await {
+                Ok(Ok((m, balancer))) => {
+                    learned_from = Some(balancer);
+                    Some(m)
+                }
+                Ok(Err((code, msg))) => return self.refused(&path, start, code, &msg),
+                Err(_) => {
+                    let e = ProxyError::DeadlineExceeded(deadline - start);
+                    let msg = format!("{e}, waiting for {path}'s schema from the backends' reflection");
+                    return self.refused(&path, start, e.code(), &msg);
+                }
+            },
+            None => None,
+        };
+        if method.as_ref().is_some_and(connect::is_streaming) {
+            let e = ProxyError::ConnectStreaming(connect::streaming(&path));
+            return self.refused(&path, start, e.code(), &e.to_string());
+        }
         let (mut parts, body) = req.into_parts();
         let limit = usize::try_from(self.config.max_message_bytes).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
@@ -85,8 +92,12 @@ impl Proxy {
                 // Well-formed JSON that does not map may use what a newer build added: learn again, map again.
                 // Malformed JSON is the caller's alone.
                 let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-                let fresh =
-                    if well_formed { self.relearn(learned_from.as_deref(), &path, Duration::ZERO).await } else { None };
+                let fresh = if well_formed {
+                    let relearn = self.relearn(learned_from.as_deref(), &path, Duration::ZERO);
+                    tokio::time::timeout_at(deadline, relearn).await.ok().flatten()
+                } else {
+                    None
+                };
                 match fresh.and_then(|m| connect::request_frame(Some(&m), codec, &bytes).ok().map(|f| (m, f))) {
                     Some((m, f)) => {
                         method = Some(m);
@@ -109,20 +120,33 @@ impl Proxy {
         h.remove("connect-timeout-ms");
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        if let Some(t) = timeout.map(encode_timeout) {
-            h.insert("grpc-timeout", t);
+        // The caller's deadline, as the time left (learning the schema may have taken some); without one, the
+        // sidecar's default or the method's service config applies as to any call.
+        if timeout.is_some() {
+            h.insert("grpc-timeout", encode_timeout(deadline.saturating_duration_since(Instant::now())));
         }
         parts.version = Version::HTTP_2;
         let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
 
-        let (parts, body) = res.into_parts();
+        let (parts, mut body) = res.into_parts();
+        // The reply is collected whole to be translated: at most one message of the limit, in its gRPC frame.
+        if let ResponseBody::Upstream(upstream) = &mut body {
+            upstream.limit_reply(self.config.max_message_bytes.saturating_add(5));
+        }
         let collected = match body.collect().await {
             Ok(c) => c,
             Err(e) => return refuse(ProxyError::UpstreamBody(e.to_string()), &parts.headers),
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
-        let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Internal);
+        // An HTTP status other than 200 settles the call at the headers, as gRPC clients read it (connect-go
+        // too): a proxy's 503 or an error page is UNAVAILABLE or UNIMPLEMENTED, whatever body follows.
+        let settled = (parts.status != http::StatusCode::OK).then(|| status_of_response(parts.status, &parts.headers));
+        let code = settled
+            .flatten()
+            .or_else(|| status_of(&trailers))
+            .or_else(|| status_of(&parts.headers))
+            .unwrap_or(Code::Internal);
         let mut meta = metadata(&parts.headers);
         for (name, value) in &trailers {
             if !name.as_str().starts_with("grpc-")
@@ -133,7 +157,12 @@ impl Proxy {
         }
         if code != Code::Ok {
             let raw = trailers.get("grpc-message").or_else(|| parts.headers.get("grpc-message"));
-            let message = raw.map(|v| decode_message(v.as_bytes())).unwrap_or_default();
+            let message = match raw {
+                Some(v) => decode_message(v.as_bytes()),
+                // connect-go's wording for a status without grpc-status.
+                None if parts.status != http::StatusCode::OK => format!("HTTP status {}", parts.status),
+                None => String::new(),
+            };
             let details =
                 trailers.get("grpc-status-details-bin").or_else(|| parts.headers.get("grpc-status-details-bin"));
             let details = details.map(|v| connect::error_details(v.as_bytes())).unwrap_or_default();
@@ -150,7 +179,8 @@ impl Proxy {
             // The backends' build has fields the learned schema lacks: JSON would drop them. Learned again at
             // most every RETRY_AFTER (a build whose reflection lags its replies would otherwise cost a lookup per
             // call).
-            if let Some(fresh) = self.relearn(learned_from.as_deref(), &path, RETRY_AFTER).await {
+            let relearn = self.relearn(learned_from.as_deref(), &path, RETRY_AFTER);
+            if let Some(fresh) = tokio::time::timeout_at(deadline, relearn).await.ok().flatten() {
                 method = Some(fresh);
             }
         }

@@ -99,6 +99,13 @@ pub enum ProxyError {
     /// A Connect request body over `--max-message-bytes` (the limit, in bytes).
     #[error("request larger than max ({0} bytes)")]
     RequestTooLarge(usize),
+    /// The backend's reply to a Connect call (collected whole to be translated) is larger than the limit: the
+    /// limit, in bytes of gRPC frames (`--max-message-bytes` and one frame's 5-byte prefix).
+    #[error(
+        "the backend's reply is larger than the sidecar's limit of {0} bytes for a reply translated for a Connect \
+         caller (--max-message-bytes)"
+    )]
+    ReplyTooLarge(u64),
     /// The backend's answer to a Connect call failed while it was being collected.
     #[error("upstream: {0}")]
     UpstreamBody(String),
@@ -157,7 +164,7 @@ impl ProxyError {
             ProxyError::RequestBody(_) => Code::Cancelled,
             ProxyError::ConnectStreaming(_) => Code::Unimplemented,
             ProxyError::MalformedConnectTimeout | ProxyError::MalformedRequest(_) => Code::InvalidArgument,
-            ProxyError::RequestTooLarge(_) => Code::ResourceExhausted,
+            ProxyError::RequestTooLarge(_) | ProxyError::ReplyTooLarge(_) => Code::ResourceExhausted,
             ProxyError::UpstreamBody(_) => Code::Unavailable,
             ProxyError::MalformedReply(_) => Code::Internal,
             ProxyError::NoIdentity => Code::Unauthenticated,

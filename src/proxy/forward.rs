@@ -29,7 +29,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Code;
 
 use crate::{
-    grpc::{encode_timeout, parse_timeout, status_of},
+    grpc::{encode_timeout, parse_timeout, status_of_response},
     pool::{self, SendFailure},
     proxy::{
         Proxy,
@@ -67,7 +67,8 @@ impl Proxy {
                 // A Trailers-Only answer on a path that did not write its line: its status is in the headers. (A
                 // response with a body writes its line when the body ends.)
                 if log.on && res.body().is_end_stream() {
-                    log.finish(&self.metrics, &method, status_of(res.headers()).unwrap_or(Code::Unknown), start);
+                    let code = status_of_response(res.status(), res.headers()).unwrap_or(Code::Unknown);
+                    log.finish(&self.metrics, &method, code, start);
                 }
                 res
             }
@@ -226,7 +227,8 @@ impl Proxy {
                 let limit = self.config.max_header_bytes;
                 return Err(ProxyError::HeadersTooLarge { what: "response headers from the backend", size, limit });
             }
-            let header_code = status_of(res.headers());
+            // A status other than 200 without grpc-status means what gRPC's mapping says (a proxy's 503).
+            let header_code = status_of_response(res.status(), res.headers());
             if res.body().is_end_stream() {
                 // Trailers-Only: the status is in the headers, passed through unchanged — or, when the method's
                 // retry policy names it, retried (a call is committed only by response headers with a body).

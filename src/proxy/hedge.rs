@@ -40,7 +40,7 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tonic::Code;
 
 use crate::{
-    grpc::status_of,
+    grpc::status_of_response,
     pool::SendFailure,
     proxy::{
         Attempt, Balancer, Proxy, body::ResponseBody, call::CallRecord, call_log::CallLog, error::ProxyError,
@@ -229,7 +229,7 @@ impl Proxy {
                 let limit = self.config.max_header_bytes;
                 return Err(ProxyError::HeadersTooLarge { what: "response headers from the backend", size, limit });
             }
-            let header_code = status_of(res.headers());
+            let header_code = status_of_response(res.status(), res.headers());
             // A Trailers-Only answer carries its status in the headers; headers with a body to follow commit.
             let code = res.body().is_end_stream().then(|| header_code.unwrap_or(Code::Unknown));
             match (verdict(code, policy.non_fatal), code) {

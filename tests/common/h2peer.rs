@@ -2,7 +2,8 @@
 //! not show on demand: resets mid-response, unread streams, floods of tiny DATA frames, status details.
 //!
 //! The backend picks what to do from the request's `x-peer-scenario` header (see [`Scenario`]), so one backend
-//! serves every case, on `ip:8080` like a pod.
+//! serves every case, on `ip:8080` like a pod. Server reflection requests are held unanswered, as by a backend
+//! whose reflection hangs.
 
 #![allow(dead_code)]
 
@@ -43,6 +44,13 @@ pub enum Scenario {
     BareTrailers,
     /// A Trailers-Only `INVALID_ARGUMENT` with this `grpc-status-details-bin` value.
     Details(String),
+    /// A gRPC content-type and this HTTP status, no `grpc-status` and no body (what a proxy in front of a dead
+    /// app, or a misrouted call, looks like).
+    Http(u16),
+    /// One `HelloResponse`, then trailers with these `grpc-status` values, in order (a repeated or malformed one).
+    Statuses(Vec<String>),
+    /// This HTTP status with an HTML error page that ends the stream (END_STREAM on DATA): no trailers at all.
+    HttpPage(u16),
 }
 
 impl Scenario {
@@ -58,6 +66,9 @@ impl Scenario {
             "no-status" => Scenario::NoStatus,
             "bare-trailers" => Scenario::BareTrailers,
             "details" => Scenario::Details(arg.to_owned()),
+            "http" => Scenario::Http(arg.parse().unwrap_or(503)),
+            "statuses" => Scenario::Statuses(arg.split(',').map(str::to_owned).collect()),
+            "http-page" => Scenario::HttpPage(arg.parse().unwrap_or(503)),
             _ => Scenario::Hello,
         }
     }
@@ -135,6 +146,7 @@ async fn read_all(body: &mut h2::RecvStream) -> u64 {
 async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, streamed: Arc<AtomicU64>) {
     let scenario =
         req.headers().get("x-peer-scenario").and_then(|v| v.to_str().ok()).map_or(Scenario::Hello, Scenario::parse);
+    let scenario = if req.uri().path().contains("ServerReflection") { Scenario::Stall } else { scenario };
     let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let mut body = req.into_body();
     match scenario {
@@ -225,6 +237,32 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
                 h.insert("grpc-status-details-bin", v);
             }
             let _ = respond.send_response(res, true);
+        }
+        Scenario::Http(status) => {
+            read_all(&mut body).await;
+            let mut res = grpc_headers();
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            let _ = respond.send_response(res, true);
+        }
+        Scenario::Statuses(values) => {
+            read_all(&mut body).await;
+            let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
+            let _ = tx.send_data(hello_reply("statuses follow"), false);
+            let mut t = HeaderMap::new();
+            for v in values {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    t.append("grpc-status", v);
+                }
+            }
+            let _ = tx.send_trailers(t);
+        }
+        Scenario::HttpPage(status) => {
+            read_all(&mut body).await;
+            let mut res = Response::new(());
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            res.headers_mut().insert("content-type", HeaderValue::from_static("text/html"));
+            let Ok(mut tx) = respond.send_response(res, false) else { return };
+            let _ = tx.send_data(Bytes::from_static(b"<html><body>upstream connect error</body></html>"), true);
         }
     }
 }

@@ -28,6 +28,11 @@ pub enum Action {
     Refuse,
     /// GOAWAY with last-stream-id 0, i.e. below this stream, then close the connection.
     GoAwayBelow,
+    /// Never answer (the stream stays open).
+    Stall,
+    /// A Trailers-Only `INVALID_ARGUMENT` whose `grpc-message` holds a control character (0x01): an invalid
+    /// field value (RFC 9110 §5.5), which RFC 9113 §8.2.1 makes a malformed response, a stream error.
+    ControlCharMessage,
 }
 
 /// A running scripted backend. `script(connection index, request index)` picks each request's action.
@@ -100,6 +105,16 @@ async fn serve(mut tcp: TcpStream, conn: usize, script: fn(usize, usize) -> Acti
                         return;
                     }
                     Action::Answer { status, trailer_padding } => out = answer(stream, status, trailer_padding),
+                    Action::Stall => {}
+                    Action::ControlCharMessage => {
+                        let mut block = vec![0x88]; // :status 200
+                        block.extend(hpack(&[
+                            ("content-type", "application/grpc"),
+                            ("grpc-status", "3"),
+                            ("grpc-message", "bad\u{1}message"),
+                        ]));
+                        out = frame(HEADERS, END_HEADERS | END_STREAM, stream, &block);
+                    }
                 }
             }
             _ => {}
