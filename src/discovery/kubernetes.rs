@@ -28,7 +28,7 @@ use kube::{
     runtime::watcher,
 };
 use tokio::{sync::mpsc, time::Instant};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
 
@@ -75,12 +75,26 @@ pub async fn own_namespace(kubeconfig: Option<&Path>) -> Option<String> {
 pub async fn run(
     service: String,
     namespace: Option<String>,
-    mut feeds: Vec<Feed>,
+    feeds: Vec<Feed>,
     options: super::Options,
     health: Arc<Health>,
 ) {
     let client = connect(options.kubeconfig.as_deref()).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    // Every line logged for this watch (a failure, a recovery) names the Service: a sidecar may watch several.
+    let span = tracing::info_span!("discovery", %service, %namespace);
+    watch_slices(client, service, namespace, feeds, options, health).instrument(span).await;
+}
+
+/// [`run`] once the client and the namespace are known.
+async fn watch_slices(
+    client: Client,
+    service: String,
+    namespace: String,
+    mut feeds: Vec<Feed>,
+    options: super::Options,
+    health: Arc<Health>,
+) {
     let ports: Vec<String> = feeds.iter().map(|f| f.port.to_string()).collect();
     info!(%service, %namespace, ?ports, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
@@ -132,7 +146,7 @@ pub async fn run(
                 changed
             }
             Err(e) => {
-                let failure = Failure::of(&e);
+                let failure = Failure::of(&e, &namespace);
                 let delay = retry.after(&failure);
                 if failure.cause == "410" {
                     // An expired resourceVersion is routine: kube re-lists on the next poll.
@@ -230,15 +244,16 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(e: &watcher::Error) -> Self {
+    /// The failure `e` of a request for the EndpointSlices in `namespace`.
+    fn of(e: &watcher::Error, namespace: &str) -> Self {
         let (what, inner) = match e {
             watcher::Error::InitialListFailed(k) => ("EndpointSlice list", Some(k)),
             watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => ("EndpointSlice watch", Some(k)),
-            watcher::Error::WatchError(status) => return Self::of_status("EndpointSlice watch", status),
+            watcher::Error::WatchError(status) => return Self::of_status("EndpointSlice watch", status, namespace),
             watcher::Error::NoResourceVersion => ("EndpointSlice list", None),
         };
         match inner {
-            Some(kube::Error::Api(status)) => Self::of_status(what, status),
+            Some(kube::Error::Api(status)) => Self::of_status(what, status, namespace),
             Some(other) => Self {
                 cause: "connect".into(),
                 retry_after: None,
@@ -248,7 +263,7 @@ impl Failure {
         }
     }
 
-    fn of_status(what: &str, status: &kube::core::Status) -> Self {
+    fn of_status(what: &str, status: &kube::core::Status, namespace: &str) -> Self {
         let retry_after = status
             .details
             .as_ref()
@@ -256,11 +271,15 @@ impl Failure {
             .filter(|s| *s > 0)
             .map(|s| Duration::from_secs(u64::from(s)));
         let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
-        Self {
-            cause: status.code.to_string(),
-            retry_after,
-            message: format!("{what} refused by the API server: HTTP {}{reason}: {}", status.code, status.message),
+        let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {}", status.code, status.message);
+        if status.code == 403 {
+            // The fix, not only the symptom: the API's message names one verb, and the sidecar needs both.
+            message.push_str(&format!(
+                "; RBAC: the sidecar's service account needs verbs [\"list\", \"watch\"] on resource \"endpointslices\" \
+                 in API group \"discovery.k8s.io\" in namespace {namespace:?} (a Role and a RoleBinding there)"
+            ));
         }
+        Self { cause: status.code.to_string(), retry_after, message }
     }
 }
 

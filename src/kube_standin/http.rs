@@ -46,6 +46,11 @@ pub(super) async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
 }
 
 async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
+    // Every request counts, those refused or failed below included: a test of the client's retry pace reads them.
+    let q = query(req.uri().query().unwrap_or(""));
+    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let counter = if is_watch { &inner.watches } else { &inner.lists };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let failing =
         inner.fail_next.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
             n.checked_sub(1)
@@ -57,7 +62,7 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
     match refusal {
         Some(Refusal::Forbidden) => {
             let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
-            let verb = if req.uri().query().is_some_and(|q| q.contains("watch=true")) { "watch" } else { "list" };
+            let verb = if is_watch { "watch" } else { "list" };
             let message = format!(
                 "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
                  cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\""
@@ -89,17 +94,10 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         },
         None => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
     };
-    let q = query(req.uri().query().unwrap_or(""));
     let Some(selector) = Selector::parse(q.get("labelSelector").map_or("", String::as_str)) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "unable to parse labelSelector");
     };
-    if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        inner.watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        watch(inner, namespace, selector, &q)
-    } else {
-        inner.lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        list(&inner, namespace.as_deref(), &selector, &q)
-    }
+    if is_watch { watch(inner, namespace, selector, &q) } else { list(&inner, namespace.as_deref(), &selector, &q) }
 }
 
 fn list(inner: &Inner, ns: Option<&str>, selector: &Selector, q: &HashMap<String, String>) -> Response<Body> {

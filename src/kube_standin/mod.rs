@@ -164,12 +164,12 @@ impl StandIn {
         Ok(())
     }
 
-    /// LIST requests served so far.
+    /// LIST requests received so far, those refused or failed included.
     pub fn lists(&self) -> u64 {
         self.inner.lists.load(Relaxed)
     }
 
-    /// WATCH requests served so far.
+    /// WATCH requests received so far, those refused or failed included.
     pub fn watches(&self) -> u64 {
         self.inner.watches.load(Relaxed)
     }
