@@ -95,3 +95,58 @@ async fn a_forbidden_api_is_one_log_line_naming_the_service_and_the_rbac_rule() 
     assert!(ready.contains("RoleBinding"), "{ready}");
     let _ = std::fs::remove_file(kubeconfig);
 }
+
+/// One call with a 5 s deadline: it must fail fast (UNAVAILABLE, not DEADLINE_EXCEEDED) and say why.
+async fn no_endpoint_call(sidecar: &Sidecar) -> String {
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
+    o.message
+}
+
+/// A misspelt port name, a misspelt Service and a Service scaled to zero all leave an empty endpoint set. The
+/// caller got a bare "no ready endpoints for hello.default:grpcc" for each (and `/ready` said ready): nothing told
+/// the operator which it was. The API lists nothing for a Service that does not exist; it does not answer 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_endpoint_set_tells_the_caller_why() {
+    let mut c = cluster_with(2).await;
+    let kubeconfig = kubeconfig_for(&c, "empty");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let env = [("KUBECONFIG", kc.as_str())];
+    let wrong_port = Sidecar::start_env("kubernetes:///hello.default:grpcc", &[], &env);
+    let wrong_service = Sidecar::start_env("kubernetes:///helo.default:grpc", &[], &env);
+    let wrong_namespace = Sidecar::start_env("kubernetes:///hello.defualt:grpc", &[], &env);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(2);
+    for s in [&wrong_port, &wrong_service, &wrong_namespace] {
+        wait_for("the first sync", Duration::from_secs(20), || http_get(s.admin, "/ready"));
+    }
+    let m = no_endpoint_call(&wrong_port).await;
+    assert!(m.contains("no port of the Service is named \"grpcc\" (its ports: grpc)"), "{m}");
+    for s in [&wrong_service, &wrong_namespace] {
+        let m = no_endpoint_call(s).await;
+        assert!(m.contains("the Service has no EndpointSlices"), "{m}");
+    }
+
+    // Scaled to zero: calls fail fast and say so; scaled up again: calls flow.
+    for name in c.ready_names() {
+        c.delete_pod(&name);
+    }
+    sidecar.wait_ready_endpoints(0);
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("the Service has no endpoints"), "{m}");
+    let starting = c.add_pod(Phase::Starting);
+    // The watch delivers the new slice soon, not at once: ask until the answer changes (a fail-fast call each).
+    let mut m = String::new();
+    for _ in 0..20 {
+        m = no_endpoint_call(&sidecar).await;
+        if !m.contains("the Service has no endpoints") {
+            break;
+        }
+    }
+    assert!(m.contains("none of its 1 endpoints is ready"), "{m}");
+    c.set_phase(&starting, Phase::Ready);
+    sidecar.wait_ready_endpoints(1);
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, tonic::Code::Ok, "{o:?}");
+    let _ = std::fs::remove_file(kubeconfig);
+}

@@ -27,7 +27,10 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::watcher,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tracing::{Instrument, debug, info, warn};
 
 use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
@@ -53,14 +56,16 @@ pub struct Feed {
     pub port: PortRef,
     /// Whole usable sets for this port, as they change.
     pub tx: mpsc::Sender<Vec<Discovered>>,
+    /// While the usable set is empty, why (e.g. `no port of the Service is named "grpc" (its ports: http)`).
+    pub why_empty: watch::Sender<Option<String>>,
     slices: SliceState,
     last: Option<Vec<Discovered>>,
 }
 
 impl Feed {
     /// A port to feed.
-    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>) -> Self {
-        Self { port, tx, slices: SliceState::default(), last: None }
+    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>, why_empty: watch::Sender<Option<String>>) -> Self {
+        Self { port, tx, why_empty, slices: SliceState::default(), last: None }
     }
 }
 
@@ -201,6 +206,19 @@ async fn watch_slices(
         let mut gone = Vec::new();
         for (i, feed) in feeds.iter_mut().enumerate() {
             let set = usable(feed.slices.current(), options.ip_family);
+            // Said before the empty set goes on, so the first call that finds no endpoint can be told why.
+            let why = set.is_empty().then(|| feed.slices.why_empty(&feed.port));
+            let port = &feed.port;
+            feed.why_empty.send_if_modified(|old| {
+                if *old == why {
+                    return false;
+                }
+                if let Some(why) = &why {
+                    warn!(%port, reason = %why, "no usable endpoint");
+                }
+                old.clone_from(&why);
+                true
+            });
             if feed.last.as_ref() != Some(&set) {
                 if feed.tx.send(set.clone()).await.is_err() {
                     gone.push(i);

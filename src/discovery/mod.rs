@@ -15,7 +15,7 @@ pub mod target;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use self::{
     health::Health,
@@ -58,6 +58,8 @@ pub struct Discovery {
     pub sets: mpsc::Receiver<Vec<Discovered>>,
     /// What discovery is going through.
     pub health: Arc<Health>,
+    /// While the set is empty, why, in words for the caller (`None` from a source that cannot say).
+    pub why_empty: watch::Receiver<Option<String>>,
 }
 
 /// One watched Service: its namespace (`None`: the client's default) and name.
@@ -73,11 +75,12 @@ pub fn spawn_all(targets: &[Target], options: &Options) -> Vec<Discovery> {
     let mut watches: Vec<(WatchKey, Vec<kubernetes::Feed>, Arc<Health>)> = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let (tx, sets) = mpsc::channel(16);
+        let (why_tx, why_empty) = watch::channel(None);
         match target {
             Target::Static(hosts) => {
                 let health = Arc::new(Health::default());
                 tokio::spawn(resolve_static(hosts.clone(), health.clone(), tx));
-                out[i] = Some(Discovery { sets, health });
+                out[i] = Some(Discovery { sets, health, why_empty });
             }
             Target::Kubernetes { service, namespace, port } => {
                 let key = (namespace.clone(), service.clone());
@@ -89,8 +92,8 @@ pub fn spawn_all(targets: &[Target], options: &Options) -> Vec<Discovery> {
                     }
                 };
                 let (_, feeds, health) = &mut watches[w];
-                feeds.push(kubernetes::Feed::new(port.clone(), tx));
-                out[i] = Some(Discovery { sets, health: health.clone() });
+                feeds.push(kubernetes::Feed::new(port.clone(), tx, why_tx));
+                out[i] = Some(Discovery { sets, health: health.clone(), why_empty });
             }
         }
     }
