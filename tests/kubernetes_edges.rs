@@ -12,6 +12,7 @@ use std::{
 
 use common::{cluster::*, *};
 use hello_sidecar::kube_standin::controller::Phase;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort};
 
 async fn cluster_with(pods: usize) -> KubeCluster {
     let mut c = KubeCluster::new().await;
@@ -149,4 +150,101 @@ async fn an_empty_endpoint_set_tells_the_caller_why() {
     let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
     assert_eq!(o.code, tonic::Code::Ok, "{o:?}");
     let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// A Role that grants `list` but forgets `watch`: the LIST gives the endpoints and calls flow on them, but no change
+/// would ever arrive. Discovery must keep saying so (no false recovery from the LIST that works), name the missing
+/// verb, and pick up changes once the Role is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_watch_is_reported_until_fixed() {
+    use hello_sidecar::kube_standin::Refusal;
+    let mut c = cluster_with(2).await;
+    c.api.refuse(Some(Refusal::ForbiddenWatch));
+    let kubeconfig = kubeconfig_for(&c, "nowatch");
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    let metrics = || http_get(sidecar.admin, "/metrics").unwrap_or_default();
+    wait_for("the listed endpoints", Duration::from_secs(20), || {
+        (metric(&metrics(), "hello_sidecar_endpoints{state=\"ready\"}") == 2).then_some(())
+    });
+    wait_for("discovery failing", Duration::from_secs(20), || {
+        (metric_max(&metrics(), "hello_sidecar_discovery_failing") == 1).then_some(())
+    });
+    // Several refused WATCHes later, it still says so.
+    let watches = c.api.watches();
+    wait_for("three refused WATCHes", Duration::from_secs(30), || (c.api.watches() >= watches + 3).then_some(()));
+    assert_eq!(metric_max(&metrics(), "hello_sidecar_discovery_failing"), 1);
+    assert!(sidecar.lines_with("discovery recovered").is_empty(), "{:#?}", sidecar.lines_with("discovery"));
+    let (code, ready) = http_get_any(sidecar.admin, "/ready").expect("/ready");
+    assert_eq!(code, 200, "serving the listed endpoints: {ready}");
+    assert!(ready.contains("cannot watch") && ready.contains("RoleBinding"), "{ready}");
+    let client = hello_sidecar::client::connect(&format!("{}:50051", sidecar.admin.ip())).expect("client");
+    let pods = by_pod(&calls(&client, 30, 2, None).await);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    // The Role fixed: the next WATCH works, and a new pod is seen through it.
+    c.api.refuse(None);
+    let new = c.add_pod(Phase::Ready);
+    wait_for("the new pod through the watch", Duration::from_secs(60), || {
+        (metric(&metrics(), "hello_sidecar_endpoints{state=\"ready\"}") == 3).then_some(())
+    });
+    wait_for("recovered", Duration::from_secs(20), || {
+        (metric_max(&metrics(), "hello_sidecar_discovery_failing") == 0).then_some(())
+    });
+    let pods = by_pod(&calls(&client, 60, 3, None).await);
+    assert!(pods.contains_key(&new), "{pods:?}");
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// Odd but legal slices (KEP-1672, the API reference): conditions absent or all null (ready), an endpoint with two
+/// addresses (the first is used), an unnamed port and a port whose number is null beside the named one, an FQDN
+/// slice of the same Service (skipped), and another Service's slice in the namespace (not selected). Three pods,
+/// three endpoints, all called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_legal_slices_give_one_endpoint_per_ready_pod() {
+    let c = cluster_with(3).await;
+    let mut s = c.api_slice_copy();
+    let eps = s.endpoints.as_mut().expect("endpoints");
+    let expected: Vec<String> = eps.iter().map(|e| format!("{}:{BACKEND_PORT}", e.addresses[0])).collect();
+    eps[0].conditions = None;
+    eps[1].conditions = Some(EndpointConditions { ready: None, serving: None, terminating: None });
+    eps[2].addresses.push("127.99.99.99".into());
+    let mut ports = vec![
+        EndpointPort { name: None, port: Some(9999), ..Default::default() },
+        EndpointPort { name: Some("metrics".into()), port: None, ..Default::default() },
+    ];
+    ports.extend(s.ports.take().unwrap_or_default());
+    s.ports = Some(ports);
+    c.api.put_slice(&s);
+    let mut fqdn = c.api_slice_copy();
+    fqdn.metadata.name = Some("hello-fqdn".into());
+    fqdn.address_type = "FQDN".into();
+    for ep in fqdn.endpoints.iter_mut().flatten() {
+        ep.addresses = vec!["hello.example.com".into()];
+    }
+    c.api.put_slice(&fqdn);
+    let mut other = c.api_slice_copy();
+    other.metadata.name = Some("other-0".into());
+    if let Some(labels) = other.metadata.labels.as_mut() {
+        labels.insert("kubernetes.io/service-name".into(), "other".into());
+    }
+    for ep in other.endpoints.iter_mut().flatten() {
+        ep.addresses = vec!["127.88.0.1".into()];
+        ep.target_ref = None;
+    }
+    c.api.put_slice(&other);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(3);
+    let debug: serde_json::Value =
+        serde_json::from_str(&http_get(sidecar.admin, "/debug/endpoints").expect("debug")).expect("json");
+    let mut addrs: Vec<String> = debug["endpoints"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["address"].as_str().map(str::to_owned))
+        .collect();
+    addrs.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(addrs, expected, "{debug:#}");
+    let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
+    assert_eq!(pods.len(), 3, "{pods:?}");
 }

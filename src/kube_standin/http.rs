@@ -59,25 +59,27 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure");
     }
     let refusal = *inner.refusal.lock();
-    match refusal {
-        Some(Refusal::Forbidden) => {
-            let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
-            let verb = if is_watch { "watch" } else { "list" };
-            let message = format!(
-                "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
+    let forbidden = match refusal {
+        Some(Refusal::Forbidden) => true,
+        Some(Refusal::ForbiddenWatch) => is_watch,
+        _ => false,
+    };
+    if forbidden {
+        let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
+        let verb = if is_watch { "watch" } else { "list" };
+        let message = format!(
+            "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
                  cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\""
-            );
-            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
-        }
-        Some(Refusal::Throttled { retry_after }) => {
-            let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
+    if let Some(Refusal::Throttled { retry_after }) = refusal {
+        let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
                 "details": {"retryAfterSeconds": retry_after}, "code": 429});
-            let mut res = json_response(StatusCode::TOO_MANY_REQUESTS, &v);
-            res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(retry_after));
-            return res;
-        }
-        None => {}
+        let mut res = json_response(StatusCode::TOO_MANY_REQUESTS, &v);
+        res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(retry_after));
+        return res;
     }
     let mut stalled = inner.stalled.subscribe();
     let _ = stalled.wait_for(|s| !s).await;

@@ -49,6 +49,8 @@ pub(crate) struct Inner {
 pub enum Refusal {
     /// HTTP 403 `Forbidden`, as the API server answers a service account without the RBAC to list or watch.
     Forbidden,
+    /// HTTP 403 `Forbidden` for WATCH only, LIST answered: a Role that grants `list` but forgets `watch`.
+    ForbiddenWatch,
     /// HTTP 429 `TooManyRequests` with `Retry-After` (header and `details.retryAfterSeconds`), as API Priority
     /// and Fairness answers when it throttles.
     Throttled {
