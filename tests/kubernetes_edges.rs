@@ -248,3 +248,26 @@ async fn odd_but_legal_slices_give_one_endpoint_per_ready_pod() {
     let pods = by_pod(&calls(&sidecar.client(), 60, 3, None).await);
     assert_eq!(pods.len(), 3, "{pods:?}");
 }
+
+/// A slice that is relabelled to another Service leaves this one (the API's watch says DELETED), and comes back
+/// when relabelled again (ADDED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_relabelled_to_another_service_leaves_the_set() {
+    let c = cluster_with(2).await;
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(2);
+    let mut slice = c.api_slice_copy();
+    let set_service = |slice: &mut k8s_openapi::api::discovery::v1::EndpointSlice, svc: &str| {
+        if let Some(labels) = slice.metadata.labels.as_mut() {
+            labels.insert("kubernetes.io/service-name".into(), svc.into());
+        }
+    };
+    set_service(&mut slice, "other");
+    c.api.put_slice(&slice);
+    sidecar.wait_ready_endpoints(0);
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("the Service has no EndpointSlices"), "{m}");
+    set_service(&mut slice, SERVICE);
+    c.api.put_slice(&slice);
+    sidecar.wait_ready_endpoints(2);
+}

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     Inner, Refusal,
-    store::{Selector, namespace_of},
+    store::{Event, Selector, namespace_of},
 };
 use crate::BoxError;
 
@@ -141,12 +141,14 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
             // No resourceVersion: synthetic ADDED for everything there is, then changes.
             None => {
                 let rv = store.rv();
-                let initial: Vec<_> = store.list(ns.as_deref(), &selector).into_iter().map(|o| ("ADDED", o)).collect();
+                let initial: Vec<_> = store
+                    .list(ns.as_deref(), &selector)
+                    .into_iter()
+                    .map(|object| Event { rv, kind: "ADDED", object, prev: None })
+                    .collect();
                 store.watch(rv).map(|(_, live)| (initial, live, rv))
             }
-            Some(rv) => store
-                .watch(rv)
-                .map(|(missed, live)| (missed.into_iter().map(|e| (e.kind, e.object)).collect(), live, rv)),
+            Some(rv) => store.watch(rv).map(|(missed, live)| (missed, live, rv)),
         }
     };
     let (backlog, mut live, mut last_rv) = match start {
@@ -165,9 +167,10 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     let matches = move |o: &Value| ns.as_deref().is_none_or(|n| n == namespace_of(o)) && selector.matches(o);
     let mut stalled = inner.stalled.subscribe();
     tokio::spawn(async move {
-        for (kind, object) in backlog {
-            if matches(&object)
-                && tx.send(Ok(Frame::data(line(&json!({"type": kind, "object": object}))))).await.is_err()
+        for event in backlog {
+            last_rv = last_rv.max(event.rv);
+            if let Some(kind) = event.seen_through(&matches)
+                && tx.send(Ok(Frame::data(line(&json!({"type": kind, "object": event.object}))))).await.is_err()
             {
                 return;
             }
@@ -193,14 +196,16 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
                         return;
                     }
                     last_rv = event.rv;
-                    if matches(&event.object) {
-                        let ev = json!({"type": event.kind, "object": event.object});
+                    if let Some(kind) = event.seen_through(&matches) {
+                        let ev = json!({"type": kind, "object": event.object});
                         if tx.send(Ok(Frame::data(line(&ev)))).await.is_err() { return }
                     }
                 }
                 _ = bookmark.tick(), if bookmarks => {
                     if *stalled.borrow() { continue }
-                    let rv = inner.store.lock().rv().max(last_rv);
+                    // Only as far as the events this watch has been sent: the store may be ahead of them, with
+                    // events still queued for this stream, and a client resuming from a bookmark skips up to it.
+                    let rv = last_rv;
                     let ev = json!({"type": "BOOKMARK", "object": {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
                         "metadata": {"resourceVersion": rv.to_string()}}});
                     if tx.send(Ok(Frame::data(line(&ev)))).await.is_err() { return }
