@@ -271,3 +271,28 @@ async fn a_slice_relabelled_to_another_service_leaves_the_set() {
     c.api.put_slice(&slice);
     sidecar.wait_ready_endpoints(2);
 }
+
+/// The slice is deleted while a call is in flight on its only endpoint: the call finishes (the endpoint drains),
+/// and the next call fails fast, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_deleted_under_a_call_in_flight_lets_it_finish() {
+    use hello_sidecar::kube_standin::controller::{Controller, Pod};
+    let c = KubeCluster::new().await;
+    let slow = Backend::start("slow-0", &["--delay", "1500ms"]);
+    let mut controller = Controller::new(SERVICE, NAMESPACE, "grpc", BACKEND_PORT);
+    controller.publish(&c.api, &[Pod { name: "slow-0".into(), ip: slow.addr.ip(), phase: Phase::Ready }]);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(1);
+    let mut client = sidecar.client();
+    let in_flight =
+        tokio::spawn(
+            async move { hello_sidecar::client::call_once(&mut client, "x", Some(Duration::from_secs(10))).await },
+        );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(c.api.delete_slice(NAMESPACE, "hello-0"));
+    sidecar.wait_ready_endpoints(0);
+    let o = in_flight.await.expect("the call task");
+    assert_eq!(o.code, tonic::Code::Ok, "{o:?}");
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("the Service has no EndpointSlices"), "{m}");
+}
