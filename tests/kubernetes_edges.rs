@@ -296,3 +296,22 @@ async fn a_slice_deleted_under_a_call_in_flight_lets_it_finish() {
     let m = no_endpoint_call(&sidecar).await;
     assert!(m.contains("the Service has no EndpointSlices"), "{m}");
 }
+
+/// An IPv6-only Service (`addressType: IPv6`): the pod is called on its bracketed address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_only_service_is_called_on_its_ipv6_address() {
+    use hello_sidecar::kube_standin::controller::{Controller, Pod};
+    let c = KubeCluster::new().await;
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let listen = format!("[::1]:{port}");
+    let admin_ip = fresh_ip();
+    let admin = std::net::SocketAddr::from((admin_ip, 9902));
+    let _pod = Proc::spawn("v6-pod", &["server", "--listen", &listen, "--admin", &admin.to_string(), "--id", "v6-0"]);
+    wait_for("the IPv6 pod", Duration::from_secs(20), || http_get(admin, "/ready"));
+    let mut controller = Controller::new(SERVICE, NAMESPACE, "grpc", port);
+    controller.publish(&c.api, &[Pod { name: "v6-0".into(), ip: "::1".parse().expect("ip"), phase: Phase::Ready }]);
+    let sidecar = c.sidecar(&[]);
+    sidecar.wait_ready_endpoints(1);
+    let pods = by_pod(&calls(&sidecar.client(), 10, 2, None).await);
+    assert_eq!(pods.get("v6-0"), Some(&10), "{pods:?}");
+}
