@@ -315,3 +315,19 @@ async fn an_ipv6_only_service_is_called_on_its_ipv6_address() {
     let pods = by_pod(&calls(&sidecar.client(), 10, 2, None).await);
     assert_eq!(pods.get("v6-0"), Some(&10), "{pods:?}");
 }
+
+/// A port number names the pod's port (the EndpointSlice's), not the Service's: `hello.default:80` for a Service
+/// that maps 80 to the pods' 8080 calls the pods on 80 and is refused. The caller got "connect refused" and no
+/// hint of the mix-up; now the message says which ports the slices have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_number_no_slice_has_is_named_in_the_failure() {
+    let c = cluster_with(1).await;
+    let kubeconfig = kubeconfig_for(&c, "port80");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env("kubernetes:///hello.default:80", &[], &[("KUBECONFIG", kc.as_str())]);
+    wait_for("the first sync", Duration::from_secs(20), || http_get(sidecar.admin, "/ready"));
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("no port of the Service is 80 (its ports: grpc=8080)"), "{m}");
+    assert!(m.contains("the pod's port, not the Service's"), "{m}");
+    let _ = std::fs::remove_file(kubeconfig);
+}

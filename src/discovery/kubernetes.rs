@@ -56,16 +56,18 @@ pub struct Feed {
     pub port: PortRef,
     /// Whole usable sets for this port, as they change.
     pub tx: mpsc::Sender<Vec<Discovered>>,
-    /// While the usable set is empty, why (e.g. `no port of the Service is named "grpc" (its ports: http)`).
-    pub why_empty: watch::Sender<Option<String>>,
+    /// Why calls may find no endpoint, for their `UNAVAILABLE` message: while the usable set is empty, why (e.g.
+    /// `no port of the Service is named "grpc" (its ports: http)`); else a port number no slice has (the
+    /// Service's port given for the pod's: `SliceState::port_hint`).
+    pub explain: watch::Sender<Option<String>>,
     slices: SliceState,
     last: Option<Vec<Discovered>>,
 }
 
 impl Feed {
     /// A port to feed.
-    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>, why_empty: watch::Sender<Option<String>>) -> Self {
-        Self { port, tx, why_empty, slices: SliceState::default(), last: None }
+    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>, explain: watch::Sender<Option<String>>) -> Self {
+        Self { port, tx, explain, slices: SliceState::default(), last: None }
     }
 }
 
@@ -206,15 +208,21 @@ async fn watch_slices(
         let mut gone = Vec::new();
         for (i, feed) in feeds.iter_mut().enumerate() {
             let set = usable(feed.slices.current(), options.ip_family);
-            // Said before the empty set goes on, so the first call that finds no endpoint can be told why.
-            let why = set.is_empty().then(|| feed.slices.why_empty(&feed.port));
+            // Said before the set goes on, so the first call that finds no endpoint can be told why.
+            let why = if set.is_empty() {
+                Some(feed.slices.why_empty(&feed.port))
+            } else {
+                feed.slices.port_hint(&feed.port)
+            };
             let port = &feed.port;
-            feed.why_empty.send_if_modified(|old| {
+            feed.explain.send_if_modified(|old| {
                 if *old == why {
                     return false;
                 }
-                if let Some(why) = &why {
-                    warn!(%port, reason = %why, "no usable endpoint");
+                match &why {
+                    Some(why) if set.is_empty() => warn!(%port, reason = %why, "no usable endpoint"),
+                    Some(why) => warn!(%port, reason = %why, "the target's port may be the wrong one"),
+                    None => {}
                 }
                 old.clone_from(&why);
                 true

@@ -19,16 +19,16 @@ pub(super) type Slices = BTreeMap<String, Vec<SliceEndpoint>>;
 /// What each slice lists whatever the port, by slice name: enough to say why a port has no endpoint.
 type Outlines = BTreeMap<String, Outline>;
 
-/// One slice's endpoint count and port names (`""` for an unnamed port).
+/// One slice's endpoint count and ports (name, `""` for an unnamed one, and number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Outline {
     endpoints: usize,
-    ports: Vec<String>,
+    ports: Vec<(String, Option<i32>)>,
 }
 
 impl Outline {
     fn of(s: &EndpointSlice) -> Self {
-        let ports = s.ports.iter().flatten().map(|p| p.name.clone().unwrap_or_default()).collect();
+        let ports = s.ports.iter().flatten().map(|p| (p.name.clone().unwrap_or_default(), p.port)).collect();
         Self { endpoints: s.endpoints.as_ref().map_or(0, Vec::len), ports }
     }
 }
@@ -61,14 +61,17 @@ impl SliceState {
             return "the Service has no endpoints (no pod matches its selector)".into();
         }
         if let PortRef::Name(want) = port
-            && !listed.iter().any(|o| o.ports.iter().any(|p| p == want))
+            && !listed.iter().any(|o| o.ports.iter().any(|(name, _)| name == want))
         {
-            let mut names: Vec<&str> = listed.iter().flat_map(|o| o.ports.iter().map(String::as_str)).collect();
+            let mut names: Vec<&str> = listed.iter().flat_map(|o| o.ports.iter().map(|(n, _)| n.as_str())).collect();
             names.sort_unstable();
             names.dedup();
             let names: Vec<String> =
                 names.iter().map(|n| if n.is_empty() { "(unnamed)".to_owned() } else { (*n).to_owned() }).collect();
             return format!("no port of the Service is named {want:?} (its ports: {})", names.join(", "));
+        }
+        if let Some(hint) = self.port_hint(port) {
+            return hint;
         }
         let known: usize = self.current.values().map(Vec::len).sum();
         let ready = self.current.values().flatten().filter(|e| e.ready || e.serving).count();
@@ -77,6 +80,33 @@ impl SliceState {
         } else {
             format!("none of its {ready} ready endpoints has an address of the family --ip-family asks for")
         }
+    }
+
+    /// For a port given by number that no slice with endpoints lists, the mix-up it likely is: the number is used
+    /// as the pod's port (the EndpointSlice's), and a Service port that maps elsewhere (80 → 8080) is refused on
+    /// every pod. `None` when some slice has that port, or when the slices list no port at all.
+    pub(super) fn port_hint(&self, port: &PortRef) -> Option<String> {
+        let PortRef::Number(n) = port else { return None };
+        let mut ports: Vec<String> = Vec::new();
+        for o in self.outlines.values().filter(|o| o.endpoints > 0) {
+            for (name, number) in &o.ports {
+                if *number == Some(i32::from(*n)) {
+                    return None;
+                }
+                let number = number.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                ports.push(if name.is_empty() { number } else { format!("{name}={number}") });
+            }
+        }
+        if ports.is_empty() {
+            return None;
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Some(format!(
+            "no port of the Service is {n} (its ports: {}); a port number in the target is the pod's port, not the \
+             Service's: use the port's name or the pod's number",
+            ports.join(", ")
+        ))
     }
 
     /// Applies one watcher event; returns whether the current slices may have changed (during a re-list they
@@ -205,6 +235,9 @@ mod tests {
         assert_eq!(s.why_empty(&grpc), "no port of the Service is named \"grpc\" (its ports: (unnamed))");
         let by_number = PortRef::Number(PORT);
         s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &by_number);
+        assert_eq!(s.port_hint(&by_number), None, "the slices have port {PORT}");
+        let service_port = PortRef::Number(80);
+        assert!(s.port_hint(&service_port).is_some_and(|h| h.contains("is 80 (its ports: 8080)")));
         assert!(s.why_empty(&by_number).contains("ready endpoints has an address of the family"));
         let mut sick = slice("a", &["10.0.0.1", "10.0.0.2"]);
         for ep in sick.endpoints.iter_mut().flatten() {
