@@ -68,6 +68,9 @@ impl SliceState {
             names.dedup();
             let names: Vec<String> =
                 names.iter().map(|n| if n.is_empty() { "(unnamed)".to_owned() } else { (*n).to_owned() }).collect();
+            if names.is_empty() {
+                return format!("no port of the Service is named {want:?} (its EndpointSlices list no ports)");
+            }
             return format!("no port of the Service is named {want:?} (its ports: {})", names.join(", "));
         }
         if let Some(hint) = self.port_hint(port) {
@@ -233,6 +236,10 @@ mod tests {
         // The slice's one port is unnamed (as for a single-port Service): no port is named grpc.
         s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &grpc);
         assert_eq!(s.why_empty(&grpc), "no port of the Service is named \"grpc\" (its ports: (unnamed))");
+        let mut portless = slice("a", &["10.0.0.1"]);
+        portless.ports = None;
+        s.apply(Event::Apply(portless), &grpc);
+        assert!(s.why_empty(&grpc).ends_with("(its EndpointSlices list no ports)"), "{}", s.why_empty(&grpc));
         let by_number = PortRef::Number(PORT);
         s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &by_number);
         assert_eq!(s.port_hint(&by_number), None, "the slices have port {PORT}");
