@@ -331,3 +331,23 @@ async fn a_port_number_no_slice_has_is_named_in_the_failure() {
     assert!(m.contains("the pod's port, not the Service's"), "{m}");
     let _ = std::fs::remove_file(kubeconfig);
 }
+
+/// A load balancer in front of the API answers 502 with an HTML page (no `Status`): kube hands the whole page on
+/// as the error message, and it went as is into the log, `/ready` and every failed call's `grpc-message`: kilobytes
+/// of markup over many lines. The operator needs the status and the page's title, on one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_error_page_from_a_proxy_is_summed_up_on_one_line() {
+    use hello_sidecar::kube_standin::Refusal;
+    let c = cluster_with(1).await;
+    c.api.refuse(Some(Refusal::BadGateway));
+    let sidecar = c.sidecar(&[]);
+    let ready = wait_for("a /ready body that names the 502", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("502")).then_some(body)
+    });
+    assert_eq!(ready.trim_end().lines().count(), 1, "{ready}");
+    assert!(ready.len() < 600, "{} bytes: {ready}", ready.len());
+    assert!(ready.contains("Error 502 (Server Error)") && !ready.contains('<'), "{ready}");
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.len() < 600 && m.contains("502") && !m.contains("<style>"), "{m}");
+}

@@ -296,8 +296,19 @@ impl Failure {
             .map(|d| d.retry_after_seconds)
             .filter(|s| *s > 0)
             .map(|s| Duration::from_secs(u64::from(s)));
-        let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
-        let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {}", status.code, status.message);
+        let (reason, text) = if status.reason == NOT_A_STATUS {
+            // kube's stand-in Status for an answer that was not one: its message is the whole body, e.g. a load
+            // balancer's HTML error page, which must not reach the log, /ready and grpc-message as it is.
+            (
+                ": the answer is not a Kubernetes Status (a proxy in front of the API?)".to_owned(),
+                summary(&status.message),
+            )
+        } else if status.reason.is_empty() {
+            (String::new(), one_line(&status.message))
+        } else {
+            (format!(" {}", status.reason), one_line(&status.message))
+        };
+        let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {text}", status.code);
         if status.code == 403 {
             // The fix, not only the symptom: the API's message names one verb, and the sidecar needs both.
             message.push_str(&format!(
@@ -307,6 +318,53 @@ impl Failure {
         }
         Self { cause: status.code.to_string(), retry_after, message }
     }
+}
+
+/// The `reason` kube gives the `Status` it makes up when an error answer's body is not a `Status`.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+/// The longest API message quoted in a problem (it reaches every failed call's `grpc-message`).
+const MESSAGE_MAX: usize = 400;
+
+/// `text` on one line (whitespace runs made one space), cut with `…` past [`MESSAGE_MAX`] bytes (at a character).
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if out.len() + c.len_utf8() > MESSAGE_MAX {
+                out.push('…');
+                return out;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A body that is not a `Status` summed up: an HTML page by its `<title>`, else its text without tags, on one line.
+fn summary(body: &str) -> String {
+    let lower = body.to_ascii_lowercase();
+    if let Some(start) = lower.find("<title>").map(|i| i + "<title>".len())
+        && let Some(len) = lower[start..].find("</title>")
+    {
+        return one_line(&body[start..start + len]);
+    }
+    let mut text = String::with_capacity(body.len());
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    one_line(&text)
 }
 
 /// The API answered (no error) for at least this long since the last retry: the next error starts the backoff over.
@@ -430,6 +488,20 @@ mod tests {
         r.resumed();
         let d = r.after(&failure("500", None));
         assert!(d <= Duration::from_millis(1600), "{d:?}");
+    }
+
+    #[test]
+    fn answers_that_are_not_a_status_are_summed_up_on_one_line() {
+        assert_eq!(
+            summary("<html><head><title>502 Bad\n Gateway</title></head><body>…</body></html>"),
+            "502 Bad Gateway"
+        );
+        assert_eq!(summary("<p><b>503.</b>\n  Service   Unavailable</p>"), "503. Service Unavailable");
+        assert_eq!(summary("404 page not found\n"), "404 page not found");
+        for long in [one_line(&"word ".repeat(500)), one_line(&"é".repeat(1000))] {
+            // Cut at a character, never inside one (é is two bytes).
+            assert!(long.len() <= MESSAGE_MAX + '…'.len_utf8() && long.ends_with('…'), "{long}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

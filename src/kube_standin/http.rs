@@ -73,6 +73,13 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         );
         return status(StatusCode::FORBIDDEN, "Forbidden", &message);
     }
+    if refusal == Some(Refusal::BadGateway) {
+        let body = Full::new(Bytes::from_static(BAD_GATEWAY_PAGE.as_bytes())).map_err(|e: Infallible| match e {});
+        let mut res = Response::new(body.boxed_unsync());
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=UTF-8"));
+        return res;
+    }
     if let Some(Refusal::Throttled { retry_after }) = refusal {
         let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
@@ -215,6 +222,17 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     });
     stream_response(rx)
 }
+
+/// A load balancer's error page, in the shape cloud load balancers serve (title, inline style, a paragraph).
+const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  \
+<meta name=viewport content=\"initial-scale=1, minimum-scale=1, width=device-width\">\n  \
+<title>Error 502 (Server Error)!!1</title>\n  <style>\n    *{margin:0;padding:0}html,code{font:15px/22px arial,\
+sans-serif}html{background:#fff;color:#222;padding:15px}body{margin:7% auto 0;max-width:390px;min-height:180px;\
+padding:30px 0 15px}* > body{background:url(/images/errors/robot.png) 100% 5px no-repeat;padding-right:205px}\
+p{margin:11px 0 22px;overflow:hidden}ins{color:#777;text-decoration:none}a img{border:0}@media screen and \
+(max-width:772px){body{background:none;margin-top:0;max-width:none;padding-right:0}}\n  </style>\n  \
+<p><b>502.</b> <ins>That's an error.</ins>\n  <p>The server encountered a temporary error and could not complete \
+your request.<p>Please try again in 30 seconds. <ins>That's all we know.</ins>\n";
 
 fn line(v: &Value) -> Bytes {
     let mut s = v.to_string();

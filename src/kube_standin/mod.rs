@@ -51,6 +51,9 @@ pub enum Refusal {
     Forbidden,
     /// HTTP 403 `Forbidden` for WATCH only, LIST answered: a Role that grants `list` but forgets `watch`.
     ForbiddenWatch,
+    /// HTTP 502 with an HTML page, not a `Status`: a load balancer in front of the API server whose backend is
+    /// down (as during a control-plane upgrade).
+    BadGateway,
     /// HTTP 429 `TooManyRequests` with `Retry-After` (header and `details.retryAfterSeconds`), as API Priority
     /// and Fairness answers when it throttles.
     Throttled {
