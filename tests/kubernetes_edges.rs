@@ -351,3 +351,20 @@ async fn an_html_error_page_from_a_proxy_is_summed_up_on_one_line() {
     let m = no_endpoint_call(&sidecar).await;
     assert!(m.len() < 600 && m.contains("502") && !m.contains("<style>"), "{m}");
 }
+
+/// The API unreachable: one line says so, not one per retry (kube's client logged each failed connect at ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_is_one_log_line() {
+    let c = cluster_with(1).await;
+    c.api.down();
+    let kubeconfig = kubeconfig_for(&c, "down");
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    wait_for("three failed connects", Duration::from_secs(30), || {
+        let m = http_get(sidecar.admin, "/metrics")?;
+        (metric_sum(&m, "hello_sidecar_discovery_errors_total", "status=\"connect\"") >= 3).then_some(())
+    });
+    let lines = sidecar.lines_with("onnect");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("discovery failing") && lines[0].contains("service=hello"), "{}", lines[0]);
+    let _ = std::fs::remove_file(kubeconfig);
+}
