@@ -366,5 +366,8 @@ async fn an_unreachable_api_is_one_log_line() {
     let lines = sidecar.lines_with("onnect");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("discovery failing") && lines[0].contains("service=hello"), "{}", lines[0]);
+    // Which API server it could not reach: a wrong address in the kubeconfig or the pod's environment shows here.
+    let server = format!("API server http://{}/", c.api.addr());
+    assert!(lines[0].contains(&server), "{}", lines[0]);
     let _ = std::fs::remove_file(kubeconfig);
 }

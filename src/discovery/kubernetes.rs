@@ -86,22 +86,31 @@ pub async fn run(
     options: super::Options,
     health: Arc<Health>,
 ) {
-    let client = connect(options.kubeconfig.as_deref()).await;
+    let (client, server) = connect(options.kubeconfig.as_deref()).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     // Every line logged for this watch (a failure, a recovery) names the Service: a sidecar may watch several.
     let span = tracing::info_span!("discovery", %service, %namespace);
-    watch_slices(client, service, namespace, feeds, options, health).instrument(span).await;
+    let service = Service { name: service, namespace, server };
+    watch_slices(client, service, feeds, options, health).instrument(span).await;
+}
+
+/// The watched Service and where its API server is.
+struct Service {
+    name: String,
+    namespace: String,
+    /// The API server's URL, named when it cannot be reached.
+    server: String,
 }
 
 /// [`run`] once the client and the namespace are known.
 async fn watch_slices(
     client: Client,
-    service: String,
-    namespace: String,
+    service: Service,
     mut feeds: Vec<Feed>,
     options: super::Options,
     health: Arc<Health>,
 ) {
+    let Service { name: service, namespace, server } = service;
     let ports: Vec<String> = feeds.iter().map(|f| f.port.to_string()).collect();
     info!(%service, %namespace, ?ports, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
@@ -153,7 +162,7 @@ async fn watch_slices(
                 changed
             }
             Err(e) => {
-                let failure = Failure::of(&e, &namespace);
+                let failure = Failure::of(&e, &namespace, &server);
                 let delay = retry.after(&failure);
                 if failure.cause == "410" {
                     // An expired resourceVersion is routine: kube re-lists on the next poll.
@@ -270,8 +279,8 @@ struct Failure {
 }
 
 impl Failure {
-    /// The failure `e` of a request for the EndpointSlices in `namespace`.
-    fn of(e: &watcher::Error, namespace: &str) -> Self {
+    /// The failure `e` of a request for the EndpointSlices in `namespace` to the API server at `server`.
+    fn of(e: &watcher::Error, namespace: &str, server: &str) -> Self {
         let (what, inner) = match e {
             watcher::Error::InitialListFailed(k) => ("EndpointSlice list", Some(k)),
             watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => ("EndpointSlice watch", Some(k)),
@@ -283,7 +292,7 @@ impl Failure {
             Some(other) => Self {
                 cause: "connect".into(),
                 retry_after: None,
-                message: format!("{what} failed: {}", crate::error_chain(other)),
+                message: format!("{what} failed: API server {server}: {}", crate::error_chain(other)),
             },
             None => Self { cause: "other".into(), retry_after: None, message: format!("{what} failed: {e}") },
         }
@@ -432,19 +441,21 @@ async fn config_from(kubeconfig: Option<&Path>) -> Result<kube::Config, String> 
     Ok(config)
 }
 
-async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
+/// The client and the API server's URL (to name when it cannot be reached).
+async fn client_from(kubeconfig: Option<&Path>) -> Result<(Client, String), String> {
     let mut config = config_from(kubeconfig).await?;
+    let server = config.cluster_url.to_string();
     // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
     // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
     // the throttling ended. [`Retry`] handles those answers here instead.
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| e.to_string())
+    Client::try_from(config).map(|c| (c, server)).map_err(|e| e.to_string())
 }
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
 /// crash-loop.
-async fn connect(kubeconfig: Option<&Path>) -> Client {
+async fn connect(kubeconfig: Option<&Path>) -> (Client, String) {
     let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
