@@ -5,7 +5,8 @@
 //! targets that name one Kubernetes Service on different ports share its one EndpointSlice watch
 //! ([`discovery::spawn_all`]). Each target runs two tasks: one feeds
 //! the balancer every endpoint set discovery sends, the other hands discovery's problems (an API answering 403,
-//! say) to the balancer, which names them when a call finds no endpoint.
+//! say) or why calls may find no endpoint (an empty set's cause, a port number no slice has) to the balancer,
+//! which names them when a call finds no endpoint.
 
 use std::sync::{
     Arc,
@@ -32,17 +33,22 @@ impl Target {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let balancer = Arc::new(Balancer::new(uri.to_string(), settings, metrics.clone()));
-        let discovery::Discovery { mut sets, health } = discovery;
+        let discovery::Discovery { mut sets, health, mut explain } = discovery;
         let target = Arc::new(Self { balancer, discovery: health, synced: AtomicBool::new(false) });
 
         let mut problems = target.discovery.subscribe();
         let balancer = target.balancer.clone();
         tokio::spawn(async move {
+            // A source that cannot explain (static) has dropped its sender: stop asking.
+            let mut explains = explain.has_changed().is_ok();
             loop {
+                // A failing API is the more urgent news; else why the set is empty or its port likely wrong.
                 let problem = problems.borrow_and_update().clone();
-                balancer.set_discovery_problem(problem);
-                if problems.changed().await.is_err() {
-                    return;
+                let why = explain.borrow_and_update().clone();
+                balancer.set_discovery_problem(problem.or(why));
+                tokio::select! {
+                    changed = problems.changed() => if changed.is_err() { return },
+                    changed = explain.changed(), if explains => explains = changed.is_ok(),
                 }
             }
         });

@@ -151,3 +151,72 @@ async fn refusals_are_kubernetes_statuses_until_lifted() {
     assert_eq!(get(&api, BASE).await.0, 500);
     assert_eq!(get(&api, BASE).await.0, 200);
 }
+
+fn rv_of(e: &Value) -> u64 {
+    e["object"]["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("a resourceVersion")
+}
+
+/// A bookmark says "you have seen everything up to here": a client that resumes from it skips every event at or
+/// before it. The stand-in stamped bookmarks with the store's newest resourceVersion even while events up to it
+/// were still queued for the stream, so a watch cut just after such a bookmark lost them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_never_run_ahead_of_the_events_sent() {
+    let (api, c, pods) = with_pods(1).await;
+    let api = std::sync::Arc::new(api);
+    let (_, list) = get(&api, BASE).await;
+    let from: u64 = serde_json::from_str::<Value>(&list).expect("json")["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("rv");
+    let slice = c.slices(&pods).remove(0);
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let end = std::time::Instant::now() + Duration::from_millis(3500);
+            while std::time::Instant::now() < end {
+                for _ in 0..50 {
+                    api.put_slice(&slice);
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let (_, body) =
+        get(&api, &format!("{BASE}?watch=true&timeoutSeconds=3&allowWatchBookmarks=true&resourceVersion={from}")).await;
+    let _ = writer.await;
+    let mut seen = from;
+    let mut bookmarks = 0;
+    for e in events(&body) {
+        if e["type"] == "BOOKMARK" {
+            bookmarks += 1;
+            assert!(rv_of(&e) <= seen, "a bookmark at {} before the event at {} was sent", rv_of(&e), seen + 1);
+        } else {
+            seen = rv_of(&e);
+        }
+    }
+    assert!(bookmarks >= 2, "{bookmarks} bookmarks");
+}
+
+/// A slice whose labels stop matching a watch's selector leaves that watch with DELETED, and one that starts
+/// matching arrives with ADDED, as the API server's watch cache sends them: a client filtering by
+/// `kubernetes.io/service-name` never holds a slice that is no longer its Service's.
+#[tokio::test]
+async fn a_slice_relabelled_out_of_the_selector_is_deleted_for_the_watch() {
+    let (api, c, pods) = with_pods(1).await;
+    let (_, list) = get(&api, BASE).await;
+    let from: u64 = serde_json::from_str::<Value>(&list).expect("json")["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("rv");
+    let mut slice = c.slices(&pods).remove(0);
+    let labels = slice.metadata.labels.as_mut().expect("labels");
+    labels.insert("kubernetes.io/service-name".into(), "other".into());
+    api.put_slice(&slice);
+    let labels = slice.metadata.labels.as_mut().expect("labels");
+    labels.insert("kubernetes.io/service-name".into(), "hello".into());
+    api.put_slice(&slice);
+    let sel = "labelSelector=kubernetes.io%2Fservice-name%3Dhello";
+    let (_, body) = get(&api, &format!("{BASE}?watch=true&timeoutSeconds=1&{sel}&resourceVersion={from}")).await;
+    let kinds: Vec<String> = events(&body).iter().map(|e| e["type"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(kinds, ["DELETED", "ADDED"], "{body}");
+}

@@ -27,8 +27,11 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::watcher,
 };
-use tokio::{sync::mpsc, time::Instant};
-use tracing::{debug, info, warn};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
 
@@ -53,14 +56,18 @@ pub struct Feed {
     pub port: PortRef,
     /// Whole usable sets for this port, as they change.
     pub tx: mpsc::Sender<Vec<Discovered>>,
+    /// Why calls may find no endpoint, for their `UNAVAILABLE` message: while the usable set is empty, why (e.g.
+    /// `no port of the Service is named "grpc" (its ports: http)`); else a port number no slice has (the
+    /// Service's port given for the pod's: `SliceState::port_hint`).
+    pub explain: watch::Sender<Option<String>>,
     slices: SliceState,
     last: Option<Vec<Discovered>>,
 }
 
 impl Feed {
     /// A port to feed.
-    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>) -> Self {
-        Self { port, tx, slices: SliceState::default(), last: None }
+    pub fn new(port: PortRef, tx: mpsc::Sender<Vec<Discovered>>, explain: watch::Sender<Option<String>>) -> Self {
+        Self { port, tx, explain, slices: SliceState::default(), last: None }
     }
 }
 
@@ -75,12 +82,35 @@ pub async fn own_namespace(kubeconfig: Option<&Path>) -> Option<String> {
 pub async fn run(
     service: String,
     namespace: Option<String>,
+    feeds: Vec<Feed>,
+    options: super::Options,
+    health: Arc<Health>,
+) {
+    let (client, server) = connect(options.kubeconfig.as_deref()).await;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    // Every line logged for this watch (a failure, a recovery) names the Service: a sidecar may watch several.
+    let span = tracing::info_span!("discovery", %service, %namespace);
+    let service = Service { name: service, namespace, server };
+    watch_slices(client, service, feeds, options, health).instrument(span).await;
+}
+
+/// The watched Service and where its API server is.
+struct Service {
+    name: String,
+    namespace: String,
+    /// The API server's URL, named when it cannot be reached.
+    server: String,
+}
+
+/// [`run`] once the client and the namespace are known.
+async fn watch_slices(
+    client: Client,
+    service: Service,
     mut feeds: Vec<Feed>,
     options: super::Options,
     health: Arc<Health>,
 ) {
-    let client = connect(options.kubeconfig.as_deref()).await;
-    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let Service { name: service, namespace, server } = service;
     let ports: Vec<String> = feeds.iter().map(|f| f.port.to_string()).collect();
     info!(%service, %namespace, ?ports, "watching EndpointSlices");
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
@@ -132,7 +162,7 @@ pub async fn run(
                 changed
             }
             Err(e) => {
-                let failure = Failure::of(&e);
+                let failure = Failure::of(&e, &namespace, &server);
                 let delay = retry.after(&failure);
                 if failure.cause == "410" {
                     // An expired resourceVersion is routine: kube re-lists on the next poll.
@@ -187,6 +217,25 @@ pub async fn run(
         let mut gone = Vec::new();
         for (i, feed) in feeds.iter_mut().enumerate() {
             let set = usable(feed.slices.current(), options.ip_family);
+            // Said before the set goes on, so the first call that finds no endpoint can be told why.
+            let why = if set.is_empty() {
+                Some(feed.slices.why_empty(&feed.port))
+            } else {
+                feed.slices.port_hint(&feed.port)
+            };
+            let port = &feed.port;
+            feed.explain.send_if_modified(|old| {
+                if *old == why {
+                    return false;
+                }
+                match &why {
+                    Some(why) if set.is_empty() => warn!(%port, reason = %why, "no usable endpoint"),
+                    Some(why) => warn!(%port, reason = %why, "the target's port may be the wrong one"),
+                    None => {}
+                }
+                old.clone_from(&why);
+                true
+            });
             if feed.last.as_ref() != Some(&set) {
                 if feed.tx.send(set.clone()).await.is_err() {
                     gone.push(i);
@@ -230,38 +279,101 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(e: &watcher::Error) -> Self {
+    /// The failure `e` of a request for the EndpointSlices in `namespace` to the API server at `server`.
+    fn of(e: &watcher::Error, namespace: &str, server: &str) -> Self {
         let (what, inner) = match e {
             watcher::Error::InitialListFailed(k) => ("EndpointSlice list", Some(k)),
             watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => ("EndpointSlice watch", Some(k)),
-            watcher::Error::WatchError(status) => return Self::of_status("EndpointSlice watch", status),
+            watcher::Error::WatchError(status) => return Self::of_status("EndpointSlice watch", status, namespace),
             watcher::Error::NoResourceVersion => ("EndpointSlice list", None),
         };
         match inner {
-            Some(kube::Error::Api(status)) => Self::of_status(what, status),
+            Some(kube::Error::Api(status)) => Self::of_status(what, status, namespace),
             Some(other) => Self {
                 cause: "connect".into(),
                 retry_after: None,
-                message: format!("{what} failed: {}", crate::error_chain(other)),
+                message: format!("{what} failed: API server {server}: {}", crate::error_chain(other)),
             },
             None => Self { cause: "other".into(), retry_after: None, message: format!("{what} failed: {e}") },
         }
     }
 
-    fn of_status(what: &str, status: &kube::core::Status) -> Self {
+    fn of_status(what: &str, status: &kube::core::Status, namespace: &str) -> Self {
         let retry_after = status
             .details
             .as_ref()
             .map(|d| d.retry_after_seconds)
             .filter(|s| *s > 0)
             .map(|s| Duration::from_secs(u64::from(s)));
-        let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
-        Self {
-            cause: status.code.to_string(),
-            retry_after,
-            message: format!("{what} refused by the API server: HTTP {}{reason}: {}", status.code, status.message),
+        let (reason, text) = if status.reason == NOT_A_STATUS {
+            // kube's stand-in Status for an answer that was not one: its message is the whole body, e.g. a load
+            // balancer's HTML error page, which must not reach the log, /ready and grpc-message as it is.
+            (
+                ": the answer is not a Kubernetes Status (a proxy in front of the API?)".to_owned(),
+                summary(&status.message),
+            )
+        } else if status.reason.is_empty() {
+            (String::new(), one_line(&status.message))
+        } else {
+            (format!(" {}", status.reason), one_line(&status.message))
+        };
+        let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {text}", status.code);
+        if status.code == 403 {
+            // The fix, not only the symptom: the API's message names one verb, and the sidecar needs both.
+            message.push_str(&format!(
+                "; RBAC: the sidecar's service account needs verbs [\"list\", \"watch\"] on resource \"endpointslices\" \
+                 in API group \"discovery.k8s.io\" in namespace {namespace:?} (a Role and a RoleBinding there)"
+            ));
+        }
+        Self { cause: status.code.to_string(), retry_after, message }
+    }
+}
+
+/// The `reason` kube gives the `Status` it makes up when an error answer's body is not a `Status`.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+/// The longest API message quoted in a problem (it reaches every failed call's `grpc-message`).
+const MESSAGE_MAX: usize = 400;
+
+/// `text` on one line (whitespace runs made one space), cut with `…` past [`MESSAGE_MAX`] bytes (at a character).
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if out.len() + c.len_utf8() > MESSAGE_MAX {
+                out.push('…');
+                return out;
+            }
+            out.push(c);
         }
     }
+    out
+}
+
+/// A body that is not a `Status` summed up: an HTML page by its `<title>`, else its text without tags, on one line.
+fn summary(body: &str) -> String {
+    let lower = body.to_ascii_lowercase();
+    if let Some(start) = lower.find("<title>").map(|i| i + "<title>".len())
+        && let Some(len) = lower[start..].find("</title>")
+    {
+        return one_line(&body[start..start + len]);
+    }
+    let mut text = String::with_capacity(body.len());
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    one_line(&text)
 }
 
 /// The API answered (no error) for at least this long since the last retry: the next error starts the backoff over.
@@ -329,19 +441,21 @@ async fn config_from(kubeconfig: Option<&Path>) -> Result<kube::Config, String> 
     Ok(config)
 }
 
-async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
+/// The client and the API server's URL (to name when it cannot be reached).
+async fn client_from(kubeconfig: Option<&Path>) -> Result<(Client, String), String> {
     let mut config = config_from(kubeconfig).await?;
+    let server = config.cluster_url.to_string();
     // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
     // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
     // the throttling ended. [`Retry`] handles those answers here instead.
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| e.to_string())
+    Client::try_from(config).map(|c| (c, server)).map_err(|e| e.to_string())
 }
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
 /// crash-loop.
-async fn connect(kubeconfig: Option<&Path>) -> Client {
+async fn connect(kubeconfig: Option<&Path>) -> (Client, String) {
     let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
@@ -385,6 +499,20 @@ mod tests {
         r.resumed();
         let d = r.after(&failure("500", None));
         assert!(d <= Duration::from_millis(1600), "{d:?}");
+    }
+
+    #[test]
+    fn answers_that_are_not_a_status_are_summed_up_on_one_line() {
+        assert_eq!(
+            summary("<html><head><title>502 Bad\n Gateway</title></head><body>…</body></html>"),
+            "502 Bad Gateway"
+        );
+        assert_eq!(summary("<p><b>503.</b>\n  Service   Unavailable</p>"), "503. Service Unavailable");
+        assert_eq!(summary("404 page not found\n"), "404 page not found");
+        for long in [one_line(&"word ".repeat(500)), one_line(&"é".repeat(1000))] {
+            // Cut at a character, never inside one (é is two bytes).
+            assert!(long.len() <= MESSAGE_MAX + '…'.len_utf8() && long.ends_with('…'), "{long}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ pub mod target;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use self::{
     health::Health,
@@ -58,6 +58,9 @@ pub struct Discovery {
     pub sets: mpsc::Receiver<Vec<Discovered>>,
     /// What discovery is going through.
     pub health: Arc<Health>,
+    /// Why calls may find no endpoint, in words for the caller: why the set is empty, or a likely wrong port
+    /// (`None` while there is nothing to say, and from a source that cannot say).
+    pub explain: watch::Receiver<Option<String>>,
 }
 
 /// One watched Service: its namespace (`None`: the client's default) and name.
@@ -73,11 +76,12 @@ pub fn spawn_all(targets: &[Target], options: &Options) -> Vec<Discovery> {
     let mut watches: Vec<(WatchKey, Vec<kubernetes::Feed>, Arc<Health>)> = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let (tx, sets) = mpsc::channel(16);
+        let (explain_tx, explain) = watch::channel(None);
         match target {
             Target::Static(hosts) => {
                 let health = Arc::new(Health::default());
                 tokio::spawn(resolve_static(hosts.clone(), health.clone(), tx));
-                out[i] = Some(Discovery { sets, health });
+                out[i] = Some(Discovery { sets, health, explain });
             }
             Target::Kubernetes { service, namespace, port } => {
                 let key = (namespace.clone(), service.clone());
@@ -89,8 +93,8 @@ pub fn spawn_all(targets: &[Target], options: &Options) -> Vec<Discovery> {
                     }
                 };
                 let (_, feeds, health) = &mut watches[w];
-                feeds.push(kubernetes::Feed::new(port.clone(), tx));
-                out[i] = Some(Discovery { sets, health: health.clone() });
+                feeds.push(kubernetes::Feed::new(port.clone(), tx, explain_tx));
+                out[i] = Some(Discovery { sets, health: health.clone(), explain });
             }
         }
     }

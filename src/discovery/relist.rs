@@ -16,11 +16,29 @@ use super::{
 /// The endpoints of each slice, by slice name.
 pub(super) type Slices = BTreeMap<String, Vec<SliceEndpoint>>;
 
+/// What each slice lists whatever the port, by slice name: enough to say why a port has no endpoint.
+type Outlines = BTreeMap<String, Outline>;
+
+/// One slice's endpoint count and ports (name, `""` for an unnamed one, and number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outline {
+    endpoints: usize,
+    ports: Vec<(String, Option<i32>)>,
+}
+
+impl Outline {
+    fn of(s: &EndpointSlice) -> Self {
+        let ports = s.ports.iter().flatten().map(|p| (p.name.clone().unwrap_or_default(), p.port)).collect();
+        Self { endpoints: s.endpoints.as_ref().map_or(0, Vec::len), ports }
+    }
+}
+
 /// The current slices and the re-list under way, if any.
 #[derive(Default)]
 pub(super) struct SliceState {
     current: Slices,
-    relist: Option<Slices>,
+    outlines: Outlines,
+    relist: Option<(Slices, Outlines)>,
 }
 
 impl SliceState {
@@ -29,31 +47,99 @@ impl SliceState {
         &self.current
     }
 
+    /// Why `port` has no usable endpoint in the current slices, in words for the operator and the caller (the
+    /// usable set is empty): no slice at all (a misspelt Service or namespace: the API lists nothing, it does not
+    /// answer 404), no endpoint in any slice (scaled to zero), no port of that name, or none of them ready.
+    pub(super) fn why_empty(&self, port: &PortRef) -> String {
+        if self.outlines.is_empty() {
+            return "the Service has no EndpointSlices (check the Service's name and namespace, and that it has a \
+                    selector)"
+                .into();
+        }
+        let listed: Vec<&Outline> = self.outlines.values().filter(|o| o.endpoints > 0).collect();
+        if listed.is_empty() {
+            return "the Service has no endpoints (no pod matches its selector)".into();
+        }
+        if let PortRef::Name(want) = port
+            && !listed.iter().any(|o| o.ports.iter().any(|(name, _)| name == want))
+        {
+            let mut names: Vec<&str> = listed.iter().flat_map(|o| o.ports.iter().map(|(n, _)| n.as_str())).collect();
+            names.sort_unstable();
+            names.dedup();
+            let names: Vec<String> =
+                names.iter().map(|n| if n.is_empty() { "(unnamed)".to_owned() } else { (*n).to_owned() }).collect();
+            if names.is_empty() {
+                return format!("no port of the Service is named {want:?} (its EndpointSlices list no ports)");
+            }
+            return format!("no port of the Service is named {want:?} (its ports: {})", names.join(", "));
+        }
+        if let Some(hint) = self.port_hint(port) {
+            return hint;
+        }
+        let known: usize = self.current.values().map(Vec::len).sum();
+        let ready = self.current.values().flatten().filter(|e| e.ready || e.serving).count();
+        if ready == 0 {
+            format!("none of its {known} endpoints is ready")
+        } else {
+            format!("none of its {ready} ready endpoints has an address of the family --ip-family asks for")
+        }
+    }
+
+    /// For a port given by number that no slice with endpoints lists, the mix-up it likely is: the number is used
+    /// as the pod's port (the EndpointSlice's), and a Service port that maps elsewhere (80 → 8080) is refused on
+    /// every pod. `None` when some slice has that port, or when the slices list no port at all.
+    pub(super) fn port_hint(&self, port: &PortRef) -> Option<String> {
+        let PortRef::Number(n) = port else { return None };
+        let mut ports: Vec<String> = Vec::new();
+        for o in self.outlines.values().filter(|o| o.endpoints > 0) {
+            for (name, number) in &o.ports {
+                if *number == Some(i32::from(*n)) {
+                    return None;
+                }
+                let number = number.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                ports.push(if name.is_empty() { number } else { format!("{name}={number}") });
+            }
+        }
+        if ports.is_empty() {
+            return None;
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Some(format!(
+            "no port of the Service is {n} (its ports: {}); a port number in the target is the pod's port, not the \
+             Service's: use the port's name or the pod's number",
+            ports.join(", ")
+        ))
+    }
+
     /// Applies one watcher event; returns whether the current slices may have changed (during a re-list they
     /// change only at `InitDone`).
     pub(super) fn apply(&mut self, event: Event<EndpointSlice>, port: &PortRef) -> bool {
         match event {
             // `Init` comes before the LIST request: it says nothing about whether the API answers.
             Event::Init => {
-                self.relist = Some(BTreeMap::new());
+                self.relist = Some(Default::default());
                 false
             }
             Event::InitApply(s) => {
-                if let Some(buffer) = self.relist.as_mut() {
+                if let Some((buffer, outlines)) = self.relist.as_mut() {
                     buffer.insert(name_of(&s), endpoints_of(&s, port));
+                    outlines.insert(name_of(&s), Outline::of(&s));
                 }
                 false
             }
             Event::InitDone => {
-                self.current = self.relist.take().unwrap_or_default();
+                (self.current, self.outlines) = self.relist.take().unwrap_or_default();
                 true
             }
             Event::Apply(s) => {
                 self.current.insert(name_of(&s), endpoints_of(&s, port));
+                self.outlines.insert(name_of(&s), Outline::of(&s));
                 true
             }
             Event::Delete(s) => {
                 self.current.remove(&name_of(&s));
+                self.outlines.remove(&name_of(&s));
                 true
             }
         }
@@ -138,6 +224,38 @@ mod tests {
         assert_eq!(view(&s), owned(&[("a", &["10.0.0.4", "10.0.0.5"])]));
         assert!(s.apply(Event::Delete(slice("a", &[])), &port));
         assert!(view(&s).is_empty());
+    }
+
+    #[test]
+    fn an_empty_set_says_why() {
+        let grpc = PortRef::Name("grpc".into());
+        let mut s = SliceState::default();
+        assert!(s.why_empty(&grpc).contains("no EndpointSlices"), "{}", s.why_empty(&grpc));
+        s.apply(Event::Apply(slice("a", &[])), &grpc);
+        assert!(s.why_empty(&grpc).contains("no endpoints"), "{}", s.why_empty(&grpc));
+        // The slice's one port is unnamed (as for a single-port Service): no port is named grpc.
+        s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &grpc);
+        assert_eq!(s.why_empty(&grpc), "no port of the Service is named \"grpc\" (its ports: (unnamed))");
+        let mut portless = slice("a", &["10.0.0.1"]);
+        portless.ports = None;
+        s.apply(Event::Apply(portless), &grpc);
+        assert!(s.why_empty(&grpc).ends_with("(its EndpointSlices list no ports)"), "{}", s.why_empty(&grpc));
+        let by_number = PortRef::Number(PORT);
+        s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &by_number);
+        assert_eq!(s.port_hint(&by_number), None, "the slices have port {PORT}");
+        let service_port = PortRef::Number(80);
+        assert!(s.port_hint(&service_port).is_some_and(|h| h.contains("is 80 (its ports: 8080)")));
+        assert!(s.why_empty(&by_number).contains("ready endpoints has an address of the family"));
+        let mut sick = slice("a", &["10.0.0.1", "10.0.0.2"]);
+        for ep in sick.endpoints.iter_mut().flatten() {
+            ep.conditions = Some(EndpointConditions { ready: Some(false), ..Default::default() });
+        }
+        s.apply(Event::Apply(sick), &by_number);
+        assert_eq!(s.why_empty(&by_number), "none of its 2 endpoints is ready");
+        // A re-list that finds nothing: the outlines are swapped in with the endpoints.
+        s.apply(Event::Init, &by_number);
+        s.apply(Event::InitDone, &by_number);
+        assert!(s.why_empty(&by_number).contains("no EndpointSlices"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     Inner, Refusal,
-    store::{Selector, namespace_of},
+    store::{Event, Selector, namespace_of},
 };
 use crate::BoxError;
 
@@ -46,6 +46,11 @@ pub(super) async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
 }
 
 async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
+    // Every request counts, those refused or failed below included: a test of the client's retry pace reads them.
+    let q = query(req.uri().query().unwrap_or(""));
+    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let counter = if is_watch { &inner.watches } else { &inner.lists };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let failing =
         inner.fail_next.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
             n.checked_sub(1)
@@ -54,25 +59,34 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure");
     }
     let refusal = *inner.refusal.lock();
-    match refusal {
-        Some(Refusal::Forbidden) => {
-            let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
-            let verb = if req.uri().query().is_some_and(|q| q.contains("watch=true")) { "watch" } else { "list" };
-            let message = format!(
-                "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
+    let forbidden = match refusal {
+        Some(Refusal::Forbidden) => true,
+        Some(Refusal::ForbiddenWatch) => is_watch,
+        _ => false,
+    };
+    if forbidden {
+        let ns = req.uri().path().split('/').skip_while(|p| *p != "namespaces").nth(1).unwrap_or("");
+        let verb = if is_watch { "watch" } else { "list" };
+        let message = format!(
+            "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:{ns}:hello-sidecar\" \
                  cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\""
-            );
-            return status(StatusCode::FORBIDDEN, "Forbidden", &message);
-        }
-        Some(Refusal::Throttled { retry_after }) => {
-            let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
+    if refusal == Some(Refusal::BadGateway) {
+        let body = Full::new(Bytes::from_static(BAD_GATEWAY_PAGE.as_bytes())).map_err(|e: Infallible| match e {});
+        let mut res = Response::new(body.boxed_unsync());
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=UTF-8"));
+        return res;
+    }
+    if let Some(Refusal::Throttled { retry_after }) = refusal {
+        let v = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
                 "details": {"retryAfterSeconds": retry_after}, "code": 429});
-            let mut res = json_response(StatusCode::TOO_MANY_REQUESTS, &v);
-            res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(retry_after));
-            return res;
-        }
-        None => {}
+        let mut res = json_response(StatusCode::TOO_MANY_REQUESTS, &v);
+        res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(retry_after));
+        return res;
     }
     let mut stalled = inner.stalled.subscribe();
     let _ = stalled.wait_for(|s| !s).await;
@@ -89,17 +103,10 @@ async fn handle<B>(inner: Arc<Inner>, req: Request<B>) -> Response<Body> {
         },
         None => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
     };
-    let q = query(req.uri().query().unwrap_or(""));
     let Some(selector) = Selector::parse(q.get("labelSelector").map_or("", String::as_str)) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "unable to parse labelSelector");
     };
-    if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        inner.watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        watch(inner, namespace, selector, &q)
-    } else {
-        inner.lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        list(&inner, namespace.as_deref(), &selector, &q)
-    }
+    if is_watch { watch(inner, namespace, selector, &q) } else { list(&inner, namespace.as_deref(), &selector, &q) }
 }
 
 fn list(inner: &Inner, ns: Option<&str>, selector: &Selector, q: &HashMap<String, String>) -> Response<Body> {
@@ -141,12 +148,14 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
             // No resourceVersion: synthetic ADDED for everything there is, then changes.
             None => {
                 let rv = store.rv();
-                let initial: Vec<_> = store.list(ns.as_deref(), &selector).into_iter().map(|o| ("ADDED", o)).collect();
+                let initial: Vec<_> = store
+                    .list(ns.as_deref(), &selector)
+                    .into_iter()
+                    .map(|object| Event { rv, kind: "ADDED", object, prev: None })
+                    .collect();
                 store.watch(rv).map(|(_, live)| (initial, live, rv))
             }
-            Some(rv) => store
-                .watch(rv)
-                .map(|(missed, live)| (missed.into_iter().map(|e| (e.kind, e.object)).collect(), live, rv)),
+            Some(rv) => store.watch(rv).map(|(missed, live)| (missed, live, rv)),
         }
     };
     let (backlog, mut live, mut last_rv) = match start {
@@ -165,9 +174,10 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     let matches = move |o: &Value| ns.as_deref().is_none_or(|n| n == namespace_of(o)) && selector.matches(o);
     let mut stalled = inner.stalled.subscribe();
     tokio::spawn(async move {
-        for (kind, object) in backlog {
-            if matches(&object)
-                && tx.send(Ok(Frame::data(line(&json!({"type": kind, "object": object}))))).await.is_err()
+        for event in backlog {
+            last_rv = last_rv.max(event.rv);
+            if let Some(kind) = event.seen_through(&matches)
+                && tx.send(Ok(Frame::data(line(&json!({"type": kind, "object": event.object}))))).await.is_err()
             {
                 return;
             }
@@ -193,14 +203,16 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
                         return;
                     }
                     last_rv = event.rv;
-                    if matches(&event.object) {
-                        let ev = json!({"type": event.kind, "object": event.object});
+                    if let Some(kind) = event.seen_through(&matches) {
+                        let ev = json!({"type": kind, "object": event.object});
                         if tx.send(Ok(Frame::data(line(&ev)))).await.is_err() { return }
                     }
                 }
                 _ = bookmark.tick(), if bookmarks => {
                     if *stalled.borrow() { continue }
-                    let rv = inner.store.lock().rv().max(last_rv);
+                    // Only as far as the events this watch has been sent: the store may be ahead of them, with
+                    // events still queued for this stream, and a client resuming from a bookmark skips up to it.
+                    let rv = last_rv;
                     let ev = json!({"type": "BOOKMARK", "object": {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
                         "metadata": {"resourceVersion": rv.to_string()}}});
                     if tx.send(Ok(Frame::data(line(&ev)))).await.is_err() { return }
@@ -210,6 +222,17 @@ fn watch(inner: Arc<Inner>, ns: Option<String>, selector: Selector, q: &HashMap<
     });
     stream_response(rx)
 }
+
+/// A load balancer's error page, in the shape cloud load balancers serve (title, inline style, a paragraph).
+const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  \
+<meta name=viewport content=\"initial-scale=1, minimum-scale=1, width=device-width\">\n  \
+<title>Error 502 (Server Error)!!1</title>\n  <style>\n    *{margin:0;padding:0}html,code{font:15px/22px arial,\
+sans-serif}html{background:#fff;color:#222;padding:15px}body{margin:7% auto 0;max-width:390px;min-height:180px;\
+padding:30px 0 15px}* > body{background:url(/images/errors/robot.png) 100% 5px no-repeat;padding-right:205px}\
+p{margin:11px 0 22px;overflow:hidden}ins{color:#777;text-decoration:none}a img{border:0}@media screen and \
+(max-width:772px){body{background:none;margin-top:0;max-width:none;padding-right:0}}\n  </style>\n  \
+<p><b>502.</b> <ins>That's an error.</ins>\n  <p>The server encountered a temporary error and could not complete \
+your request.<p>Please try again in 30 seconds. <ins>That's all we know.</ins>\n";
 
 fn line(v: &Value) -> Bytes {
     let mut s = v.to_string();

@@ -49,6 +49,11 @@ pub(crate) struct Inner {
 pub enum Refusal {
     /// HTTP 403 `Forbidden`, as the API server answers a service account without the RBAC to list or watch.
     Forbidden,
+    /// HTTP 403 `Forbidden` for WATCH only, LIST answered: a Role that grants `list` but forgets `watch`.
+    ForbiddenWatch,
+    /// HTTP 502 with an HTML page, not a `Status`: a load balancer in front of the API server whose backend is
+    /// down (as during a control-plane upgrade).
+    BadGateway,
     /// HTTP 429 `TooManyRequests` with `Retry-After` (header and `details.retryAfterSeconds`), as API Priority
     /// and Fairness answers when it throttles.
     Throttled {
@@ -164,12 +169,12 @@ impl StandIn {
         Ok(())
     }
 
-    /// LIST requests served so far.
+    /// LIST requests received so far, those refused or failed included.
     pub fn lists(&self) -> u64 {
         self.inner.lists.load(Relaxed)
     }
 
-    /// WATCH requests served so far.
+    /// WATCH requests received so far, those refused or failed included.
     pub fn watches(&self) -> u64 {
         self.inner.watches.load(Relaxed)
     }

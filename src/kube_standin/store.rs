@@ -15,6 +15,26 @@ pub struct Event {
     pub kind: &'static str,
     /// The object (after the change; for `DELETED`, its last state with the deletion's resourceVersion).
     pub object: Value,
+    /// The object before a change (`MODIFIED`), so a watch can tell a slice that left or joined its selector.
+    pub prev: Option<Value>,
+}
+
+impl Event {
+    /// How a watch whose filter is `matches` sees this change, as the API server's watch cache sends it: an
+    /// object that stopped matching is `DELETED` for it, one that started matching `ADDED`, one that never
+    /// matched nothing.
+    pub fn seen_through(&self, matches: impl Fn(&Value) -> bool) -> Option<&'static str> {
+        let now = matches(&self.object);
+        if self.kind == "DELETED" {
+            return now.then_some("DELETED");
+        }
+        match (self.prev.as_ref().is_some_and(&matches), now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        }
+    }
 }
 
 /// Objects, history and the live event feed.
@@ -61,8 +81,9 @@ impl Store {
             meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         }
         let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        let prev = old.cloned();
         self.objects.insert((ns, name), object.clone());
-        self.emit(Event { rv, kind, object });
+        self.emit(Event { rv, kind, object, prev });
     }
 
     /// Deletes an object; returns whether it existed.
@@ -70,7 +91,7 @@ impl Store {
         let Some(mut object) = self.objects.remove(&(ns.to_owned(), name.to_owned())) else { return false };
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.emit(Event { rv: self.rv, kind: "DELETED", object });
+        self.emit(Event { rv: self.rv, kind: "DELETED", object, prev: None });
         true
     }
 

@@ -20,9 +20,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// kube logs every failed request of the EndpointSlice watch, once per retry and at WARN or ERROR: its watcher
+/// (`watch list error with 403`) and its client's trace layer (`failed with error client error (Connect)`).
+/// Discovery reports each change of state itself, naming the Service (`discovery::health`), so these are muted
+/// unless the filter names the crate (`kube_runtime`, `kube_client`).
+const KUBE_QUIET: [(&str, &str); 2] =
+    [("kube_runtime", "kube_runtime::watcher=error"), ("kube_client", "kube_client::client::builder=off")];
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `default` applies without it.
 pub fn init_logging(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let given = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let asked = given.as_deref().unwrap_or(default);
+    for (krate, quiet) in KUBE_QUIET {
+        if !asked.contains(krate)
+            && let Ok(quiet) = quiet.parse()
+        {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests, demo children in-process) is harmless: keep the first subscriber.
     let _ = match format {
