@@ -320,6 +320,10 @@ fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
         // A port no server listens on: `call` connected, failed and exited 1 with UNAVAILABLE.
         (vec!["call", "--addr", "127.0.0.1:65536"], "--addr"),
         (vec!["call", "--addr", "127.0.0.1:0"], "--addr"),
+        // No port: `call` dialled port 80 and exited 1 with "UNAVAILABLE: tcp connect error", naming no flag.
+        (vec!["call", "--addr", "127.0.0.1"], "--addr"),
+        (vec!["call", "--addr", "[::1]"], "--addr"),
+        (vec!["call", "--addr", "localhost"], "--addr"),
     ];
     // Every case is run, and every one that fails is named.
     let failed: Vec<String> = cases
