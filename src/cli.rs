@@ -96,7 +96,7 @@ pub struct SidecarArgs {
     #[arg(long = "route", env = "HELLO_SIDECAR_ROUTE", value_parser = parse_routes, value_name = "SERVICE=TARGET")]
     pub routes: Vec<Vec<Route>>,
     /// Per-method policy in the standard gRPC service config format (methodConfig: timeout, waitForReady,
-    /// retryPolicy): a file, or the JSON itself.
+    /// retryPolicy, hedgingPolicy): a file, or the JSON itself.
     #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_name = "FILE|JSON",
           value_parser = clap::builder::OsStringValueParser::new().try_map(parse_service_config))]
     pub service_config: Option<ServiceConfig>,
