@@ -20,6 +20,9 @@ pub struct Target {
     pub balancer: Arc<Balancer>,
     /// What discovery is going through.
     pub discovery: Arc<discovery::Health>,
+    /// The Kubernetes port this target watches (`grpc`, `8080`), the key of its notes in `discovery`; empty for a
+    /// static target.
+    port: String,
     synced: AtomicBool,
 }
 
@@ -33,15 +36,25 @@ impl Target {
     ) -> Arc<Self> {
         let balancer = Arc::new(Balancer::new(uri.to_string(), settings, metrics.clone()));
         let discovery::Discovery { mut sets, health } = discovery;
-        let target = Arc::new(Self { balancer, discovery: health, synced: AtomicBool::new(false) });
+        let port = match uri {
+            discovery::Target::Kubernetes { port, .. } => port.to_string(),
+            discovery::Target::Static(_) => String::new(),
+        };
+        let target = Arc::new(Self { balancer, discovery: health, port, synced: AtomicBool::new(false) });
 
         let mut problems = target.discovery.subscribe();
-        let balancer = target.balancer.clone();
+        let mut notes = target.discovery.subscribe_port_notes();
+        let (balancer, port) = (target.balancer.clone(), target.port.clone());
         tokio::spawn(async move {
             loop {
                 let problem = problems.borrow_and_update().clone();
-                balancer.set_discovery_problem(problem);
-                if problems.changed().await.is_err() {
+                let note = notes.borrow_and_update().get(&port).cloned();
+                balancer.set_discovery_problem(problem.or(note));
+                let closed = tokio::select! {
+                    changed = problems.changed() => changed.is_err(),
+                    changed = notes.changed() => changed.is_err(),
+                };
+                if closed {
                     return;
                 }
             }
@@ -61,6 +74,12 @@ impl Target {
     /// The target URI as given (`kubernetes:///hello.shop:grpc`).
     pub fn name(&self) -> &str {
         self.balancer.target()
+    }
+
+    /// Why this target has no endpoints, when discovery knows: the watch's problem (e.g. the API's 403), else its
+    /// port's (e.g. no port of that name in the Service's EndpointSlices).
+    pub fn problem(&self) -> Option<String> {
+        self.discovery.problem_for(&self.port)
     }
 
     /// Whether discovery has delivered an endpoint set at least once.

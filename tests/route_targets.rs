@@ -64,3 +64,22 @@ async fn routes_naming_one_uri_share_one_watch() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!((kube.api.lists(), kube.api.watches()), (1, 1), "--target and two routes, one URI: one watch");
 }
+
+/// A target whose port name matches no port of the Service (a typo: `grcp` for `grpc`) is named as such, in
+/// `/ready` and in the calls that find no endpoint, with the names the Service does have: "no ready endpoints
+/// (0 known)" sent the user looking at pods that were all ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_name_the_service_lacks_is_named_with_the_ones_it_has() {
+    let mut kube = KubeCluster::new().await;
+    kube.add_pod(Phase::Ready);
+    let sidecar = kube.sidecar_for("kubernetes:///hello.default:grcp", &[]);
+    let ready = wait_for("a /ready body that names the port", std::time::Duration::from_secs(20), || {
+        let (_, body) = http_get_any(sidecar.admin, "/ready")?;
+        (!body.contains("has not synced")).then_some(body)
+    });
+    assert!(ready.contains("no port named \"grcp\""), "{ready}");
+    assert!(ready.contains("grpc"), "the port names the Service has: {ready}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(std::time::Duration::from_secs(2))).await;
+    assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
+    assert!(o.message.contains("no port named \"grcp\"") && o.message.contains("grpc"), "{}", o.message);
+}

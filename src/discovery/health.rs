@@ -16,6 +16,9 @@ use tracing::{info, warn};
 /// Discovery's state, shared with the admin port and the balancer.
 pub struct Health {
     problem: watch::Sender<Option<String>>,
+    /// Per port of the watched Service (`grpc`, `8080`), why that port has no endpoints when the API answers but
+    /// the Service is not what the target says (no port of that name): a problem of one target, not of the watch.
+    port_notes: watch::Sender<BTreeMap<String, String>>,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Lists begun (the first one and every re-list after an expired or broken watch).
     lists: AtomicU64,
@@ -27,6 +30,7 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             problem: watch::channel(None).0,
+            port_notes: watch::channel(BTreeMap::new()).0,
             errors: Mutex::default(),
             lists: AtomicU64::new(0),
             last_sync_ms: AtomicU64::new(0),
@@ -91,6 +95,31 @@ impl Health {
         if changed {
             warn!(problem = %message, "discovery failing; keeping the last known endpoints");
         }
+    }
+
+    /// Sets the note on `port` (see [`Health::subscribe_port_notes`]), or clears it with `None`; logs when it
+    /// appears or changes.
+    pub fn set_port_note(&self, port: &str, note: Option<String>) {
+        self.port_notes.send_if_modified(|notes| match note {
+            Some(note) if notes.get(port) != Some(&note) => {
+                warn!(port, problem = %note, "no endpoints for this port");
+                notes.insert(port.to_owned(), note);
+                true
+            }
+            Some(_) => false,
+            None => notes.remove(port).is_some(),
+        });
+    }
+
+    /// A receiver of the notes by port, e.g. `grcp` → `the Service's EndpointSlices have no port named "grcp"
+    /// (they have: grpc)`.
+    pub fn subscribe_port_notes(&self) -> watch::Receiver<BTreeMap<String, String>> {
+        self.port_notes.subscribe()
+    }
+
+    /// The problem of the target on `port`: the watch's own (see [`Health::problem`]), else the port's note.
+    pub fn problem_for(&self, port: &str) -> Option<String> {
+        self.problem().or_else(|| self.port_notes.borrow().get(port).cloned())
     }
 
     /// Discovery works (again); logs once when it had a problem.

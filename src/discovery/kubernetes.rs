@@ -187,6 +187,7 @@ pub async fn run(
         let mut gone = Vec::new();
         for (i, feed) in feeds.iter_mut().enumerate() {
             let set = usable(feed.slices.current(), options.ip_family);
+            health.set_port_note(&feed.port.to_string(), feed.slices.port_note(&feed.port));
             if feed.last.as_ref() != Some(&set) {
                 if feed.tx.send(set.clone()).await.is_err() {
                     gone.push(i);

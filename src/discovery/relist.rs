@@ -10,17 +10,22 @@ use kube::runtime::watcher::Event;
 
 use super::{
     PortRef,
-    slices::{SliceEndpoint, endpoints_of},
+    slices::{SliceEndpoint, endpoints_of, lacks_port},
 };
 
 /// The endpoints of each slice, by slice name.
 pub(super) type Slices = BTreeMap<String, Vec<SliceEndpoint>>;
+
+/// Per slice that has endpoints but not the port's name, the port names it has.
+type Lacking = BTreeMap<String, Vec<String>>;
 
 /// The current slices and the re-list under way, if any.
 #[derive(Default)]
 pub(super) struct SliceState {
     current: Slices,
     relist: Option<Slices>,
+    lacking: Lacking,
+    relist_lacking: Lacking,
 }
 
 impl SliceState {
@@ -36,28 +41,55 @@ impl SliceState {
             // `Init` comes before the LIST request: it says nothing about whether the API answers.
             Event::Init => {
                 self.relist = Some(BTreeMap::new());
+                self.relist_lacking.clear();
                 false
             }
             Event::InitApply(s) => {
                 if let Some(buffer) = self.relist.as_mut() {
                     buffer.insert(name_of(&s), endpoints_of(&s, port));
+                    note_lacking(&mut self.relist_lacking, &s, port);
                 }
                 false
             }
             Event::InitDone => {
                 self.current = self.relist.take().unwrap_or_default();
+                self.lacking = std::mem::take(&mut self.relist_lacking);
                 true
             }
             Event::Apply(s) => {
                 self.current.insert(name_of(&s), endpoints_of(&s, port));
+                note_lacking(&mut self.lacking, &s, port);
                 true
             }
             Event::Delete(s) => {
                 self.current.remove(&name_of(&s));
+                self.lacking.remove(&name_of(&s));
                 true
             }
         }
     }
+}
+
+impl SliceState {
+    /// Why `port` has no endpoints when the Service is the cause: no endpoint of any slice has it, and some slice
+    /// with endpoints has no port of that name (a typo such as `grcp` for `grpc`). Names the ports it has.
+    pub(super) fn port_note(&self, port: &PortRef) -> Option<String> {
+        if self.lacking.is_empty() || self.current.values().any(|eps| !eps.is_empty()) {
+            return None;
+        }
+        let mut names: Vec<&str> = self.lacking.values().flatten().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        Some(format!("the Service's EndpointSlices have no port named \"{port}\" (they have: {})", names.join(", ")))
+    }
+}
+
+/// Records whether slice `s` lacks `port` (see [`lacks_port`]).
+fn note_lacking(lacking: &mut Lacking, s: &EndpointSlice, port: &PortRef) {
+    match lacks_port(s, port) {
+        Some(names) => lacking.insert(name_of(s), names),
+        None => lacking.remove(&name_of(s)),
+    };
 }
 
 fn name_of(s: &EndpointSlice) -> String {
@@ -151,5 +183,30 @@ mod tests {
         s.apply(Event::InitApply(slice("b", &["10.0.0.2"])), &port);
         s.apply(Event::InitDone, &port);
         assert_eq!(view(&s), owned(&[("b", &["10.0.0.2"])]));
+    }
+
+    /// A port name the slices lack is noted with the names they have, kept through a re-list, and cleared once
+    /// a slice has it (or no slice with endpoints is left).
+    #[test]
+    fn a_port_name_no_slice_has_is_noted_until_one_has_it() {
+        let named = |name: &str, port: &str| {
+            let mut s = slice(name, &["10.0.0.1"]);
+            s.ports = Some(vec![EndpointPort { name: Some(port.into()), port: Some(8080), ..Default::default() }]);
+            s
+        };
+        let typo = PortRef::Name("grcp".into());
+        let mut state = SliceState::default();
+        assert!(state.apply(Event::Apply(named("a", "grpc")), &typo));
+        let note = state.port_note(&typo).unwrap_or_default();
+        assert!(note.contains("no port named \"grcp\" (they have: grpc)"), "{note}");
+        state.apply(Event::Init, &typo);
+        state.apply(Event::InitApply(named("a", "grpc")), &typo);
+        state.apply(Event::InitDone, &typo);
+        assert!(state.port_note(&typo).is_some(), "a re-list keeps the note");
+        state.apply(Event::Apply(named("b", "grcp")), &typo);
+        assert_eq!(state.port_note(&typo), None, "a slice has the port: its endpoints are used");
+        state.apply(Event::Delete(named("b", "grcp")), &typo);
+        state.apply(Event::Delete(named("a", "grpc")), &typo);
+        assert_eq!(state.port_note(&typo), None, "no slice with endpoints: nothing to say");
     }
 }

@@ -99,6 +99,16 @@ pub fn endpoints_of(slice: &EndpointSlice, port: &PortRef) -> Vec<SliceEndpoint>
     out
 }
 
+/// The port names `slice` has when it has endpoints but no port named as `port` asks (`None` otherwise): the
+/// evidence that a target's port name is not the Service's.
+pub fn lacks_port(slice: &EndpointSlice, port: &PortRef) -> Option<Vec<String>> {
+    let PortRef::Name(want) = port else { return None };
+    let ports = slice.ports.iter().flatten();
+    let has_endpoints = !slice.endpoints.as_ref().is_none_or(Vec::is_empty);
+    let named = ports.clone().any(|p| p.name.as_deref() == Some(want.as_str()));
+    (has_endpoints && !named).then(|| ports.map(|p| p.name.clone().unwrap_or_else(|| "(unnamed)".into())).collect())
+}
+
 /// The usable endpoints of all slices: one per pod, on the family `family` chooses, sorted by address.
 pub fn usable(slices: &BTreeMap<String, Vec<SliceEndpoint>>, family: IpFamily) -> Vec<Discovered> {
     // Per address, the best view any slice has of it (during a move between slices both may list it).

@@ -44,7 +44,7 @@ pub(super) fn registry(targets: &[Arc<Target>], metrics: &Arc<Metrics>) -> Regis
 
 impl SidecarState {
     fn problem(&self) -> Option<String> {
-        self.targets.iter().find_map(|t| t.discovery.problem().map(|p| format!("{}: {p}", t.name())))
+        self.targets.iter().find_map(|t| t.problem().map(|p| format!("{}: {p}", t.name())))
     }
 }
 
@@ -63,7 +63,11 @@ impl AdminState for SidecarState {
             (Some(t), Some(p)) => Some(format!("no endpoint set yet for {}: discovery: {p}", t.name())),
             (Some(t), None) => Some(format!("no endpoint set yet for {}: discovery has not synced", t.name())),
             // Ready on the last known set (static stability), but say what discovery is going through.
-            (None, Some(p)) => Some(format!("serving the last known endpoints; discovery: {p}")),
+            (None, Some(p)) if self.targets.iter().any(|t| t.discovery.problem().is_some()) => {
+                Some(format!("serving the last known endpoints; discovery: {p}"))
+            }
+            // The API answers, but a target's port is not the Service's (see `Target::problem`).
+            (None, Some(p)) => Some(format!("no endpoints for {p}")),
             (None, None) => None,
         }
     }
@@ -109,7 +113,7 @@ impl AdminState for SidecarState {
                 "target": t.name(),
                 "routes": services,
                 "synced": t.synced(),
-                "discovery_problem": t.discovery.problem(),
+                "discovery_problem": t.problem(),
                 "endpoints": rows.len(),
             }));
             all.extend(rows);
