@@ -83,3 +83,20 @@ async fn a_port_name_the_service_lacks_is_named_with_the_ones_it_has() {
     assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
     assert!(o.message.contains("no port named \"grcp\"") && o.message.contains("grpc"), "{}", o.message);
 }
+
+/// A target naming a Service that does not exist (a typo: `hellp`) says so: the EndpointSlice controller writes a
+/// slice even for a Service without pods, so no slice at all means no such Service (or one without a selector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_any_endpointslice_is_named_as_such() {
+    let mut kube = KubeCluster::new().await;
+    kube.add_pod(Phase::Ready);
+    let sidecar = kube.sidecar_for("kubernetes:///hellp.default:grpc", &[]);
+    let ready = wait_for("a synced /ready", std::time::Duration::from_secs(20), || {
+        let (_, body) = http_get_any(sidecar.admin, "/ready")?;
+        (!body.contains("has not synced")).then_some(body)
+    });
+    assert!(ready.contains("no EndpointSlices"), "{ready}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(std::time::Duration::from_secs(2))).await;
+    assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
+    assert!(o.message.contains("no EndpointSlices") && o.message.contains("hellp"), "{}", o.message);
+}

@@ -71,9 +71,18 @@ impl SliceState {
 }
 
 impl SliceState {
-    /// Why `port` has no endpoints when the Service is the cause: no endpoint of any slice has it, and some slice
-    /// with endpoints has no port of that name (a typo such as `grcp` for `grpc`). Names the ports it has.
+    /// Why `port` has no endpoints when the Service is the cause: there is no slice at all (the EndpointSlice
+    /// controller writes one even for a Service without pods, so there is no such Service, or it has no selector),
+    /// or no endpoint of any slice has the port and some slice with endpoints has no port of that name (a typo
+    /// such as `grcp` for `grpc`; the note names the ports it has).
     pub(super) fn port_note(&self, port: &PortRef) -> Option<String> {
+        if self.current.is_empty() {
+            return Some(
+                "no EndpointSlices of this Service (label kubernetes.io/service-name): no Service of that name in \
+                 the namespace, or a Service without a selector"
+                    .into(),
+            );
+        }
         if self.lacking.is_empty() || self.current.values().any(|eps| !eps.is_empty()) {
             return None;
         }
@@ -186,7 +195,7 @@ mod tests {
     }
 
     /// A port name the slices lack is noted with the names they have, kept through a re-list, and cleared once
-    /// a slice has it (or no slice with endpoints is left).
+    /// a slice has it; with no slice left, the note says there is none.
     #[test]
     fn a_port_name_no_slice_has_is_noted_until_one_has_it() {
         let named = |name: &str, port: &str| {
@@ -207,6 +216,7 @@ mod tests {
         assert_eq!(state.port_note(&typo), None, "a slice has the port: its endpoints are used");
         state.apply(Event::Delete(named("b", "grcp")), &typo);
         state.apply(Event::Delete(named("a", "grpc")), &typo);
-        assert_eq!(state.port_note(&typo), None, "no slice with endpoints: nothing to say");
+        let none = state.port_note(&typo).unwrap_or_default();
+        assert!(none.contains("no EndpointSlices of this Service"), "no slice at all: no such Service? {none}");
     }
 }
