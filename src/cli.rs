@@ -202,7 +202,7 @@ pub struct ServerArgs {
 /// Flags of `call`.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// Where to call: the sidecar (default) or a backend.
+    /// Where to call, `host:port` (or a URI such as `http://host:port`): the sidecar (default) or a backend.
     #[arg(long, env = "HELLO_SIDECAR_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: String,
     /// The name to greet.
@@ -220,7 +220,8 @@ pub struct CallArgs {
     /// Print one JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Call one at a time with this pause in between, printing each outcome as it comes (an app's loop).
+    /// Call one at a time with this pause in between, printing each outcome as it comes (an app's loop); `-n`
+    /// still sets how many calls (1 unless given).
     #[arg(long, value_parser = parse_duration, conflicts_with = "json")]
     pub interval: Option<Duration>,
     /// Fail (exit 1) if any successful reply's message differs from this (e.g. `Hello, world!`).
