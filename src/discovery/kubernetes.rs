@@ -28,7 +28,7 @@ use kube::{
     runtime::watcher,
 };
 use tokio::{sync::mpsc, time::Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Discovered, PortRef, health::Health, relist::SliceState, slices::usable};
 
@@ -79,7 +79,7 @@ pub async fn run(
     options: super::Options,
     health: Arc<Health>,
 ) {
-    let client = connect(options.kubeconfig.as_deref()).await;
+    let client = connect(options.kubeconfig.as_deref(), &health).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     let ports: Vec<String> = feeds.iter().map(|f| f.port.to_string()).collect();
     info!(%service, %namespace, ?ports, "watching EndpointSlices");
@@ -341,15 +341,16 @@ async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, String> {
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
-/// crash-loop.
-async fn connect(kubeconfig: Option<&Path>) -> Client {
+/// crash-loop. Meanwhile the error is `health`'s problem (cause `config`), so `/ready` and calls name it.
+async fn connect(kubeconfig: Option<&Path>, health: &Health) -> Client {
     let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
             Ok(c) => return c,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                warn!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
+                debug!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
+                health.failed("config", format!("no Kubernetes client configuration yet: {e}"));
                 tokio::time::sleep(delay).await;
             }
         }
