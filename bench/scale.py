@@ -102,7 +102,22 @@ def h2load(n=None, seconds=None, tmp: Path = Path("/tmp")):
     return sorted(int(l.split("\t")[2]) for l in log.read_text().splitlines() if l.count("\t") == 2)
 
 
+def in_use(addr: str) -> bool:
+    """Whether another process listens on `addr` (host:port): the sidecar could not bind it, and `ready` would read
+    that process's /metrics instead, waiting for ever or measuring someone else's proxy."""
+    host, port = addr.rsplit(":", 1)
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
 def start(binary: Path, args, under=()):
+    for addr in (SIDECAR, ADMIN):
+        if in_use(addr):
+            sys.exit(f"{addr} is in use by another process; bench/scale.py needs it for the sidecar it measures")
     return subprocess.Popen([*under, str(binary), "sidecar", "--listen", SIDECAR, "--admin", ADMIN, *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
 

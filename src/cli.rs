@@ -96,7 +96,7 @@ pub struct SidecarArgs {
     #[arg(long = "route", env = "HELLO_SIDECAR_ROUTE", value_parser = parse_routes, value_name = "SERVICE=TARGET")]
     pub routes: Vec<Vec<Route>>,
     /// Per-method policy in the standard gRPC service config format (methodConfig: timeout, waitForReady,
-    /// retryPolicy): a file, or the JSON itself.
+    /// retryPolicy, hedgingPolicy): a file, or the JSON itself.
     #[arg(long, env = "HELLO_SIDECAR_SERVICE_CONFIG", value_name = "FILE|JSON",
           value_parser = clap::builder::OsStringValueParser::new().try_map(parse_service_config))]
     pub service_config: Option<ServiceConfig>,
@@ -203,7 +203,7 @@ pub struct ServerArgs {
 /// Flags of `call`.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// Where to call: the sidecar (default) or a backend.
+    /// Where to call, `host:port` (or a URI such as `http://host:port`): the sidecar (default) or a backend.
     #[arg(long, env = "HELLO_SIDECAR_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: String,
     /// The name to greet.
@@ -221,7 +221,8 @@ pub struct CallArgs {
     /// Print one JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Call one at a time with this pause in between, printing each outcome as it comes (an app's loop).
+    /// Call one at a time with this pause in between, printing each outcome as it comes (an app's loop); `-n`
+    /// still sets how many calls (1 unless given).
     #[arg(long, value_parser = parse_duration, conflicts_with = "json")]
     pub interval: Option<Duration>,
     /// Fail (exit 1) if any successful reply's message differs from this (e.g. `Hello, world!`).

@@ -76,13 +76,18 @@ pub fn outcome_line(o: &Outcome) -> String {
 #[error("--addr {0:?} is not a valid address (try 127.0.0.1:50051 or http://localhost:50051)")]
 pub struct BadAddr(String);
 
-/// A client over one lazily connected channel to `addr` (`host:port` or `http://host:port`).
+/// A client over one lazily connected channel to `addr` (`host:port`, or a URI such as `http://host:port`).
+/// Errors: [`BadAddr`] for a port that is missing (without a scheme), 0, or past 65535, or an unparsable URI.
 pub fn connect(addr: &str) -> Result<HelloServiceClient<Channel>, BadAddr> {
     let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     // A port no server can listen on (0, or past 65535, which `Uri` accepts) is a bad address, not UNAVAILABLE.
     let parsed = uri.parse::<http::Uri>().ok();
     let port = parsed.as_ref().and_then(|u| u.authority()?.as_str().rsplit_once(':')).map(|(_, p)| p);
     if port.is_some_and(|p| !p.contains(']') && p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(BadAddr(addr.to_owned()));
+    }
+    // `host` alone is a forgotten port, not port 80: dialling 80 failed as UNAVAILABLE, naming no flag.
+    if !addr.contains("://") && parsed.as_ref().is_some_and(|u| u.port_u16().is_none()) {
         return Err(BadAddr(addr.to_owned()));
     }
     let endpoint = Channel::from_shared(uri).map_err(|_| BadAddr(addr.to_owned()))?;

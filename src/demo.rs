@@ -79,8 +79,15 @@ impl Cluster {
         let stopped = async move {
             let _ = stopped.await;
         };
-        tokio::spawn(server::run(flags.args, stopped, Some(bound_tx)));
-        bound.await.map_err(|_| DemoError::Setup(format!("pod {name} did not start on {listen}")))?;
+        let pod = tokio::spawn(server::run(flags.args, stopped, Some(bound_tx)));
+        if bound.await.is_err() {
+            // The pod ended before it listened: say why (most often its address is taken by another demo).
+            let why = match pod.await {
+                Ok(Err(e)) => e.to_string(),
+                _ => "it stopped".into(),
+            };
+            return Err(DemoError::Setup(format!("pod {name} did not start on {listen}: {why}")));
+        }
         self.pods.push((Pod { name: name.clone(), ip: IpAddr::V4(ip), phase: Phase::Starting }, stop));
         self.publish();
         Ok(name)

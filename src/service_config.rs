@@ -155,6 +155,11 @@ impl ServiceConfig {
         }
     }
 
+    /// The services the config names (`methodConfig[].name[].service`), in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
     /// Whether no method has a policy.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.default.is_none()

@@ -320,6 +320,10 @@ fn malformed_values_found_by_a_flag_sweep_exit_2_naming_the_flag() {
         // A port no server listens on: `call` connected, failed and exited 1 with UNAVAILABLE.
         (vec!["call", "--addr", "127.0.0.1:65536"], "--addr"),
         (vec!["call", "--addr", "127.0.0.1:0"], "--addr"),
+        // No port: `call` dialled port 80 and exited 1 with "UNAVAILABLE: tcp connect error", naming no flag.
+        (vec!["call", "--addr", "127.0.0.1"], "--addr"),
+        (vec!["call", "--addr", "[::1]"], "--addr"),
+        (vec!["call", "--addr", "localhost"], "--addr"),
     ];
     // Every case is run, and every one that fails is named.
     let failed: Vec<String> = cases
@@ -358,4 +362,40 @@ fn a_path_that_is_not_utf8_is_a_path() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--access-log"), "{stderr}");
+}
+
+#[test]
+fn a_service_config_for_a_service_no_route_serves_is_a_warning() {
+    // `hello.v1.HelloServce` (a typo) matched no call, and nothing said so: the policy silently did nothing.
+    use std::io::{BufRead, BufReader};
+    let config = r#"{"methodConfig":[{"name":[{"service":"hello.v1.HelloServce"}],"timeout":"1s"},
+                                     {"name":[{"service":"hello.v1.HelloService"}],"timeout":"2s"}]}"#;
+    let mut child = Command::new(common::BIN)
+        .args(["sidecar", "--target", "static:///127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--service-config", config])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        let started = line.contains("sidecar listening");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned: Vec<_> = seen.iter().filter(|l| l.contains("WARN") && l.contains("--service-config")).collect();
+    assert_eq!(warned.len(), 1, "one warning, for the typo only: {seen:#?}");
+    assert!(warned[0].contains("hello.v1.HelloServce"), "{seen:#?}");
 }

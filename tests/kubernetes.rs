@@ -319,3 +319,19 @@ fn wait_for_opt<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
     None
 }
+
+/// Without a usable Kubernetes client configuration (a `--kubeconfig` that does not exist, or none at all outside a
+/// cluster) the sidecar retries, as the config may be mounted later; `/ready` and the calls say why, not only
+/// "has not synced" and "no ready endpoints".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_kubeconfig_is_named_in_ready_and_in_calls() {
+    let sidecar = Sidecar::start_env(cluster::TARGET, &["--kubeconfig", "/nonexistent/kubeconfig"], &[]);
+    let ready = wait_for("a /ready body that names the kubeconfig", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("/nonexistent/kubeconfig")).then_some(body)
+    });
+    assert!(ready.contains("Kubernetes client configuration"), "{ready}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(2))).await;
+    assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
+    assert!(o.message.contains("/nonexistent/kubeconfig"), "{}", o.message);
+}

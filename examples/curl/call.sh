@@ -12,7 +12,7 @@ curl -sS --max-time 5 -H 'content-type: application/json' -H 'connect-timeout-ms
 echo
 
 echo "== Connect, an error (empty name): HTTP status and Connect's error JSON"
-curl -sS --max-time 5 -o /dev/stderr -w 'HTTP %{http_code}\n' -H 'content-type: application/json' -H 'connect-timeout-ms: 2000' -d '{"name":""}' "$url" 2>&1
+curl -sS --max-time 5 -w ' HTTP %{http_code}\n' -H 'content-type: application/json' -H 'connect-timeout-ms: 2000' -d '{"name":""}' "$url"
 echo
 
 echo "== Connect with a 500 ms deadline (connect-timeout-ms): a slow backend answers HTTP 504 deadline_exceeded"

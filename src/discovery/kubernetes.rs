@@ -86,7 +86,7 @@ pub async fn run(
     options: super::Options,
     health: Arc<Health>,
 ) {
-    let (client, server) = connect(options.kubeconfig.as_deref()).await;
+    let (client, server) = connect(options.kubeconfig.as_deref(), &health).await;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     // Every line logged for this watch (a failure, a recovery) names the Service: a sidecar may watch several.
     let span = tracing::info_span!("discovery", %service, %namespace);
@@ -454,15 +454,16 @@ async fn client_from(kubeconfig: Option<&Path>) -> Result<(Client, String), Stri
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
 /// `~/.kube/config`. Retries until it works: a sidecar that starts before its config is mounted should not
-/// crash-loop.
-async fn connect(kubeconfig: Option<&Path>) -> (Client, String) {
+/// crash-loop. Meanwhile the error is `health`'s problem (cause `config`), so `/ready` and calls name it.
+async fn connect(kubeconfig: Option<&Path>, health: &Health) -> (Client, String) {
     let mut delays = crate::backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match client_from(kubeconfig).await {
             Ok(c) => return c,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                warn!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
+                debug!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
+                health.failed("config", format!("no Kubernetes client configuration yet: {e}"));
                 tokio::time::sleep(delay).await;
             }
         }

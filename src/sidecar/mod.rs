@@ -11,7 +11,7 @@ use std::{
 };
 
 use tower::util::BoxCloneSyncService;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::state::SidecarState;
 use crate::{
@@ -140,6 +140,7 @@ pub async fn start(
     tokio::spawn(admin::serve(admin_listener, state.clone(), async move {
         let _ = admin_stopped.await;
     }));
+    warn_unrouted_policies(&args);
     let targets: Vec<&str> = state.targets.iter().map(|t| t.name()).collect();
     info!(%listen, admin = %admin_addr, routes = state.routes.len(), ?targets, "sidecar listening");
     let serving_state = state.clone();
@@ -199,4 +200,25 @@ async fn build_targets(
         indexed.push((route.service, i));
     }
     Ok((targets, indexed, table))
+}
+
+/// Warns about each service `--service-config` names that no route serves (and no `*` route catches): its policy
+/// applies to no call, most often because of a typo in the name. Not an error: one config may serve sidecars
+/// with different routes, and gRPC clients ignore such entries too.
+fn warn_unrouted_policies(args: &SidecarArgs) {
+    use crate::routes::ServiceMatch;
+    let routes = args.all_routes();
+    if routes.iter().any(|r| r.service == ServiceMatch::Any) {
+        return;
+    }
+    let mut unrouted: Vec<&str> = args
+        .service_config
+        .iter()
+        .flat_map(|c| c.services())
+        .filter(|s| !routes.iter().any(|r| matches!(&r.service, ServiceMatch::Exact(e) if e == s)))
+        .collect();
+    unrouted.sort_unstable();
+    for service in unrouted {
+        warn!(service, "--service-config names a service no route serves: its policy applies to no call");
+    }
 }

@@ -24,7 +24,7 @@ def flags_and_env(command: str) -> dict[str, str | None]:
     return found
 
 
-@pytest.mark.parametrize("command", ["sidecar", "server"])
+@pytest.mark.parametrize("command", ["sidecar", "server", "inbound"])
 def test_every_flag_of_the_long_running_roles_reads_an_env_var(command):
     flags = flags_and_env(command)
     assert len(flags) > 5
@@ -41,5 +41,5 @@ def test_the_other_roles_read_only_what_the_readme_says(command, with_env):
 
 def test_the_readme_says_so():
     readme = (ROOT / "README.md").read_text()
-    claim = " ".join(readme.split("Every flag of `sidecar` and `server` also reads", 1)[1].split("\n\n", 1)[0].split())
+    claim = " ".join(readme.split("Every flag of `sidecar`, `server` and `inbound` also reads", 1)[1].split("\n\n", 1)[0].split())
     assert "Of `call`'s flags only `--addr` does" in claim and "`demo` and `inject` read none" in claim, claim

@@ -101,8 +101,13 @@ impl KubeCluster {
     }
 
     pub fn sidecar(&self, extra: &[&str]) -> Sidecar {
+        self.sidecar_for(TARGET, extra)
+    }
+
+    /// A sidecar watching this cluster with `--target target`.
+    pub fn sidecar_for(&self, target: &str, extra: &[&str]) -> Sidecar {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
-        Sidecar::start_env(TARGET, extra, &[("KUBECONFIG", kubeconfig.as_str())])
+        Sidecar::start_env(target, extra, &[("KUBECONFIG", kubeconfig.as_str())])
     }
 }
 

@@ -53,6 +53,19 @@ def test_curl_example(cluster):
     assert '"code":"deadline_exceeded"' in slow.stdout and "HTTP 504" in slow.stdout, slow.stdout
 
 
+def test_curl_example_output_survives_a_redirect_to_a_file(cluster, tmp_path):
+    """`call.sh > out.log 2>&1` keeps every section: no step reopens the caller's stderr (that truncated the file)."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    log = tmp_path / "out.log"
+    with open(log, "w") as f:
+        out = subprocess.run([str(EXAMPLES / "curl" / "call.sh"), cluster["sidecar"], "curl"], stdout=f, stderr=subprocess.STDOUT, timeout=30)
+    text = log.read_text(errors="replace")
+    assert out.returncode == 0, text
+    assert "== Connect, JSON" in text and '{"message":"Hello, curl!","code":200}' in text, text
+    assert '"name is required"} HTTP 400' in text, text
+
+
 @pytest.fixture(scope="session")
 def node_example():
     if not shutil.which("npm"):
