@@ -454,3 +454,106 @@ async fn a_connect_reply_over_the_message_limit_is_resource_exhausted() {
     assert_eq!(over.status, 429, "{body}");
     assert!(body.contains("resource_exhausted") && body.contains("1004 vs. 1000"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_calls_the_app_abandons_reset_every_attempt() {
+    let pods = [Backend::start("hedge-abandon-a", &[]), Backend::start("hedge-abandon-b", &[])];
+    let config = r#"{"methodConfig": [{"name": [{"service": "hello.v1.HelloService"}],
+        "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"}}]}"#;
+    let target = Sidecar::static_target(&[&pods[0], &pods[1]]);
+    let sidecar = Sidecar::start(&target, &["--service-config", config, "--max-concurrent-calls", "10"]);
+    sidecar.wait_ready_endpoints(2);
+    let addr = sidecar.addr;
+    let cancelled = || -> u64 {
+        pods.iter()
+            .map(|p| {
+                metric(&common::http_get(p.admin, "/metrics").unwrap_or_default(), "hello_server_calls_cancelled_total")
+            })
+            .sum()
+    };
+
+    let (mut a, _a_task) = h2_conn(addr).await;
+    let (mut b, b_task) = h2_conn(addr).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(send(&mut a, slow_hello(addr, "1h")).await);
+        held.push(send(&mut b, slow_hello(addr, "1h")).await);
+    }
+    wait_for("both attempts of 10 calls in flight", Duration::from_secs(20), || {
+        (in_flight(&sidecar) == 20).then_some(())
+    });
+    let (on_a, on_b): (Vec<_>, Vec<_>) = held.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    drop(on_a);
+    b_task.abort();
+    drop(on_b);
+    wait_for("the backends saw all 20 attempts cancelled", Duration::from_secs(20), || {
+        (cancelled() == 20).then_some(())
+    });
+    wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
+    // Every slot came back.
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        calls.push(send(&mut a, slow_hello(addr, "100ms")).await.0);
+    }
+    for res in calls {
+        let reply = common::h2peer::read_reply(res).await.expect("reply");
+        assert_eq!(reply.grpc_status, Some(0), "{reply:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_and_connect_calls_the_app_abandons_reset_the_backend_stream() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start("abandoned-web", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &["--max-concurrent-calls", "8"]);
+    sidecar.wait_ready_endpoints(1);
+    let addr = sidecar.addr;
+    let cancelled = || {
+        metric(&common::http_get(backend.admin, "/metrics").unwrap_or_default(), "hello_server_calls_cancelled_total")
+    };
+
+    // Over HTTP/1.1 (a browser tab closed mid-call): grpc-web binary and text, Connect proto.
+    let web = grpc_frame(&hello_request("web"));
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(&web).into_bytes();
+    let bodies = [
+        ("application/grpc-web+proto", web.clone()),
+        ("application/grpc-web-text", text),
+        ("application/proto", hello_request("connect")),
+    ];
+    let mut sockets = Vec::new();
+    for (content_type, body) in &bodies {
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let head = format!(
+                "POST /hello.v1.HelloService/SayHello HTTP/1.1\r\nhost: app\r\ncontent-type: {content_type}\r\n\
+                 x-hello-delay: 1h\r\ngrpc-timeout: 120S\r\nconnect-timeout-ms: 120000\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.expect("head");
+            s.write_all(body).await.expect("body");
+            sockets.push(s);
+        }
+    }
+    wait_for("6 calls in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 6).then_some(()));
+    drop(sockets);
+    wait_for("the backend saw the 6 calls cancelled", Duration::from_secs(20), || (cancelled() == 6).then_some(()));
+    wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
+
+    // Over HTTP/2: the same calls reset by the app.
+    let (mut tx, _task) = h2_conn(addr).await;
+    let mut held = Vec::new();
+    for (content_type, body) in &bodies {
+        let mut req = slow_hello(addr, "1h");
+        req.headers_mut().insert("content-type", http::HeaderValue::from_static(content_type));
+        req.headers_mut().insert("connect-timeout-ms", http::HeaderValue::from_static("120000"));
+        tx = tx.ready().await.expect("ready");
+        let (res, mut stream) = tx.send_request(req, false).expect("send");
+        stream.send_data(Bytes::from(body.clone()), true).expect("body");
+        held.push((res, stream));
+    }
+    wait_for("3 calls in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 3).then_some(()));
+    drop(held);
+    wait_for("the backend saw 3 more calls cancelled", Duration::from_secs(20), || (cancelled() == 9).then_some(()));
+    wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
+}
