@@ -557,3 +557,47 @@ async fn grpc_web_and_connect_calls_the_app_abandons_reset_the_backend_stream() 
     wait_for("the backend saw 3 more calls cancelled", Duration::from_secs(20), || (cancelled() == 9).then_some(()));
     wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_app_stops_reading_still_ends_at_its_deadline() {
+    use prost::Message;
+    let echo = EchoBackend::start("unread-deadline").await;
+    let route = format!("echo.v1.EchoService=static:///{}", echo.addr);
+    let backend = Backend::start("unused-deadline", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &["--route", &route]);
+    sidecar.wait_ready_endpoints(2);
+    let addr = sidecar.addr;
+
+    // Server streams of 1 KiB messages under a 2 s deadline, which the app never reads (nor resets): the stream
+    // windows fill up and stay full.
+    let (mut tx, _task) = h2_conn(addr).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let req = Request::post(format!("http://{addr}/echo.v1.EchoService/ServerStream"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "2S")
+            .body(())
+            .expect("request");
+        let msg = common::echo::pb::EchoRequest { message: "x".repeat(1024), count: 1_000_000, delay_ms: 0 };
+        tx = tx.ready().await.expect("ready");
+        let (res, mut body) = tx.send_request(req, false).expect("send");
+        body.send_data(Bytes::from(grpc_frame(&msg.encode_to_vec())), true).expect("body");
+        let res = res.await.unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        held.push((res, body));
+    }
+    wait_for("4 calls in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 4).then_some(()));
+    // The deadline is the sidecar's to keep: the backend's streams are reset and the calls end, whether or not
+    // the app reads.
+    wait_for("the backend's streams reset at the deadline", Duration::from_secs(20), || {
+        (echo.stats.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(())
+    });
+    wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
+    let m = sidecar.metrics();
+    assert_eq!(
+        metric(&m, "hello_sidecar_requests_total{method=\"/echo.v1.EchoService/*\",grpc_status=\"DEADLINE_EXCEEDED\"}"),
+        4,
+        "{m}"
+    );
+    drop(held);
+}
