@@ -11,7 +11,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -119,7 +118,6 @@ pub struct UpstreamBody {
     /// is not reading ([`super::stalled`]).
     held: Arc<Mutex<Held>>,
     _watchdog: Watchdog,
-    deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     header_code: Option<Code>,
     request: ReplayBody,
@@ -139,9 +137,9 @@ impl UpstreamBody {
         request: ReplayBody,
         limits: (u32, Arc<Metrics>),
     ) -> Self {
-        let held = Arc::new(Mutex::new(Held { inner: Some(inner), record }));
-        let watchdog = stalled::watch(&held, deadline.deadline(), timeout);
-        Self { held, _watchdog: watchdog, deadline, timeout, header_code, request, limits, done: false }
+        let held = Arc::new(Mutex::new(Held { inner: Some(inner), record, waker: None }));
+        let watchdog = stalled::watch(&held, deadline, timeout);
+        Self { held, _watchdog: watchdog, timeout, header_code, request, limits, done: false }
     }
 }
 
@@ -191,8 +189,8 @@ impl Body for UpstreamBody {
         }
         let mut guard = this.held.lock();
         let (held, done) = (&mut *guard, &mut this.done);
-        // The watchdog took the backend's body: the deadline passed while hyper was not polling this one.
-        if this.deadline.as_mut().poll(cx).is_ready() || held.inner.is_none() {
+        // The watchdog took the backend's body: the deadline passed.
+        if held.expired() {
             let msg = format!("deadline exceeded after {:?} while streaming the response", this.timeout);
             return end_with(held, done, Code::DeadlineExceeded, &msg);
         }
@@ -200,7 +198,10 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                held.park(cx.waker());
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     held.record.sent(data.len());

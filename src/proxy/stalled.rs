@@ -8,15 +8,16 @@
 //! its deadline whether or not the client reads (grpc-go cancels the handler and resets the stream), so the
 //! sidecar must too.
 //!
-//! So each passed-through response has a watchdog task that sleeps until the deadline. If the call has not ended
-//! by then, it ends it as the body would: the backend's stream is reset (its body dropped) and the call recorded
-//! as `DEADLINE_EXCEEDED`, freeing its slot. The body, when hyper next polls it, sends the app the
-//! `DEADLINE_EXCEEDED` trailers. A call that ends first aborts its watchdog.
+//! So the deadline is kept by a watchdog task per passed-through response, which takes over the call's timer (the
+//! one that bounded the wait for response headers: still one timer per call). If the call has not ended by the
+//! deadline, the watchdog ends it: the backend's stream is reset (its body dropped), the call recorded as
+//! `DEADLINE_EXCEEDED`, freeing its slot, and the body's task woken; the body then sends the app the
+//! `DEADLINE_EXCEEDED` trailers as soon as hyper polls it. A call that ends first aborts its watchdog.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, task::Waker, time::Duration};
 
 use parking_lot::Mutex;
-use tokio::{task::AbortHandle, time::Instant};
+use tokio::{task::AbortHandle, time::Sleep};
 use tonic::Code;
 
 use crate::{pool::RecvBody, proxy::call::CallRecord};
@@ -28,6 +29,22 @@ pub(super) struct Held {
     pub inner: Option<RecvBody>,
     /// The call's accounting.
     pub record: CallRecord,
+    /// The task that last found the backend's body pending, woken when the deadline ends the call.
+    pub waker: Option<Waker>,
+}
+
+impl Held {
+    /// Whether the watchdog ended the call: the deadline passed.
+    pub fn expired(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Notes the task waiting on the backend's body (cloning its waker only when it changed).
+    pub fn park(&mut self, waker: &Waker) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
+    }
 }
 
 /// The watchdog of one response; dropping it (the body ended or was dropped) cancels it.
@@ -39,16 +56,19 @@ impl Drop for Watchdog {
     }
 }
 
-/// Starts the watchdog of `held`, whose call's deadline is `deadline` (`timeout` after its start).
-pub(super) fn watch(held: &Arc<Mutex<Held>>, deadline: Instant, timeout: Duration) -> Watchdog {
+/// Starts the watchdog of `held`; `deadline` is the call's timer, set to its deadline (`timeout` after its start).
+pub(super) fn watch(held: &Arc<Mutex<Held>>, deadline: Pin<Box<Sleep>>, timeout: Duration) -> Watchdog {
     let held = Arc::downgrade(held);
     let task = tokio::spawn(async move {
-        tokio::time::sleep_until(deadline).await;
+        deadline.await;
         let Some(held) = held.upgrade() else { return };
         let mut held = held.lock();
         if held.inner.take().is_some() {
-            tracing::debug!(?timeout, "deadline exceeded while the caller was not reading the response");
+            tracing::debug!(?timeout, "deadline exceeded while streaming the response");
             held.record.finish(Code::DeadlineExceeded);
+            if let Some(waker) = held.waker.take() {
+                waker.wake();
+            }
         }
     });
     Watchdog(task.abort_handle())
