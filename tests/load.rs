@@ -601,3 +601,51 @@ async fn a_stream_the_app_stops_reading_still_ends_at_its_deadline() {
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_replies_the_app_never_reads_free_their_slots_at_the_deadline() {
+    let backend = Backend::start("unread-unary", &[]);
+    let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &["--max-concurrent-calls", "20"]);
+    sidecar.wait_ready_endpoints(1);
+    let (addr, pid) = (sidecar.addr, sidecar.proc.child.id());
+    let rss0 = rss_kib(pid);
+
+    // App A: 20 unary calls with 200 KiB replies on one connection with HTTP/2's default 64 KiB windows, none of
+    // them read: the first reply fills the connection window, and every call stalls behind it.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut a, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    let _a_task = tokio::spawn(conn);
+    let big = "x".repeat(200 * 1024);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut req = slow_hello(addr, "0s");
+        req.headers_mut().insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+        a = a.ready().await.expect("ready");
+        let (res, mut body) = a.send_request(req, false).expect("send");
+        body.send_data(Bytes::from(grpc_frame(&hello_request(&big))), true).expect("body");
+        held.push((res, body));
+    }
+    wait_for("A's calls take every slot", Duration::from_secs(20), || (in_flight(&sidecar) == 20).then_some(()));
+
+    // App B is refused while they hold the slots, and served once their deadline has passed, though A still
+    // holds its connection and reads nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = one_call(addr, "b", "5S").await.expect("B's call");
+        if reply.grpc_status == Some(0) {
+            break;
+        }
+        assert_eq!(reply.grpc_status, Some(tonic::Code::ResourceExhausted as i32), "{}", reply.grpc_message);
+        assert!(std::time::Instant::now() < deadline, "A's unread calls kept their slots past their deadline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
+    let m = sidecar.metrics();
+    let expired =
+        "hello_sidecar_requests_total{method=\"/hello.v1.HelloService/SayHello\",grpc_status=\"DEADLINE_EXCEEDED\"}";
+    assert!(metric(&m, expired) >= 19, "{m}");
+    // What the sidecar holds for them is bounded by the windows: 20 × 200 KiB of replies at most.
+    let rss = rss_kib(pid);
+    assert!(rss <= rss0 + 32 * 1024, "RSS grew from {rss0} KiB to {rss} KiB");
+    drop(held);
+}
