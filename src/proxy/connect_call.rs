@@ -15,7 +15,6 @@ use crate::{
         Balancer, Proxy,
         body::ResponseBody,
         connect::{self, Codec},
-        connect_reply::{self, ReplyError},
         error::ProxyError,
         reflection::schema::{RETRY_AFTER, Unlearned},
         request_body::RequestBody,
@@ -117,17 +116,12 @@ impl Proxy {
         let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
 
         let (parts, body) = res.into_parts();
-        // Bounded: one message of at most the limit. Dropping the body on the way out resets the backend's stream.
-        let (data, trailers) = match connect_reply::collect(body, self.config.max_message_bytes).await {
-            Ok(c) => (c.data, c.trailers),
-            Err(ReplyError::SeveralMessages) => {
-                return refuse(ProxyError::ConnectStreaming(connect::streaming(&path)), &metadata(&parts.headers));
-            }
-            Err(ReplyError::TooLarge { size, limit }) => {
-                return refuse(ProxyError::TooLarge { size, limit }, &metadata(&parts.headers));
-            }
-            Err(ReplyError::Body(e)) => return refuse(ProxyError::UpstreamBody(e), &parts.headers),
+        let collected = match body.collect().await {
+            Ok(c) => c,
+            Err(e) => return refuse(ProxyError::UpstreamBody(e.to_string()), &parts.headers),
         };
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let data = collected.to_bytes();
         let code = status_of(&trailers).or_else(|| status_of(&parts.headers)).unwrap_or(Code::Internal);
         let mut meta = metadata(&parts.headers);
         for (name, value) in &trailers {

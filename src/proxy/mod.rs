@@ -14,7 +14,6 @@ pub mod call;
 pub mod call_log;
 pub mod connect;
 mod connect_call;
-mod connect_reply;
 pub mod error;
 mod forward;
 mod hedge;
