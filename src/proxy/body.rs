@@ -1,7 +1,8 @@
 //! The response body the client gets: either the backend's frames passed through, or a small local body.
 //!
 //! The passed-through body enforces the call's deadline to the last byte (a stalled stream ends with
-//! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream) and turns an upstream
+//! `DEADLINE_EXCEEDED` trailers, and dropping the upstream body resets the backend's stream; while the app is not
+//! reading, a watchdog keeps the deadline, see [`super::stalled`]) and turns an upstream
 //! connection failure mid-response into `UNAVAILABLE` trailers rather than a bare reset. A stream the backend
 //! resets mid-response ends with the status a gRPC client reports for that `RST_STREAM` code
 //! ([`crate::grpc::code_of_reset`]) and never counts against the endpoint. A response whose trailers lack
@@ -10,7 +11,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tonic::Code;
 
@@ -28,7 +29,13 @@ use crate::{
     BoxError,
     grpc::{status_of, stream_reset},
     pool::RecvBody,
-    proxy::{call::CallRecord, error::ProxyError, replay::ReplayBody, web::GrpcWebBody},
+    proxy::{
+        call::CallRecord,
+        error::ProxyError,
+        replay::ReplayBody,
+        stalled::{self, Held, Watchdog},
+        web::GrpcWebBody,
+    },
     telemetry::metrics::Metrics,
 };
 
@@ -108,11 +115,12 @@ const NO_STATUS: &str = "server closed the stream without sending trailers";
 
 /// The backend's response body with the call's deadline and accounting attached.
 pub struct UpstreamBody {
-    inner: Option<RecvBody>,
-    deadline: Pin<Box<Sleep>>,
+    /// The backend's body and the call's record, shared with the watchdog that keeps the deadline while the app
+    /// is not reading ([`super::stalled`]).
+    held: Arc<Mutex<Held>>,
+    _watchdog: Watchdog,
     timeout: Duration,
     header_code: Option<Code>,
-    record: CallRecord,
     request: ReplayBody,
     /// `--max-header-bytes`, checked against the trailers, and the metrics that count a refusal.
     limits: (u32, Arc<Metrics>),
@@ -134,17 +142,9 @@ impl UpstreamBody {
         request: ReplayBody,
         limits: (u32, Arc<Metrics>),
     ) -> Self {
-        Self {
-            inner: Some(inner),
-            deadline,
-            timeout,
-            header_code,
-            record,
-            request,
-            limits,
-            reply_limit: None,
-            done: false,
-        }
+        let held = Arc::new(Mutex::new(Held { inner: Some(inner), record, waker: None }));
+        let watchdog = stalled::watch(&held, deadline, timeout);
+        Self { held, _watchdog: watchdog, timeout, header_code, request, limits, reply_limit: None, done: false }
     }
 
     /// Caps the reply's data at `bytes` of gRPC frames, for a reply the sidecar collects whole (to translate it for
@@ -154,25 +154,41 @@ impl UpstreamBody {
     pub fn limit_reply(&mut self, bytes: u64) {
         self.reply_limit = Some((bytes, 0));
     }
+}
 
-    fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.record.finish(code);
-        self.trailers(code, message)
-    }
+/// Ends the call with `code`, and its response with trailers that say so.
+fn end_with(
+    held: &mut Held,
+    done: &mut bool,
+    code: Code,
+    message: &str,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    held.record.finish(code);
+    trailers(held, done, code, message)
+}
 
-    /// Ends with the status for a stream the backend reset, judged as a reset ([`CallRecord::finish_reset`]).
-    fn end_reset(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.record.finish_reset(code);
-        self.trailers(code, message)
-    }
+/// Ends with the status for a stream the backend reset, judged as a reset ([`CallRecord::finish_reset`]).
+fn end_reset(
+    held: &mut Held,
+    done: &mut bool,
+    code: Code,
+    message: &str,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    held.record.finish_reset(code);
+    trailers(held, done, code, message)
+}
 
-    fn trailers(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.inner = None;
-        self.done = true;
-        let mut t = HeaderMap::with_capacity(2);
-        crate::grpc::add_status(&mut t, code, message);
-        Poll::Ready(Some(Ok(Frame::trailers(t))))
-    }
+fn trailers(
+    held: &mut Held,
+    done: &mut bool,
+    code: Code,
+    message: &str,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    held.inner = None;
+    *done = true;
+    let mut t = HeaderMap::with_capacity(2);
+    crate::grpc::add_status(&mut t, code, message);
+    Poll::Ready(Some(Ok(Frame::trailers(t))))
 }
 
 impl Body for UpstreamBody {
@@ -184,23 +200,29 @@ impl Body for UpstreamBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let mut guard = this.held.lock();
+        let (held, done) = (&mut *guard, &mut this.done);
+        // The watchdog took the backend's body: the deadline passed.
+        if held.expired() {
             let msg = format!("deadline exceeded after {:?} while streaming the response", this.timeout);
-            return this.end_with(Code::DeadlineExceeded, &msg);
+            return end_with(held, done, Code::DeadlineExceeded, &msg);
         }
-        let Some(inner) = this.inner.as_mut() else {
+        let Some(inner) = held.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                held.park(cx.waker());
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.record.sent(data.len());
+                    held.record.sent(data.len());
                     if let Some((limit, received)) = this.reply_limit.as_mut() {
                         *received += data.len() as u64;
                         if *received > *limit {
                             let e = ProxyError::ReplyTooLarge(*limit);
-                            return this.end_with(e.code(), &e.to_string());
+                            return end_with(held, done, e.code(), &e.to_string());
                         }
                     }
                 }
@@ -212,43 +234,43 @@ impl Body for UpstreamBody {
                             "response trailers from the backend are {size} bytes, over the sidecar's limit of {limit} \
                              bytes (--max-header-bytes)"
                         );
-                        tracing::warn!(endpoint = %this.record.endpoint_addr(), "{msg}");
-                        return this.end_with(Code::ResourceExhausted, &msg);
+                        tracing::warn!(endpoint = %held.record.endpoint_addr(), "{msg}");
+                        return end_with(held, done, Code::ResourceExhausted, &msg);
                     }
                     // Trailers without grpc-status, passed through as they are: grpcio and grpc-go report UNKNOWN,
                     // so the metric records that.
                     let code = status_of(trailers).unwrap_or(Code::Unknown);
-                    this.done = true;
-                    this.inner = None;
-                    this.record.finish(code);
+                    *done = true;
+                    held.inner = None;
+                    held.record.finish(code);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some((size, limit)) = this.request.too_large() {
                     let msg = format!("grpc: received message larger than max ({size} vs. {limit})");
-                    return this.end_with(Code::ResourceExhausted, &msg);
+                    return end_with(held, done, Code::ResourceExhausted, &msg);
                 }
-                let addr = this.record.endpoint_addr();
+                let addr = held.record.endpoint_addr();
                 if let Some(reason) = stream_reset(&e) {
                     // One stream reset by the backend: the connection is fine, and a reset says nothing about the
                     // endpoint's health (REFUSED_STREAM after the answer began, too).
                     let msg = format!("upstream {addr} reset the stream: RST_STREAM with error code {reason:?}");
-                    return this.end_reset(crate::grpc::code_of_reset(reason), &msg);
+                    return end_reset(held, done, crate::grpc::code_of_reset(reason), &msg);
                 }
                 let msg = format!("upstream {addr} failed mid-response: {}", crate::error_chain(&e));
-                this.end_with(Code::Unavailable, &msg)
+                end_with(held, done, Code::Unavailable, &msg)
             }
             Poll::Ready(None) => match this.header_code {
                 Some(code) => {
-                    this.done = true;
-                    this.inner = None;
-                    this.record.finish(code);
+                    *done = true;
+                    held.inner = None;
+                    held.record.finish(code);
                     Poll::Ready(None)
                 }
                 // The stream ended (END_STREAM on DATA, or RST_STREAM(NO_ERROR), which `RecvBody` reads as an end)
                 // with no trailers at all: grpc-go reports INTERNAL; send that explicitly.
-                None => this.end_with(Code::Internal, NO_STATUS),
+                None => end_with(held, done, Code::Internal, NO_STATUS),
             },
         }
     }

@@ -56,7 +56,9 @@ pub struct CallRecord {
     method: Arc<str>,
     start: Instant,
     metrics: Arc<Metrics>,
-    _permit: OwnedSemaphorePermit,
+    /// The call's `--max-concurrent-calls` slot, given back when the call ends (not when its response body is
+    /// dropped, which an app that stops reading can put off indefinitely).
+    permit: Option<OwnedSemaphorePermit>,
     log: CallLog,
 }
 
@@ -72,7 +74,7 @@ impl CallRecord {
         let mut attempt = attempt;
         attempt.answered();
         let log = CallLog::new(&metrics);
-        Self { attempt, method, start, metrics, _permit: permit, log }
+        Self { attempt, method, start, metrics, permit: Some(permit), log }
     }
 
     /// Attaches the call's access log details, written when the call ends (without them, the line has the
@@ -98,6 +100,7 @@ impl CallRecord {
             return;
         }
         self.attempt.finish(code);
+        self.permit = None;
         self.metrics.record_call(&self.method, code, self.start.elapsed());
         self.log.answered_by(self.attempt.endpoint());
         self.log.finish(&self.metrics, &self.method, code, self.start);
@@ -111,6 +114,7 @@ impl CallRecord {
             return;
         }
         self.attempt.finish_reset(code);
+        self.permit = None;
         self.metrics.record_call(&self.method, code, self.start.elapsed());
         self.log.answered_by(self.attempt.endpoint());
         self.log.finish(&self.metrics, &self.method, code, self.start);

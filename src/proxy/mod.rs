@@ -21,6 +21,7 @@ pub mod reflection;
 pub mod replay;
 pub mod request_body;
 pub mod route;
+mod stalled;
 pub mod web;
 mod web_call;
 
