@@ -31,12 +31,17 @@ struct Logged {
 
 impl Logged {
     fn start(target: &str, kubeconfig: &std::path::Path) -> Self {
+        Self::start_logging(target, kubeconfig, "info")
+    }
+
+    /// [`Logged::start`] with `rust_log` as `RUST_LOG`.
+    fn start_logging(target: &str, kubeconfig: &std::path::Path, rust_log: &str) -> Self {
         let ip = fresh_ip();
         let admin = std::net::SocketAddr::from((ip, 9901));
         let mut child = Command::new(BIN)
             .args(["sidecar", "--listen", &format!("{ip}:50051"), "--admin", &admin.to_string(), "--target", target])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -370,4 +375,68 @@ async fn an_unreachable_api_is_one_log_line() {
     let server = format!("API server http://{}/", c.api.addr());
     assert!(lines[0].contains(&server), "{}", lines[0]);
     let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// An "API server" (a proxy in front of it) that answers every request with HTTP `status` and `body`.
+fn fake_api(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((fresh_ip(), 6443)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 8192];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 {status} Whatever\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    addr
+}
+
+fn kubeconfig_at(api: std::net::SocketAddr, tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hello-sidecar-kc-{tag}-{}-{}", std::process::id(), api.ip()));
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    server: http://{api}\n\
+         contexts:\n- name: p\n  context:\n    cluster: p\n    user: p\n    namespace: default\n\
+         current-context: p\nusers:\n- name: p\n  user: {{}}\n"
+    );
+    std::fs::write(&path, kc).expect("write kubeconfig");
+    path
+}
+
+/// The /ready body once discovery reports a failure.
+fn failing_ready(body: Vec<u8>, tag: &str) -> String {
+    let api = fake_api(502, body);
+    let kubeconfig = kubeconfig_at(api, tag);
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    let ready = wait_for("a failing /ready", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("API server")).then_some(body)
+    });
+    let _ = std::fs::remove_file(kubeconfig);
+    ready
+}
+
+/// Hostile error pages from a proxy in front of the API: a title with control characters (a terminal escape, a
+/// bell, NUL) must not reach `/ready` and the logs as they are; a huge title is cut; a page without a title is
+/// summed up by its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_error_pages_from_a_proxy_are_summed_up_on_one_clean_line() {
+    let control = b"<html><title>\x1b[31mBad\x07 Gate\x00way\r\nInjected: 1</title></html>".to_vec();
+    let ready = failing_ready(control, "ctl");
+    assert!(ready.contains("Bad Gate way Injected: 1"), "{ready:?}");
+    assert!(!ready.trim_end().chars().any(char::is_control), "control characters: {ready:?}");
+
+    let huge = format!("<title>{}</title>", "x".repeat(100_000)).into_bytes();
+    let ready = failing_ready(huge, "huge");
+    assert!(ready.len() < 1000 && ready.contains('…'), "{} bytes", ready.len());
+
+    let untitled = b"<html><body><h1>502</h1>\n<p>upstream\n\tgone</p></body></html>".to_vec();
+    let ready = failing_ready(untitled, "untitled");
+    assert!(ready.contains("502 upstream gone") && ready.trim_end().lines().count() == 1, "{ready:?}");
 }

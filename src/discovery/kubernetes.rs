@@ -315,7 +315,7 @@ impl Failure {
         } else if status.reason.is_empty() {
             (String::new(), one_line(&status.message))
         } else {
-            (format!(" {}", status.reason), one_line(&status.message))
+            (format!(" {}", one_line(&status.reason)), one_line(&status.message))
         };
         let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {text}", status.code);
         if status.code == 403 {
@@ -334,10 +334,12 @@ const NOT_A_STATUS: &str = "Failed to parse error data";
 /// The longest API message quoted in a problem (it reaches every failed call's `grpc-message`).
 const MESSAGE_MAX: usize = 400;
 
-/// `text` on one line (whitespace runs made one space), cut with `…` past [`MESSAGE_MAX`] bytes (at a character).
+/// `text` on one line (runs of whitespace and control characters made one space: a terminal escape, a bell or a NUL
+/// in a proxy's page must not reach a terminal or `/ready`), cut with `…` past [`MESSAGE_MAX`] bytes (at a
+/// character).
 fn one_line(text: &str) -> String {
     let mut out = String::new();
-    for word in text.split_whitespace() {
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -510,6 +512,7 @@ mod tests {
         );
         assert_eq!(summary("<p><b>503.</b>\n  Service   Unavailable</p>"), "503. Service Unavailable");
         assert_eq!(summary("404 page not found\n"), "404 page not found");
+        assert_eq!(summary("<title>\u{1b}[31mBad\u{7}\0Gateway</title>"), "[31mBad Gateway");
         for long in [one_line(&"word ".repeat(500)), one_line(&"é".repeat(1000))] {
             // Cut at a character, never inside one (é is two bytes).
             assert!(long.len() <= MESSAGE_MAX + '…'.len_utf8() && long.ends_with('…'), "{long}");
