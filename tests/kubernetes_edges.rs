@@ -377,6 +377,21 @@ async fn an_unreachable_api_is_one_log_line() {
     let _ = std::fs::remove_file(kubeconfig);
 }
 
+/// kube's own lines are muted by default, "unless the filter names the crate": the crate an operator knows is
+/// `kube` (the dependency's name), and `RUST_LOG=kube=debug` is how one asks for its lines. They stayed muted
+/// (only `kube_client`/`kube_runtime` written out lifted the mute), so the one way to see kube's requests failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_naming_kube_shows_kubes_lines() {
+    let c = cluster_with(1).await;
+    c.api.down();
+    let kubeconfig = kubeconfig_for(&c, "kubelog");
+    let sidecar = Logged::start_logging(TARGET, &kubeconfig, "info,kube=debug");
+    wait_for("kube's client's lines", Duration::from_secs(30), || {
+        (!sidecar.lines_with("kube_client::client::builder").is_empty()).then_some(())
+    });
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
 /// An "API server" (a proxy in front of it) that answers every request with HTTP `status` and `body`.
 fn fake_api(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
     use std::io::{Read, Write};
