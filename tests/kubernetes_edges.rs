@@ -426,7 +426,12 @@ fn kubeconfig_at(api: std::net::SocketAddr, tag: &str) -> std::path::PathBuf {
 
 /// The /ready body once discovery reports a failure.
 fn failing_ready(body: Vec<u8>, tag: &str) -> String {
-    let api = fake_api(502, body);
+    failing_ready_with(502, body, tag)
+}
+
+/// [`failing_ready`] for an answer with HTTP `status`.
+fn failing_ready_with(status: u16, body: Vec<u8>, tag: &str) -> String {
+    let api = fake_api(status, body);
     let kubeconfig = kubeconfig_at(api, tag);
     let sidecar = Logged::start(TARGET, &kubeconfig);
     let ready = wait_for("a failing /ready", Duration::from_secs(20), || {
@@ -454,4 +459,13 @@ async fn hostile_error_pages_from_a_proxy_are_summed_up_on_one_clean_line() {
     let untitled = b"<html><body><h1>502</h1>\n<p>upstream\n\tgone</p></body></html>".to_vec();
     let ready = failing_ready(untitled, "untitled");
     assert!(ready.contains("502 upstream gone") && ready.trim_end().lines().count() == 1, "{ready:?}");
+
+    // A page in Latin-1 (old proxies' error pages): kube cannot read it as text and drops the HTTP status. The API
+    // server was reached and answered: not a connect failure.
+    let latin1 = b"<title>Dienst nicht verf\xfcgbar</title>".to_vec();
+    let ready = failing_ready(latin1, "latin1");
+    assert!(ready.contains("is not a Kubernetes answer") && ready.contains("UTF-8"), "{ready:?}");
+    // Likewise a 200 that is no JSON: a proxy's login page.
+    let ready = failing_ready_with(200, b"<html><title>Sign in</title></html>".to_vec(), "login");
+    assert!(ready.contains("is not a Kubernetes answer"), "{ready:?}");
 }

@@ -289,6 +289,18 @@ impl Failure {
         };
         match inner {
             Some(kube::Error::Api(status)) => Self::of_status(what, status, namespace),
+            // The API server (or what stands at its URL) answered, but kube could not read the answer: an error
+            // page not in UTF-8 (kube then drops its HTTP status), or a 200 that is not JSON (a proxy's login
+            // page). Not "connect", which says nothing answered and sends the operator to the network.
+            Some(unreadable @ (kube::Error::FromUtf8(_) | kube::Error::SerdeError(_))) => Self {
+                cause: "unreadable".into(),
+                retry_after: None,
+                message: format!(
+                    "{what} failed: the answer of API server {server} is not a Kubernetes answer (a proxy in front \
+                     of the API?): {}",
+                    one_line(&crate::error_chain(unreadable))
+                ),
+            },
             Some(other) => Self {
                 cause: "connect".into(),
                 retry_after: None,
