@@ -147,6 +147,38 @@ async fn an_endless_reply_to_a_connect_caller_is_cut_at_the_message_limit() {
     assert_eq!(grpc_call(&s, "hello").await.code(), Code::Ok, "the sidecar keeps serving");
 }
 
+// The cap on a Connect caller's reply is one message of --max-message-bytes in its frame: a reply of exactly the
+// limit is translated, one byte more is RESOURCE_EXHAUSTED, whether it comes in one DATA frame or in many. gRPC and
+// gRPC-web callers' replies are streamed, not collected: the cap is not theirs (their client applies its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_reply_cap_is_exact_and_only_for_connect_callers() {
+    const LIMIT: usize = 65536;
+    let (_b, s) = scripted(&["--max-message-bytes", &LIMIT.to_string()]).await;
+    let connect = |scenario: String| {
+        let s = &s;
+        async move {
+            let headers = [("content-type", "application/proto"), ("x-peer-scenario", scenario.as_str())];
+            raw_request(s.addr, false, SAY_HELLO, &headers, hello_request("x")).await
+        }
+    };
+    for frames in [1, 7, 300] {
+        let r = connect(format!("sized:{LIMIT}:{frames}")).await;
+        assert_eq!((r.status, r.body.len()), (200, LIMIT), "exactly the limit in {frames} frames");
+        let r = connect(format!("sized:{}:{frames}", LIMIT + 1)).await;
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("\"code\":\"resource_exhausted\""), "one byte over in {frames} frames: {body}");
+    }
+    let big = format!("sized:{}:3", 4 * LIMIT);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-peer-scenario", &big)];
+    let r = raw_request(s.addr, true, SAY_HELLO, &grpc, grpc_frame(&hello_request("x"))).await;
+    assert_eq!((r.grpc_status(), r.body.len()), (Some(0), 4 * LIMIT + 5), "gRPC caller: {:?}", r.grpc_status());
+    let web = [("content-type", "application/grpc-web+proto"), ("x-peer-scenario", &big)];
+    let r = raw_request(s.addr, false, SAY_HELLO, &web, grpc_frame(&hello_request("x"))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 4 * LIMIT, "gRPC-web caller got {} bytes", r.body.len());
+    assert!(String::from_utf8_lossy(&r.body[4 * LIMIT + 5..]).contains("grpc-status: 0"), "gRPC-web trailers");
+}
+
 // A repeated grpc-status is read as grpc-go and gRPC-core read it, the last one wins; one that is not a number is
 // INTERNAL, as both report it. The Connect caller and the call metric agree with a grpc-go or grpcio caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,8 @@ pub enum Scenario {
     Statuses(Vec<String>),
     /// This HTTP status with an HTML error page that ends the stream (END_STREAM on DATA): no trailers at all.
     HttpPage(u16),
+    /// One message of this many bytes (zeros), its gRPC frame cut into this many DATA frames, then OK.
+    Sized(usize, usize),
 }
 
 impl Scenario {
@@ -69,6 +71,10 @@ impl Scenario {
             "http" => Scenario::Http(arg.parse().unwrap_or(503)),
             "statuses" => Scenario::Statuses(arg.split(',').map(str::to_owned).collect()),
             "http-page" => Scenario::HttpPage(arg.parse().unwrap_or(503)),
+            "sized" => {
+                let (n, k) = arg.split_once(':').unwrap_or((arg, "1"));
+                Scenario::Sized(n.parse().unwrap_or(0), k.parse().unwrap_or(1).max(1))
+            }
             _ => Scenario::Hello,
         }
     }
@@ -188,6 +194,25 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
             res.headers_mut().insert("x-received-bytes", HeaderValue::from(n));
             let Ok(mut tx) = respond.send_response(res, false) else { return };
             let _ = tx.send_data(hello_reply("collected"), false);
+            let _ = tx.send_trailers(ok_trailers());
+        }
+        Scenario::Sized(n, k) => {
+            read_all(&mut body).await;
+            let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
+            let frame = Bytes::from(super::grpc_frame(&vec![0u8; n]));
+            let step = frame.len().div_ceil(k);
+            for chunk in frame.chunks(step) {
+                tx.reserve_capacity(chunk.len());
+                while tx.capacity() < chunk.len() {
+                    match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    }
+                }
+                if tx.send_data(Bytes::copy_from_slice(chunk), false).is_err() {
+                    return;
+                }
+            }
             let _ = tx.send_trailers(ok_trailers());
         }
         Scenario::Tiny(n) => {
