@@ -335,3 +335,26 @@ async fn a_missing_kubeconfig_is_named_in_ready_and_in_calls() {
     assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
     assert!(o.message.contains("/nonexistent/kubeconfig"), "{}", o.message);
 }
+
+/// The config mounted after the sidecar started (the case the retry exists for): the `config` problem clears from
+/// `/ready` and calls flow, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_that_appears_later_is_picked_up() {
+    let mut c = cluster::KubeCluster::new().await;
+    c.add_pod(hello_sidecar::kube_standin::controller::Phase::Ready);
+    let path = std::env::temp_dir().join(format!("hello-sidecar-late-kc-{}-{}", std::process::id(), c.api.addr()));
+    let _ = std::fs::remove_file(&path);
+    let flag = path.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env(cluster::TARGET, &["--kubeconfig", &flag], &[]);
+    wait_for("a /ready body that names the kubeconfig", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("Kubernetes client configuration")).then_some(())
+    });
+    std::fs::write(&path, c.api.kubeconfig(cluster::NAMESPACE)).expect("write kubeconfig");
+    sidecar.wait_ready_endpoints(1);
+    let (code, body) = http_get_any(sidecar.admin, "/ready").expect("/ready");
+    assert_eq!(code, 200, "{body}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, tonic::Code::Ok, "{o:?}");
+    let _ = std::fs::remove_file(&path);
+}
