@@ -366,13 +366,17 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// A body that is not a `Status` summed up: an HTML page by its `<title>`, else its text without tags, on one line.
+/// A body that is not a `Status` summed up: an HTML page by its `<title>` (when it has words), else its text
+/// without tags, on one line.
 fn summary(body: &str) -> String {
     let lower = body.to_ascii_lowercase();
     if let Some(start) = lower.find("<title>").map(|i| i + "<title>".len())
         && let Some(len) = lower[start..].find("</title>")
     {
-        return one_line(&body[start..start + len]);
+        let title = one_line(&body[start..start + len]);
+        if !title.is_empty() {
+            return title;
+        }
     }
     let mut text = String::with_capacity(body.len());
     let mut in_tag = false;
@@ -524,6 +528,11 @@ mod tests {
         );
         assert_eq!(summary("<p><b>503.</b>\n  Service   Unavailable</p>"), "503. Service Unavailable");
         assert_eq!(summary("404 page not found\n"), "404 page not found");
+        // An empty title says nothing: the page's text does.
+        assert_eq!(
+            summary("<html><title> </title><body>503 Service Unavailable</body></html>"),
+            "503 Service Unavailable"
+        );
         assert_eq!(summary("<title>\u{1b}[31mBad\u{7}\0Gateway</title>"), "[31mBad Gateway");
         for long in [one_line(&"word ".repeat(500)), one_line(&"é".repeat(1000))] {
             // Cut at a character, never inside one (é is two bytes).
