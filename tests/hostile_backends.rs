@@ -108,6 +108,29 @@ async fn an_error_page_from_the_backend_is_its_http_status() {
     assert_eq!((recorded(&m, "UNAVAILABLE"), recorded(&m, "INTERNAL")), (2, 0), "{m}");
 }
 
+// An HTTP status other than 200 settles a Connect call at the response headers, as connect-go and grpc-go settle
+// it: the page that follows is not the reply. Collecting it anyway turned a 503 whose page is larger than
+// --max-message-bytes into RESOURCE_EXHAUSTED, and held the caller until its deadline when the page never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_call_is_settled_by_an_error_status_not_by_the_page_after_it() {
+    let (_b, s) = scripted(&["--max-message-bytes", "32"]).await;
+    let (_, body) = connect_call(&s, "http-page:503").await;
+    assert!(body.contains("\"code\":\"unavailable\""), "a 503 with a page over the limit: {body}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-peer-scenario", "http-page-stall:503"),
+        ("connect-timeout-ms", "4000"),
+    ];
+    let start = std::time::Instant::now();
+    let r = raw_request(s.addr, false, SAY_HELLO, &headers, br#"{"name":"hostile"}"#.to_vec()).await;
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("\"code\":\"unavailable\""), "a 503 whose page never ends: {body}");
+    assert!(took < Duration::from_secs(3), "answered at the headers, not at the 4 s deadline: took {took:?}");
+    let m = wait_recorded(&s, &BTreeMap::from([("UNAVAILABLE", 2)]));
+    assert_eq!(recorded(&m, "UNAVAILABLE"), 2, "{m}");
+}
+
 // A retry policy that names UNAVAILABLE retries a backend's bare 503, as the caller's own gRPC client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_policy_on_unavailable_covers_a_bare_503() {

@@ -155,6 +155,19 @@ impl UpstreamBody {
         self.reply_limit = Some((bytes, 0));
     }
 
+    /// Ends the body now, with the status the response headers settled (an HTTP status other than 200, see
+    /// [`UpstreamBody::new`]), for a caller that reads the status at the headers, as gRPC and Connect clients do,
+    /// and not the page after them: the backend's stream is reset. Nothing when the headers settled nothing.
+    pub fn settle(&mut self) {
+        if let Some(code) = self.header_code
+            && !self.done
+        {
+            self.inner = None;
+            self.done = true;
+            self.record.finish(code);
+        }
+    }
+
     fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.record.finish(code);
         self.trailers(code, message)
