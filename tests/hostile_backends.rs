@@ -131,6 +131,27 @@ async fn a_connect_call_is_settled_by_an_error_status_not_by_the_page_after_it()
     assert_eq!(recorded(&m, "UNAVAILABLE"), 2, "{m}");
 }
 
+// A gRPC caller's client (grpc-go, grpcio) settles the call at a 503's headers and resets the stream, whatever page
+// follows: the call metric must record the UNAVAILABLE the caller saw, not the CANCELLED of the reset after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_caller_that_leaves_an_error_page_is_recorded_with_its_http_status() {
+    let (_b, s) = scripted(&[]).await;
+    let mut c = h2_client(s.addr).await;
+    c = c.ready().await.expect("ready");
+    let (res, mut body) = c.send_request(grpc_request(s.addr, "SayHello", "http-page-stall:503"), false).expect("send");
+    body.send_data(bytes::Bytes::from(grpc_frame(&hello_request("a"))), true).expect("body");
+    let res = res.await.expect("headers");
+    assert_eq!(res.status(), 503);
+    // As grpc-go does on a status other than 200: the call is over, the stream reset.
+    drop(res);
+    drop(body);
+    let m = wait_for("the call to be recorded", Duration::from_secs(10), || {
+        let m = s.metrics();
+        (recorded(&m, "UNAVAILABLE") + recorded(&m, "CANCELLED") >= 1).then_some(m)
+    });
+    assert_eq!((recorded(&m, "UNAVAILABLE"), recorded(&m, "CANCELLED")), (1, 0), "{m}");
+}
+
 // A retry policy that names UNAVAILABLE retries a backend's bare 503, as the caller's own gRPC client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_policy_on_unavailable_covers_a_bare_503() {

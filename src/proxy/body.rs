@@ -168,6 +168,15 @@ impl UpstreamBody {
         }
     }
 
+    /// Records the call now with the status the response headers settled, while the body (an error page) still
+    /// goes to the caller: its gRPC client reports that status at the headers and resets the stream rather than
+    /// read on. Later endings record nothing more.
+    pub fn record_settled(&mut self) {
+        if let Some(code) = self.header_code {
+            self.record.finish(code);
+        }
+    }
+
     fn end_with(&mut self, code: Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.record.finish(code);
         self.trailers(code, message)

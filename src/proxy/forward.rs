@@ -299,16 +299,15 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let sleep = expiry;
         let limits = (self.config.max_header_bytes, self.metrics.clone());
+        // A status other than 200 settles the call at these headers, as the caller's gRPC client reads it: recorded
+        // now, not as the CANCELLED of the reset the client sends instead of reading the page that follows.
+        let settled = res.status() != http::StatusCode::OK;
         res.map(|body| {
-            ResponseBody::Upstream(Box::new(UpstreamBody::new(
-                body,
-                sleep,
-                timeout,
-                header_code,
-                record,
-                origin,
-                limits,
-            )))
+            let mut body = UpstreamBody::new(body, sleep, timeout, header_code, record, origin, limits);
+            if settled {
+                body.record_settled();
+            }
+            ResponseBody::Upstream(Box::new(body))
         })
     }
 
