@@ -469,3 +469,17 @@ async fn hostile_error_pages_from_a_proxy_are_summed_up_on_one_clean_line() {
     let ready = failing_ready_with(200, b"<html><title>Sign in</title></html>".to_vec(), "login");
     assert!(ready.contains("is not a Kubernetes answer"), "{ready:?}");
 }
+
+/// `--ip-family ipv6` on a cluster whose pods have IPv4 addresses only: every endpoint is ready and none is usable.
+/// The caller is told the family is the cause, not that the endpoints are not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ip_family_is_named_in_the_failure() {
+    let c = cluster_with(2).await;
+    let kubeconfig = kubeconfig_for(&c, "family");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env(TARGET, &["--ip-family", "ipv6"], &[("KUBECONFIG", kc.as_str())]);
+    wait_for("the first sync", Duration::from_secs(20), || http_get(sidecar.admin, "/ready"));
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("none of its 2 ready endpoints has an address of the family --ip-family asks for"), "{m}");
+    let _ = std::fs::remove_file(kubeconfig);
+}
