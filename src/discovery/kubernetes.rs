@@ -480,6 +480,7 @@ async fn connect(kubeconfig: Option<&Path>, health: &Health) -> (Client, String)
             Ok(c) => return c,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let e = config_error(&e);
                 debug!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
                 health.failed("config", format!("no Kubernetes client configuration yet: {e}"));
                 tokio::time::sleep(delay).await;
@@ -488,9 +489,42 @@ async fn connect(kubeconfig: Option<&Path>, health: &Health) -> (Client, String)
     }
 }
 
+/// A Kubernetes client configuration error as it may be shown (`/ready`, the log, every failed call): its first
+/// line, with quoted values other than absolute paths elided. A YAML parse error goes on to quote the kubeconfig's lines around the fault,
+/// and serde quotes a value of the wrong type: either can be a bearer token or a client key.
+fn config_error(e: &str) -> String {
+    let first = e.lines().next().unwrap_or_default();
+    let quotes = first.matches('"').count();
+    let mut out = String::with_capacity(first.len());
+    for (i, part) in first.split('"').enumerate() {
+        // Odd parts are inside quotes (an unmatched quote elides the rest); an absolute path (kube quotes the file
+        // it could not read) is kept.
+        out.push_str(if i % 2 == 1 && !part.starts_with('/') { "…" } else { part });
+        if i < quotes {
+            out.push('"');
+        }
+    }
+    one_line(&out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_errors_show_no_content_of_the_kubeconfig() {
+        let yaml = "/k: failed to parse kubeconfig YAML: error: line 6 column 9: unexpected character\n --> <input>:6:9\n  \
+                    |\n5 |     token: sekret\n";
+        assert_eq!(
+            config_error(yaml),
+            "/k: failed to parse kubeconfig YAML: error: line 6 column 9: unexpected character"
+        );
+        let typed = "/k: invalid type: string \"sekret\", expected struct AuthInfo";
+        assert_eq!(config_error(typed), "/k: invalid type: string \"…\", expected struct AuthInfo");
+        assert_eq!(config_error("a \"b"), "a \"…");
+        let unread = "failed to read kubeconfig from '\"/etc/kc\"': No such file or directory (os error 2)";
+        assert_eq!(config_error(unread), unread, "the file it could not read is named");
+    }
 
     fn failure(cause: &str, retry_after: Option<u64>) -> Failure {
         Failure { cause: cause.into(), retry_after: retry_after.map(Duration::from_secs), message: String::new() }
