@@ -164,6 +164,15 @@ async fn a_retry_policy_on_unavailable_covers_a_bare_503() {
     }
     let retried = metric(&s.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}");
     assert!(retried >= 1, "a 503 is UNAVAILABLE to the retry policy: {retried} retries");
+    // A 503 with an error page after it too: grpc-go fails the attempt at the headers, before any message, so
+    // the call is not committed and its retry policy retries it.
+    for _ in 0..3 {
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-peer-scenario", "http-page:503")];
+        let r = raw_request(s.addr, true, SAY_HELLO, &grpc, grpc_frame(&hello_request("hostile"))).await;
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    let paged = metric(&s.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}") - retried;
+    assert!(paged >= 1, "a 503 page is UNAVAILABLE to the retry policy: {paged} retries");
 }
 
 // A Connect caller's unary reply is collected before it is translated: a backend that streams without end is cut
