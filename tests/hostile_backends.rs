@@ -266,6 +266,17 @@ async fn a_hanging_reflection_holds_a_connect_caller_no_longer_than_its_deadline
     let body = String::from_utf8_lossy(&r.body);
     assert!(body.contains("\"code\":\"deadline_exceeded\""), "{} {body}", r.status);
     assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(4), "took {took:?}: {body}");
+
+    // Without connect-timeout-ms, the default deadline bounds it (README: "or the default deadline").
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &["--route", &route, "--default-timeout", "1s"]);
+    s.wait_ready_endpoints(1);
+    let headers = [("content-type", "application/json")];
+    let start = std::time::Instant::now();
+    let r = raw_request(s.addr, false, "/echo.v1.EchoService/Echo", &headers, br#"{"message":"x"}"#.to_vec()).await;
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("\"code\":\"deadline_exceeded\""), "{} {body}", r.status);
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(4), "took {took:?}: {body}");
 }
 
 // One malformed response (a control character in grpc-message, an upper-case field name) is a stream error (RFC
