@@ -78,7 +78,13 @@ impl SliceState {
         }
         let known: usize = self.current.values().map(Vec::len).sum();
         let ready = self.current.values().flatten().filter(|e| e.ready || e.serving).count();
-        if ready == 0 {
+        if known == 0 {
+            // The slices list endpoints, none of them callable on this port: not a readiness matter.
+            format!(
+                "its EndpointSlices list no endpoint with an IP address and a number for port {port} (FQDN slices \
+                 are not supported)"
+            )
+        } else if ready == 0 {
             format!("none of its {known} endpoints is ready")
         } else {
             format!("none of its {ready} ready endpoints has an address of the family --ip-family asks for")
@@ -259,6 +265,12 @@ mod tests {
         }
         s.apply(Event::Apply(sick), &by_number);
         assert_eq!(s.why_empty(&by_number), "none of its 2 endpoints is ready");
+        // Endpoints listed but none callable (an FQDN slice): not "none of its 0 endpoints is ready".
+        let mut fqdn = slice("a", &["10.0.0.1"]);
+        fqdn.address_type = "FQDN".into();
+        fqdn.endpoints.iter_mut().flatten().for_each(|e| e.addresses = vec!["hello.example.com".into()]);
+        s.apply(Event::Apply(fqdn), &by_number);
+        assert!(s.why_empty(&by_number).contains("no endpoint with an IP address"), "{}", s.why_empty(&by_number));
         // A re-list that finds nothing: the outlines are swapped in with the endpoints.
         s.apply(Event::Init, &by_number);
         s.apply(Event::InitDone, &by_number);
