@@ -414,9 +414,13 @@ fn fake_api(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
 }
 
 fn kubeconfig_at(api: std::net::SocketAddr, tag: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("hello-sidecar-kc-{tag}-{}-{}", std::process::id(), api.ip()));
+    kubeconfig_with_server(&format!("http://{api}"), api.ip(), tag)
+}
+
+fn kubeconfig_with_server(server: &str, ip: std::net::IpAddr, tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hello-sidecar-kc-{tag}-{}-{ip}", std::process::id()));
     let kc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    server: http://{api}\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    server: {server}\n\
          contexts:\n- name: p\n  context:\n    cluster: p\n    user: p\n    namespace: default\n\
          current-context: p\nusers:\n- name: p\n  user: {{}}\n"
     );
@@ -481,5 +485,22 @@ async fn a_wrong_ip_family_is_named_in_the_failure() {
     wait_for("the first sync", Duration::from_secs(20), || http_get(sidecar.admin, "/ready"));
     let m = no_endpoint_call(&sidecar).await;
     assert!(m.contains("none of its 2 ready endpoints has an address of the family --ip-family asks for"), "{m}");
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// A server URL with credentials in it (`http://user:password@host`): naming the API server that cannot be reached
+/// must not put the password into `/ready`, the log and every failed call's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_is_named_without_the_credentials_in_its_url() {
+    let ip = fresh_ip();
+    let kubeconfig = kubeconfig_with_server(&format!("http://admin:hunter2@{ip}:6443"), ip.into(), "userinfo");
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    let ready = wait_for("a failing /ready", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("API server")).then_some(body)
+    });
+    assert!(ready.contains(&format!("API server http://{ip}:6443/")), "{ready}");
+    assert!(!ready.contains("hunter2"), "{ready}");
+    assert!(sidecar.lines_with("hunter2").is_empty(), "{:#?}", sidecar.lines_with("hunter2"));
     let _ = std::fs::remove_file(kubeconfig);
 }

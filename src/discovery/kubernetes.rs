@@ -462,12 +462,22 @@ async fn config_from(kubeconfig: Option<&Path>) -> Result<kube::Config, String> 
 /// The client and the API server's URL (to name when it cannot be reached).
 async fn client_from(kubeconfig: Option<&Path>) -> Result<(Client, String), String> {
     let mut config = config_from(kubeconfig).await?;
-    let server = config.cluster_url.to_string();
+    let server = without_userinfo(&config.cluster_url);
     // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
     // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
     // the throttling ended. [`Retry`] handles those answers here instead.
     config.default_retry = false;
     Client::try_from(config).map(|c| (c, server)).map_err(|e| e.to_string())
+}
+
+/// `url` as it may be shown: without the `user:password@` a kubeconfig's server URL may carry (RFC 3986 §3.2.1
+/// deprecates a password there; it must not reach `/ready`, the log and calls' messages).
+fn without_userinfo(url: &http::Uri) -> String {
+    let Some(authority) = url.authority() else { return url.to_string() };
+    let Some((_, host)) = authority.as_str().rsplit_once('@') else { return url.to_string() };
+    let scheme = url.scheme_str().unwrap_or("https");
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{path}")
 }
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
@@ -510,6 +520,13 @@ fn config_error(e: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_url_is_shown_without_its_credentials() {
+        let shown = |u: &str| without_userinfo(&u.parse().unwrap());
+        assert_eq!(shown("https://admin:hunter2@10.0.0.1:6443"), "https://10.0.0.1:6443/");
+        assert_eq!(shown("https://kube.example:6443/prefix"), "https://kube.example:6443/prefix");
+    }
 
     #[test]
     fn config_errors_show_no_content_of_the_kubeconfig() {
