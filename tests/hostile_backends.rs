@@ -108,6 +108,50 @@ async fn an_error_page_from_the_backend_is_its_http_status() {
     assert_eq!((recorded(&m, "UNAVAILABLE"), recorded(&m, "INTERNAL")), (2, 0), "{m}");
 }
 
+// An HTTP status other than 200 settles a Connect call at the response headers, as connect-go and grpc-go settle
+// it: the page that follows is not the reply. Collecting it anyway turned a 503 whose page is larger than
+// --max-message-bytes into RESOURCE_EXHAUSTED, and held the caller until its deadline when the page never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_call_is_settled_by_an_error_status_not_by_the_page_after_it() {
+    let (_b, s) = scripted(&["--max-message-bytes", "32"]).await;
+    let (_, body) = connect_call(&s, "http-page:503").await;
+    assert!(body.contains("\"code\":\"unavailable\""), "a 503 with a page over the limit: {body}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-peer-scenario", "http-page-stall:503"),
+        ("connect-timeout-ms", "4000"),
+    ];
+    let start = std::time::Instant::now();
+    let r = raw_request(s.addr, false, SAY_HELLO, &headers, br#"{"name":"hostile"}"#.to_vec()).await;
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("\"code\":\"unavailable\""), "a 503 whose page never ends: {body}");
+    assert!(took < Duration::from_secs(3), "answered at the headers, not at the 4 s deadline: took {took:?}");
+    let m = wait_recorded(&s, &BTreeMap::from([("UNAVAILABLE", 2)]));
+    assert_eq!(recorded(&m, "UNAVAILABLE"), 2, "{m}");
+}
+
+// A gRPC caller's client (grpc-go, grpcio) settles the call at a 503's headers and resets the stream, whatever page
+// follows: the call metric must record the UNAVAILABLE the caller saw, not the CANCELLED of the reset after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_caller_that_leaves_an_error_page_is_recorded_with_its_http_status() {
+    let (_b, s) = scripted(&[]).await;
+    let mut c = h2_client(s.addr).await;
+    c = c.ready().await.expect("ready");
+    let (res, mut body) = c.send_request(grpc_request(s.addr, "SayHello", "http-page-stall:503"), false).expect("send");
+    body.send_data(bytes::Bytes::from(grpc_frame(&hello_request("a"))), true).expect("body");
+    let res = res.await.expect("headers");
+    assert_eq!(res.status(), 503);
+    // As grpc-go does on a status other than 200: the call is over, the stream reset.
+    drop(res);
+    drop(body);
+    let m = wait_for("the call to be recorded", Duration::from_secs(10), || {
+        let m = s.metrics();
+        (recorded(&m, "UNAVAILABLE") + recorded(&m, "CANCELLED") >= 1).then_some(m)
+    });
+    assert_eq!((recorded(&m, "UNAVAILABLE"), recorded(&m, "CANCELLED")), (1, 0), "{m}");
+}
+
 // A retry policy that names UNAVAILABLE retries a backend's bare 503, as the caller's own gRPC client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_policy_on_unavailable_covers_a_bare_503() {
@@ -120,6 +164,15 @@ async fn a_retry_policy_on_unavailable_covers_a_bare_503() {
     }
     let retried = metric(&s.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}");
     assert!(retried >= 1, "a 503 is UNAVAILABLE to the retry policy: {retried} retries");
+    // A 503 with an error page after it too: grpc-go fails the attempt at the headers, before any message, so
+    // the call is not committed and its retry policy retries it.
+    for _ in 0..3 {
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-peer-scenario", "http-page:503")];
+        let r = raw_request(s.addr, true, SAY_HELLO, &grpc, grpc_frame(&hello_request("hostile"))).await;
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    let paged = metric(&s.metrics(), "hello_sidecar_retries_total{reason=\"policy\"}") - retried;
+    assert!(paged >= 1, "a 503 page is UNAVAILABLE to the retry policy: {paged} retries");
 }
 
 // A Connect caller's unary reply is collected before it is translated: a backend that streams without end is cut
@@ -145,6 +198,38 @@ async fn an_endless_reply_to_a_connect_caller_is_cut_at_the_message_limit() {
     assert!(s.proc.is_running());
     assert_eq!(connect_call(&s, "hello").await.0, 200, "a reply within the limit is translated");
     assert_eq!(grpc_call(&s, "hello").await.code(), Code::Ok, "the sidecar keeps serving");
+}
+
+// The cap on a Connect caller's reply is one message of --max-message-bytes in its frame: a reply of exactly the
+// limit is translated, one byte more is RESOURCE_EXHAUSTED, whether it comes in one DATA frame or in many. gRPC and
+// gRPC-web callers' replies are streamed, not collected: the cap is not theirs (their client applies its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_reply_cap_is_exact_and_only_for_connect_callers() {
+    const LIMIT: usize = 65536;
+    let (_b, s) = scripted(&["--max-message-bytes", &LIMIT.to_string()]).await;
+    let connect = |scenario: String| {
+        let s = &s;
+        async move {
+            let headers = [("content-type", "application/proto"), ("x-peer-scenario", scenario.as_str())];
+            raw_request(s.addr, false, SAY_HELLO, &headers, hello_request("x")).await
+        }
+    };
+    for frames in [1, 7, 300] {
+        let r = connect(format!("sized:{LIMIT}:{frames}")).await;
+        assert_eq!((r.status, r.body.len()), (200, LIMIT), "exactly the limit in {frames} frames");
+        let r = connect(format!("sized:{}:{frames}", LIMIT + 1)).await;
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("\"code\":\"resource_exhausted\""), "one byte over in {frames} frames: {body}");
+    }
+    let big = format!("sized:{}:3", 4 * LIMIT);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers"), ("x-peer-scenario", &big)];
+    let r = raw_request(s.addr, true, SAY_HELLO, &grpc, grpc_frame(&hello_request("x"))).await;
+    assert_eq!((r.grpc_status(), r.body.len()), (Some(0), 4 * LIMIT + 5), "gRPC caller: {:?}", r.grpc_status());
+    let web = [("content-type", "application/grpc-web+proto"), ("x-peer-scenario", &big)];
+    let r = raw_request(s.addr, false, SAY_HELLO, &web, grpc_frame(&hello_request("x"))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 4 * LIMIT, "gRPC-web caller got {} bytes", r.body.len());
+    assert!(String::from_utf8_lossy(&r.body[4 * LIMIT + 5..]).contains("grpc-status: 0"), "gRPC-web trailers");
 }
 
 // A repeated grpc-status is read as grpc-go and gRPC-core read it, the last one wins; one that is not a number is
@@ -175,6 +260,17 @@ async fn a_hanging_reflection_holds_a_connect_caller_no_longer_than_its_deadline
     let s = Sidecar::start(&format!("static:///{}", b.addr), &["--route", &route]);
     s.wait_ready_endpoints(1);
     let headers = [("content-type", "application/json"), ("connect-timeout-ms", "1000")];
+    let start = std::time::Instant::now();
+    let r = raw_request(s.addr, false, "/echo.v1.EchoService/Echo", &headers, br#"{"message":"x"}"#.to_vec()).await;
+    let took = start.elapsed();
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("\"code\":\"deadline_exceeded\""), "{} {body}", r.status);
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_secs(4), "took {took:?}: {body}");
+
+    // Without connect-timeout-ms, the default deadline bounds it (README: "or the default deadline").
+    let s = Sidecar::start(&format!("static:///{}", b.addr), &["--route", &route, "--default-timeout", "1s"]);
+    s.wait_ready_endpoints(1);
+    let headers = [("content-type", "application/json")];
     let start = std::time::Instant::now();
     let r = raw_request(s.addr, false, "/echo.v1.EchoService/Echo", &headers, br#"{"message":"x"}"#.to_vec()).await;
     let took = start.elapsed();

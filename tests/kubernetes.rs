@@ -335,3 +335,48 @@ async fn a_missing_kubeconfig_is_named_in_ready_and_in_calls() {
     assert_eq!(o.code, tonic::Code::Unavailable, "{o:?}");
     assert!(o.message.contains("/nonexistent/kubeconfig"), "{}", o.message);
 }
+
+/// The config mounted after the sidecar started (the case the retry exists for): the `config` problem clears from
+/// `/ready` and calls flow, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_that_appears_later_is_picked_up() {
+    let mut c = cluster::KubeCluster::new().await;
+    c.add_pod(hello_sidecar::kube_standin::controller::Phase::Ready);
+    let path = std::env::temp_dir().join(format!("hello-sidecar-late-kc-{}-{}", std::process::id(), c.api.addr()));
+    let _ = std::fs::remove_file(&path);
+    let flag = path.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env(cluster::TARGET, &["--kubeconfig", &flag], &[]);
+    wait_for("a /ready body that names the kubeconfig", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("Kubernetes client configuration")).then_some(())
+    });
+    std::fs::write(&path, c.api.kubeconfig(cluster::NAMESPACE)).expect("write kubeconfig");
+    sidecar.wait_ready_endpoints(1);
+    let (code, body) = http_get_any(sidecar.admin, "/ready").expect("/ready");
+    assert_eq!(code, 200, "{body}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(5))).await;
+    assert_eq!(o.code, tonic::Code::Ok, "{o:?}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A kubeconfig that does not parse: the YAML parser's error quotes the lines around the fault, and those lines can
+/// hold a bearer token or a client key. `/ready`, the log and every failed call's message must name the file and the
+/// fault on one line, never the file's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_that_does_not_parse_is_named_without_its_content() {
+    let path = std::env::temp_dir().join(format!("hello-sidecar-bad-kc-{}", std::process::id()));
+    let secret = "sekret-token-4242";
+    std::fs::write(&path, format!("apiVersion: v1\nusers:\n- name: u\n  user:\n    token: {secret}\n    x: [\u{1b}\n"))
+        .expect("write kubeconfig");
+    let flag = path.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env(cluster::TARGET, &["--kubeconfig", &flag], &[]);
+    let ready = wait_for("a /ready body that names the kubeconfig", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains(&flag)).then_some(body)
+    });
+    assert!(!ready.contains(secret), "the file's content leaked: {ready}");
+    assert_eq!(ready.trim_end().lines().count(), 1, "{ready}");
+    let o = hello_sidecar::client::call_once(&mut sidecar.client(), "x", Some(Duration::from_secs(2))).await;
+    assert!(o.message.contains(&flag) && !o.message.contains(secret), "{}", o.message);
+    let _ = std::fs::remove_file(&path);
+}

@@ -31,12 +31,17 @@ struct Logged {
 
 impl Logged {
     fn start(target: &str, kubeconfig: &std::path::Path) -> Self {
+        Self::start_logging(target, kubeconfig, "info")
+    }
+
+    /// [`Logged::start`] with `rust_log` as `RUST_LOG`.
+    fn start_logging(target: &str, kubeconfig: &std::path::Path, rust_log: &str) -> Self {
         let ip = fresh_ip();
         let admin = std::net::SocketAddr::from((ip, 9901));
         let mut child = Command::new(BIN)
             .args(["sidecar", "--listen", &format!("{ip}:50051"), "--admin", &admin.to_string(), "--target", target])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -369,5 +374,133 @@ async fn an_unreachable_api_is_one_log_line() {
     // Which API server it could not reach: a wrong address in the kubeconfig or the pod's environment shows here.
     let server = format!("API server http://{}/", c.api.addr());
     assert!(lines[0].contains(&server), "{}", lines[0]);
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// kube's own lines are muted by default, "unless the filter names the crate": the crate an operator knows is
+/// `kube` (the dependency's name), and `RUST_LOG=kube=debug` is how one asks for its lines. They stayed muted
+/// (only `kube_client`/`kube_runtime` written out lifted the mute), so the one way to see kube's requests failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_naming_kube_shows_kubes_lines() {
+    let c = cluster_with(1).await;
+    c.api.down();
+    let kubeconfig = kubeconfig_for(&c, "kubelog");
+    let sidecar = Logged::start_logging(TARGET, &kubeconfig, "info,kube=debug");
+    wait_for("kube's client's lines", Duration::from_secs(30), || {
+        (!sidecar.lines_with("kube_client::client::builder").is_empty()).then_some(())
+    });
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// An "API server" (a proxy in front of it) that answers every request with HTTP `status` and `body`.
+fn fake_api(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((fresh_ip(), 6443)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 8192];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 {status} Whatever\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    addr
+}
+
+fn kubeconfig_at(api: std::net::SocketAddr, tag: &str) -> std::path::PathBuf {
+    kubeconfig_with_server(&format!("http://{api}"), api.ip(), tag)
+}
+
+fn kubeconfig_with_server(server: &str, ip: std::net::IpAddr, tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hello-sidecar-kc-{tag}-{}-{ip}", std::process::id()));
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: p\n  context:\n    cluster: p\n    user: p\n    namespace: default\n\
+         current-context: p\nusers:\n- name: p\n  user: {{}}\n"
+    );
+    std::fs::write(&path, kc).expect("write kubeconfig");
+    path
+}
+
+/// The /ready body once discovery reports a failure.
+fn failing_ready(body: Vec<u8>, tag: &str) -> String {
+    failing_ready_with(502, body, tag)
+}
+
+/// [`failing_ready`] for an answer with HTTP `status`.
+fn failing_ready_with(status: u16, body: Vec<u8>, tag: &str) -> String {
+    let api = fake_api(status, body);
+    let kubeconfig = kubeconfig_at(api, tag);
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    let ready = wait_for("a failing /ready", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("API server")).then_some(body)
+    });
+    let _ = std::fs::remove_file(kubeconfig);
+    ready
+}
+
+/// Hostile error pages from a proxy in front of the API: a title with control characters (a terminal escape, a
+/// bell, NUL) must not reach `/ready` and the logs as they are; a huge title is cut; a page without a title is
+/// summed up by its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_error_pages_from_a_proxy_are_summed_up_on_one_clean_line() {
+    let control = b"<html><title>\x1b[31mBad\x07 Gate\x00way\r\nInjected: 1</title></html>".to_vec();
+    let ready = failing_ready(control, "ctl");
+    assert!(ready.contains("Bad Gate way Injected: 1"), "{ready:?}");
+    assert!(!ready.trim_end().chars().any(char::is_control), "control characters: {ready:?}");
+
+    let huge = format!("<title>{}</title>", "x".repeat(100_000)).into_bytes();
+    let ready = failing_ready(huge, "huge");
+    assert!(ready.len() < 1000 && ready.contains('…'), "{} bytes", ready.len());
+
+    let untitled = b"<html><body><h1>502</h1>\n<p>upstream\n\tgone</p></body></html>".to_vec();
+    let ready = failing_ready(untitled, "untitled");
+    assert!(ready.contains("502 upstream gone") && ready.trim_end().lines().count() == 1, "{ready:?}");
+
+    // A page in Latin-1 (old proxies' error pages): kube cannot read it as text and drops the HTTP status. The API
+    // server was reached and answered: not a connect failure.
+    let latin1 = b"<title>Dienst nicht verf\xfcgbar</title>".to_vec();
+    let ready = failing_ready(latin1, "latin1");
+    assert!(ready.contains("is not a Kubernetes answer") && ready.contains("UTF-8"), "{ready:?}");
+    // Likewise a 200 that is no JSON: a proxy's login page.
+    let ready = failing_ready_with(200, b"<html><title>Sign in</title></html>".to_vec(), "login");
+    assert!(ready.contains("is not a Kubernetes answer"), "{ready:?}");
+}
+
+/// `--ip-family ipv6` on a cluster whose pods have IPv4 addresses only: every endpoint is ready and none is usable.
+/// The caller is told the family is the cause, not that the endpoints are not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ip_family_is_named_in_the_failure() {
+    let c = cluster_with(2).await;
+    let kubeconfig = kubeconfig_for(&c, "family");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start_env(TARGET, &["--ip-family", "ipv6"], &[("KUBECONFIG", kc.as_str())]);
+    wait_for("the first sync", Duration::from_secs(20), || http_get(sidecar.admin, "/ready"));
+    let m = no_endpoint_call(&sidecar).await;
+    assert!(m.contains("none of its 2 ready endpoints has an address of the family --ip-family asks for"), "{m}");
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// A server URL with credentials in it (`http://user:password@host`): naming the API server that cannot be reached
+/// must not put the password into `/ready`, the log and every failed call's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_is_named_without_the_credentials_in_its_url() {
+    let ip = fresh_ip();
+    let kubeconfig = kubeconfig_with_server(&format!("http://admin:hunter2@{ip}:6443"), ip.into(), "userinfo");
+    let sidecar = Logged::start(TARGET, &kubeconfig);
+    let ready = wait_for("a failing /ready", Duration::from_secs(20), || {
+        let (code, body) = http_get_any(sidecar.admin, "/ready")?;
+        (code == 503 && body.contains("API server")).then_some(body)
+    });
+    assert!(ready.contains(&format!("API server http://{ip}:6443/")), "{ready}");
+    assert!(!ready.contains("hunter2"), "{ready}");
+    assert!(sidecar.lines_with("hunter2").is_empty(), "{:#?}", sidecar.lines_with("hunter2"));
     let _ = std::fs::remove_file(kubeconfig);
 }

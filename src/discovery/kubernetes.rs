@@ -289,6 +289,18 @@ impl Failure {
         };
         match inner {
             Some(kube::Error::Api(status)) => Self::of_status(what, status, namespace),
+            // The API server (or what stands at its URL) answered, but kube could not read the answer: an error
+            // page not in UTF-8 (kube then drops its HTTP status), or a 200 that is not JSON (a proxy's login
+            // page). Not "connect", which says nothing answered and sends the operator to the network.
+            Some(unreadable @ (kube::Error::FromUtf8(_) | kube::Error::SerdeError(_))) => Self {
+                cause: "unreadable".into(),
+                retry_after: None,
+                message: format!(
+                    "{what} failed: the answer of API server {server} is not a Kubernetes answer (a proxy in front \
+                     of the API?): {}",
+                    one_line(&crate::error_chain(unreadable))
+                ),
+            },
             Some(other) => Self {
                 cause: "connect".into(),
                 retry_after: None,
@@ -315,7 +327,7 @@ impl Failure {
         } else if status.reason.is_empty() {
             (String::new(), one_line(&status.message))
         } else {
-            (format!(" {}", status.reason), one_line(&status.message))
+            (format!(" {}", one_line(&status.reason)), one_line(&status.message))
         };
         let mut message = format!("{what} refused by the API server: HTTP {}{reason}: {text}", status.code);
         if status.code == 403 {
@@ -334,10 +346,12 @@ const NOT_A_STATUS: &str = "Failed to parse error data";
 /// The longest API message quoted in a problem (it reaches every failed call's `grpc-message`).
 const MESSAGE_MAX: usize = 400;
 
-/// `text` on one line (whitespace runs made one space), cut with `…` past [`MESSAGE_MAX`] bytes (at a character).
+/// `text` on one line (runs of whitespace and control characters made one space: a terminal escape, a bell or a NUL
+/// in a proxy's page must not reach a terminal or `/ready`), cut with `…` past [`MESSAGE_MAX`] bytes (at a
+/// character).
 fn one_line(text: &str) -> String {
     let mut out = String::new();
-    for word in text.split_whitespace() {
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -352,13 +366,17 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// A body that is not a `Status` summed up: an HTML page by its `<title>`, else its text without tags, on one line.
+/// A body that is not a `Status` summed up: an HTML page by its `<title>` (when it has words), else its text
+/// without tags, on one line.
 fn summary(body: &str) -> String {
     let lower = body.to_ascii_lowercase();
     if let Some(start) = lower.find("<title>").map(|i| i + "<title>".len())
         && let Some(len) = lower[start..].find("</title>")
     {
-        return one_line(&body[start..start + len]);
+        let title = one_line(&body[start..start + len]);
+        if !title.is_empty() {
+            return title;
+        }
     }
     let mut text = String::with_capacity(body.len());
     let mut in_tag = false;
@@ -444,12 +462,22 @@ async fn config_from(kubeconfig: Option<&Path>) -> Result<kube::Config, String> 
 /// The client and the API server's URL (to name when it cannot be reached).
 async fn client_from(kubeconfig: Option<&Path>) -> Result<(Client, String), String> {
     let mut config = config_from(kubeconfig).await?;
-    let server = config.cluster_url.to_string();
+    let server = without_userinfo(&config.cluster_url);
     // kube's client retries 429/503/504 inside each request (up to 15 times, the longer of its own growing backoff
     // and Retry-After): throttling never reached this loop — no log, no metric — and discovery resumed long after
     // the throttling ended. [`Retry`] handles those answers here instead.
     config.default_retry = false;
     Client::try_from(config).map(|c| (c, server)).map_err(|e| e.to_string())
+}
+
+/// `url` as it may be shown: without the `user:password@` a kubeconfig's server URL may carry (RFC 3986 §3.2.1
+/// deprecates a password there; it must not reach `/ready`, the log and calls' messages).
+fn without_userinfo(url: &http::Uri) -> String {
+    let Some(authority) = url.authority() else { return url.to_string() };
+    let Some((_, host)) = authority.as_str().rsplit_once('@') else { return url.to_string() };
+    let scheme = url.scheme_str().unwrap_or("https");
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{path}")
 }
 
 /// The client from `--kubeconfig`, else the standard places: in-cluster service account, else `KUBECONFIG` /
@@ -462,6 +490,7 @@ async fn connect(kubeconfig: Option<&Path>, health: &Health) -> (Client, String)
             Ok(c) => return c,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let e = config_error(&e);
                 debug!(error = %e, retry_in = ?delay, "no Kubernetes client configuration yet");
                 health.failed("config", format!("no Kubernetes client configuration yet: {e}"));
                 tokio::time::sleep(delay).await;
@@ -470,9 +499,49 @@ async fn connect(kubeconfig: Option<&Path>, health: &Health) -> (Client, String)
     }
 }
 
+/// A Kubernetes client configuration error as it may be shown (`/ready`, the log, every failed call): its first
+/// line, with quoted values other than absolute paths elided. A YAML parse error goes on to quote the kubeconfig's lines around the fault,
+/// and serde quotes a value of the wrong type: either can be a bearer token or a client key.
+fn config_error(e: &str) -> String {
+    let first = e.lines().next().unwrap_or_default();
+    let quotes = first.matches('"').count();
+    let mut out = String::with_capacity(first.len());
+    for (i, part) in first.split('"').enumerate() {
+        // Odd parts are inside quotes (an unmatched quote elides the rest); an absolute path (kube quotes the file
+        // it could not read) is kept.
+        out.push_str(if i % 2 == 1 && !part.starts_with('/') { "…" } else { part });
+        if i < quotes {
+            out.push('"');
+        }
+    }
+    one_line(&out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_url_is_shown_without_its_credentials() {
+        let shown = |u: &str| without_userinfo(&u.parse().unwrap());
+        assert_eq!(shown("https://admin:hunter2@10.0.0.1:6443"), "https://10.0.0.1:6443/");
+        assert_eq!(shown("https://kube.example:6443/prefix"), "https://kube.example:6443/prefix");
+    }
+
+    #[test]
+    fn config_errors_show_no_content_of_the_kubeconfig() {
+        let yaml = "/k: failed to parse kubeconfig YAML: error: line 6 column 9: unexpected character\n --> <input>:6:9\n  \
+                    |\n5 |     token: sekret\n";
+        assert_eq!(
+            config_error(yaml),
+            "/k: failed to parse kubeconfig YAML: error: line 6 column 9: unexpected character"
+        );
+        let typed = "/k: invalid type: string \"sekret\", expected struct AuthInfo";
+        assert_eq!(config_error(typed), "/k: invalid type: string \"…\", expected struct AuthInfo");
+        assert_eq!(config_error("a \"b"), "a \"…");
+        let unread = "failed to read kubeconfig from '\"/etc/kc\"': No such file or directory (os error 2)";
+        assert_eq!(config_error(unread), unread, "the file it could not read is named");
+    }
 
     fn failure(cause: &str, retry_after: Option<u64>) -> Failure {
         Failure { cause: cause.into(), retry_after: retry_after.map(Duration::from_secs), message: String::new() }
@@ -510,6 +579,12 @@ mod tests {
         );
         assert_eq!(summary("<p><b>503.</b>\n  Service   Unavailable</p>"), "503. Service Unavailable");
         assert_eq!(summary("404 page not found\n"), "404 page not found");
+        // An empty title says nothing: the page's text does.
+        assert_eq!(
+            summary("<html><title> </title><body>503 Service Unavailable</body></html>"),
+            "503 Service Unavailable"
+        );
+        assert_eq!(summary("<title>\u{1b}[31mBad\u{7}\0Gateway</title>"), "[31mBad Gateway");
         for long in [one_line(&"word ".repeat(500)), one_line(&"é".repeat(1000))] {
             // Cut at a character, never inside one (é is two bytes).
             assert!(long.len() <= MESSAGE_MAX + '…'.len_utf8() && long.ends_with('…'), "{long}");

@@ -78,7 +78,13 @@ impl SliceState {
         }
         let known: usize = self.current.values().map(Vec::len).sum();
         let ready = self.current.values().flatten().filter(|e| e.ready || e.serving).count();
-        if ready == 0 {
+        if known == 0 {
+            // The slices list endpoints, none of them callable on this port: not a readiness matter.
+            format!(
+                "its EndpointSlices list no endpoint with an IP address and a number for port {port} (FQDN slices \
+                 are not supported)"
+            )
+        } else if ready == 0 {
             format!("none of its {known} endpoints is ready")
         } else {
             format!("none of its {ready} ready endpoints has an address of the family --ip-family asks for")
@@ -87,17 +93,18 @@ impl SliceState {
 
     /// For a port given by number that no slice with endpoints lists, the mix-up it likely is: the number is used
     /// as the pod's port (the EndpointSlice's), and a Service port that maps elsewhere (80 → 8080) is refused on
-    /// every pod. `None` when some slice has that port, or when the slices list no port at all.
+    /// every pod. `None` when some slice has that port or one without a number (the EndpointSlice API: "ports are
+    /// not restricted"), or when the slices list no port at all.
     pub(super) fn port_hint(&self, port: &PortRef) -> Option<String> {
         let PortRef::Number(n) = port else { return None };
         let mut ports: Vec<String> = Vec::new();
         for o in self.outlines.values().filter(|o| o.endpoints > 0) {
             for (name, number) in &o.ports {
-                if *number == Some(i32::from(*n)) {
+                let Some(number) = number else { return None };
+                if *number == i32::from(*n) {
                     return None;
                 }
-                let number = number.map_or_else(|| "?".to_owned(), |p| p.to_string());
-                ports.push(if name.is_empty() { number } else { format!("{name}={number}") });
+                ports.push(if name.is_empty() { number.to_string() } else { format!("{name}={number}") });
             }
         }
         if ports.is_empty() {
@@ -245,6 +252,12 @@ mod tests {
         assert_eq!(s.port_hint(&by_number), None, "the slices have port {PORT}");
         let service_port = PortRef::Number(80);
         assert!(s.port_hint(&service_port).is_some_and(|h| h.contains("is 80 (its ports: 8080)")));
+        // A port without a number leaves ports unrestricted: any number may be right, so no hint.
+        let mut unrestricted = slice("a", &["10.0.0.1"]);
+        unrestricted.ports = Some(vec![EndpointPort::default()]);
+        s.apply(Event::Apply(unrestricted), &service_port);
+        assert_eq!(s.port_hint(&service_port), None);
+        s.apply(Event::Apply(slice("a", &["10.0.0.1"])), &by_number);
         assert!(s.why_empty(&by_number).contains("ready endpoints has an address of the family"));
         let mut sick = slice("a", &["10.0.0.1", "10.0.0.2"]);
         for ep in sick.endpoints.iter_mut().flatten() {
@@ -252,6 +265,12 @@ mod tests {
         }
         s.apply(Event::Apply(sick), &by_number);
         assert_eq!(s.why_empty(&by_number), "none of its 2 endpoints is ready");
+        // Endpoints listed but none callable (an FQDN slice): not "none of its 0 endpoints is ready".
+        let mut fqdn = slice("a", &["10.0.0.1"]);
+        fqdn.address_type = "FQDN".into();
+        fqdn.endpoints.iter_mut().flatten().for_each(|e| e.addresses = vec!["hello.example.com".into()]);
+        s.apply(Event::Apply(fqdn), &by_number);
+        assert!(s.why_empty(&by_number).contains("no endpoint with an IP address"), "{}", s.why_empty(&by_number));
         // A re-list that finds nothing: the outlines are swapped in with the endpoints.
         s.apply(Event::Init, &by_number);
         s.apply(Event::InitDone, &by_number);

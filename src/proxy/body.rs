@@ -154,6 +154,29 @@ impl UpstreamBody {
     pub fn limit_reply(&mut self, bytes: u64) {
         self.reply_limit = Some((bytes, 0));
     }
+
+    /// Ends the body now, with the status the response headers settled (an HTTP status other than 200, see
+    /// [`UpstreamBody::new`]), for a caller that reads the status at the headers, as gRPC and Connect clients do,
+    /// and not the page after them: the backend's stream is reset. Nothing when the headers settled nothing.
+    pub fn settle(&mut self) {
+        if let Some(code) = self.header_code
+            && !self.done
+        {
+            let mut held = self.held.lock();
+            held.inner = None;
+            self.done = true;
+            held.record.finish(code);
+        }
+    }
+
+    /// Records the call now with the status the response headers settled, while the body (an error page) still
+    /// goes to the caller: its gRPC client reports that status at the headers and resets the stream rather than
+    /// read on. Later endings record nothing more.
+    pub fn record_settled(&mut self) {
+        if let Some(code) = self.header_code {
+            self.held.lock().record.finish(code);
+        }
+    }
 }
 
 /// Ends the call with `code`, and its response with trailers that say so.

@@ -129,8 +129,15 @@ impl Proxy {
         let res = self.grpc(Request::from_parts(parts, RequestBody::Full(Full::new(frame)))).await;
 
         let (parts, mut body) = res.into_parts();
-        // The reply is collected whole to be translated: at most one message of the limit, in its gRPC frame.
+        // An HTTP status other than 200 settles the call at the headers, as gRPC clients read it (connect-go
+        // too): a proxy's 503 or an error page is UNAVAILABLE or UNIMPLEMENTED, whatever body follows, and that
+        // body is not waited for (a page that never ends would hold the caller to its deadline).
+        let settled = (parts.status != http::StatusCode::OK).then(|| status_of_response(parts.status, &parts.headers));
         if let ResponseBody::Upstream(upstream) = &mut body {
+            if settled.is_some() {
+                upstream.settle();
+            }
+            // The reply is collected whole to be translated: at most one message of the limit, in its gRPC frame.
             upstream.limit_reply(self.config.max_message_bytes.saturating_add(5));
         }
         let collected = match body.collect().await {
@@ -139,9 +146,6 @@ impl Proxy {
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let data = collected.to_bytes();
-        // An HTTP status other than 200 settles the call at the headers, as gRPC clients read it (connect-go
-        // too): a proxy's 503 or an error page is UNAVAILABLE or UNIMPLEMENTED, whatever body follows.
-        let settled = (parts.status != http::StatusCode::OK).then(|| status_of_response(parts.status, &parts.headers));
         let code = settled
             .flatten()
             .or_else(|| status_of(&trailers))

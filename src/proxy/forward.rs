@@ -229,7 +229,9 @@ impl Proxy {
             }
             // A status other than 200 without grpc-status means what gRPC's mapping says (a proxy's 503).
             let header_code = status_of_response(res.status(), res.headers());
-            if res.body().is_end_stream() {
+            // A status other than 200 ends the call at the headers as a gRPC client reads it (grpc-go fails the
+            // attempt there, uncommitted, and its retry policy may retry it): the page after it is not forwarded.
+            if res.body().is_end_stream() || res.status() != http::StatusCode::OK {
                 // Trailers-Only: the status is in the headers, passed through unchanged — or, when the method's
                 // retry policy names it, retried (a call is committed only by response headers with a body).
                 let code = header_code.unwrap_or(Code::Unknown);
@@ -299,16 +301,15 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let sleep = expiry;
         let limits = (self.config.max_header_bytes, self.metrics.clone());
+        // A status other than 200 settles the call at these headers, as the caller's gRPC client reads it: recorded
+        // now, not as the CANCELLED of the reset the client sends instead of reading the page that follows.
+        let settled = res.status() != http::StatusCode::OK;
         res.map(|body| {
-            ResponseBody::Upstream(Box::new(UpstreamBody::new(
-                body,
-                sleep,
-                timeout,
-                header_code,
-                record,
-                origin,
-                limits,
-            )))
+            let mut body = UpstreamBody::new(body, sleep, timeout, header_code, record, origin, limits);
+            if settled {
+                body.record_settled();
+            }
+            ResponseBody::Upstream(Box::new(body))
         })
     }
 

@@ -230,8 +230,10 @@ impl Proxy {
                 return Err(ProxyError::HeadersTooLarge { what: "response headers from the backend", size, limit });
             }
             let header_code = status_of_response(res.status(), res.headers());
-            // A Trailers-Only answer carries its status in the headers; headers with a body to follow commit.
-            let code = res.body().is_end_stream().then(|| header_code.unwrap_or(Code::Unknown));
+            // A Trailers-Only answer carries its status in the headers, as does a status other than 200 (whatever
+            // page follows); headers with a body to follow commit.
+            let settled = res.body().is_end_stream() || res.status() != http::StatusCode::OK;
+            let code = settled.then(|| header_code.unwrap_or(Code::Unknown));
             match (verdict(code, policy.non_fatal), code) {
                 (Verdict::Commit, _) | (_, None) => {
                     // The losers are reset first (their response futures dropped), then released.

@@ -23,7 +23,8 @@ pub enum LogFormat {
 /// kube logs every failed request of the EndpointSlice watch, once per retry and at WARN or ERROR: its watcher
 /// (`watch list error with 403`) and its client's trace layer (`failed with error client error (Connect)`).
 /// Discovery reports each change of state itself, naming the Service (`discovery::health`), so these are muted
-/// unless the filter names the crate (`kube_runtime`, `kube_client`).
+/// unless a directive of the filter names the crate: `kube` (the dependency's name, a prefix of both targets),
+/// `kube_client`, `kube_runtime` or a module of one.
 const KUBE_QUIET: [(&str, &str); 2] =
     [("kube_runtime", "kube_runtime::watcher=error"), ("kube_client", "kube_client::client::builder=off")];
 
@@ -33,7 +34,7 @@ pub fn init_logging(format: LogFormat, default: &str) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let asked = given.as_deref().unwrap_or(default);
     for (krate, quiet) in KUBE_QUIET {
-        if !asked.contains(krate)
+        if !names_crate(asked, krate)
             && let Ok(quiet) = quiet.parse()
         {
             filter = filter.add_directive(quiet);
@@ -45,6 +46,19 @@ pub fn init_logging(format: LogFormat, default: &str) {
         LogFormat::Plain => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
+}
+
+/// Whether a directive of the `RUST_LOG`-style `filter` would match events of `krate`: its target (before `[` and
+/// `=`; a bare word that is no level is a target) is a prefix of the crate's name, as `EnvFilter` matches targets,
+/// or a module path within it.
+fn names_crate(filter: &str, krate: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let directive = directive.trim();
+        let target = directive.split(['[', '=']).next().unwrap_or_default().trim();
+        let bare_level =
+            !directive.contains(['[', '=']) && target.parse::<tracing::level_filters::LevelFilter>().is_ok();
+        !target.is_empty() && !bare_level && (krate.starts_with(target) || target.starts_with(krate))
+    })
 }
 
 /// The label value that stands for every value past a label's cap.
@@ -63,6 +77,22 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_filter_names_kube_by_any_of_its_targets() {
+        use super::names_crate;
+        for named in
+            ["kube=debug", "info,kube=debug", "kube_client=trace", "kube_client::client::builder=debug", "kube"]
+        {
+            assert!(names_crate(named, "kube_client"), "{named}");
+        }
+        assert!(names_crate("kube_runtime::watcher=warn", "kube_runtime"));
+        for not_named in
+            ["debug", "info,hello_sidecar=debug", "kube_runtime=debug", "hello_sidecar::kube_standin=debug", ""]
+        {
+            assert!(!names_crate(not_named, "kube_client"), "{not_named}");
+        }
+    }
+
     use super::*;
 
     #[test]

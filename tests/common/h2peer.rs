@@ -51,6 +51,10 @@ pub enum Scenario {
     Statuses(Vec<String>),
     /// This HTTP status with an HTML error page that ends the stream (END_STREAM on DATA): no trailers at all.
     HttpPage(u16),
+    /// One message of this many bytes (zeros), its gRPC frame cut into this many DATA frames, then OK.
+    Sized(usize, usize),
+    /// This HTTP status with the start of an HTML error page, then nothing (the stream held open until reset).
+    HttpPageStall(u16),
 }
 
 impl Scenario {
@@ -69,6 +73,11 @@ impl Scenario {
             "http" => Scenario::Http(arg.parse().unwrap_or(503)),
             "statuses" => Scenario::Statuses(arg.split(',').map(str::to_owned).collect()),
             "http-page" => Scenario::HttpPage(arg.parse().unwrap_or(503)),
+            "http-page-stall" => Scenario::HttpPageStall(arg.parse().unwrap_or(503)),
+            "sized" => {
+                let (n, k) = arg.split_once(':').unwrap_or((arg, "1"));
+                Scenario::Sized(n.parse().unwrap_or(0), k.parse().unwrap_or(1).max(1))
+            }
             _ => Scenario::Hello,
         }
     }
@@ -188,6 +197,34 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
             res.headers_mut().insert("x-received-bytes", HeaderValue::from(n));
             let Ok(mut tx) = respond.send_response(res, false) else { return };
             let _ = tx.send_data(hello_reply("collected"), false);
+            let _ = tx.send_trailers(ok_trailers());
+        }
+        Scenario::HttpPageStall(status) => {
+            read_all(&mut body).await;
+            let mut res = Response::new(());
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            res.headers_mut().insert("content-type", HeaderValue::from_static("text/html"));
+            let Ok(mut tx) = respond.send_response(res, false) else { return };
+            let _ = tx.send_data(Bytes::from_static(b"<html><body>upstream connect error"), false);
+            let _ = poll_fn(|cx| tx.poll_reset(cx)).await;
+        }
+        Scenario::Sized(n, k) => {
+            read_all(&mut body).await;
+            let Ok(mut tx) = respond.send_response(grpc_headers(), false) else { return };
+            let frame = Bytes::from(super::grpc_frame(&vec![0u8; n]));
+            let step = frame.len().div_ceil(k);
+            for chunk in frame.chunks(step) {
+                tx.reserve_capacity(chunk.len());
+                while tx.capacity() < chunk.len() {
+                    match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    }
+                }
+                if tx.send_data(Bytes::copy_from_slice(chunk), false).is_err() {
+                    return;
+                }
+            }
             let _ = tx.send_trailers(ok_trailers());
         }
         Scenario::Tiny(n) => {
