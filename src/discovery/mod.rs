@@ -7,7 +7,9 @@
 //! Static stability: a source that loses its upstream (DNS, the API server) sends nothing, and the last set stays
 //! in use. Only a new set can remove an endpoint.
 
+mod failure;
 pub mod health;
+mod kube_client;
 pub mod kubernetes;
 mod relist;
 pub mod slices;
