@@ -99,7 +99,9 @@ def h2load(n=None, seconds=None, tmp: Path = Path("/tmp")):
             data = float(line.split("(")[-1].split(")")[0])
     if not succeeded or (n and succeeded != n) or abs(data / succeeded - RESPONSE_BYTES) > 0.5:
         sys.exit(f"h2load: {succeeded:.0f} calls succeeded, {data / max(succeeded, 1):.1f} bytes per reply")
-    return sorted(int(l.split("\t")[2]) for l in log.read_text().splitlines() if l.count("\t") == 2)
+    # start, status, duration in µs; a request still in flight at the end has no duration.
+    fields = (l.split("\t") for l in log.read_text().splitlines())
+    return sorted(int(f[2]) for f in fields if len(f) == 3 and f[2].isdigit())
 
 
 def in_use(addr: str) -> bool:
@@ -107,6 +109,9 @@ def in_use(addr: str) -> bool:
     that process's /metrics instead, waiting for ever or measuring someone else's proxy."""
     host, port = addr.rsplit(":", 1)
     with socket.socket() as s:
+        # As the sidecar binds (tokio sets SO_REUSEADDR): else the last case's closed connections, in TIME_WAIT on
+        # the admin port, look like a listener and the next case stops.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError:
