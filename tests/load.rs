@@ -10,25 +10,14 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use common::{
-    Backend, Sidecar, echo::EchoBackend, grpc_frame, h2peer::rss_kib, hello_request, metric, metric_max, wait_for,
+    Backend, Sidecar,
+    echo::EchoBackend,
+    grpc_frame,
+    h2peer::{h2_client_task, rss_kib},
+    hello_request, metric, metric_max, wait_for,
 };
 use http::Request;
 use tokio::net::TcpStream;
-
-/// An HTTP/2 connection to `addr` whose task the test can abort (closing the socket without any reset or GOAWAY:
-/// the app went away).
-async fn h2_conn(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
-    let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let (tx, conn) = h2::client::Builder::new()
-        .initial_connection_window_size(64 << 20)
-        .handshake(tcp)
-        .await
-        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (tx, task)
-}
 
 /// A SayHello request the backend fixture holds for `delay` (`x-hello-delay`), under a deadline far past the test's
 /// own waits, so that only a reset from the sidecar can end it early.
@@ -71,8 +60,8 @@ async fn unary_calls_the_app_abandons_reset_the_backend_stream_and_free_their_sl
     let addr = sidecar.addr;
 
     // Ten calls the app resets (RST_STREAM CANCEL), ten on a connection the app drops.
-    let (mut a, _a_task) = h2_conn(addr).await;
-    let (mut b, b_task) = h2_conn(addr).await;
+    let (mut a, _a_task) = h2_client_task(addr).await;
+    let (mut b, b_task) = h2_client_task(addr).await;
     let mut held = Vec::new();
     for _ in 0..10 {
         held.push(send(&mut a, slow_hello(addr, "1h")).await);
@@ -207,7 +196,7 @@ async fn thousands_of_app_connections_opened_and_dropped_leak_no_fds_or_memory()
                     match (batch * 50 + i) % 4 {
                         0 => one_call(addr, "churn", "10S").await.is_some_and(|r| r.grpc_status == Some(0)),
                         1 => {
-                            let (mut tx, task) = h2_conn(addr).await;
+                            let (mut tx, task) = h2_client_task(addr).await;
                             let held = send(&mut tx, slow_hello(addr, "1h")).await;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             task.abort();
@@ -285,7 +274,7 @@ async fn messages_at_the_limit_pass_both_ways_and_past_it_are_refused_alone() {
     let sidecar = Sidecar::start(&Sidecar::static_target(&[&backend]), &[]);
     sidecar.wait_ready_endpoints(1);
     let addr = sidecar.addr;
-    let (mut tx, _task) = h2_conn(addr).await;
+    let (mut tx, _task) = h2_client_task(addr).await;
 
     // A HelloRequest of exactly 4 MiB (the sidecar's default limit, and the backend's), one a byte over it, and one
     // whose frame header claims 4 GiB but sends a few bytes and keeps the stream open; with ordinary calls between.
@@ -348,7 +337,7 @@ async fn backends_killed_and_restarted_under_load_answer_every_call_and_the_pool
     for w in 0..16u32 {
         let stop = stop.clone();
         workers.push(tokio::spawn(async move {
-            let (mut tx, _task) = h2_conn(addr).await;
+            let (mut tx, _task) = h2_client_task(addr).await;
             let mut codes = std::collections::BTreeMap::<i32, usize>::new();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -424,8 +413,8 @@ async fn hedged_calls_the_app_abandons_reset_every_attempt() {
             .sum()
     };
 
-    let (mut a, _a_task) = h2_conn(addr).await;
-    let (mut b, b_task) = h2_conn(addr).await;
+    let (mut a, _a_task) = h2_client_task(addr).await;
+    let (mut b, b_task) = h2_client_task(addr).await;
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(send(&mut a, slow_hello(addr, "1h")).await);
@@ -493,7 +482,7 @@ async fn grpc_web_and_connect_calls_the_app_abandons_reset_the_backend_stream() 
     wait_for("no call in flight", Duration::from_secs(20), || (in_flight(&sidecar) == 0).then_some(()));
 
     // Over HTTP/2: the same calls reset by the app.
-    let (mut tx, _task) = h2_conn(addr).await;
+    let (mut tx, _task) = h2_client_task(addr).await;
     let mut held = Vec::new();
     for (content_type, body) in &bodies {
         let mut req = slow_hello(addr, "1h");
@@ -522,7 +511,7 @@ async fn a_stream_the_app_stops_reading_still_ends_at_its_deadline() {
 
     // Server streams of 1 KiB messages under a 2 s deadline, which the app never reads (nor resets): the stream
     // windows fill up and stay full.
-    let (mut tx, _task) = h2_conn(addr).await;
+    let (mut tx, _task) = h2_client_task(addr).await;
     let mut held = Vec::new();
     for i in 0..4 {
         let req = Request::post(format!("http://{addr}/echo.v1.EchoService/ServerStream"))

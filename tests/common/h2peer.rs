@@ -306,6 +306,12 @@ async fn handle(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
 
 /// An HTTP/2 client connection (the `h2` crate's, so the test controls reading and flow control).
 pub async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    h2_client_task(addr).await.0
+}
+
+/// [`h2_client`] and its connection task, which the test can abort (closing the socket without any reset or
+/// GOAWAY: the app went away).
+pub async fn h2_client_task(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
     let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     // h2's small-DATA-frame budget is half the connection window: give this client room to pause, as hyper's
     // client (5 MiB) and grpc-go have.
@@ -314,10 +320,10 @@ pub async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
         .handshake(tcp)
         .await
         .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    tx
+    (tx, task)
 }
 
 /// A gRPC request for `method` of HelloService with `scenario`.
